@@ -1,0 +1,196 @@
+"""Run configuration: frozen dataclasses with the defaults in code.
+
+A config file (TOML or JSON) holds only overrides, as tables named after the sections below::
+
+    [model]
+    interaction_layers = 5
+    [train]
+    lr = 1e-4
+
+and `--set section.key=value` overrides on the command line are applied after the file. The resolved config is
+saved as JSON with every run and inside every checkpoint. Only the top-level model and the trainer read it;
+sub-modules take plain arguments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mrhp.errors import MrhpError
+
+TIES = ("pessimistic", "stable")
+WEIGHTINGS = ("adaptive", "none", "circle")
+REDUCTIONS = ("sum", "mean")
+SELECT_METRICS = ("map", "ndcg@3", "ndcg@5")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """How lists of reviews are cut into batches (SPEC 3.5, 4: batches of products with their reviews)."""
+
+    max_tokens: int = 128  # texts are cut at this many tokens (SPEC 3.1)
+    max_regions: int = 128  # image regions kept per item (SPEC 2.1)
+    batch_rows: int = 32  # product-review rows per training step (paper 4.2)
+    max_list_size: int = 16  # a product with more reviews is split into random lists of at most this many
+    eval_batch_rows: int = 128
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The paper's model (SPEC 3). `vocab_size` and `image_dim` are filled in from the prepared dataset."""
+
+    hidden_size: int = 128  # d
+    embedding_dim: int = 300  # replaced by the word vectors' width when vectors are given
+    num_heads: int = 4  # 1 head is eq. 8 literally
+    interaction_layers: int = 5  # D
+    image_encoder_layers: int = 1
+    feedforward_size: int = 256  # inside every self-attention block
+    conv_kernel: int = 3  # intra-modal fusion CNN (eq. 17)
+    dropout: float = 0.1
+    use_interaction: bool = True  # Table 6 ablation "w/o cross-modal module" when False
+    use_images: bool = True  # False ignores every image (text-only ablation)
+    checkpoint_activations: bool = True  # recompute attention layers in backward: same result, far less memory
+    vocab_size: int = 0
+    image_dim: int = 0
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Ranking loss (eq. 34) plus weighted cross-modal contrastive loss (eqs. 30-33), joined by eq. 35."""
+
+    margin: float = 1.0  # beta
+    label_gap_margin: bool = False  # the reference code's margin = label gap
+    min_gap: int = 1  # pairs need y+ - y- >= min_gap (SPEC 2.2)
+    ranking_reduction: str = "mean"
+    contrastive_weight: float = 1.0  # 0 = Table 6 "w/o contrastive objective"
+    weighting: str = "adaptive"  # "none" = Table 6 "w/o adaptive weighting" (eq. 32); "circle" = authors' code
+    o_p: float = 2.0
+    o_n: float = 0.0
+    detach_weights: bool = False
+    contrastive_reduction: str = "mean"
+    helpful_level: int = 2  # rows with label >= this take part in the contrastive loss
+    circle_margin: float = 0.25
+    circle_scale: float = 256.0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 30
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    grad_clip: float = 0.0  # 0 = off
+    lr_factor: float = 0.5  # ReduceLROnPlateau on the dev metric
+    lr_patience: int = 4
+    early_stopping_patience: int = 8  # epochs without dev improvement
+    select_metric: str = "map"  # model selection and early stopping on dev, never on test
+    ties: str = "pessimistic"
+    seed: int = 0
+    threads: int = 0  # 0 = torch's default
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> Config:
+        _check(self.train.ties in TIES, f"train.ties must be one of {TIES}")
+        _check(self.train.select_metric in SELECT_METRICS, f"train.select_metric must be one of {SELECT_METRICS}")
+        _check(self.loss.weighting in WEIGHTINGS, f"loss.weighting must be one of {WEIGHTINGS}")
+        _check(self.loss.ranking_reduction in REDUCTIONS, f"loss.ranking_reduction must be one of {REDUCTIONS}")
+        _check(self.loss.contrastive_reduction in REDUCTIONS, f"loss.contrastive_reduction must be one of {REDUCTIONS}")
+        _check(self.model.hidden_size % self.model.num_heads == 0, "model.hidden_size must be divisible by model.num_heads")
+        _check(self.model.interaction_layers >= 1, "model.interaction_layers must be >= 1")
+        _check(self.data.batch_rows >= 1 and self.data.max_list_size >= 2, "data.batch_rows >= 1 and data.max_list_size >= 2")
+        _check(self.train.epochs >= 1 and self.train.lr > 0, "train.epochs >= 1 and train.lr > 0")
+        return self
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise MrhpError(f"invalid config: {message}")
+
+
+def _coerce(value: Any, annotation: str, where: str) -> Any:
+    """Check a TOML/JSON value (or convert a `--set` string) against a field's annotated type."""
+    kind = {"int": int, "float": float, "bool": bool, "str": str}[annotation]
+    if isinstance(value, str) and kind is not str:
+        text = value.strip().lower()
+        try:
+            if kind is bool:
+                if text not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(text)
+                return text in ("true", "1", "yes")
+            return kind(text)
+        except ValueError:
+            raise MrhpError(f"{where}: expected {annotation}, got {value!r}") from None
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is bool and not isinstance(value, bool) or not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise MrhpError(f"{where}: expected {annotation}, got {value!r}")
+    return value
+
+
+def apply_overrides(config: Config, overrides: dict[str, Any], source: str) -> Config:
+    """Return `config` with `{section: {key: value}}` applied; unknown sections or keys are errors."""
+    sections = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+    for section, values in overrides.items():
+        if section not in sections:
+            raise MrhpError(f"{source}: unknown config section '{section}' (known: {', '.join(sections)})")
+        if not isinstance(values, dict):
+            raise MrhpError(f"{source}: '{section}' must be a table of settings")
+        current = sections[section]
+        hints = {f.name: f.type for f in dataclasses.fields(current)}
+        changes = {}
+        for key, value in values.items():
+            if key not in hints:
+                raise MrhpError(f"{source}: unknown setting '{section}.{key}' (known: {', '.join(hints)})")
+            changes[key] = _coerce(value, hints[key], f"{source}: {section}.{key}")
+        sections[section] = dataclasses.replace(current, **changes)
+    return Config(**sections)
+
+
+def parse_set(items: typing.Sequence[str]) -> dict[str, dict[str, str]]:
+    """Parse `section.key=value` strings from the command line."""
+    out: dict[str, dict[str, str]] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        section, dot, key = name.strip().partition(".")
+        if not sep or not dot or not key:
+            raise MrhpError(f"--set {item!r}: expected section.key=value, e.g. train.lr=0.001")
+        out.setdefault(section, {})[key] = value
+    return out
+
+
+def load_config(path: Path | None = None, sets: typing.Sequence[str] = (), base: Config | None = None) -> Config:
+    """`base` (default: the defaults in code), then the overrides of `path` (TOML or JSON), then `--set` items."""
+    config = base or Config()
+    if path is not None:
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as error:
+            raise MrhpError(f"cannot read config file {path}: {error.strerror}") from None
+        try:
+            overrides = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+        except (ValueError, tomllib.TOMLDecodeError) as error:
+            raise MrhpError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'TOML'}: {error}") from None
+        config = apply_overrides(config, overrides, str(path))
+    config = apply_overrides(config, parse_set(sets), "--set")
+    return config.validate()
+
+
+def config_from_dict(values: dict[str, Any], source: str = "checkpoint") -> Config:
+    """Rebuild a resolved config saved by `Config.to_dict`."""
+    return apply_overrides(Config(), values, source).validate()
