@@ -1,0 +1,156 @@
+"""Ranking lists and batches: a product with (some of) its reviews is one list; a batch packs lists up to a number
+of product-review rows (paper 4.2: 32 rows per step), and every valid pair inside a list is trained on."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from mrhp.data.prepared import PreparedSplit
+from mrhp.model import Batch
+
+
+@dataclass
+class Item:
+    """One product or review: token ids [L] and image region features [M, F] (M = 0 without image)."""
+
+    tokens: np.ndarray
+    regions: np.ndarray
+
+
+@dataclass
+class RankingList:
+    product: Item
+    reviews: list[Item]
+    labels: list[int]
+    review_indices: list[int]  # position of each review in its source (split row, or request order)
+    group: int  # identity of the product (lists cut from one product share it)
+
+
+def split_item_lists(split: PreparedSplit, groups: Sequence[tuple[int, Sequence[int]]]) -> list[RankingList]:
+    """Materialise `(product index, review indices)` groups of a prepared split as ranking lists."""
+    out = []
+    for product, reviews in groups:
+        out.append(
+            RankingList(
+                product=Item(split.product_tokens(product), split.product_regions(product)),
+                reviews=[Item(split.review_tokens(j), split.review_regions(j)) for j in reviews],
+                labels=[int(split.labels[j]) for j in reviews],
+                review_indices=[int(j) for j in reviews],
+                group=int(product),
+            )
+        )
+    return out
+
+
+def chunk_product_reviews(
+    split: PreparedSplit, max_list_size: int, rng: np.random.Generator | None
+) -> list[tuple[int, np.ndarray]]:
+    """Cut every product's reviews into lists of at most `max_list_size` reviews of nearly equal size.
+
+    With `rng` the reviews are shuffled first (training: a new partition each epoch, so every pair of a long
+    list is seen over the epochs); without it they keep file order (scoring)."""
+    groups = []
+    for product in range(split.num_products):
+        reviews = np.asarray(split.reviews_of(product))
+        if len(reviews) == 0:
+            continue
+        if rng is not None:
+            reviews = rng.permutation(reviews)
+        pieces = -(-len(reviews) // max_list_size)
+        groups.extend((product, chunk) for chunk in np.array_split(reviews, pieces))
+    return groups
+
+
+def pack_groups(groups: Sequence[tuple[int, np.ndarray]], batch_rows: int) -> list[list[tuple[int, np.ndarray]]]:
+    """Greedily pack lists, in the given order, into batches of at most `batch_rows` rows (a single list larger
+    than that forms its own batch)."""
+    batches: list[list[tuple[int, np.ndarray]]] = []
+    current: list[tuple[int, np.ndarray]] = []
+    rows = 0
+    for group in groups:
+        if current and rows + len(group[1]) > batch_rows:
+            batches.append(current)
+            current, rows = [], 0
+        current.append(group)
+        rows += len(group[1])
+    if current:
+        batches.append(current)
+    return batches
+
+
+def training_batches(
+    split: PreparedSplit, batch_rows: int, max_list_size: int, seed: int, epoch: int
+) -> list[list[tuple[int, np.ndarray]]]:
+    """The batches of one training epoch; a function of (seed, epoch) alone, so a resumed run repeats them."""
+    rng = np.random.default_rng([seed, epoch])
+    groups = chunk_product_reviews(split, max_list_size, rng)
+    order = rng.permutation(len(groups))
+    return pack_groups([groups[i] for i in order], batch_rows)
+
+
+def _pad_tokens(items: Sequence[Item], max_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    lengths = [min(len(item.tokens), max_tokens) for item in items]
+    width = max(max(lengths, default=0), 1)  # at least one (masked) slot so an all-empty batch still has a shape
+    tokens = np.zeros((len(items), width), dtype=np.int64)
+    for i, (item, length) in enumerate(zip(items, lengths)):
+        tokens[i, :length] = item.tokens[:length]
+    mask = np.arange(width)[None, :] < np.asarray(lengths)[:, None]
+    return torch.from_numpy(tokens), torch.from_numpy(mask)
+
+
+def _pad_regions(items: Sequence[Item], max_regions: int, feature_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    counts = [min(len(item.regions), max_regions) for item in items]
+    width = max(max(counts, default=0), 1)
+    regions = np.zeros((len(items), width, max(feature_dim, 1)), dtype=np.float32)
+    for i, (item, count) in enumerate(zip(items, counts)):
+        if count:
+            regions[i, :count] = item.regions[:count]
+    mask = np.arange(width)[None, :] < np.asarray(counts)[:, None]
+    return torch.from_numpy(regions), torch.from_numpy(mask)
+
+
+def collate(lists: Sequence[RankingList], max_tokens: int, max_regions: int, feature_dim: int) -> Batch:
+    """Pad a sequence of ranking lists into a `Batch` (B = len(lists), N = total reviews)."""
+    products = [ranking.product for ranking in lists]
+    reviews = [review for ranking in lists for review in ranking.reviews]
+    sizes = [len(ranking.reviews) for ranking in lists]
+    width = max(max(sizes, default=0), 1)
+    starts = np.cumsum([0] + sizes[:-1])
+    list_mask = np.arange(width)[None, :] < np.asarray(sizes)[:, None]  # [B, R]
+    list_rows = np.where(list_mask, starts[:, None] + np.arange(width)[None, :], 0)  # [B, R]
+    product_tokens, product_token_mask = _pad_tokens(products, max_tokens)
+    review_tokens, review_token_mask = _pad_tokens(reviews, max_tokens)
+    product_regions, product_region_mask = _pad_regions(products, max_regions, feature_dim)
+    review_regions, review_region_mask = _pad_regions(reviews, max_regions, feature_dim)
+    return Batch(
+        product_tokens=product_tokens,
+        product_token_mask=product_token_mask,
+        product_regions=product_regions,
+        product_region_mask=product_region_mask,
+        review_tokens=review_tokens,
+        review_token_mask=review_token_mask,
+        review_regions=review_regions,
+        review_region_mask=review_region_mask,
+        review_product=torch.from_numpy(np.repeat(np.arange(len(lists)), sizes).astype(np.int64)),
+        list_group=torch.tensor([ranking.group for ranking in lists], dtype=torch.int64),
+        review_labels=torch.tensor([label for ranking in lists for label in ranking.labels], dtype=torch.int64),
+        list_rows=torch.from_numpy(list_rows.astype(np.int64)),
+        list_mask=torch.from_numpy(list_mask),
+    )
+
+
+def iterate_split(
+    split: PreparedSplit,
+    batches: Sequence[Sequence[tuple[int, np.ndarray]]],
+    max_tokens: int,
+    max_regions: int,
+    feature_dim: int,
+) -> Iterator[tuple[list[RankingList], Batch]]:
+    """Yield `(lists, batch)` for precomputed batches of (product, reviews) groups of a split."""
+    for groups in batches:
+        lists = split_item_lists(split, groups)
+        yield lists, collate(lists, max_tokens, max_regions, feature_dim)

@@ -1,0 +1,94 @@
+"""Scoring a prepared split and computing MAP / NDCG@3 / NDCG@5 per product (SPEC 5)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from mrhp.config import DataConfig
+from mrhp.data.batching import chunk_product_reviews, iterate_split, pack_groups
+from mrhp.data.prepared import PreparedSplit
+from mrhp.metrics import ranking_metrics, summarize
+from mrhp.model import HelpfulnessModel
+
+log = logging.getLogger(__name__)
+
+METRICS = ("map", "ndcg@3", "ndcg@5")
+
+
+@torch.no_grad()
+def score_split(
+    model: HelpfulnessModel, split: PreparedSplit, data: DataConfig, feature_dim: int, progress: bool = True
+) -> np.ndarray:
+    """Score every review of `split`. Returns float64 scores [num_reviews] in split order. Scores depend only on
+    the product and the review, so how reviews are grouped into batches changes nothing."""
+    model.eval()
+    scores = np.full(split.num_reviews, np.nan)
+    batches = pack_groups(chunk_product_reviews(split, data.max_list_size, rng=None), data.eval_batch_rows)
+    bar = tqdm(total=split.num_reviews, desc=f"scoring {split.name}", unit="review", disable=not progress, leave=False)
+    for lists, batch in iterate_split(split, batches, data.max_tokens, data.max_regions, feature_dim):
+        row_scores = model(batch).row_scores.double().numpy()
+        rows = [index for ranking in lists for index in ranking.review_indices]
+        scores[rows] = row_scores
+        bar.update(len(rows))
+    bar.close()
+    if np.isnan(scores).any():
+        raise RuntimeError(f"{int(np.isnan(scores).sum())} reviews of split '{split.name}' got no finite score")
+    return scores
+
+
+def per_product_metrics(
+    split: PreparedSplit, scores: np.ndarray, threshold: int, ties: str
+) -> tuple[list[str], dict[str, np.ndarray]]:
+    """Metrics of every product that has reviews: (product ids, {metric: values [P]}); every product counts."""
+    products = [p for p in range(split.num_products) if len(split.reviews_of(p)) > 0]
+    if len(products) < split.num_products:
+        log.warning("%s: %d products have no review and are not ranked", split.name, split.num_products - len(products))
+    width = max((len(split.reviews_of(p)) for p in products), default=1)
+    score_grid = np.zeros((len(products), width))
+    label_grid = np.zeros((len(products), width), dtype=np.int64)
+    mask = np.zeros((len(products), width), dtype=bool)
+    for row, product in enumerate(products):
+        reviews = np.asarray(split.reviews_of(product))
+        score_grid[row, : len(reviews)] = scores[reviews]
+        label_grid[row, : len(reviews)] = split.labels[reviews]
+        mask[row, : len(reviews)] = True
+    values = ranking_metrics(
+        torch.from_numpy(score_grid), torch.from_numpy(label_grid), torch.from_numpy(mask), threshold=threshold, ties=ties
+    )
+    return [split.product_ids[p] for p in products], {name: values[name].double().numpy() for name in METRICS}
+
+
+def evaluate_split(
+    model: HelpfulnessModel,
+    split: PreparedSplit,
+    data: DataConfig,
+    feature_dim: int,
+    threshold: int,
+    ties: str,
+    progress: bool = True,
+) -> tuple[dict[str, float], list[str], dict[str, np.ndarray], np.ndarray]:
+    """Score a split and compute its metrics: (summary x100, product ids, per-product values, review scores)."""
+    scores = score_split(model, split, data, feature_dim, progress)
+    product_ids, values = per_product_metrics(split, scores, threshold, ties)
+    return summarize(values), product_ids, values, scores
+
+
+def write_per_product(path: Path, product_ids: list[str], values: dict[str, np.ndarray], split: str) -> None:
+    """One JSON object per product: product id, split and its metric values in [0, 1]; lines are in split
+    order, so two systems evaluated on the same split can be compared pairwise."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as out:
+        for row, product_id in enumerate(product_ids):
+            record = {"product_id": product_id, "split": split}
+            record.update({name: float(values[name][row]) for name in METRICS})
+            out.write(json.dumps(record) + "\n")
+
+
+def format_metrics(summary: dict[str, float]) -> str:
+    return "  ".join(f"{name.upper()} {summary[name]:.2f}" for name in METRICS)

@@ -1,0 +1,166 @@
+"""Training (paper section 3): Adam on the joint objective of eq. 35, model selection and early stopping on dev.
+
+A run directory holds `config.json` (the resolved config), `metrics.jsonl` (one line per epoch), `best.safetensors`
+(best dev metric) and `last.safetensors` (the end of the latest epoch, with optimizer state: `--resume` continues
+from it and repeats exactly what an uninterrupted run would have done, epoch by epoch).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from mrhp.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from mrhp.config import Config
+from mrhp.data.batching import iterate_split, training_batches
+from mrhp.data.prepared import PreparedDataset
+from mrhp.errors import MrhpError
+from mrhp.evaluate import evaluate_split, format_metrics
+from mrhp.losses import cross_modal_contrastive_loss, pairwise_ranking_loss
+from mrhp.model import Batch, HelpfulnessModel, ModelOutput
+
+log = logging.getLogger(__name__)
+
+
+def resolve_config(config: Config, dataset: PreparedDataset) -> Config:
+    """Fill in what the data decides: vocabulary size, image feature width, word-vector width."""
+    embeddings = dataset.embeddings()
+    model = dataclasses.replace(
+        config.model,
+        vocab_size=len(dataset.vocab),
+        image_dim=dataset.feature_dim,
+        embedding_dim=embeddings.shape[1] if embeddings is not None else config.model.embedding_dim,
+    )
+    return dataclasses.replace(config, model=model)
+
+
+def joint_loss(output: ModelOutput, batch: Batch, config: Config) -> tuple[torch.Tensor, dict[str, float]]:
+    """Eq. 35: L = weight * L_contrastive (eqs. 30-33, over the helpful rows) + L_ranking (eq. 34)."""
+    loss_config = config.loss
+    ranking = pairwise_ranking_loss(
+        output.scores,
+        batch.labels,
+        batch.list_mask,
+        margin=loss_config.margin,
+        label_gap_margin=loss_config.label_gap_margin,
+        min_gap=loss_config.min_gap,
+        reduction=loss_config.ranking_reduction,
+    )
+    total, parts = ranking, {"ranking": float(ranking.detach())}
+    if loss_config.contrastive_weight > 0:
+        helpful = batch.review_labels >= loss_config.helpful_level  # [N]
+        contrastive = cross_modal_contrastive_loss(
+            {name: value[helpful] for name, value in output.pooled.items()},
+            {name: value[helpful] for name, value in output.present.items()},
+            batch.list_group[batch.review_product][helpful],
+            weighting=loss_config.weighting,
+            o_p=loss_config.o_p,
+            o_n=loss_config.o_n,
+            detach_weights=loss_config.detach_weights,
+            reduction=loss_config.contrastive_reduction,
+            circle_margin=loss_config.circle_margin,
+            circle_scale=loss_config.circle_scale,
+        )
+        total = total + loss_config.contrastive_weight * contrastive
+        parts["contrastive"] = float(contrastive.detach())
+    return total, parts
+
+
+def train(
+    config: Config, data_path: Path, run_dir: Path, resume: bool = False, progress: bool = True
+) -> dict[str, object]:
+    """Train on the `train` split, select on `dev`; returns the best epoch's record."""
+    dataset = PreparedDataset.open(data_path)
+    for name in ("train", "dev"):
+        dataset.split(name)  # fails early, naming the available splits
+    config = resolve_config(config, dataset)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    last_path, best_path = run_dir / "last.safetensors", run_dir / "best.safetensors"
+    if config.train.threads > 0:
+        torch.set_num_threads(config.train.threads)
+    torch.manual_seed(config.train.seed)
+    model = HelpfulnessModel(config.model)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="max", factor=config.train.lr_factor, patience=config.train.lr_patience
+    )
+    state: dict[str, object] = {"epoch": 0, "best_metric": -math.inf, "best_epoch": 0, "best": None}
+    if resume and last_path.exists():
+        saved = load_checkpoint(last_path)
+        if dataclasses.replace(saved.config.train, epochs=0) != dataclasses.replace(config.train, epochs=0) or (
+            (saved.config.model, saved.config.loss, saved.config.data) != (config.model, config.loss, config.data)
+        ):
+            raise MrhpError(
+                f"--resume: the config differs from the one saved in {last_path} (only train.epochs may change); "
+                "use a new run folder"
+            )
+        model.load_state_dict(saved.model.state_dict())
+        optimizer.load_state_dict(saved.optimizer)
+        scheduler.load_state_dict(saved.state["scheduler"])
+        torch.set_rng_state(saved.rng)
+        state = saved.state
+        log.info("resuming %s after epoch %d", run_dir, state["epoch"])
+    else:
+        if resume:
+            log.warning("--resume: no %s yet, starting from scratch", last_path)
+        embeddings = dataset.embeddings()
+        if embeddings is not None:
+            model.load_word_vectors(torch.from_numpy(np.asarray(embeddings, dtype=np.float32)))
+        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8")
+
+    train_split, dev_split = dataset.split("train"), dataset.split("dev")
+    data, threshold = config.data, dataset.relevance_threshold
+    select = config.train.select_metric
+    for epoch in range(int(state["epoch"]) + 1, config.train.epochs + 1):
+        if epoch - int(state["best_epoch"]) > config.train.early_stopping_patience and state["best"] is not None:
+            log.info("early stop: no dev %s improvement for %d epochs", select, config.train.early_stopping_patience)
+            break
+        model.train()
+        started, sums, steps = time.perf_counter(), {}, 0
+        batches = training_batches(train_split, data.batch_rows, data.max_list_size, config.train.seed, epoch)
+        bar = tqdm(total=len(batches), desc=f"epoch {epoch}", unit="batch", disable=not progress, leave=False)
+        for _, batch in iterate_split(train_split, batches, data.max_tokens, data.max_regions, dataset.feature_dim):
+            loss, parts = joint_loss(model(batch), batch, config)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.train.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.train.grad_clip)
+            optimizer.step()
+            steps += 1
+            for key, value in parts.items():
+                sums[key] = sums.get(key, 0.0) + value
+            bar.update(1)
+            bar.set_postfix({key: f"{value / steps:.4f}" for key, value in sums.items()})
+        bar.close()
+        dev, *_ = evaluate_split(model, dev_split, data, dataset.feature_dim, threshold, config.train.ties, progress)
+        scheduler.step(dev[select])
+        record = {
+            "epoch": epoch,
+            "seconds": round(time.perf_counter() - started, 2),
+            "lr": optimizer.param_groups[0]["lr"],
+            **{f"loss_{key}": value / max(steps, 1) for key, value in sums.items()},
+            **{f"dev_{key}": value for key, value in dev.items()},
+        }
+        with (run_dir / "metrics.jsonl").open("a", encoding="utf-8") as out:
+            out.write(json.dumps(record) + "\n")
+        improved = dev[select] > float(state["best_metric"])
+        log.info("epoch %d  dev %s%s", epoch, format_metrics(dev), "  (best)" if improved else "")
+        if improved:
+            state.update(best_metric=dev[select], best_epoch=epoch, best=record)
+        state["epoch"] = epoch
+        state["scheduler"] = scheduler.state_dict()
+        snapshot = Checkpoint(model, config, dataset.vocab, threshold, metrics={"dev": dev, "epoch": epoch}, state=state)
+        if improved:
+            save_checkpoint(best_path, snapshot)
+        snapshot.optimizer, snapshot.rng = optimizer.state_dict(), torch.get_rng_state()
+        save_checkpoint(last_path, snapshot)
+    return dict(state["best"] or {})

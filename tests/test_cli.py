@@ -1,0 +1,119 @@
+"""End to end through the command line, in a temporary folder: official-format data written by the synthetic
+generator -> prepare -> train -> resume -> evaluate -> predict, plus the user-facing errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mrhp.checkpoint import load_checkpoint
+from mrhp.cli import main
+from mrhp.synthetic import SyntheticSpec, write_official_dataset
+
+TINY = [
+    "--set", "model.hidden_size=16", "--set", "model.embedding_dim=8", "--set", "model.num_heads=2",
+    "--set", "model.interaction_layers=2", "--set", "model.feedforward_size=16", "--set", "train.lr=0.003",
+    "--set", "data.batch_rows=16", "--no-progress",
+]
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("e2e")
+    spec = SyntheticSpec(products=(12, 4, 4), reviews_per_product=(3, 6), num_topics=4, feature_dim=8)
+    features = write_official_dataset(root / "official", "tiny", spec)
+    status = main([
+        "prepare", "--format", "mrhp", "--data-dir", str(root / "official"), "--category", "tiny",
+        "--features", str(features), "--min-count", "1", "--out", str(root / "prepared"),
+    ])
+    assert status == 0
+    return root / "prepared"
+
+
+def test_prepare_train_resume_evaluate_predict(prepared: Path, tmp_path: Path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(prepared), "--out", str(run), "--set", "train.epochs=2", *TINY]) == 0
+    log = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in log] == [1, 2]
+    assert {"loss_ranking", "loss_contrastive", "dev_map", "dev_ndcg@3", "dev_ndcg@5"} <= set(log[0])
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["model"]["hidden_size"] == 16 and saved["model"]["image_dim"] == 8
+
+    checkpoint = load_checkpoint(run / "best.safetensors")
+    assert checkpoint.config.model.hidden_size == 16 and len(checkpoint.vocab) == checkpoint.config.model.vocab_size
+
+    per_product = tmp_path / "test_products.jsonl"
+    status = main(["evaluate", "--checkpoint", str(run / "best.safetensors"), "--data", str(prepared),
+                   "--per-product", str(per_product), "--no-progress"])
+    assert status == 0
+    out = capsys.readouterr().out
+    assert "test: MAP" in out and "NDCG@3" in out
+    rows = [json.loads(line) for line in per_product.read_text().splitlines()]
+    assert len(rows) == 4 and all(0.0 <= row["map"] <= 1.0 for row in rows)
+
+    # Prediction on a request file with inline feature files.
+    np.save(tmp_path / "p.npy", np.ones((3, 8), dtype=np.float32))
+    np.save(tmp_path / "r.npy", np.ones((2, 8), dtype=np.float32))
+    request = {
+        "product_id": "p1", "text": "a product", "images": ["p.npy"],
+        "reviews": [
+            {"review_id": "a", "text": "great product", "images": ["r.npy"]},
+            {"review_id": "b", "text": "bad", "images": []},
+            {"review_id": "c", "text": ""},
+        ],
+    }
+    (tmp_path / "in.jsonl").write_text(json.dumps(request) + "\n" + json.dumps({**request, "product_id": "p2"}) + "\n")
+    assert main(["predict", "--checkpoint", str(run / "best.safetensors"), "--input", str(tmp_path / "in.jsonl"),
+                 "--output", str(tmp_path / "out.jsonl"), "--no-progress"]) == 0
+    ranked = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [r["product_id"] for r in ranked] == ["p1", "p2"]
+    assert sorted(r["review_id"] for r in ranked[0]["reviews"]) == ["a", "b", "c"]
+    assert [r["rank"] for r in ranked[0]["reviews"]] == [1, 2, 3]
+    scores = [r["score"] for r in ranked[0]["reviews"]]
+    assert scores == sorted(scores, reverse=True)
+    assert [r["score"] for r in ranked[1]["reviews"]] == pytest.approx(scores, abs=1e-5)
+
+
+def test_resume_repeats_an_uninterrupted_run(prepared: Path, tmp_path: Path):
+    args = ["--data", str(prepared), *TINY]
+    assert main(["train", "--out", str(tmp_path / "straight"), "--set", "train.epochs=3", *args]) == 0
+    # A run stopped after epoch 1, resumed with the full number of epochs.
+    assert main(["train", "--out", str(tmp_path / "resumed"), "--set", "train.epochs=1", *args]) == 0
+    assert main(["train", "--out", str(tmp_path / "resumed"), "--resume", "--set", "train.epochs=3", *args]) == 0
+    straight, resumed = (
+        [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        for name in ("straight", "resumed")
+    )
+    assert [row["epoch"] for row in resumed] == [1, 2, 3]
+    for a, b in zip(straight, resumed):
+        assert a["dev_map"] == b["dev_map"] and a["loss_ranking"] == pytest.approx(b["loss_ranking"], abs=1e-7)
+    weights = [load_checkpoint(tmp_path / name / "last.safetensors").model.state_dict() for name in ("straight", "resumed")]
+    assert all(np.allclose(weights[0][key], weights[1][key], atol=1e-6) for key in weights[0])
+    # Any other config change is refused: the run folder would mix two experiments.
+    assert main(["train", "--out", str(tmp_path / "resumed"), "--resume", *args, "--set", "train.lr=0.1"]) == 2
+
+
+def test_errors_are_reported_without_traceback(prepared: Path, tmp_path: Path, capsys):
+    assert main(["train", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r"), "--no-progress"]) == 2
+    assert "nowhere" in capsys.readouterr().err
+    assert main(["train", "--data", str(prepared), "--out", str(tmp_path / "r"), "--set", "model.nope=1"]) == 2
+    assert "model.nope" in capsys.readouterr().err
+    assert main(["train", "--data", str(prepared), "--out", str(tmp_path / "r"), "--set", "train.lr=fast"]) == 2
+    assert "train.lr" in capsys.readouterr().err
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "missing.safetensors"), "--data", str(prepared)]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
+    (tmp_path / "junk.safetensors").write_bytes(b"not a checkpoint")
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "junk.safetensors"), "--data", str(prepared)]) == 2
+    assert "junk.safetensors" in capsys.readouterr().err
+
+
+def test_every_shipped_config_loads():
+    from mrhp.config import load_config
+
+    configs = sorted((Path(__file__).parent.parent / "configs").glob("*.toml"))
+    assert len(configs) == 6
+    for path in configs:
+        load_config(path)
