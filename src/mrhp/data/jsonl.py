@@ -1,0 +1,485 @@
+"""Reader of the project's own user format: two JSON-lines files.
+
+``products.jsonl``: one JSON object per line.
+
+=================  ==========================================================================================
+``product_id``     required; a non-empty string or an integer (used as a string).
+``text``           the product text (a string; may be empty) ...
+``name``,          ... or, instead of ``text``, a ``name`` and/or a ``description`` (strings); the text is then
+``description``    ``name + " " + description`` as in the benchmarks. Giving ``text`` together with either is an
+                   error.
+``images``         optional list of image feature files: ``.npy`` arrays ``[n_regions, F]`` (numbers, no
+                   pickles), one file per image, paths relative to the folder of the ``.jsonl`` file (or
+                   absolute). Raw image files (``.jpg`` ...) are refused: they need the image feature extractor
+                   (``mrhp features``), which this version does not have.
+``split``          optional ``"train"``, ``"dev"`` or ``"test"``. Either every product has it or none; without
+                   it products are split at random by :func:`split_products` (default 80/10/10, seeded).
+=================  ==========================================================================================
+
+``reviews.jsonl``: one JSON object per line.
+
+=================  ==========================================================================================
+``review_id``      required; a non-empty string or an integer, unique over the file.
+``product_id``     required; a product of ``products.jsonl``. The review goes to its product's split.
+``text``           required string (may be empty: the review is kept with zero tokens).
+``images``         optional, as for products.
+``label``          the helpfulness level, an integer 0..``max_level`` (default 4) ...
+``votes``          ... or, instead of ``label``, a helpful-vote count (integer >= 0) mapped to a level by
+                   :func:`votes_to_level`: ``"log2"`` (default) ``min(max_level, floor(log2(1 + votes)))``, i.e.
+                   0 votes -> 0, 1-2 -> 1, 3-6 -> 2, 7-14 -> 3, 15+ -> 4; or ``"linear-cap"``
+                   ``min(max_level, votes)``.
+=================  ==========================================================================================
+
+Blank lines are ignored. Every error (malformed JSON, missing or mistyped field, duplicate id, review of an
+unknown product, label out of range) names the file, the line and the field. A listed ``.npy`` file that is
+missing or unreadable masks that image (it is counted and listed in the report, and preparing fails when the rate
+of items with a missing image exceeds ``max_missing_image_rate``).
+
+Example::
+
+    {"product_id": "B001", "name": "Steel stock pot", "description": "6 quart, glass lid", "split": "train",
+     "images": ["features/B001-0.npy"]}
+    {"review_id": "R1", "product_id": "B001", "text": "Great pot for canning.", "votes": 12}
+
+For prediction, :func:`parse_ranking_request` reads one product with its reviews from one JSON object.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from mrhp.data.prepared import (
+    SPLIT_NAMES,
+    FeatureProblem,
+    FeatureSource,
+    LoadedFeatures,
+    RawDataset,
+    RawProduct,
+    RawReview,
+    RawSplit,
+    cap_regions,
+)
+from mrhp.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+VOTE_SCHEMES = ("log2", "linear-cap")
+RAW_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp")
+FEATURE_SUFFIX = ".npy"
+
+_MISSING = object()
+
+
+def votes_to_level(votes: int, scheme: str = "log2", max_level: int = 4) -> int:
+    """Helpfulness level of a helpful-vote count.
+
+    ``"log2"``: ``min(max_level, floor(log2(1 + votes)))`` (0 -> 0, 1-2 -> 1, 3-6 -> 2, 7-14 -> 3, >= 15 -> 4),
+    which spreads Amazon-like vote counts over 0..4. ``"linear-cap"``: ``min(max_level, votes)``.
+    """
+    if votes < 0:
+        raise ValueError(f"votes must be >= 0, got {votes}")
+    if scheme == "log2":
+        # Integer arithmetic: floor(log2(1 + v)) is the bit length of 1 + v minus one (no float rounding).
+        return min(max_level, (votes + 1).bit_length() - 1)
+    if scheme == "linear-cap":
+        return min(max_level, votes)
+    raise ValueError(f"unknown votes scheme {scheme!r} (choose from {', '.join(VOTE_SCHEMES)})")
+
+
+def split_products(
+    ids: Sequence[str], fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0
+) -> dict[str, str]:
+    """Assign each product id to ``train``/``dev``/``test`` at random, deterministically.
+
+    The ids are sorted first, so the result depends only on the set of ids and the seed, not on file order. Dev
+    and test get ``round(fraction * n)`` products each (at least one when their fraction is > 0 and there are at
+    least 3 products) and train the rest.
+    """
+    if len(fractions) != 3 or any(f < 0 for f in fractions) or not math.isclose(sum(fractions), 1.0, abs_tol=1e-6):
+        raise ValueError(f"fractions must be three non-negative numbers summing to 1, got {tuple(fractions)}")
+    ordered = sorted(set(ids))
+    if len(ordered) != len(ids):
+        raise ValueError("split_products: duplicate ids")
+    n = len(ordered)
+    sizes = []
+    for f in fractions[1:]:
+        size = int(round(f * n))
+        if f > 0 and n >= 3:
+            size = max(size, 1)
+        sizes.append(size)
+    n_dev, n_test = sizes
+    n_train = max(0, n - n_dev - n_test)
+    permutation = np.random.default_rng(seed).permutation(n)
+    assignment: dict[str, str] = {}
+    for rank, k in enumerate(permutation.tolist()):
+        assignment[ordered[k]] = "train" if rank < n_train else "dev" if rank < n_train + n_dev else "test"
+    return assignment
+
+
+def _read_lines(path: Path) -> list[tuple[int, dict]]:
+    """``(line_number, object)`` for each non-blank line; ``DataError`` naming the line for bad JSON."""
+    objects: list[tuple[int, dict]] = []
+    try:
+        handle = path.open("rb")
+    except FileNotFoundError:
+        raise DataError("file not found", file=path) from None
+    except OSError as exc:
+        raise DataError(f"cannot read file ({exc})", file=path) from None
+    with handle:
+        for line_no, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", file=path, line=line_no) from None
+            if line_no == 1:
+                line = line.lstrip("\ufeff")
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"invalid JSON ({exc.msg}, column {exc.colno})", file=path, line=line_no) from None
+            if not isinstance(obj, dict):
+                raise DataError(f"expected a JSON object, got {type(obj).__name__}", file=path, line=line_no)
+            objects.append((line_no, obj))
+    return objects
+
+
+class _Fields:
+    """Typed field access for one JSON object; errors name ``file`` (and ``line`` when given)."""
+
+    def __init__(self, obj: dict, file: object, line: int | None) -> None:
+        self.obj = obj
+        self.file = file
+        self.line = line
+
+    def error(self, message: str, name: str | None) -> DataError:
+        return DataError(message, file=self.file, line=self.line, field=name)
+
+    def has(self, name: str) -> bool:
+        return name in self.obj
+
+    def id(self, name: str) -> str:
+        value = self.obj.get(name, _MISSING)
+        if value is _MISSING:
+            raise self.error("missing required field", name)
+        if isinstance(value, str) and value.strip():
+            return value
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+        raise self.error(f"expected a non-empty string or an integer, got {value!r}", name)
+
+    def string(self, name: str, *, required: bool) -> str | None:
+        value = self.obj.get(name, _MISSING)
+        if value is _MISSING:
+            if required:
+                raise self.error("missing required field", name)
+            return None
+        if not isinstance(value, str):
+            raise self.error(f"expected a string, got {json.dumps(value)[:60]}", name)
+        return value
+
+    def integer(self, name: str) -> int:
+        value = self.obj[name]
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.error(f"expected an integer, got {json.dumps(value)[:60]}", name)
+        return value
+
+    def product_text(self) -> str:
+        """``text``, or ``name`` + " " + ``description`` (either may be absent)."""
+        text = self.string("text", required=False)
+        name = self.string("name", required=False)
+        description = self.string("description", required=False)
+        if text is not None:
+            if name is not None or description is not None:
+                raise self.error("give either 'text' or 'name'/'description', not both", "text")
+            return text
+        if name is None and description is None:
+            raise self.error("missing required field (or 'name' and/or 'description')", "text")
+        return " ".join(part for part in (name, description) if part is not None)
+
+    def image_paths(self, base_dir: Path) -> list[Path]:
+        value = self.obj.get("images", _MISSING)
+        if value is _MISSING or value is None:
+            return []
+        if not isinstance(value, list):
+            raise self.error(f"expected a list of feature file paths, got {type(value).__name__}", "images")
+        paths = []
+        for k, entry in enumerate(value):
+            if not isinstance(entry, str) or not entry.strip():
+                raise self.error(f"entry {k} is not a non-empty path string: {entry!r}", "images")
+            suffix = Path(entry).suffix.lower()
+            if suffix in RAW_IMAGE_SUFFIXES:
+                raise self.error(
+                    f"entry {k} ({entry}) is an image file; raw images need the image feature extractor "
+                    "(`mrhp features`), which is not available in this version: give region features as .npy "
+                    "arrays [n_regions, F]", "images")
+            if suffix != FEATURE_SUFFIX:
+                raise self.error(f"entry {k} ({entry}) is not a .npy feature file", "images")
+            path = Path(entry)
+            paths.append(path if path.is_absolute() else base_dir / path)
+        return paths
+
+
+def load_npy_regions(path: Path) -> np.ndarray:
+    """One image's region features from a ``.npy`` file: float32 ``[n_regions, F]`` (no pickles allowed).
+
+    Raises ``OSError`` / ``ValueError`` when the file is missing, unreadable or not a numeric 2-D array.
+    """
+    array = np.load(path, mmap_mode="r", allow_pickle=False)
+    if array.ndim != 2 or not np.issubdtype(array.dtype, np.number):
+        raise ValueError(f"expected a numeric [n_regions, F] array, got shape {array.shape} dtype {array.dtype}")
+    return array
+
+
+class NpyFeatures(FeatureSource):
+    """Region features of one item from ``.npy`` files, one per image, concatenated in list order.
+
+    A missing or unreadable file masks that image only (the others are kept); it is reported as a problem. Keeps
+    the first ``max_regions_per_image`` regions of each image and at most ``max_regions_per_item`` in all.
+    """
+
+    def __init__(self, paths: Sequence[Path], max_regions_per_image: int | None = None,
+                 max_regions_per_item: int | None = 128) -> None:
+        self.paths = list(paths)
+        self.max_regions_per_image = max_regions_per_image
+        self.max_regions_per_item = max_regions_per_item
+
+    def describe(self) -> str:
+        return ", ".join(str(p) for p in self.paths)
+
+    def missing_files(self) -> list[FeatureProblem]:
+        return [FeatureProblem(str(p), "file not found") for p in self.paths if not p.is_file()]
+
+    def load(self) -> LoadedFeatures:
+        images: list[np.ndarray] = []
+        problems: list[FeatureProblem] = []
+        for path in self.paths:
+            if not path.is_file():
+                problems.append(FeatureProblem(str(path), "file not found"))
+                continue
+            try:
+                images.append(load_npy_regions(path))
+            except (OSError, ValueError, EOFError) as exc:
+                problems.append(FeatureProblem(str(path), f"unreadable ({str(exc)[:200]})"))
+        regions = cap_regions(images, self.max_regions_per_image, self.max_regions_per_item,
+                              where=self.describe())
+        return LoadedFeatures(regions, problems)
+
+
+def read_jsonl(
+    products_path: str | Path,
+    reviews_path: str | Path,
+    *,
+    fractions: Sequence[float] = (0.8, 0.1, 0.1),
+    seed: int = 0,
+    votes_scheme: str = "log2",
+    max_level: int = 4,
+    max_regions_per_image: int | None = None,
+    max_regions_per_item: int | None = 128,
+    max_missing_image_rate: float = 0.05,
+) -> RawDataset:
+    """Read a dataset in the user format (see the module docstring).
+
+    Args:
+        products_path, reviews_path: the two ``.jsonl`` files.
+        fractions: train/dev/test fractions of products, used only when products carry no ``split``.
+        seed: seed of that split.
+        votes_scheme, max_level: mapping of ``votes`` to levels (:func:`votes_to_level`); ``label`` must be in
+            ``0..max_level``.
+        max_regions_per_image, max_regions_per_item: region caps (None = no cap). Unlike the official format
+            there is no per-image cap by default: the user's extractor decides the regions per image.
+        max_missing_image_rate: largest tolerated fraction, per split and kind, of items with images of which at
+            least one feature file is missing or unreadable.
+
+    Returns:
+        The raw dataset with the splits that have products, in the order train, dev, test; products and reviews
+        in file order.
+    """
+    if votes_scheme not in VOTE_SCHEMES:
+        raise ValueError(f"votes_scheme must be one of {VOTE_SCHEMES}, got {votes_scheme!r}")
+    if not 0.0 <= max_missing_image_rate <= 1.0:
+        raise ValueError(f"max_missing_image_rate must be in [0, 1], got {max_missing_image_rate}")
+    products_path, reviews_path = Path(products_path), Path(reviews_path)
+
+    def features(paths: list[Path]) -> NpyFeatures | None:
+        return NpyFeatures(paths, max_regions_per_image, max_regions_per_item) if paths else None
+
+    products: list[tuple[RawProduct, str | None]] = []
+    product_line: dict[str, int] = {}
+    with_split = without_split = 0
+    first_with: int | None = None
+    first_without: int | None = None
+    for line_no, obj in _read_lines(products_path):
+        f = _Fields(obj, products_path, line_no)
+        pid = f.id("product_id")
+        if pid in product_line:
+            raise f.error(f"duplicate product id {pid!r} (also line {product_line[pid]})", "product_id")
+        product_line[pid] = line_no
+        text = f.product_text()
+        split = f.string("split", required=False)
+        if split is not None and split not in SPLIT_NAMES:
+            raise f.error(f"unknown split {split!r} (choose from {', '.join(SPLIT_NAMES)})", "split")
+        if split is None:
+            without_split += 1
+            first_without = first_without or line_no
+        else:
+            with_split += 1
+            first_with = first_with or line_no
+        if with_split and without_split:
+            raise f.error(f"some products have a 'split' (line {first_with}) and others not (line "
+                          f"{first_without}); give it for all products or for none", "split")
+        products.append((RawProduct(pid, text, features(f.image_paths(products_path.parent))), split))
+
+    if with_split:
+        assignment = {p.id: split for p, split in products}
+        split_source = "field"
+    else:
+        assignment = split_products([p.id for p, _ in products], fractions, seed)
+        split_source = "random"
+
+    by_split: dict[str, RawSplit] = {name: RawSplit(name, [], []) for name in SPLIT_NAMES}
+    for product, _ in products:
+        by_split[assignment[product.id]].products.append(product)
+
+    review_line: dict[str, int] = {}
+    label_source = {"label": 0, "votes": 0}
+    for line_no, obj in _read_lines(reviews_path):
+        f = _Fields(obj, reviews_path, line_no)
+        rid = f.id("review_id")
+        if rid in review_line:
+            raise f.error(f"duplicate review id {rid!r} (also line {review_line[rid]})", "review_id")
+        review_line[rid] = line_no
+        pid = f.id("product_id")
+        if pid not in product_line:
+            raise f.error(f"unknown product {pid!r} (not in {products_path.name})", "product_id")
+        text = f.string("text", required=True)
+        assert text is not None
+        if f.has("label") and f.has("votes"):
+            raise f.error("give either 'label' or 'votes', not both", "label")
+        if f.has("label"):
+            label = f.integer("label")
+            if not 0 <= label <= max_level:
+                raise f.error(f"level {label} out of range 0..{max_level}", "label")
+            label_source["label"] += 1
+        elif f.has("votes"):
+            votes = f.integer("votes")
+            if votes < 0:
+                raise f.error(f"votes must be >= 0, got {votes}", "votes")
+            label = votes_to_level(votes, votes_scheme, max_level)
+            label_source["votes"] += 1
+        else:
+            raise f.error("missing required field (or 'votes')", "label")
+        review = RawReview(rid, pid, text, label, features(f.image_paths(reviews_path.parent)))
+        by_split[assignment[pid]].reviews.append(review)
+
+    raw = RawDataset(
+        source={
+            "format": "mrhp-jsonl",
+            "path": str(products_path.parent),
+            "products": str(products_path),
+            "reviews": str(reviews_path),
+            "split_from": split_source,
+            "fractions": list(fractions) if split_source == "random" else None,
+            "seed": seed if split_source == "random" else None,
+            "votes_scheme": votes_scheme,
+            "max_level": max_level,
+            "max_regions_per_image": max_regions_per_image,
+            "max_regions_per_item": max_regions_per_item,
+        },
+        splits={name: s for name, s in by_split.items() if s.products},
+        max_missing_image_rate=max_missing_image_rate,
+        notes={"labels_from": label_source},
+    )
+    raw.check_feature_files()
+    logger.info("read %d products and %d reviews from %s (split from %s)", len(products), len(review_line),
+                products_path.parent, split_source)
+    return raw
+
+
+def parse_ranking_request(
+    obj: dict,
+    base_dir: Path,
+    *,
+    where: str,
+    feature_dim: int | None = None,
+    max_regions_per_image: int | None = None,
+    max_regions_per_item: int | None = 128,
+) -> tuple[str, np.ndarray, list[tuple[str, str, np.ndarray]]]:
+    """Read one ranking request: a product and the reviews to rank.
+
+    ``obj`` has the form ``{"product_id": ..., "text": ... (or "name"/"description"), "images": [...],
+    "reviews": [{"review_id": ..., "text": ..., "images": [...]}, ...]}``; ``product_id`` is optional, images
+    are ``.npy`` paths relative to ``base_dir``. Unlike a dataset, a missing or unreadable feature file here is a
+    ``DataError`` (there is one request to answer, no rate to tolerate). ``where`` (e.g. ``"input.jsonl line
+    3"``) starts every error message.
+
+    Args:
+        feature_dim: when given, every region array must have this size ``F`` and empty arrays are
+            ``[0, feature_dim]``; when None, empty arrays are ``[0, 0]`` and sizes are checked only within the
+            request.
+
+    Returns:
+        ``(product_text, product_regions float32 [m, F], [(review_id, review_text, regions float32 [m_j, F]),
+        ...])`` with the reviews in request order (an empty review list is allowed).
+    """
+    if not isinstance(obj, dict):
+        raise DataError(f"expected a JSON object, got {type(obj).__name__}", file=where)
+    dims: dict[str, object] = {"dim": feature_dim}
+
+    def regions(f: _Fields, what: str) -> np.ndarray:
+        paths = f.image_paths(base_dir)
+        images = []
+        for path in paths:
+            try:
+                images.append(load_npy_regions(path))
+            except FileNotFoundError:
+                raise f.error(f"{what}: feature file not found: {path}", "images") from None
+            except (OSError, ValueError, EOFError) as exc:
+                raise f.error(f"{what}: unreadable feature file {path} ({str(exc)[:200]})", "images") from None
+        array = cap_regions(images, max_regions_per_image, max_regions_per_item, where=f"{where}, {what}")
+        if not images:
+            return np.zeros((0, feature_dim or 0), dtype=np.float32)
+        if dims["dim"] is None:
+            dims["dim"] = array.shape[1]
+        elif array.shape[1] != dims["dim"]:
+            raise f.error(f"{what}: region feature size {array.shape[1]}, expected {dims['dim']}", "images")
+        if not np.all(np.isfinite(array)):
+            raise f.error(f"{what}: region features hold NaN or infinite values", "images")
+        return array
+
+    product = _Fields(obj, where, None)
+    if product.has("product_id"):
+        product.id("product_id")
+    product_text = product.product_text()
+    product_regions = regions(product, "product")
+    raw_reviews = obj.get("reviews", _MISSING)
+    if raw_reviews is _MISSING:
+        raise product.error("missing required field", "reviews")
+    if not isinstance(raw_reviews, list):
+        raise product.error(f"expected a list of review objects, got {type(raw_reviews).__name__}", "reviews")
+    reviews: list[tuple[str, str, np.ndarray]] = []
+    seen: set[str] = set()
+    for k, entry in enumerate(raw_reviews):
+        if not isinstance(entry, dict):
+            raise product.error(f"review {k} is not a JSON object", "reviews")
+        f = _Fields(entry, f"{where}, review {k}", None)
+        rid = f.id("review_id")
+        if rid in seen:
+            raise f.error(f"duplicate review id {rid!r}", "review_id")
+        seen.add(rid)
+        text = f.string("text", required=True)
+        assert text is not None
+        reviews.append((rid, text, regions(f, f"review {rid}")))
+    # Items without images were given [0, 0] before the size was known from a later item: fix their width.
+    width = dims["dim"] or 0
+    if product_regions.shape[0] == 0:
+        product_regions = np.zeros((0, width), dtype=np.float32)
+    reviews = [(rid, text, r if r.shape[0] else np.zeros((0, width), dtype=np.float32)) for rid, text, r in reviews]
+    return product_text, product_regions, reviews

@@ -1,0 +1,402 @@
+"""Reader of the official Amazon-MRHP / Lazada-MRHP benchmark format (Liu et al., ACL 2021; SPEC 2.1).
+
+Per category ``cat`` and split in (train, dev, test), three JSON documents in one folder:
+
+- ``{cat}.prd.{split}``: products, fields ``product_id``, ``name``, ``description``, ``img_url``;
+- ``{cat}.rvw.{split}``: reviews, fields ``review_id``, ``content``, ``img_url`` (Amazon also ``time``, unused);
+- ``{cat}.rel.{split}``: relations, fields ``product_id``, ``review_id``, ``upvotes`` (already the helpfulness
+  level 0..4, used as the label as it is).
+
+The documents are what ``pandas.read_json`` reads by default: either a list of records or a dict of columns
+(``{"field": {"0": v, "1": v, ...}}``); both are read here with the standard ``json`` module. Errors name the file,
+the record (its row index: the position in a list of records, the row key in a dict of columns) and the field.
+
+Image features live in ``{features}/{split}/{item_id}/{item_id}.pth``; product and review features may be in
+different folders. See :class:`PthFeatures` for the file content and the region caps.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from mrhp.data.prepared import (
+    SPLIT_NAMES,
+    FeatureProblem,
+    FeatureSource,
+    LoadedFeatures,
+    RawDataset,
+    RawProduct,
+    RawReview,
+    RawSplit,
+    cap_regions,
+)
+from mrhp.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+PRODUCT_TEXT_CHOICES = ("name+description", "name")
+MAX_LABEL = 4
+
+_MISSING = object()
+
+
+def parse_image_urls(value: object) -> list[str]:
+    """The image URLs of an ``img_url`` value (only used to know whether an item should have images).
+
+    Accepts: None or "" (no image); a URL string; a list of URLs; a list of objects with key ``"url"`` (Lazada
+    reviews); and any of these lists encoded as a JSON string (Lazada stores ``img_url`` as a JSON string). A
+    string list that is not valid JSON is also tried as a Python literal (single quotes), which some dumps use.
+    Empty URL strings are not images and are left out. Anything else raises ``ValueError``.
+    """
+    if value is None:
+        return []
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            return []
+        if text[0] in "[{":
+            try:
+                decoded = json.loads(text)
+            except json.JSONDecodeError:
+                try:
+                    decoded = ast.literal_eval(text)
+                except (ValueError, SyntaxError):
+                    raise ValueError(f"img_url starts like a list but is neither JSON nor a literal: {text[:80]!r}")
+            return parse_image_urls(decoded if isinstance(decoded, list) else [decoded])
+        return [text]
+    if isinstance(value, (list, tuple)):
+        urls: list[str] = []
+        for k, entry in enumerate(value):
+            if isinstance(entry, dict):
+                entry = entry.get("url", _MISSING)
+                if entry is _MISSING:
+                    raise ValueError(f"img_url entry {k} is an object without the key 'url'")
+            if entry is None:
+                continue
+            if not isinstance(entry, str):
+                raise ValueError(f"img_url entry {k} is a {type(entry).__name__}, not a URL string")
+            if entry.strip():
+                urls.append(entry.strip())
+        return urls
+    raise ValueError(f"img_url is a {type(value).__name__}, expected a URL string, a list or a JSON string")
+
+
+def read_json_document(path: Path) -> list[tuple[str, dict]]:
+    """Records of a JSON document in a layout ``pandas.read_json`` reads by default.
+
+    Returns ``(record_label, record)`` pairs in order: for a list of records the label is the 0-based position;
+    for a dict of columns (``{"field": {"row": value}}`` or ``{"field": [values]}``) it is the row key, and the
+    rows follow the key order of the first column. A field absent from a record is absent from its dict.
+    """
+    try:
+        data = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise DataError("file not found", file=path) from None
+    except OSError as exc:
+        raise DataError(f"cannot read file ({exc})", file=path) from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", file=path) from None
+    except json.JSONDecodeError as exc:
+        raise DataError(f"invalid JSON ({exc.msg}, column {exc.colno})", file=path, line=exc.lineno) from None
+    if isinstance(data, list):
+        records = []
+        for k, record in enumerate(data):
+            if not isinstance(record, dict):
+                raise DataError(f"record {k} is a {type(record).__name__}, expected an object", file=path)
+            records.append((str(k), record))
+        return records
+    if isinstance(data, dict):
+        if not data:
+            return []
+        columns: dict[str, dict[str, object]] = {}
+        for name, column in data.items():
+            if isinstance(column, dict):
+                columns[name] = column
+            elif isinstance(column, list):
+                columns[name] = {str(k): v for k, v in enumerate(column)}
+            else:
+                raise DataError("a dict of columns needs an object or a list per field", file=path, field=name)
+        first = next(iter(columns.values()))
+        keys = list(first)
+        key_set = set(keys)
+        for name, column in columns.items():
+            extra = set(column) - key_set
+            if extra:
+                raise DataError(f"row {sorted(extra)[0]!r} is not in the first column's rows", file=path, field=name)
+        return [(key, {name: col[key] for name, col in columns.items() if key in col}) for key in keys]
+    raise DataError(f"the document is a {type(data).__name__}, expected a list of records or a dict of columns",
+                    file=path)
+
+
+def _where(path: Path, record: str) -> str:
+    return f"{path}, record {record}"
+
+
+def _get(path: Path, record: str, row: dict, name: str) -> object:
+    value = row.get(name, _MISSING)
+    if value is _MISSING:
+        raise DataError("missing field", file=_where(path, record), field=name)
+    return value
+
+
+def _id(path: Path, record: str, row: dict, name: str) -> str:
+    """An id as str: a non-empty string, an integer, or an integral float (pandas writes int columns with gaps
+    as floats)."""
+    value = _get(path, record, row, name)
+    if isinstance(value, bool):
+        pass
+    elif isinstance(value, str) and value.strip():
+        return value
+    elif isinstance(value, int):
+        return str(value)
+    elif isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    raise DataError(f"expected a non-empty string or integer id, got {value!r}", file=_where(path, record),
+                    field=name)
+
+
+def _text(path: Path, record: str, row: dict, name: str, nulls: dict[str, int]) -> str:
+    """A text field; null is read as an empty text and counted (the official files have null descriptions)."""
+    value = _get(path, record, row, name)
+    if value is None:
+        nulls[name] = nulls.get(name, 0) + 1
+        return ""
+    if not isinstance(value, str):
+        raise DataError(f"expected a string or null, got {type(value).__name__}", file=_where(path, record),
+                        field=name)
+    return value
+
+
+def _label(path: Path, record: str, row: dict) -> int:
+    value = _get(path, record, row, "upvotes")
+    if isinstance(value, float) and value.is_integer():
+        # An integral float (3.0) is what pandas writes for an integer column that had a gap.
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise DataError(f"expected an integer level 0..{MAX_LABEL}, got {value!r}", file=_where(path, record),
+                        field="upvotes")
+    if not 0 <= value <= MAX_LABEL:
+        raise DataError(f"level {value} out of range 0..{MAX_LABEL}", file=_where(path, record), field="upvotes")
+    return value
+
+
+class PthFeatures(FeatureSource):
+    """Region features of one item from an official ``.pth`` file.
+
+    The file is a ``torch.save``d list with one dict per image whose key ``"x"`` holds that image's region
+    features ``[n_regions, 2048]`` (a numpy array or a tensor). Reading it needs ``torch.load(...,
+    weights_only=False)``, i.e. unpickling, which can run code from the file: it is done only here, for feature
+    files the user points at when preparing a dataset, and the result is converted once into the pickle-free
+    feature store. Keeps the first ``max_regions_per_image`` regions of each image and at most
+    ``max_regions_per_item`` regions in all (reference: 32 and 128).
+    """
+
+    def __init__(self, path: Path, max_regions_per_image: int | None = 32, max_regions_per_item: int | None = 128):
+        self.path = path
+        self.max_regions_per_image = max_regions_per_image
+        self.max_regions_per_item = max_regions_per_item
+
+    def describe(self) -> str:
+        return str(self.path)
+
+    def missing_files(self) -> list[FeatureProblem]:
+        return [] if self.path.is_file() else [FeatureProblem(str(self.path), "file not found")]
+
+    def load(self) -> LoadedFeatures:
+        import torch  # noqa: PLC0415 (heavy import, needed only for this format)
+
+        if not self.path.is_file():
+            return LoadedFeatures(np.zeros((0, 0), dtype=np.float32), [FeatureProblem(str(self.path),
+                                                                                      "file not found")])
+        try:
+            content = torch.load(self.path, map_location="cpu", weights_only=False)
+        except Exception as exc:  # noqa: BLE001 (any failure to unpickle means an unreadable file: masked, listed)
+            return self._problem(f"unreadable ({type(exc).__name__}: {str(exc)[:200]})")
+        if not isinstance(content, (list, tuple)):
+            return self._problem(f"expected a list of per-image dicts, got {type(content).__name__}")
+        images: list[np.ndarray] = []
+        for k, entry in enumerate(content):
+            if not isinstance(entry, dict) or "x" not in entry:
+                return self._problem(f"image {k} is not a dict with key 'x'")
+            x = entry["x"]
+            if isinstance(x, torch.Tensor):
+                x = x.detach().cpu()
+                if self.max_regions_per_image is not None and x.ndim == 2:
+                    x = x[: self.max_regions_per_image]
+                x = x.float().numpy()
+            if not isinstance(x, np.ndarray) or x.ndim != 2 or not np.issubdtype(x.dtype, np.number):
+                shape = getattr(x, "shape", None)
+                return self._problem(f"image {k}: 'x' is not a numeric [n_regions, F] array (shape {shape})")
+            images.append(x)
+        regions = cap_regions(images, self.max_regions_per_image, self.max_regions_per_item, where=str(self.path))
+        return LoadedFeatures(regions)
+
+    def _problem(self, reason: str) -> LoadedFeatures:
+        return LoadedFeatures(np.zeros((0, 0), dtype=np.float32), [FeatureProblem(str(self.path), reason)])
+
+
+def _feature_source(
+    folder: Path | None, split: str, item_id: str, has_urls: bool, where: str, max_per_image: int | None,
+    max_per_item: int | None,
+) -> PthFeatures | None:
+    """The item's feature source, or None when it has no image (no URL and no feature file)."""
+    if folder is None:
+        return None
+    if item_id in (".", "..") or any(c in item_id for c in "/\\\0"):
+        raise DataError(f"id {item_id!r} cannot name a feature folder", file=where)
+    path = folder / split / item_id / f"{item_id}.pth"
+    # A feature file is used even when img_url is empty; an item with URLs but no file is a missing image.
+    if has_urls or path.is_file():
+        return PthFeatures(path, max_per_image, max_per_item)
+    return None
+
+
+def read_official(
+    data_dir: str | Path,
+    category: str,
+    *,
+    product_features: str | Path | None = None,
+    review_features: str | Path | None = None,
+    splits: Sequence[str] = SPLIT_NAMES,
+    product_text: str = "name+description",
+    max_regions_per_image: int | None = 32,
+    max_regions_per_item: int | None = 128,
+    max_missing_image_rate: float = 0.05,
+) -> RawDataset:
+    """Read one category of Amazon-MRHP / Lazada-MRHP.
+
+    Args:
+        data_dir: the folder with ``{category}.{prd,rvw,rel}.{split}``.
+        category: e.g. ``"clothing"``, ``"electronics"``, ``"home"``.
+        product_features: folder with ``{split}/{product_id}/{product_id}.pth``; None = products without images.
+        review_features: the same for reviews (may be the same folder).
+        splits: splits to read (all their files must exist).
+        product_text: ``"name+description"`` (``name + " " + description``) or ``"name"`` (the reference uses the
+            name alone for Lazada clothing).
+        max_regions_per_image, max_regions_per_item: region caps (None = no cap).
+        max_missing_image_rate: largest tolerated fraction, per split and kind, of items that should have images
+            (non-empty ``img_url`` or an existing feature file) whose feature file is missing or unreadable.
+            Missing files are checked here already (fails early); unreadable ones when preparing.
+
+    Returns:
+        The raw dataset; reviews of a product keep the order of the relation file.
+    """
+    if product_text not in PRODUCT_TEXT_CHOICES:
+        raise ValueError(f"product_text must be one of {PRODUCT_TEXT_CHOICES}, got {product_text!r}")
+    if not 0.0 <= max_missing_image_rate <= 1.0:
+        raise ValueError(f"max_missing_image_rate must be in [0, 1], got {max_missing_image_rate}")
+    data_dir = Path(data_dir)
+    prd_folder = Path(product_features) if product_features is not None else None
+    rvw_folder = Path(review_features) if review_features is not None else None
+    raw_splits: dict[str, RawSplit] = {}
+    notes: dict = {}
+    for split in splits:
+        paths = {kind: data_dir / f"{category}.{kind}.{split}" for kind in ("prd", "rvw", "rel")}
+        for path in paths.values():
+            if not path.is_file():
+                raise DataError(f"file not found (expected {category}.{{prd,rvw,rel}}.{split} in {data_dir})",
+                                file=path)
+        nulls: dict[str, int] = {}
+        urls_without_folder = {"product": 0, "review": 0}
+
+        products: list[RawProduct] = []
+        product_record: dict[str, str] = {}
+        path = paths["prd"]
+        for record, row in read_json_document(path):
+            pid = _id(path, record, row, "product_id")
+            if pid in product_record:
+                raise DataError(f"duplicate product id {pid!r} (also record {product_record[pid]})",
+                                file=_where(path, record), field="product_id")
+            product_record[pid] = record
+            name = _text(path, record, row, "name", nulls)
+            text = name
+            if product_text == "name+description":
+                text = name + " " + _text(path, record, row, "description", nulls)
+            try:
+                urls = parse_image_urls(_get(path, record, row, "img_url"))
+            except ValueError as exc:
+                raise DataError(str(exc), file=_where(path, record), field="img_url") from None
+            if urls and prd_folder is None:
+                urls_without_folder["product"] += 1
+            source = _feature_source(prd_folder, split, pid, bool(urls), _where(path, record), max_regions_per_image,
+                                     max_regions_per_item)
+            products.append(RawProduct(pid, text, source))
+
+        review_rows: dict[str, tuple[str, str, PthFeatures | None]] = {}
+        path = paths["rvw"]
+        for record, row in read_json_document(path):
+            rid = _id(path, record, row, "review_id")
+            if rid in review_rows:
+                raise DataError(f"duplicate review id {rid!r} (also record {review_rows[rid][0]})",
+                                file=_where(path, record), field="review_id")
+            content = _text(path, record, row, "content", nulls)
+            try:
+                urls = parse_image_urls(_get(path, record, row, "img_url"))
+            except ValueError as exc:
+                raise DataError(str(exc), file=_where(path, record), field="img_url") from None
+            if urls and rvw_folder is None:
+                urls_without_folder["review"] += 1
+            source = _feature_source(rvw_folder, split, rid, bool(urls), _where(path, record), max_regions_per_image,
+                                     max_regions_per_item)
+            review_rows[rid] = (record, content, source)
+
+        reviews: list[RawReview] = []
+        related: dict[str, tuple[str, str]] = {}  # review id -> (product id, relation record)
+        path = paths["rel"]
+        for record, row in read_json_document(path):
+            pid = _id(path, record, row, "product_id")
+            rid = _id(path, record, row, "review_id")
+            label = _label(path, record, row)
+            if pid not in product_record:
+                raise DataError(f"unknown product {pid!r} (not in {paths['prd'].name})", file=_where(path, record),
+                                field="product_id")
+            if rid not in review_rows:
+                raise DataError(f"unknown review {rid!r} (not in {paths['rvw'].name})", file=_where(path, record),
+                                field="review_id")
+            if rid in related:
+                other_pid, other_record = related[rid]
+                what = "duplicate relation" if other_pid == pid else f"review related to two products ({other_pid!r})"
+                raise DataError(f"{what}: review {rid!r} already related to product {other_pid!r} in record "
+                                f"{other_record}", file=_where(path, record), field="review_id")
+            related[rid] = (pid, record)
+            _, content, source = review_rows[rid]
+            reviews.append(RawReview(rid, pid, content, label, source))
+        for rid, (record, _, _) in review_rows.items():
+            if rid not in related:
+                raise DataError(f"review {rid!r} has no relation in {paths['rel'].name}",
+                                file=_where(paths["rvw"], record), field="review_id")
+
+        raw_splits[split] = RawSplit(split, products, reviews)
+        notes[split] = {
+            "null_text_fields": nulls,
+            "items_with_image_urls_but_no_feature_folder": urls_without_folder,
+        }
+        for kind, n in urls_without_folder.items():
+            if n:
+                logger.warning("%s: %d %ss have image URLs but no %s feature folder was given: read as text-only",
+                               split, n, kind, kind)
+    raw = RawDataset(
+        source={
+            "format": "mrhp-official",
+            "path": str(data_dir),
+            "category": category,
+            "product_features": str(prd_folder) if prd_folder is not None else None,
+            "review_features": str(rvw_folder) if rvw_folder is not None else None,
+            "product_text": product_text,
+            "max_regions_per_image": max_regions_per_image,
+            "max_regions_per_item": max_regions_per_item,
+        },
+        splits=raw_splits,
+        max_missing_image_rate=max_missing_image_rate,
+        notes=notes,
+    )
+    raw.check_feature_files()
+    logger.info("read %s/%s: %s", data_dir, category,
+                ", ".join(f"{n} {len(s.products)} products / {len(s.reviews)} reviews" for n, s in raw_splits.items()))
+    return raw
