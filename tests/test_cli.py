@@ -76,6 +76,24 @@ def test_prepare_train_resume_evaluate_predict(prepared: Path, tmp_path: Path, c
     assert scores == sorted(scores, reverse=True)
     assert [r["score"] for r in ranked[1]["reviews"]] == pytest.approx(scores, abs=1e-5)
 
+    # A product with no review gets an empty ranking; bad lines stop with the file and line named.
+    (tmp_path / "empty.jsonl").write_text(json.dumps({"product_id": "p3", "text": "x", "reviews": []}) + "\n")
+    assert main(["predict", "--checkpoint", str(run / "best.safetensors"), "--input", str(tmp_path / "empty.jsonl"),
+                 "--output", str(tmp_path / "empty-out.jsonl"), "--no-progress"]) == 0
+    assert json.loads((tmp_path / "empty-out.jsonl").read_text()) == {"product_id": "p3", "reviews": []}
+    capsys.readouterr()
+    (tmp_path / "bad.jsonl").write_text(json.dumps(request) + "\n{not json\n")
+    assert main(["predict", "--checkpoint", str(run / "best.safetensors"), "--input", str(tmp_path / "bad.jsonl"),
+                 "--output", str(tmp_path / "out.jsonl"), "--no-progress"]) == 2
+    assert "bad.jsonl, line 2: malformed JSON" in capsys.readouterr().err
+    assert len((tmp_path / "out.jsonl").read_text().splitlines()) == 2  # the earlier output is left as it was
+    wrong = {**request, "images": ["r.npy"], "reviews": [{"review_id": "x", "text": "t", "images": ["wide.npy"]}]}
+    np.save(tmp_path / "wide.npy", np.ones((2, 5), dtype=np.float32))
+    (tmp_path / "wrong.jsonl").write_text(json.dumps(wrong) + "\n")
+    assert main(["predict", "--checkpoint", str(run / "best.safetensors"), "--input", str(tmp_path / "wrong.jsonl"),
+                 "--output", str(tmp_path / "wrong-out.jsonl"), "--no-progress"]) == 2
+    assert "wrong.jsonl line 1" in capsys.readouterr().err
+
 
 def test_resume_repeats_an_uninterrupted_run(prepared: Path, tmp_path: Path):
     args = ["--data", str(prepared), *TINY]

@@ -29,8 +29,9 @@ from mrhp.errors import DataError
 log = logging.getLogger(__name__)
 
 
-def _read_requests(path: Path, checkpoint: Checkpoint) -> Iterator[tuple[str, list[str], RankingList]]:
+def _read_requests(path: Path, checkpoint: Checkpoint) -> Iterator[tuple[str | None, list[str], RankingList]]:
     vocab, feature_dim = checkpoint.vocab, checkpoint.config.model.image_dim
+    uses_images = checkpoint.config.model.use_images and feature_dim > 0
     with path.open(encoding="utf-8") as lines:
         for number, line in enumerate(lines, start=1):
             if not line.strip():
@@ -42,14 +43,12 @@ def _read_requests(path: Path, checkpoint: Checkpoint) -> Iterator[tuple[str, li
                 raise DataError(f"malformed JSON ({error.msg})", file=path, line=number) from None
             if not isinstance(request, dict):
                 raise DataError("expected a JSON object", file=path, line=number)
-            product_text, product_regions, reviews = parse_ranking_request(request, path.parent, where=where)
-            for regions in [product_regions] + [r for _, _, r in reviews]:
-                if len(regions) and checkpoint.config.model.use_images and regions.shape[1] != feature_dim:
-                    raise DataError(
-                        f"image features are {regions.shape[1]}-d but the model was trained on {feature_dim}-d",
-                        file=path,
-                        line=number,
-                    )
+            product_text, product_regions, reviews = parse_ranking_request(
+                request, path.parent, where=where, feature_dim=feature_dim if uses_images else None
+            )
+            if not uses_images:  # a model without an image side takes none, whatever the request holds
+                empty = np.zeros((0, 0), dtype=np.float32)
+                product_regions, reviews = empty, [(review_id, text, empty) for review_id, text, _ in reviews]
             ranking = RankingList(
                 product=Item(np.asarray(vocab.encode(product_text)), product_regions),
                 reviews=[Item(np.asarray(vocab.encode(text)), regions) for _, text, regions in reviews],
@@ -57,7 +56,8 @@ def _read_requests(path: Path, checkpoint: Checkpoint) -> Iterator[tuple[str, li
                 review_indices=list(range(len(reviews))),
                 group=number,
             )
-            yield str(request.get("product_id")), [review_id for review_id, _, _ in reviews], ranking
+            product_id = request.get("product_id")
+            yield None if product_id is None else str(product_id), [review_id for review_id, _, _ in reviews], ranking
 
 
 def rank_reviews(scores: np.ndarray) -> np.ndarray:
@@ -71,6 +71,8 @@ def rank_reviews(scores: np.ndarray) -> np.ndarray:
 @torch.no_grad()
 def score_lists(checkpoint: Checkpoint, lists: list[RankingList]) -> list[np.ndarray]:
     """Scores of every review of every list, as one array per list."""
+    if not any(ranking.reviews for ranking in lists):
+        return [np.zeros(0) for _ in lists]
     data = checkpoint.config.data
     feature_dim = checkpoint.config.model.image_dim
     batch = collate(lists, data.max_tokens, data.max_regions, feature_dim)
@@ -88,7 +90,7 @@ def predict_file(checkpoint_path: Path, input_path: Path, output_path: Path, pro
     temporary = output_path.with_name(f".{output_path.name}.tmp")
     output_path.parent.mkdir(parents=True, exist_ok=True)
     with temporary.open("w", encoding="utf-8") as out:
-        pending: list[tuple[str, list[str], RankingList]] = []
+        pending: list[tuple[str | None, list[str], RankingList]] = []
 
         def flush() -> None:
             nonlocal written
