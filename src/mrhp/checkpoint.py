@@ -13,12 +13,13 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from mrhp import __version__
 from mrhp.config import Config, config_from_dict
 from mrhp.data.text import Vocabulary
 from mrhp.errors import MrhpError
-from mrhp.model import HelpfulnessModel
+from mrhp.models import build_model
 
 FORMAT = "mrhp-checkpoint"
 VERSION = 1
@@ -26,7 +27,7 @@ VERSION = 1
 
 @dataclass
 class Checkpoint:
-    model: HelpfulnessModel
+    model: nn.Module  # any model of the registry (`mrhp.models`), rebuilt from `config.model.name` on load
     config: Config
     vocab: Vocabulary
     relevance_threshold: int
@@ -67,7 +68,7 @@ def save_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
         "format": FORMAT,
         "version": VERSION,
         "mrhp_version": __version__,
-        "model_name": "mrhp",
+        "model_name": checkpoint.config.model.name,
         "config": checkpoint.config.to_dict(),
         "vocab": checkpoint.vocab.to_list(),
         "relevance_threshold": checkpoint.relevance_threshold,
@@ -109,7 +110,11 @@ def load_checkpoint(path: Path) -> Checkpoint:
         )
     config = config_from_dict(header["config"], source=str(path))
     vocab = Vocabulary(header["vocab"])
-    model = HelpfulnessModel(config.model)
+    if header.get("model_name", config.model.name) != config.model.name:
+        raise MrhpError(
+            f"{path}: header says model {header['model_name']!r} but its config says {config.model.name!r}"
+        )
+    model = build_model(config.model)
     weights = {name[len("model."):]: value for name, value in tensors.items() if name.startswith("model.")}
     try:
         model.load_state_dict(weights)

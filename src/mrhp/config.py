@@ -28,6 +28,8 @@ TIES = ("pessimistic", "stable")
 WEIGHTINGS = ("adaptive", "none", "circle")
 REDUCTIONS = ("sum", "mean")
 SELECT_METRICS = ("map", "ndcg@3", "ndcg@5")
+# The paper's model and the baselines of its Tables 3-4 (SPEC 8); `mrhp.models` builds each by name.
+MODEL_NAMES = ("mrhp", "mcr", "conv-knrm", "prh-net", "bimpm", "eg-cnn", "sse-cross", "dr-net")
 
 
 @dataclass(frozen=True)
@@ -43,8 +45,10 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The paper's model (SPEC 3). `vocab_size` and `image_dim` are filled in from the prepared dataset."""
+    """The paper's model (SPEC 3), or by `name` a baseline (SPEC 8, `mrhp.models`; the shared sizes apply to all).
+    `vocab_size` and `image_dim` are filled in from the prepared dataset."""
 
+    name: str = "mrhp"  # which model: the paper's ("mrhp") or a baseline of MODEL_NAMES (`mrhp train --model`)
     hidden_size: int = 128  # d
     embedding_dim: int = 300  # replaced by the word vectors' width when vectors are given
     num_heads: int = 4  # 1 head is eq. 8 literally
@@ -111,6 +115,7 @@ class Config:
         _check(self.loss.ranking_reduction in REDUCTIONS, f"loss.ranking_reduction must be one of {REDUCTIONS}")
         _check(self.loss.contrastive_reduction in REDUCTIONS, f"loss.contrastive_reduction must be one of {REDUCTIONS}")
         _check(self.model.hidden_size % self.model.num_heads == 0, "model.hidden_size must be divisible by model.num_heads")
+        _check(self.model.name in MODEL_NAMES, f"model.name must be one of {MODEL_NAMES}, got {self.model.name!r}")
         _check(self.model.interaction_layers >= 1, "model.interaction_layers must be >= 1")
         _check(self.data.batch_rows >= 1 and self.data.max_list_size >= 2, "data.batch_rows >= 1 and data.max_list_size >= 2")
         _check(self.train.epochs >= 1 and self.train.lr > 0, "train.epochs >= 1 and train.lr > 0")

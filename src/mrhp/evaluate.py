@@ -8,13 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm import tqdm
 
 from mrhp.config import DataConfig
 from mrhp.data.batching import chunk_product_reviews, iterate_split, pack_groups
 from mrhp.data.prepared import PreparedSplit
 from mrhp.metrics import ranking_metrics, summarize
-from mrhp.model import HelpfulnessModel
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +23,7 @@ METRICS = ("map", "ndcg@3", "ndcg@5")
 
 @torch.no_grad()
 def score_split(
-    model: HelpfulnessModel, split: PreparedSplit, data: DataConfig, feature_dim: int, progress: bool = True
+    model: nn.Module, split: PreparedSplit, data: DataConfig, feature_dim: int, progress: bool = True
 ) -> np.ndarray:
     """Score every review of `split`. Returns float64 scores [num_reviews] in split order. Scores depend only on
     the product and the review, so how reviews are grouped into batches changes nothing."""
@@ -65,7 +65,7 @@ def per_product_metrics(
 
 
 def evaluate_split(
-    model: HelpfulnessModel,
+    model: nn.Module,
     split: PreparedSplit,
     data: DataConfig,
     feature_dim: int,

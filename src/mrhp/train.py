@@ -25,7 +25,8 @@ from mrhp.data.prepared import PreparedDataset
 from mrhp.errors import MrhpError
 from mrhp.evaluate import evaluate_split, format_metrics
 from mrhp.losses import cross_modal_contrastive_loss, pairwise_ranking_loss
-from mrhp.model import Batch, HelpfulnessModel, ModelOutput
+from mrhp.model import Batch, ModelOutput
+from mrhp.models import build_model, initialise_from_data
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,10 @@ def resolve_config(config: Config, dataset: PreparedDataset) -> Config:
 
 
 def joint_loss(output: ModelOutput, batch: Batch, config: Config) -> tuple[torch.Tensor, dict[str, float]]:
-    """Eq. 35: L = weight * L_contrastive (eqs. 30-33, over the helpful rows) + L_ranking (eq. 34)."""
+    """Eq. 35: L = weight * L_contrastive (eqs. 30-33, over the helpful rows) + L_ranking (eq. 34).
+
+    The contrastive term belongs to the paper's model: a baseline's output has no pooled vectors, and it trains
+    with the ranking loss alone."""
     loss_config = config.loss
     ranking = pairwise_ranking_loss(
         output.scores,
@@ -55,7 +59,7 @@ def joint_loss(output: ModelOutput, batch: Batch, config: Config) -> tuple[torch
         reduction=loss_config.ranking_reduction,
     )
     total, parts = ranking, {"ranking": float(ranking.detach())}
-    if loss_config.contrastive_weight > 0:
+    if loss_config.contrastive_weight > 0 and output.pooled:
         helpful = batch.review_labels >= loss_config.helpful_level  # [N]
         contrastive = cross_modal_contrastive_loss(
             {name: value[helpful] for name, value in output.pooled.items()},
@@ -87,7 +91,7 @@ def train(
     if config.train.threads > 0:
         torch.set_num_threads(config.train.threads)
     torch.manual_seed(config.train.seed)
-    model = HelpfulnessModel(config.model)
+    model = build_model(config.model)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="max", factor=config.train.lr_factor, patience=config.train.lr_patience
@@ -112,8 +116,8 @@ def train(
         if resume:
             log.warning("--resume: no %s yet, starting from scratch", last_path)
         embeddings = dataset.embeddings()
-        if embeddings is not None:
-            model.load_word_vectors(torch.from_numpy(np.asarray(embeddings, dtype=np.float32)))
+        vectors = None if embeddings is None else torch.from_numpy(np.asarray(embeddings, dtype=np.float32))
+        initialise_from_data(model, vectors, dataset.vocab.tokens)
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
     (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8")
 

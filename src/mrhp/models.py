@@ -1,0 +1,53 @@
+"""The model registry: every system of the paper's comparison (Tables 3-4), built by name from a `ModelConfig`.
+
+`mrhp` is the paper's model (`mrhp.model.HelpfulnessModel`); the others are the baselines of `mrhp.baselines`
+(SPEC 8). Every model maps a `Batch` to a `ModelOutput` (`scores [B, R]`, `row_scores [N]`), so training,
+checkpoints, evaluation and prediction are the same for all of them. Only the paper's model returns the pooled
+vectors of its contrastive loss; the baselines train with the pairwise hinge loss alone (eq. 34).
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from mrhp.baselines import EGCNN, MCR, BiMPM, ConvKNRM, DRNet, PRHNet, SSECross
+from mrhp.config import MODEL_NAMES, ModelConfig
+from mrhp.model import HelpfulnessModel
+
+MODELS: dict[str, type[nn.Module]] = {
+    "mrhp": HelpfulnessModel,
+    "mcr": MCR,
+    "conv-knrm": ConvKNRM,
+    "prh-net": PRHNet,
+    "bimpm": BiMPM,
+    "eg-cnn": EGCNN,
+    "sse-cross": SSECross,
+    "dr-net": DRNet,
+}
+TEXT_ONLY = frozenset({"conv-knrm", "prh-net", "bimpm", "eg-cnn"})
+"""Models that never read an image: they ignore the region inputs by construction."""
+
+assert tuple(MODELS) == MODEL_NAMES, "mrhp.config.MODEL_NAMES and the registry must list the same models"
+
+__all__ = ["MODEL_NAMES", "MODELS", "TEXT_ONLY", "build_model", "initialise_from_data", "reads_images"]
+
+
+def build_model(config: ModelConfig) -> nn.Module:
+    """A freshly initialised model of kind `config.name` (one of `MODEL_NAMES`)."""
+    if config.name not in MODELS:
+        raise ValueError(f"unknown model {config.name!r}; expected one of {', '.join(MODEL_NAMES)}")
+    return MODELS[config.name](config)
+
+
+def initialise_from_data(model: nn.Module, vectors: Tensor | None, tokens: list[str]) -> None:
+    """What a new model takes from the prepared dataset before training: its word vectors [V, E] (every model,
+    when the dataset has them) and, for EG-CNN, the spelling of every vocabulary word."""
+    if vectors is not None:
+        model.load_word_vectors(vectors)
+    if isinstance(model, EGCNN):
+        model.load_spelling(tokens)
+
+
+def reads_images(config: ModelConfig) -> bool:
+    """Whether a model built from `config` looks at image regions at all."""
+    return config.use_images and config.image_dim > 0 and config.name not in TEXT_ONLY
