@@ -16,7 +16,7 @@ from mrhp.synthetic import SyntheticSpec, write_official_dataset
 TINY = [
     "--set", "model.hidden_size=16", "--set", "model.embedding_dim=8", "--set", "model.num_heads=2",
     "--set", "model.interaction_layers=2", "--set", "model.feedforward_size=16", "--set", "train.lr=0.003",
-    "--set", "data.batch_rows=16", "--no-progress",
+    "--set", "data.batch_rows=16", "--set", "train.threads=1", "--no-progress",
 ]
 
 

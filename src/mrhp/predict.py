@@ -1,4 +1,5 @@
-"""Ranking new reviews with a trained checkpoint.
+"""Ranking new reviews with a trained checkpoint: the scoring shared by `mrhp predict` and `mrhp serve`, and
+resumable streaming batch prediction over a JSON-lines file of any size.
 
 Input: JSON lines, one ranking request per line (the format of `mrhp.data.jsonl.parse_ranking_request`)::
 
@@ -8,14 +9,34 @@ Input: JSON lines, one ranking request per line (the format of `mrhp.data.jsonl.
 Output: JSON lines in input order, one per product, its reviews sorted by rank (1 = most helpful)::
 
     {"product_id": "p1", "reviews": [{"review_id": "r1", "score": 1.23, "rank": 1}, ...]}
+
+Streaming and resuming. The input is read line by line and scored in batches of about `batch_rows` reviews, so
+memory is bounded by one batch (and the longest line), whatever the file size. Complete output lines are
+appended to a partial file beside the output (`.NAME.partial`); after each batch the partial file is flushed to
+disk and a small progress file (`.NAME.progress.json`) records how many output bytes are complete, the input
+byte offset they cover, the SHA-256 of that input prefix and of the checkpoint. A re-run with the same arguments
+truncates the partial file to its last recorded size (repairing a line torn by a kill) and continues from the
+recorded input offset; it refuses to continue with another checkpoint or when the already-ranked part of the
+input changed. At the end the partial file is renamed to the output and the progress file removed, so the output
+path only ever holds a complete result.
+
+Scores: `score_rankings` is the one scoring function of both this module and the HTTP service. A review's score
+depends only on its product and itself; batches of different composition pad differently, which changes scores
+only by float32 rounding (about 1e-7 relative), so the service and `predict` agree to that precision, and
+bit for bit when the product is scored in a forward pass of the same composition (e.g. a file of one product and
+a lone request).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-from collections.abc import Iterator
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -24,40 +45,110 @@ from tqdm import tqdm
 from mrhp.checkpoint import Checkpoint, load_checkpoint
 from mrhp.data.batching import Item, RankingList, collate
 from mrhp.data.jsonl import parse_ranking_request
-from mrhp.errors import DataError
+from mrhp.errors import DataError, MrhpError
+from mrhp.models import reads_images
 
 log = logging.getLogger(__name__)
 
+PROGRESS_FORMAT = "mrhp-predict-progress"
+PROGRESS_VERSION = 1
+_HASH_CHUNK = 1 << 20  # bytes read at a time when hashing files
+_Digest = type(hashlib.sha256())  # hashlib does not name its hash object type publicly
 
-def _read_requests(path: Path, checkpoint: Checkpoint) -> Iterator[tuple[str | None, list[str], RankingList]]:
-    vocab, feature_dim = checkpoint.vocab, checkpoint.config.model.image_dim
-    uses_images = checkpoint.config.model.use_images and feature_dim > 0
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            where = f"{path} line {number}"
-            try:
-                request = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataError(f"malformed JSON ({error.msg})", file=path, line=number) from None
-            if not isinstance(request, dict):
-                raise DataError("expected a JSON object", file=path, line=number)
-            product_text, product_regions, reviews = parse_ranking_request(
-                request, path.parent, where=where, feature_dim=feature_dim if uses_images else None
-            )
-            if not uses_images:  # a model without an image side takes none, whatever the request holds
-                empty = np.zeros((0, 0), dtype=np.float32)
-                product_regions, reviews = empty, [(review_id, text, empty) for review_id, text, _ in reviews]
-            ranking = RankingList(
-                product=Item(np.asarray(vocab.encode(product_text)), product_regions),
-                reviews=[Item(np.asarray(vocab.encode(text)), regions) for _, text, regions in reviews],
-                labels=[0] * len(reviews),
-                review_indices=list(range(len(reviews))),
-                group=number,
-            )
-            product_id = request.get("product_id")
-            yield None if product_id is None else str(product_id), [review_id for review_id, _, _ in reviews], ranking
+
+def file_sha256(path: Path, limit: int | None = None) -> str:
+    """SHA-256 (hex) of a file's bytes, or of its first `limit` bytes."""
+    digest = hashlib.sha256()
+    remaining = limit
+    with Path(path).open("rb") as handle:
+        while remaining is None or remaining > 0:
+            chunk = handle.read(_HASH_CHUNK if remaining is None else min(_HASH_CHUNK, remaining))
+            if not chunk:
+                break
+            digest.update(chunk)
+            if remaining is not None:
+                remaining -= len(chunk)
+    return digest.hexdigest()
+
+
+def uses_images(checkpoint: Checkpoint) -> bool:
+    """Whether the model reads images; a model that does not ignores any image of a request."""
+    return reads_images(checkpoint.config.model)
+
+
+def make_ranking(
+    checkpoint: Checkpoint,
+    product_text: str,
+    product_regions: np.ndarray,
+    reviews: Sequence[tuple[str, np.ndarray]],
+    group: int = 0,
+) -> RankingList:
+    """One product and the reviews to rank, as the model's input.
+
+    Args:
+        product_text: the product's text (tokenized here with the checkpoint's vocabulary; the model keeps the
+            first `data.max_tokens` tokens).
+        product_regions: float32 [m, F] region features of the product's images (m = 0 without image).
+        reviews: `(text, regions [m_j, F])` per review, in request order.
+        group: an identity of the product (used only by the training loss; any value when scoring).
+    """
+    if not uses_images(checkpoint):  # a model without an image side takes none, whatever the request holds
+        empty = np.zeros((0, 0), dtype=np.float32)
+        product_regions, reviews = empty, [(text, empty) for text, _ in reviews]
+    vocab = checkpoint.vocab
+    return RankingList(
+        product=Item(np.asarray(vocab.encode(product_text), dtype=np.int64), product_regions),
+        reviews=[Item(np.asarray(vocab.encode(text), dtype=np.int64), regions) for text, regions in reviews],
+        labels=[0] * len(reviews),
+        review_indices=list(range(len(reviews))),
+        group=group,
+    )
+
+
+@torch.no_grad()
+def score_rankings(checkpoint: Checkpoint, lists: Sequence[RankingList], batch_rows: int) -> list[np.ndarray]:
+    """Scores of every review of every list, as one float64 array [len(list.reviews)] per list.
+
+    Consecutive lists are packed into forward passes of at most `batch_rows` review rows; a list longer than
+    that is scored in pieces of `batch_rows` reviews (its product encoded once per piece), which changes nothing
+    but float32 rounding since a review's score depends only on its product and itself.
+    """
+    if batch_rows < 1:
+        raise ValueError(f"batch_rows must be >= 1, got {batch_rows}")
+    data = checkpoint.config.data
+    feature_dim = checkpoint.config.model.image_dim
+    pieces: list[tuple[int, RankingList]] = []
+    for index, ranking in enumerate(lists):
+        for start in range(0, len(ranking.reviews), batch_rows):
+            stop = start + batch_rows
+            pieces.append((index, RankingList(
+                product=ranking.product,
+                reviews=ranking.reviews[start:stop],
+                labels=ranking.labels[start:stop],
+                review_indices=ranking.review_indices[start:stop],
+                group=ranking.group,
+            )))
+    parts: list[list[np.ndarray]] = [[] for _ in lists]
+
+    def forward(batch: list[tuple[int, RankingList]]) -> None:
+        scores = checkpoint.model(collate([piece for _, piece in batch], data.max_tokens, data.max_regions, feature_dim))
+        row_scores = scores.row_scores.double().numpy()
+        start = 0
+        for index, piece in batch:
+            parts[index].append(row_scores[start:start + len(piece.reviews)])
+            start += len(piece.reviews)
+
+    batch: list[tuple[int, RankingList]] = []
+    rows = 0
+    for index, piece in pieces:
+        if batch and rows + len(piece.reviews) > batch_rows:
+            forward(batch)
+            batch, rows = [], 0
+        batch.append((index, piece))
+        rows += len(piece.reviews)
+    if batch:
+        forward(batch)
+    return [np.concatenate(part) if part else np.zeros(0) for part in parts]
 
 
 def rank_reviews(scores: np.ndarray) -> np.ndarray:
@@ -68,50 +159,210 @@ def rank_reviews(scores: np.ndarray) -> np.ndarray:
     return ranks
 
 
-@torch.no_grad()
-def score_lists(checkpoint: Checkpoint, lists: list[RankingList]) -> list[np.ndarray]:
-    """Scores of every review of every list, as one array per list."""
-    if not any(ranking.reviews for ranking in lists):
-        return [np.zeros(0) for _ in lists]
-    data = checkpoint.config.data
-    feature_dim = checkpoint.config.model.image_dim
-    batch = collate(lists, data.max_tokens, data.max_regions, feature_dim)
-    scores = checkpoint.model(batch).row_scores.double().numpy()
-    bounds = np.cumsum([0] + [len(ranking.reviews) for ranking in lists])
-    return [scores[start:stop] for start, stop in zip(bounds[:-1], bounds[1:])]
+def ranked_reviews(review_ids: Sequence[str], scores: np.ndarray) -> list[dict[str, object]]:
+    """`[{"review_id", "score", "rank"}, ...]` sorted by rank: the answer format of `predict` and the service."""
+    ranks = rank_reviews(scores)
+    reviews = [
+        {"review_id": review_id, "score": float(score), "rank": int(rank)}
+        for review_id, score, rank in zip(review_ids, scores, ranks)
+    ]
+    reviews.sort(key=lambda review: review["rank"])
+    return reviews
 
 
-def predict_file(checkpoint_path: Path, input_path: Path, output_path: Path, progress: bool = True) -> int:
-    """Rank the reviews of every product of `input_path`; returns the number of products written."""
+@dataclass
+class _Request:
+    product_id: str | None
+    review_ids: list[str]
+    ranking: RankingList
+
+
+@dataclass
+class _Progress:
+    """What the progress file records: the first `output_bytes` of the partial output are the ranked products
+    of the first `input_offset` bytes (`input_lines` lines) of the input."""
+
+    checkpoint_sha256: str
+    input_offset: int
+    input_lines: int
+    input_prefix_sha256: str
+    output_bytes: int
+    products: int
+
+
+def _partial_paths(output_path: Path) -> tuple[Path, Path]:
+    return (
+        output_path.with_name(f".{output_path.name}.partial"),
+        output_path.with_name(f".{output_path.name}.progress.json"),
+    )
+
+
+def _write_progress(path: Path, progress: _Progress) -> None:
+    temporary = path.with_name(f"{path.name}.tmp")
+    temporary.write_text(json.dumps({"format": PROGRESS_FORMAT, "version": PROGRESS_VERSION, **vars(progress)}))
+    os.replace(temporary, path)  # atomic: a kill leaves the old or the new record, never half of one
+
+
+def _read_progress(path: Path) -> _Progress:
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        if record.pop("format") != PROGRESS_FORMAT or record.pop("version") != PROGRESS_VERSION:
+            raise ValueError("not a progress file of this mrhp version")
+        return _Progress(**record)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise MrhpError(f"{path}: unreadable progress file ({error}); rerun with --restart to start over") from None
+
+
+def _resume_point(
+    progress_path: Path, partial_path: Path, source: BinaryIO, checkpoint_sha256: str
+) -> tuple[_Progress, _Digest]:
+    """Check that the run recorded in `progress_path` can be continued with this checkpoint and input; repair the
+    partial output's tail. Returns the record and the running SHA-256 of the input prefix it covers (`source`
+    is left positioned after that prefix)."""
+    progress = _read_progress(progress_path)
+    if progress.checkpoint_sha256 != checkpoint_sha256:
+        raise MrhpError(
+            f"{progress_path}: the interrupted run used another checkpoint (SHA-256 {progress.checkpoint_sha256[:12]}, "
+            f"now {checkpoint_sha256[:12]}); rerun with --restart to rank everything with this one"
+        )
+    prefix = hashlib.sha256()
+    remaining = progress.input_offset
+    while remaining > 0 and (chunk := source.read(min(_HASH_CHUNK, remaining))):
+        prefix.update(chunk)
+        remaining -= len(chunk)
+    if remaining or prefix.hexdigest() != progress.input_prefix_sha256:
+        raise MrhpError(
+            f"{source.name}: its first {progress.input_lines} lines changed since the interrupted run recorded in "
+            f"{progress_path}; rerun with --restart to start over"
+        )
+    size = partial_path.stat().st_size if partial_path.is_file() else -1
+    if size < progress.output_bytes:
+        raise MrhpError(
+            f"{partial_path}: partial output is missing or shorter ({size} bytes) than recorded in {progress_path} "
+            f"({progress.output_bytes}); rerun with --restart to start over"
+        )
+    if size > progress.output_bytes:
+        # Lines written after the last record (the last one possibly torn by the kill) are scored again.
+        log.warning("dropping %d bytes of unrecorded output at the end of %s", size - progress.output_bytes, partial_path)
+        with partial_path.open("r+b") as handle:
+            handle.truncate(progress.output_bytes)
+    return progress, prefix
+
+
+def _parse_line(raw: bytes, number: int, path: Path, checkpoint: Checkpoint) -> _Request | None:
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise DataError(f"not UTF-8 ({error.reason} at byte {error.start})", file=path, line=number) from None
+    if not line.strip():
+        return None
+    try:
+        request = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise DataError(f"malformed JSON ({error.msg})", file=path, line=number) from None
+    if not isinstance(request, dict):
+        raise DataError("expected a JSON object", file=path, line=number)
+    feature_dim = checkpoint.config.model.image_dim if uses_images(checkpoint) else None
+    product_text, product_regions, reviews = parse_ranking_request(
+        request, path.parent, where=f"{path} line {number}", feature_dim=feature_dim
+    )
+    ranking = make_ranking(checkpoint, product_text, product_regions, [(text, r) for _, text, r in reviews], number)
+    product_id = request.get("product_id")
+    return _Request(None if product_id is None else str(product_id), [rid for rid, _, _ in reviews], ranking)
+
+
+def predict_file(
+    checkpoint_path: Path,
+    input_path: Path,
+    output_path: Path,
+    progress: bool = True,
+    restart: bool = False,
+    batch_rows: int | None = None,
+) -> int:
+    """Rank the reviews of every product of `input_path` into `output_path`, resuming an interrupted run.
+
+    Args:
+        restart: discard the progress of an interrupted run instead of continuing it.
+        batch_rows: review rows per forward pass (default: the checkpoint's `data.eval_batch_rows`): consecutive
+            products are packed up to it, a product with more reviews is scored in pieces of that many.
+
+    Returns:
+        The number of products in the output (those ranked by an interrupted earlier run included).
+    """
+    input_path, output_path = Path(input_path), Path(output_path)
+    if not input_path.is_file():
+        raise MrhpError(f"input file not found: {input_path}")
     checkpoint = load_checkpoint(checkpoint_path)
     checkpoint.model.eval()
-    batch_rows = checkpoint.config.data.eval_batch_rows
-    written = 0
-    temporary = output_path.with_name(f".{output_path.name}.tmp")
+    checkpoint_sha256 = file_sha256(checkpoint_path)
+    batch_rows = checkpoint.config.data.eval_batch_rows if batch_rows is None else batch_rows
+    if batch_rows < 1:
+        raise MrhpError(f"--batch-rows must be >= 1, got {batch_rows}")
+    partial_path, progress_path = _partial_paths(output_path)
     output_path.parent.mkdir(parents=True, exist_ok=True)
-    with temporary.open("w", encoding="utf-8") as out:
-        pending: list[tuple[str | None, list[str], RankingList]] = []
+    with input_path.open("rb") as source:
+        if progress_path.is_file() and not restart:
+            state, prefix = _resume_point(progress_path, partial_path, source, checkpoint_sha256)
+            log.info("resuming after input line %d (%d products already ranked in %s)", state.input_lines,
+                     state.products, partial_path)
+        else:
+            state, prefix = _Progress(checkpoint_sha256, 0, 0, hashlib.sha256().hexdigest(), 0, 0), hashlib.sha256()
+            partial_path.write_bytes(b"")
+            _write_progress(progress_path, state)
+        _rank_stream(checkpoint, source, input_path, partial_path, progress_path, state, prefix, batch_rows, progress)
+    os.replace(partial_path, output_path)
+    progress_path.unlink()
+    log.info("ranked the reviews of %d products into %s", state.products, output_path)
+    return state.products
+
+
+def _rank_stream(
+    checkpoint: Checkpoint,
+    source: BinaryIO,
+    input_path: Path,
+    partial_path: Path,
+    progress_path: Path,
+    state: _Progress,
+    prefix: _Digest,
+    batch_rows: int,
+    progress: bool,
+) -> None:
+    """Score the rest of `source` (positioned at `state.input_offset`) in batches of about `batch_rows` reviews,
+    appending to the partial output and recording `state` after each batch."""
+    offset, number = state.input_offset, state.input_lines
+    pending: list[_Request] = []
+    pending_rows = 0
+    bar = tqdm(total=os.fstat(source.fileno()).st_size, initial=offset, unit="B", unit_scale=True, desc="ranking",
+               disable=not progress)
+    with partial_path.open("ab") as out:
 
         def flush() -> None:
-            nonlocal written
-            for (product_id, review_ids, _), scores in zip(pending, score_lists(checkpoint, [p[2] for p in pending])):
-                ranks = rank_reviews(scores)
-                reviews = [
-                    {"review_id": review_id, "score": float(score), "rank": int(rank)}
-                    for review_id, score, rank in zip(review_ids, scores, ranks)
-                ]
-                reviews.sort(key=lambda review: review["rank"])
-                out.write(json.dumps({"product_id": product_id, "reviews": reviews}) + "\n")
-                written += 1
-            pending.clear()
+            scores = score_rankings(checkpoint, [request.ranking for request in pending], batch_rows)
+            for request, values in zip(pending, scores):
+                line = {"product_id": request.product_id, "reviews": ranked_reviews(request.review_ids, values)}
+                out.write((json.dumps(line) + "\n").encode("utf-8"))
+            out.flush()
+            os.fsync(out.fileno())  # the bytes the progress file vouches for must be on disk before it says so
+            state.products += len(pending)
+            state.output_bytes = out.tell()
+            state.input_offset, state.input_lines, state.input_prefix_sha256 = offset, number, prefix.hexdigest()
+            _write_progress(progress_path, state)
+            bar.set_postfix(products=state.products)
 
-        requests = tqdm(_read_requests(input_path, checkpoint), desc="ranking", unit="product", disable=not progress)
-        for request in requests:
+        for raw in source:  # binary lines keep exact byte offsets for the resume point
+            number += 1
+            request = _parse_line(raw, number, input_path, checkpoint)
+            offset += len(raw)
+            prefix.update(raw)
+            bar.update(len(raw))
+            if request is None:
+                continue
             pending.append(request)
-            if sum(len(p[1]) for p in pending) >= batch_rows:
+            pending_rows += len(request.review_ids)
+            if pending_rows >= batch_rows:
                 flush()
+                pending.clear()
+                pending_rows = 0
         if pending:
             flush()
-    temporary.replace(output_path)
-    log.info("ranked the reviews of %d products into %s", written, output_path)
-    return written
+    bar.close()

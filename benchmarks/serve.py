@@ -1,0 +1,231 @@
+"""Throughput and latency of `mrhp serve` under a bounded load, next to the in-process scoring rate of the same model.
+
+Builds an untrained model at the paper's sizes (d = 128, D = 5, 4 heads, 300-d embeddings; vocabulary and image
+feature size below) unless `--checkpoint` is given, starts `mrhp serve` on 127.0.0.1 in a subprocess, and sends
+`--requests` ranking requests (a product with `--reviews` reviews, texts of `--words` words, `--regions` inline
+image regions per item) from `--clients` concurrent clients, stopping after `--max-seconds` at most. Printed:
+throughput (requests/s and reviews/s), p50/p99 latency, the server's mean requests per forward pass (from
+/healthz), then the in-process rate of the same requests scored with `mrhp.predict.score_rankings` (one forward
+per request, as a lone request is served; and packed like `mrhp predict`; on the first `--in-process-requests`
+requests), measured before the server starts
+and after it stops, and the ratio service / in-process (their mean).
+
+    python benchmarks/serve.py [--requests 120] [--clients 4] [--max-seconds 90] [--reviews 8] [--words 40]
+                               [--regions 8] [--image-dim 1280] [--vocab 20000] [--threads N] [--workers 1]
+                               [--checkpoint PATH]
+
+The clients run in this process while the server runs in its own; on a small machine they share the CPU cores,
+and other work on the machine changes every figure: the core count and the load average before and after are
+printed with the results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import torch
+
+from mrhp.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from mrhp.config import Config, ModelConfig
+from mrhp.data.text import PAD, UNK, Vocabulary
+from mrhp.models import build_model
+from mrhp.predict import make_ranking, score_rankings
+
+
+def paper_size_checkpoint(path: Path, vocab: int, image_dim: int) -> None:
+    torch.manual_seed(0)
+    config = Config(model=ModelConfig(vocab_size=vocab, image_dim=image_dim)).validate()
+    words = [PAD, UNK] + [f"w{i}" for i in range(vocab - 2)]
+    save_checkpoint(path, Checkpoint(model=build_model(config.model), config=config, vocab=Vocabulary(words),
+                                     relevance_threshold=1))
+
+
+def make_requests(count: int, reviews: int, words: int, regions: int, vocab: int, image_dim: int) -> list[dict]:
+    rng = np.random.default_rng(0)
+
+    def text() -> str:
+        return " ".join(f"w{i}" for i in rng.integers(0, vocab - 2, words))
+
+    def images() -> list[dict]:
+        return [{"regions": rng.uniform(0, 6, (regions, image_dim)).astype(np.float32).round(3).tolist()}] if regions else []
+
+    return [
+        {"product_id": f"p{n}", "text": text(), "images": images(),
+         "reviews": [{"review_id": f"p{n}-r{k}", "text": text(), "images": images()} for k in range(reviews)]}
+        for n in range(count)
+    ]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_until_up(url: str, server: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            sys.exit(f"the server exited with status {server.returncode}")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.2)
+    sys.exit("the server did not come up")
+
+
+def load(url: str, bodies: list[bytes], clients: int, max_seconds: float) -> tuple[list[float], int, float]:
+    """Send every body once from `clients` threads (or until `max_seconds`); latencies in seconds, errors, wall."""
+    latencies: list[float] = []
+    errors = [0]
+    next_index = [0]
+    lock = threading.Lock()
+    started = time.perf_counter()
+
+    def client() -> None:
+        with httpx.Client(timeout=max_seconds) as session:
+            while time.perf_counter() - started < max_seconds:
+                with lock:
+                    index = next_index[0]
+                    next_index[0] += 1
+                if index >= len(bodies):
+                    return
+                sent = time.perf_counter()
+                response = session.post(f"{url}/v1/rank", content=bodies[index],
+                                        headers={"content-type": "application/json"})
+                elapsed = time.perf_counter() - sent
+                with lock:
+                    if response.status_code == 200:
+                        latencies.append(elapsed)
+                    else:
+                        errors[0] += 1
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return latencies, errors[0], time.perf_counter() - started
+
+
+def in_process_rate(checkpoint: Checkpoint, requests: list[dict], packed: bool) -> float:
+    """Requests per second scored with `score_rankings`: one forward per request, or packed like `mrhp predict`.
+
+    Scored on a thread of its own, as the service's scorer thread does: torch's CPU thread pool behaves
+    differently on the main thread (on a busy machine, two OpenMP threads on the main thread ran the same forward
+    passes up to 10x slower than a worker thread), so this keeps the two measurements comparable."""
+    rate: list[float] = []
+    worker = threading.Thread(target=lambda: rate.append(_scoring_rate(checkpoint, requests, packed)))
+    worker.start()
+    worker.join()
+    return rate[0]
+
+
+def _scoring_rate(checkpoint: Checkpoint, requests: list[dict], packed: bool) -> float:
+
+    def regions(item: dict) -> np.ndarray:
+        arrays = [np.asarray(image["regions"], dtype=np.float32) for image in item["images"]]
+        return np.concatenate(arrays) if arrays else np.zeros((0, checkpoint.config.model.image_dim), np.float32)
+
+    lists = [make_ranking(checkpoint, r["text"], regions(r), [(v["text"], regions(v)) for v in r["reviews"]])
+             for r in requests]
+    rows = checkpoint.config.data.eval_batch_rows
+    score_rankings(checkpoint, lists[:1], rows)  # warm-up
+    started = time.perf_counter()
+    if packed:
+        score_rankings(checkpoint, lists, rows)
+    else:
+        for ranking in lists:
+            score_rankings(checkpoint, [ranking], rows)
+    return len(lists) / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", type=Path, help="a trained checkpoint (default: untrained, paper sizes)")
+    parser.add_argument("--requests", type=int, default=120)
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--max-seconds", type=float, default=90.0, help="stop sending after this long")
+    parser.add_argument("--reviews", type=int, default=8, help="reviews per request")
+    parser.add_argument("--words", type=int, default=40, help="words per text")
+    parser.add_argument("--regions", type=int, default=8, help="inline image regions per item (0 = no images)")
+    parser.add_argument("--image-dim", type=int, default=1280, help="region feature size of the built model")
+    parser.add_argument("--vocab", type=int, default=20_000, help="vocabulary of the built model")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads, server and in-process")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--in-process-requests", type=int, default=24, help="requests of each in-process measurement")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = args.checkpoint
+        if path is None:
+            path = Path(folder) / "paper-size.safetensors"
+            paper_size_checkpoint(path, args.vocab, args.image_dim)
+        checkpoint = load_checkpoint(path)
+        model_config = checkpoint.config.model
+        requests = make_requests(args.requests, args.reviews, args.words, args.regions, len(checkpoint.vocab),
+                                 model_config.image_dim)
+        bodies = [json.dumps(r).encode() for r in requests]
+        load_before = os.getloadavg()[0]
+        torch.set_num_threads(args.threads)
+        sample = requests[: args.in_process_requests]
+        rates_before = [in_process_rate(checkpoint, sample, packed) for packed in (False, True)]
+        warm_up = bodies[: min(4, len(bodies))]
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        command = [sys.executable, "-m", "mrhp.cli", "serve", "--checkpoint", str(path), "--port", str(port),
+                   "--threads", str(args.threads), "--workers", str(args.workers),
+                   "--max-request-bytes", str(max(len(b) for b in bodies) + 1024)]
+        server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_until_up(url, server, timeout=120)
+            load(url, warm_up, 1, args.max_seconds)
+            before = httpx.get(f"{url}/healthz").json()
+            latencies, errors, wall = load(url, bodies, args.clients, args.max_seconds)
+            after = httpx.get(f"{url}/healthz").json()
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+
+        if not latencies:
+            sys.exit(f"no request succeeded ({errors} errors)")
+        done = len(latencies)
+        served = done / wall
+        rates_after = [in_process_rate(checkpoint, sample, packed) for packed in (False, True)]
+        load_after = os.getloadavg()[0]
+
+    forwards = after["forwards"] - before["forwards"]
+    per_forward = (after["requests"] - before["requests"]) / max(forwards, 1)
+    print(f"torch {torch.__version__}, {os.cpu_count()} CPU cores, {args.threads} torch threads, {args.workers} "
+          f"worker(s); load average {load_before:.1f} before, {load_after:.1f} after")
+    print(f"model: {model_config.name}, d={model_config.hidden_size}, D={model_config.interaction_layers}, "
+          f"vocabulary {model_config.vocab_size}, image features {model_config.image_dim}-d")
+    print(f"request: {args.reviews} reviews, {args.words} words per text, {args.regions} regions per item, "
+          f"{statistics.mean(len(b) for b in bodies) / 1e3:.0f} kB of JSON on average")
+    print(f"load: {done} of {len(bodies)} requests done in {wall:.1f} s from {args.clients} clients "
+          f"(cap {args.max_seconds:.0f} s), {errors} errors")
+    print(f"service: {served:.2f} requests/s = {served * args.reviews:.1f} reviews/s; latency "
+          f"p50 {1e3 * np.percentile(latencies, 50):.0f} ms, p99 {1e3 * np.percentile(latencies, 99):.0f} ms; "
+          f"{per_forward:.2f} requests per forward pass")
+    single, packed = ((before + after) / 2 for before, after in zip(rates_before, rates_after))
+    print(f"in-process, one forward per request: {rates_before[0]:.2f} before, {rates_after[0]:.2f} after "
+          f"requests/s; packed like `mrhp predict`: {rates_before[1]:.2f} before, {rates_after[1]:.2f} after")
+    print(f"ratio service / in-process: {served / single:.2f} (one forward per request), "
+          f"{served / packed:.2f} (packed)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,401 @@
+"""The HTTP scoring service over real HTTP on 127.0.0.1 (uvicorn in a thread, httpx), and resumable streaming
+batch prediction. The model is a tiny untrained one saved with `save_checkpoint`: its scores are arbitrary but
+deterministic, which is all that agreement between the service and `predict` needs."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+import uvicorn
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from mrhp import predict as predict_module
+from mrhp.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from mrhp.cli import main
+from mrhp.config import Config, DataConfig, ModelConfig
+from mrhp.data.text import Vocabulary
+from mrhp.errors import MrhpError
+from mrhp.models import build_model
+from mrhp.predict import file_sha256, make_ranking, predict_file, score_rankings
+from mrhp.serve import BatchScorer, ServiceBusy, create_app
+
+WORDS = ["<pad>", "<unk>", "great", "pot", "lid", "steel", "bad", "handle", "cheap", "heavy", "ok", "love", "it"]
+F = 4  # image feature size of the tiny model
+MAX_TOKENS = 6
+
+
+def tiny_checkpoint(path: Path, image_dim: int, seed: int = 0) -> Path:
+    torch.manual_seed(seed)
+    config = Config(
+        data=DataConfig(max_tokens=MAX_TOKENS, max_regions=5, eval_batch_rows=8),
+        model=ModelConfig(hidden_size=8, embedding_dim=6, num_heads=2, interaction_layers=1, feedforward_size=8,
+                          vocab_size=len(WORDS), image_dim=image_dim),
+    ).validate()
+    model = build_model(config.model)
+    save_checkpoint(path, Checkpoint(model=model, config=config, vocab=Vocabulary(WORDS), relevance_threshold=1,
+                                     metrics={"dev_map": 0.5}, state={"epoch": 1}))
+    return path
+
+
+def regions(n: int, seed: int, width: int = F) -> list[list[float]]:
+    return np.random.default_rng(seed).uniform(-1, 1, (n, width)).round(3).tolist()
+
+
+def request(product_id: str, seed: int, reviews: int = 3) -> dict:
+    rng = np.random.default_rng(seed)
+    return {
+        "product_id": product_id,
+        "text": " ".join(rng.choice(WORDS[2:], 4)),
+        "images": [{"regions": regions(2, seed)}],
+        "reviews": [
+            {"review_id": f"{product_id}-r{k}", "text": " ".join(rng.choice(WORDS[2:], 1 + k % 4)),
+             "images": [{"regions": regions(1 + k % 3, seed * 10 + k)}] if k % 2 == 0 else []}
+            for k in range(reviews)
+        ],
+    }
+
+
+def as_jsonl_request(body: dict, folder: Path) -> dict:
+    """The same request in the `mrhp predict` format: inline regions become .npy feature files."""
+
+    def files(item: dict, name: str) -> list[str]:
+        out = []
+        for k, image in enumerate(item.get("images", [])):
+            np.save(folder / f"{name}-{k}.npy", np.asarray(image["regions"], dtype=np.float32))
+            out.append(f"{name}-{k}.npy")
+        return out
+
+    return {
+        "product_id": body["product_id"], "text": body["text"], "images": files(body, body["product_id"]),
+        "reviews": [{"review_id": r["review_id"], "text": r["text"], "images": files(r, r["review_id"])}
+                    for r in body["reviews"]],
+    }
+
+
+@contextmanager
+def serving(app) -> Iterator[str]:
+    """Run `app` under uvicorn on 127.0.0.1 with a free port (a socket bound here, so no race) in a thread."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=20)
+        sock.close()
+
+
+@pytest.fixture(scope="module")
+def checkpoint_path(tmp_path_factory) -> Path:
+    return tiny_checkpoint(tmp_path_factory.mktemp("serve") / "tiny.safetensors", image_dim=F)
+
+
+@pytest.fixture(scope="module")
+def base_url(checkpoint_path: Path) -> Iterator[str]:
+    app = create_app(checkpoint_path, max_request_bytes=20_000, max_reviews=5, max_text_chars=200, batch_wait_ms=20)
+    with serving(app) as url:
+        yield url
+
+
+def test_ranking_matches_in_process_prediction(base_url: str, checkpoint_path: Path, tmp_path: Path):
+    body = request("p1", seed=1, reviews=4)
+    response = httpx.post(f"{base_url}/v1/rank", json=body)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["product_id"] == "p1" and [r["rank"] for r in answer["reviews"]] == [1, 2, 3, 4]
+    scores = [r["score"] for r in answer["reviews"]]
+    assert scores == sorted(scores, reverse=True) and len(set(scores)) == 4
+
+    # `mrhp predict` on the same product (feature files instead of inline regions): identical lines.
+    (tmp_path / "in.jsonl").write_text(json.dumps(as_jsonl_request(body, tmp_path)) + "\n")
+    assert predict_file(checkpoint_path, tmp_path / "in.jsonl", tmp_path / "out.jsonl", progress=False) == 1
+    expected = json.loads((tmp_path / "out.jsonl").read_text())
+    assert answer["reviews"] == expected["reviews"]
+
+    # A product with no review, integer ids, name + description, a text-free review.
+    empty = httpx.post(f"{base_url}/v1/rank", json={"product_id": 7, "name": "pot", "reviews": []}).json()
+    assert empty["product_id"] == "7" and empty["reviews"] == []
+    odd = {"name": "steel", "description": "pot", "reviews": [{"review_id": 3, "text": ""}]}
+    assert httpx.post(f"{base_url}/v1/rank", json=odd).json()["reviews"][0]["review_id"] == "3"
+
+
+def test_texts_longer_than_max_tokens_are_cut_and_reported(base_url: str):
+    body = {"text": "great pot " * 4, "reviews": [{"review_id": "long", "text": "great " * 7},
+                                                   {"review_id": "short", "text": "great"}]}
+    answer = httpx.post(f"{base_url}/v1/rank", json=body).json()
+    assert answer["product_text_truncated"] is True and answer["truncated_reviews"] == ["long"]
+    # Cut at MAX_TOKENS: the words after it change nothing.
+    longer = {**body, "reviews": [{"review_id": "long", "text": "great " * 6 + "bad lid"}, body["reviews"][1]]}
+    again = httpx.post(f"{base_url}/v1/rank", json=longer).json()
+    assert again["reviews"] == answer["reviews"]
+
+
+def test_concurrent_requests_agree_with_in_process_scores(base_url: str, checkpoint_path: Path):
+    checkpoint = load_checkpoint(checkpoint_path)
+    bodies = [request(f"c{i}", seed=20 + i, reviews=1 + i % 4) for i in range(12)]
+    answers: list[dict | None] = [None] * len(bodies)
+    start = threading.Barrier(len(bodies))
+
+    def client(i: int) -> None:
+        start.wait()
+        answers[i] = httpx.post(f"{base_url}/v1/rank", json=bodies[i], timeout=30).json()
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(len(bodies))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for body, answer in zip(bodies, answers):
+        ranking = make_ranking(
+            checkpoint, body["text"], np.asarray(body["images"][0]["regions"], dtype=np.float32),
+            [(r["text"], np.asarray(r["images"][0]["regions"], dtype=np.float32) if r["images"]
+              else np.zeros((0, F), dtype=np.float32)) for r in body["reviews"]],
+        )
+        expected = dict(zip([r["review_id"] for r in body["reviews"]], score_rankings(checkpoint, [ranking], 8)[0]))
+        assert {r["review_id"]: r["score"] for r in answer["reviews"]} == pytest.approx(expected, abs=1e-5)
+    health = httpx.get(f"{base_url}/healthz").json()
+    assert health["status"] == "ok" and health["requests"] >= len(bodies)
+
+
+def test_scorer_groups_queued_requests_into_one_forward_and_refuses_when_full(checkpoint_path: Path):
+    checkpoint = load_checkpoint(checkpoint_path)
+    lists = [make_ranking(checkpoint, "pot", np.zeros((0, F), np.float32), [("great", np.zeros((0, F), np.float32))] * n)
+             for n in (1, 2, 3, 4)]
+    scorer = BatchScorer(checkpoint, batch_rows=6, wait_s=0.0, max_queued=4)
+    futures = [scorer.submit(ranking) for ranking in lists]  # queued before the thread runs
+    with pytest.raises(ServiceBusy):
+        scorer.submit(lists[0])
+    scorer.start()
+    results = [future.result(timeout=20) for future in futures]
+    scorer.stop()
+    assert [len(r) for r in results] == [1, 2, 3, 4]
+    assert (scorer.forwards, scorer.requests) == (2, 4)  # 1 + 2 + 3 rows, then 4 (it would overflow 6)
+
+
+def test_health_model_and_openapi(base_url: str, checkpoint_path: Path):
+    assert httpx.get(f"{base_url}/healthz").json()["status"] == "ok"
+    info = httpx.get(f"{base_url}/v1/model").json()
+    assert info["model"]["name"] == "mrhp" and info["model"]["class"] == "HelpfulnessModel"
+    assert info["checkpoint"]["sha256"] == file_sha256(checkpoint_path)
+    assert info["checkpoint"]["format_version"] == 1 and info["mrhp_version"] == info["checkpoint"]["written_by_mrhp"]
+    assert info["config"]["model"]["hidden_size"] == 8 and info["metrics"] == {"dev_map": 0.5}
+    assert info["inputs"]["image_feature_size"] == F and info["inputs"]["max_tokens"] == MAX_TOKENS
+    assert info["inputs"]["image_files"] is False and "4-d region features" in info["inputs"]["image_files_note"]
+    assert info["limits"]["max_reviews"] == 5 and info["limits"]["max_request_bytes"] == 20_000
+    schema = httpx.get(f"{base_url}/openapi.json").json()
+    assert schema["components"]["schemas"]["RankRequest"]["examples"][0]["reviews"]
+    assert {"200", "413", "415", "422", "501", "503"} <= set(schema["paths"]["/v1/rank"]["post"]["responses"])
+    assert "at most 5 reviews" in schema["info"]["description"]
+
+
+BAD_REQUESTS = {
+    "malformed JSON": ('{"text": "x", "reviews": [', 422, "malformed JSON at character"),
+    "wrong type": ({"text": "x", "reviews": [{"review_id": "a", "text": 5}]}, 422, "reviews[0].text"),
+    "missing field": ({"text": "x"}, 422, "reviews: Field required"),
+    "unknown field": ({"text": "x", "reviews": [], "reveiws": []}, 422, "reveiws"),
+    "not an object": ([1, 2], 422, "body"),
+    "two texts": ({"text": "x", "name": "y", "reviews": []}, 422, "either 'text' or 'name'"),
+    "no text": ({"reviews": []}, 422, "missing product text"),
+    "too many reviews": ({"text": "x", "reviews": [{"review_id": str(k), "text": ""} for k in range(6)]}, 422,
+                         "reviews: 6 reviews exceed the limit of 5"),
+    "text too long": ({"text": "x", "reviews": [{"review_id": "a", "text": "y" * 201}]}, 422,
+                      "reviews[0].text: text of 201 characters exceeds the limit of 200"),
+    "duplicate id": ({"text": "x", "reviews": [{"review_id": "a", "text": ""}, {"review_id": "a", "text": ""}]},
+                     422, "reviews[1].review_id: duplicate review id 'a'"),
+    "feature size": ({"text": "x", "images": [{"regions": [[0.0] * 3]}], "reviews": []}, 422,
+                     "images[0].regions: region feature size 3, the model takes 4"),
+    "ragged regions": ({"text": "x", "reviews": [{"review_id": "a", "text": "", "images": [
+        {"regions": [[0.0] * 4, [0.0] * 3]}]}]}, 422, "reviews[0].images[0].regions: rows of unequal length"),
+    "non-finite": ('{"text": "x", "images": [{"regions": [[NaN, 0, 0, 0]]}], "reviews": []}', 422,
+                   "images[0].regions: region features hold NaN"),
+    "image source": ({"text": "x", "images": [{}], "reviews": []}, 422, "exactly one of 'regions' or 'data'"),
+    "bad base64": ({"text": "x", "images": [{"data": "not base64!"}], "reviews": []}, 422,
+                   "images[0].data: not valid base64"),
+    "image file, 4-d model": ({"text": "x", "images": [{"data": base64.b64encode(b"\x89PNG").decode()}],
+                              "reviews": []}, 501, "images[0].data: this model takes 4-d region features"),
+    "not JSON": (('{"text": "x", "reviews": []}', "text/plain"), 415, "Content-Type: application/json"),
+    "too large": ({"text": "x" * 30_000, "reviews": []}, 413, "exceeds the limit of 20000 bytes"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_REQUESTS, ids=list(BAD_REQUESTS))
+def test_bad_requests_are_answered_with_status_and_field(base_url: str, case: str):
+    body, status, message = BAD_REQUESTS[case]
+    if isinstance(body, tuple):  # (raw body, content type)
+        response = httpx.post(f"{base_url}/v1/rank", content=body[0], headers={"content-type": body[1]})
+    elif isinstance(body, str):
+        response = httpx.post(f"{base_url}/v1/rank", content=body, headers={"content-type": "application/json"})
+    else:
+        response = httpx.post(f"{base_url}/v1/rank", json=body)
+    assert response.status_code == status, response.text
+    assert message in response.json()["message"]
+
+
+def test_a_streamed_body_over_the_limit_is_refused(base_url: str):
+    def chunks() -> Iterator[bytes]:  # no content-length: the limit is counted as the body arrives
+        yield b'{"text": "'
+        for _ in range(30):
+            yield b"x" * 1000
+        yield b'", "reviews": []}'
+
+    response = httpx.post(f"{base_url}/v1/rank", content=chunks(), headers={"content-type": "application/json"})
+    assert response.status_code == 413 and "20000 bytes" in response.json()["message"]
+    assert httpx.get(f"{base_url}/nowhere").status_code == 404
+
+
+def test_bad_checkpoint_or_address_fails_at_start_up(tmp_path: Path, checkpoint_path: Path, capsys):
+    with pytest.raises(MrhpError, match="checkpoint not found"):
+        create_app(tmp_path / "missing.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"not a checkpoint")
+    assert main(["serve", "--checkpoint", str(tmp_path / "junk.safetensors"), "--port", "0"]) == 2
+    assert "mrhp serve: error: " in capsys.readouterr().err
+    # A checkpoint of a future format version: a clear error, not a traceback.
+    with safe_open(str(checkpoint_path), framework="pt") as handle:
+        header = json.loads(handle.metadata()["mrhp"])
+    save_file(load_file(str(checkpoint_path)), str(tmp_path / "future.safetensors"),
+              metadata={"mrhp": json.dumps({**header, "version": 99})})
+    assert main(["serve", "--checkpoint", str(tmp_path / "future.safetensors"), "--port", "0"]) == 2
+    assert "format version 99 is not supported" in capsys.readouterr().err
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        assert main(["serve", "--checkpoint", str(checkpoint_path), "--port", port]) == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
+
+
+def test_image_files_go_through_the_image_feature_extractor(tmp_path: Path):
+    images = pytest.importorskip("mrhp.images")
+    if not images.images_available():
+        pytest.skip("the images extra is not installed")
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 60, 3), dtype=np.uint8)).save(buffer, "PNG")
+    png = buffer.getvalue()
+    path = tiny_checkpoint(tmp_path / "wide.safetensors", image_dim=images.FEATURE_DIM)
+    features = images.ImageFeatureExtractor(threads=1).extract_bytes(png).regions
+    inline = {"text": "pot", "images": [{"regions": features.tolist()}], "reviews": [
+        {"review_id": "a", "text": "great", "images": [{"regions": features.tolist()}]},
+        {"review_id": "b", "text": "bad"}]}
+    as_files = {**inline, "images": [{"data": base64.b64encode(png).decode()}], "reviews": [
+        {**inline["reviews"][0], "images": [{"data": base64.b64encode(png).decode()}]}, inline["reviews"][1]]}
+    with serving(create_app(path, threads=1)) as url:
+        assert httpx.get(f"{url}/v1/model").json()["inputs"]["image_files"] is True
+        from_files = httpx.post(f"{url}/v1/rank", json=as_files, timeout=30)
+        from_regions = httpx.post(f"{url}/v1/rank", json=inline, timeout=30)
+        broken = httpx.post(f"{url}/v1/rank", json={**inline, "images": [{"data": base64.b64encode(b"junk").decode()}]})
+    assert from_files.status_code == 200, from_files.text
+    got, expected = from_files.json()["reviews"], from_regions.json()["reviews"]
+    assert [(r["review_id"], r["rank"]) for r in got] == [(r["review_id"], r["rank"]) for r in expected]
+    assert [r["score"] for r in got] == pytest.approx([r["score"] for r in expected], abs=1e-5)
+    assert broken.status_code == 422 and "images[0].data: unusable image" in broken.json()["message"]
+
+
+# ---- batch prediction: streaming and resuming ------------------------------------------------------------------
+
+
+@pytest.fixture()
+def batch_input(tmp_path: Path) -> Path:
+    lines = [json.dumps(as_jsonl_request(request(f"b{i}", seed=40 + i, reviews=1 + i % 3), tmp_path))
+             for i in range(9)]
+    lines.insert(4, "")  # blank lines are skipped, but still counted in the resume point
+    path = tmp_path / "batch.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+class Interrupted(Exception):
+    pass
+
+
+def interrupt_after(monkeypatch, function: str, calls: int) -> None:
+    """Make `mrhp.predict.<function>` raise on its `calls + 1`-th call, like a kill at that point."""
+    original, count = getattr(predict_module, function), [0]
+
+    def wrapper(*args, **kwargs):
+        count[0] += 1
+        if count[0] > calls:
+            raise Interrupted
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(predict_module, function, wrapper)
+
+
+def test_predict_resumes_after_an_interruption(checkpoint_path: Path, batch_input: Path, tmp_path: Path, monkeypatch):
+    reference = tmp_path / "reference.jsonl"
+    assert predict_file(checkpoint_path, batch_input, reference, progress=False, batch_rows=4) == 9
+    expected = reference.read_bytes()
+
+    output = tmp_path / "ranked.jsonl"
+    with monkeypatch.context() as patch:
+        interrupt_after(patch, "score_rankings", 2)
+        with pytest.raises(Interrupted):
+            predict_file(checkpoint_path, batch_input, output, progress=False, batch_rows=4)
+    partial, progress = tmp_path / ".ranked.jsonl.partial", tmp_path / ".ranked.jsonl.progress.json"
+    assert not output.exists() and partial.is_file() and progress.is_file()
+    done = json.loads(progress.read_text())
+    assert done["products"] == len(partial.read_text().splitlines()) > 0
+    with partial.open("ab") as handle:  # a line torn by the kill
+        handle.write(b'{"product_id": "b9", "revi')
+
+    scored: list[int] = []
+    original = predict_module.score_rankings
+    monkeypatch.setattr(predict_module, "score_rankings",
+                        lambda c, lists, rows: scored.append(len(lists)) or original(c, lists, rows))
+    assert predict_file(checkpoint_path, batch_input, output, progress=False, batch_rows=4) == 9
+    assert output.read_bytes() == expected and not partial.exists() and not progress.exists()
+    assert sum(scored) == 9 - done["products"]  # only the rest was scored again
+
+
+def test_predict_rescores_lines_written_after_the_last_record(checkpoint_path: Path, batch_input: Path,
+                                                              tmp_path: Path, monkeypatch):
+    expected_path = tmp_path / "reference.jsonl"
+    predict_file(checkpoint_path, batch_input, expected_path, progress=False, batch_rows=4)
+    output = tmp_path / "ranked.jsonl"
+    with monkeypatch.context() as patch:  # killed after writing a batch, before recording it
+        interrupt_after(patch, "_write_progress", 3)
+        with pytest.raises(Interrupted):
+            predict_file(checkpoint_path, batch_input, output, progress=False, batch_rows=4)
+    assert main(["predict", "--checkpoint", str(checkpoint_path), "--input", str(batch_input), "--output",
+                 str(output), "--batch-rows", "4", "--no-progress"]) == 0
+    assert output.read_bytes() == expected_path.read_bytes()
+
+
+def test_predict_refuses_to_resume_with_another_checkpoint_or_input(checkpoint_path: Path, batch_input: Path,
+                                                                     tmp_path: Path, monkeypatch, capsys):
+    output = tmp_path / "ranked.jsonl"
+    with monkeypatch.context() as patch:
+        interrupt_after(patch, "score_rankings", 1)
+        with pytest.raises(Interrupted):
+            predict_file(checkpoint_path, batch_input, output, progress=False, batch_rows=4)
+    other = tiny_checkpoint(tmp_path / "other.safetensors", image_dim=F, seed=1)
+    args = ["predict", "--input", str(batch_input), "--output", str(output), "--batch-rows", "4", "--no-progress"]
+    assert main([*args, "--checkpoint", str(other)]) == 2
+    assert "used another checkpoint" in capsys.readouterr().err
+    lines = batch_input.read_text().splitlines()
+    batch_input.write_text("\n".join([json.dumps({**json.loads(lines[0]), "product_id": "x0"}), *lines[1:]]) + "\n")
+    assert main([*args, "--checkpoint", str(checkpoint_path)]) == 2
+    assert "changed since the interrupted run" in capsys.readouterr().err
+    assert main([*args, "--checkpoint", str(checkpoint_path), "--restart"]) == 0
+    assert json.loads(output.read_text().splitlines()[0])["product_id"] == "x0"
