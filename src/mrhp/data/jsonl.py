@@ -8,10 +8,12 @@
 ``name``,          ... or, instead of ``text``, a ``name`` and/or a ``description`` (strings); the text is then
 ``description``    ``name + " " + description`` as in the benchmarks. Giving ``text`` together with either is an
                    error.
-``images``         optional list of image feature files: ``.npy`` arrays ``[n_regions, F]`` (numbers, no
-                   pickles), one file per image, paths relative to the folder of the ``.jsonl`` file (or
-                   absolute). Raw image files (``.jpg`` ...) are refused: they need the image feature extractor
-                   (``mrhp features``), which this version does not have.
+``images``         optional list of images, one entry per image, paths relative to the folder of the ``.jsonl``
+                   file (or absolute): region feature files (``.npy`` arrays ``[n_regions, F]``, numbers, no
+                   pickles) or image files (``.jpg``, ``.jpeg``, ``.png``, ``.webp``, ``.gif``, ``.bmp``, ``.tif``,
+                   ``.tiff``), whose features come from :mod:`mrhp.images` (``mrhp features``; the ``images``
+                   extra) through the ``image_features`` argument of :func:`read_jsonl`. Without it image files
+                   are refused with a message saying so.
 ``split``          optional ``"train"``, ``"dev"`` or ``"test"``. Either every product has it or none; without
                    it products are split at random by :func:`split_products` (default 80/10/10, seeded).
 =================  ==========================================================================================
@@ -32,8 +34,9 @@
 
 Blank lines are ignored. Every error (malformed JSON, missing or mistyped field, duplicate id, review of an
 unknown product, label out of range) names the file, the line and the field. A listed ``.npy`` file that is
-missing or unreadable masks that image (it is counted and listed in the report, and preparing fails when the rate
-of items with a missing image exceeds ``max_missing_image_rate``).
+missing or unreadable, or an image file that is missing or cannot be decoded, masks that image (it is counted and
+listed in the report with the reason, and preparing fails when the rate of items with a missing image exceeds
+``max_missing_image_rate``).
 
 Example::
 
@@ -49,7 +52,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -65,12 +68,12 @@ from mrhp.data.prepared import (
     RawSplit,
     cap_regions,
 )
-from mrhp.errors import DataError
+from mrhp.errors import DataError, MrhpError
 
 logger = logging.getLogger(__name__)
 
 VOTE_SCHEMES = ("log2", "linear-cap")
-RAW_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp")
+RAW_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 FEATURE_SUFFIX = ".npy"
 
 _MISSING = object()
@@ -204,7 +207,8 @@ class _Fields:
             raise self.error("missing required field (or 'name' and/or 'description')", "text")
         return " ".join(part for part in (name, description) if part is not None)
 
-    def image_paths(self, base_dir: Path) -> list[Path]:
+    def image_paths(self, base_dir: Path, *, image_files: bool = False) -> list[Path]:
+        """The ``images`` entries as paths; image files (by suffix) are accepted only when ``image_files``."""
         value = self.obj.get("images", _MISSING)
         if value is _MISSING or value is None:
             return []
@@ -215,16 +219,22 @@ class _Fields:
             if not isinstance(entry, str) or not entry.strip():
                 raise self.error(f"entry {k} is not a non-empty path string: {entry!r}", "images")
             suffix = Path(entry).suffix.lower()
-            if suffix in RAW_IMAGE_SUFFIXES:
+            if suffix in RAW_IMAGE_SUFFIXES and not image_files:
                 raise self.error(
-                    f"entry {k} ({entry}) is an image file; raw images need the image feature extractor "
-                    "(`mrhp features`), which is not available in this version: give region features as .npy "
-                    "arrays [n_regions, F]", "images")
-            if suffix != FEATURE_SUFFIX:
-                raise self.error(f"entry {k} ({entry}) is not a .npy feature file", "images")
+                    f"entry {k} ({entry}) is an image file; image files need the image feature extractor "
+                    "(`mrhp features` / `mrhp prepare --format jsonl` with the `images` extra installed: "
+                    "pip install 'mrhp[images]'); otherwise give region features as .npy arrays [n_regions, F]",
+                    "images")
+            if suffix != FEATURE_SUFFIX and suffix not in RAW_IMAGE_SUFFIXES:
+                raise self.error(f"entry {k} ({entry}) is not a .npy feature file (nor an image file: "
+                                 f"{', '.join(RAW_IMAGE_SUFFIXES)})", "images")
             path = Path(entry)
             paths.append(path if path.is_absolute() else base_dir / path)
         return paths
+
+
+def _is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in RAW_IMAGE_SUFFIXES
 
 
 def load_npy_regions(path: Path) -> np.ndarray:
@@ -243,23 +253,26 @@ class NpyFeatures(FeatureSource):
 
     A missing or unreadable file masks that image only (the others are kept); it is reported as a problem. Keeps
     the first ``max_regions_per_image`` regions of each image and at most ``max_regions_per_item`` in all.
+    ``problems`` are images of the item known to have failed already (image files whose feature extraction
+    failed): they are masked and reported the same way.
     """
 
     def __init__(self, paths: Sequence[Path], max_regions_per_image: int | None = None,
-                 max_regions_per_item: int | None = 128) -> None:
+                 max_regions_per_item: int | None = 128, problems: Sequence[FeatureProblem] = ()) -> None:
         self.paths = list(paths)
         self.max_regions_per_image = max_regions_per_image
         self.max_regions_per_item = max_regions_per_item
+        self.problems = list(problems)
 
     def describe(self) -> str:
-        return ", ".join(str(p) for p in self.paths)
+        return ", ".join([str(p) for p in self.paths] + [p.file for p in self.problems])
 
     def missing_files(self) -> list[FeatureProblem]:
-        return [FeatureProblem(str(p), "file not found") for p in self.paths if not p.is_file()]
+        return self.problems + [FeatureProblem(str(p), "file not found") for p in self.paths if not p.is_file()]
 
     def load(self) -> LoadedFeatures:
         images: list[np.ndarray] = []
-        problems: list[FeatureProblem] = []
+        problems: list[FeatureProblem] = list(self.problems)
         for path in self.paths:
             if not path.is_file():
                 problems.append(FeatureProblem(str(path), "file not found"))
@@ -284,6 +297,7 @@ def read_jsonl(
     max_regions_per_image: int | None = None,
     max_regions_per_item: int | None = 128,
     max_missing_image_rate: float = 0.05,
+    image_features: Callable[[list[Path]], Mapping[Path, Path | FeatureProblem]] | None = None,
 ) -> RawDataset:
     """Read a dataset in the user format (see the module docstring).
 
@@ -297,19 +311,32 @@ def read_jsonl(
             there is no per-image cap by default: the user's extractor decides the regions per image.
         max_missing_image_rate: largest tolerated fraction, per split and kind, of items with images of which at
             least one feature file is missing or unreadable.
+        image_features: what turns image files into feature files, called once after both files are read
+            (so bad records fail before any extraction) with every image file listed, in order of appearance:
+            returns each file's ``.npy`` features or the :class:`FeatureProblem` that masks it (e.g.
+            :meth:`mrhp.images.ImageFeatureFolder.resolve`). None = image files are refused.
 
     Returns:
         The raw dataset with the splits that have products, in the order train, dev, test; products and reviews
         in file order.
     """
+    # These come straight from the command line: a user error, not a programming error.
     if votes_scheme not in VOTE_SCHEMES:
-        raise ValueError(f"votes_scheme must be one of {VOTE_SCHEMES}, got {votes_scheme!r}")
+        raise MrhpError(f"votes scheme must be one of {VOTE_SCHEMES}, got {votes_scheme!r}")
     if not 0.0 <= max_missing_image_rate <= 1.0:
-        raise ValueError(f"max_missing_image_rate must be in [0, 1], got {max_missing_image_rate}")
+        raise MrhpError(f"max missing image rate must be in [0, 1], got {max_missing_image_rate}")
+    if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1.0) > 1e-6:
+        raise MrhpError(f"split fractions must be three non-negative numbers summing to 1, got {tuple(fractions)}")
     products_path, reviews_path = Path(products_path), Path(reviews_path)
 
-    def features(paths: list[Path]) -> NpyFeatures | None:
-        return NpyFeatures(paths, max_regions_per_image, max_regions_per_item) if paths else None
+    # Items listing image files get their features after reading, from one extraction run over all the files.
+    deferred: list[tuple[RawProduct | RawReview, list[Path]]] = []
+
+    def attach_features(item: RawProduct | RawReview, paths: list[Path]) -> None:
+        if any(_is_image_file(p) for p in paths):
+            deferred.append((item, paths))
+        elif paths:
+            item.features = NpyFeatures(paths, max_regions_per_image, max_regions_per_item)
 
     products: list[tuple[RawProduct, str | None]] = []
     product_line: dict[str, int] = {}
@@ -335,7 +362,9 @@ def read_jsonl(
         if with_split and without_split:
             raise f.error(f"some products have a 'split' (line {first_with}) and others not (line "
                           f"{first_without}); give it for all products or for none", "split")
-        products.append((RawProduct(pid, text, features(f.image_paths(products_path.parent))), split))
+        product = RawProduct(pid, text)
+        attach_features(product, f.image_paths(products_path.parent, image_files=image_features is not None))
+        products.append((product, split))
 
     if with_split:
         assignment = {p.id: split for p, split in products}
@@ -376,8 +405,19 @@ def read_jsonl(
             label_source["votes"] += 1
         else:
             raise f.error("missing required field (or 'votes')", "label")
-        review = RawReview(rid, pid, text, label, features(f.image_paths(reviews_path.parent)))
+        review = RawReview(rid, pid, text, label)
+        attach_features(review, f.image_paths(reviews_path.parent, image_files=image_features is not None))
         by_split[assignment[pid]].reviews.append(review)
+
+    if deferred:
+        assert image_features is not None, "image files are refused while reading without image_features"
+        resolved = image_features([p for _, paths in deferred for p in paths if _is_image_file(p)])
+        for item, paths in deferred:
+            found = [resolved[p] if _is_image_file(p) else p for p in paths]
+            item.features = NpyFeatures(
+                [p for p in found if isinstance(p, Path)], max_regions_per_image, max_regions_per_item,
+                problems=[p for p in found if isinstance(p, FeatureProblem)],
+            )
 
     raw = RawDataset(
         source={
