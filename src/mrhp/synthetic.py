@@ -33,7 +33,7 @@ LEVEL_CUTS = (0.5, 0.85, 1.2, 1.55)
 
 @dataclass(frozen=True)
 class SyntheticSpec:
-    products: tuple[int, int, int] = (160, 40, 40)  # train, dev, test
+    products: tuple[int, int, int] = (160, 60, 100)  # train, dev, test
     reviews_per_product: tuple[int, int] = (6, 14)  # inclusive range
     num_topics: int = 16
     words_per_topic: int = 12
