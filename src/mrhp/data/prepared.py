@@ -22,6 +22,8 @@ Layout of a prepared dataset directory::
         labels.npy           int64 [N]  helpfulness level (0..4 in the benchmarks)
         product_image.npy    int64 [P]  feature store row, -1 = no image
         review_image.npy     int64 [N]  feature store row, -1 = no image
+        review_rating.npy    float32 [N] star rating, NaN = unknown (optional: older datasets lack it)
+        {kind}_image_refs.json  lists of image URLs kept as references, not features (only when some item has)
 
 Missing images (an item that should have images but whose feature file is missing or unreadable) are masked
 (store row -1, zero regions), counted, listed in the report, and the preparation fails when their rate in any
@@ -135,22 +137,33 @@ def cap_regions(
 
 @dataclass(slots=True)
 class RawProduct:
-    """A product: ``id``, model ``text`` (may be empty) and its image ``features`` (None = no image)."""
+    """A product: ``id``, model ``text`` (may be empty) and its image ``features`` (None = no image).
+
+    ``image_refs``: image URLs kept as references only (not features: e.g. URLs of a dump that cannot be fetched
+    offline); saved in ``{split}/product_image_refs.json`` when some item has them.
+    """
 
     id: str
     text: str
     features: FeatureSource | None = None
+    image_refs: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
 class RawReview:
-    """A review of product ``product_id`` with helpfulness level ``label`` (an integer >= 0)."""
+    """A review of product ``product_id`` with helpfulness level ``label`` (an integer >= 0).
+
+    ``rating``: the reviewer's star rating when the source has one (None = unknown), for the floors
+    (:mod:`mrhp.floors`); ``image_refs`` as for :class:`RawProduct`.
+    """
 
     id: str
     product_id: str
     text: str
     label: int
     features: FeatureSource | None = None
+    rating: float | None = None
+    image_refs: tuple[str, ...] = ()
 
 
 @dataclass
@@ -518,6 +531,9 @@ def _write_split(
         np.save(split_dir / f"{kind}_token_offsets.npy", np.asarray(offsets, dtype=np.int64), allow_pickle=False)
         np.save(split_dir / f"{kind}_image.npy", rows, allow_pickle=False)
         (split_dir / f"{kind}_ids.json").write_text(json.dumps(ids, ensure_ascii=False), encoding="utf-8")
+        refs = [list(item.image_refs) for item in items]
+        if any(refs):
+            (split_dir / f"{kind}_image_refs.json").write_text(json.dumps(refs, ensure_ascii=False), encoding="utf-8")
         with_images = int(np.count_nonzero(rows >= 0))
         images[kind] = {
             "with_images": with_images,
@@ -527,6 +543,7 @@ def _write_split(
             "missing_files": missing_files,
             "missing_rate": missing / expected if expected else 0.0,
             "regions": regions_total,
+            "with_image_refs_only": sum(1 for r in refs if r),
         }
         total_tokens = offsets[-1]
         text_stats[kind] = {
@@ -544,6 +561,8 @@ def _write_split(
     labels = np.fromiter((r.label for r in split.reviews), dtype=np.int64, count=len(split.reviews))
     np.save(split_dir / "review_product.npy", review_product, allow_pickle=False)
     np.save(split_dir / "labels.npy", labels, allow_pickle=False)
+    ratings = np.array([np.nan if r.rating is None else r.rating for r in split.reviews], dtype=np.float32)
+    np.save(split_dir / "review_rating.npy", ratings, allow_pickle=False)
 
     per_product = np.bincount(review_product, minlength=len(split.products))
     label_sets: dict[int, set[int]] = {}
@@ -616,6 +635,8 @@ def format_report(report: dict) -> str:
                 f"images: {im['with_images']} with, {im['without_images']} without, "
                 f"{im['missing']} of {im['should_have_images']} missing ({im['missing_rate']:.1%}), "
                 f"{im['regions']} regions"
+                + (f"; {im['with_image_refs_only']} with image URLs kept as references only (not fetched, no "
+                   "features)" if im.get("with_image_refs_only") else "")
             )
         listed = s["missing_images_listed"]
         if listed:
@@ -623,7 +644,12 @@ def format_report(report: dict) -> str:
             lines.append(f"  missing image files ({len(listed)} of {total} listed):")
             for entry in listed:
                 lines.append(f"    {entry['kind']} {entry['id']}: {entry['file']}: {entry['reason']}")
-    reader = report.get("reader")
+    reader = dict(report.get("reader") or {})
+    if "dump" in reader:
+        # The report of a dump converter, in its own words (imported here: mrhp.data.dumps imports this module).
+        from mrhp.data.dumps import format_dump_report
+
+        lines.append(format_dump_report({"dump": reader.pop("dump")}))
     if reader:
         lines.append("reader: " + json.dumps(reader, ensure_ascii=False))
     return "\n".join(lines)
@@ -658,6 +684,8 @@ class PreparedSplit:
         labels: int64 ``[N]`` helpfulness levels.
         product_image, review_image: int64 ``[P]`` / ``[N]`` feature store rows (-1 = no image).
         product_lengths, review_lengths: int64 ``[P]`` / ``[N]`` token counts (0 for an empty text).
+        review_rating: float64 ``[N]`` star ratings, NaN where unknown (all NaN for datasets prepared before
+            ratings were stored).
     """
 
     def __init__(self, path: Path, name: str, store: FeatureStore | None, feature_dim: int) -> None:
@@ -703,6 +731,12 @@ class PreparedSplit:
             raise DataError("review products do not match the products", file=path / "review_product.npy")
         if self.labels.shape != (self.num_reviews,) or (self.num_reviews and self.labels.min() < 0):
             raise DataError("labels do not match the reviews", file=path / "labels.npy")
+        rating_path = path / "review_rating.npy"
+        self.review_rating: np.ndarray = (
+            _load_npy(rating_path).astype(np.float64) if rating_path.exists() else np.full(self.num_reviews, np.nan)
+        )
+        if self.review_rating.shape != (self.num_reviews,):
+            raise DataError("ratings do not match the reviews", file=rating_path)
         # Reviews grouped by product, file order kept within a product (stable sort).
         self._by_product = np.argsort(self.review_product, kind="stable")
         self._group_start = np.searchsorted(self.review_product[self._by_product], np.arange(self.num_products + 1))
@@ -736,6 +770,17 @@ class PreparedSplit:
     def reviews_of(self, i: int) -> np.ndarray:
         """Indices (int64) of the reviews of product ``i``, in file order."""
         return self._by_product[self._group_start[i]:self._group_start[i + 1]]
+
+    def image_refs(self, kind: str) -> list[list[str]] | None:
+        """Image URLs kept as references (not features) per product or review (``kind``), None when none were."""
+        path = self.path / f"{kind}_image_refs.json"
+        if not path.exists():
+            return None
+        refs = _load_json(path)
+        size = self.num_products if kind == "product" else self.num_reviews
+        if not isinstance(refs, list) or len(refs) != size:
+            raise DataError(f"expected a JSON list of {size} lists of URLs", file=path)
+        return refs
 
 
 class PreparedDataset:
