@@ -1,4 +1,4 @@
-"""The `mrhp` command line: prepare, train, evaluate, predict, demo. `main(argv)` returns the exit status."""
+"""The `mrhp` command line: prepare, features, train, evaluate, predict, serve, compare, demo. `main(argv)` returns the exit status."""
 
 from __future__ import annotations
 
@@ -8,9 +8,15 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mrhp import __version__
+from mrhp.config import MODEL_NAMES
+from mrhp.data.dumps import DUMP_FORMATS
 from mrhp.errors import MrhpError
+
+if TYPE_CHECKING:
+    from mrhp.images import ImageFeatureFolder
 
 log = logging.getLogger("mrhp")
 
@@ -18,7 +24,26 @@ log = logging.getLogger("mrhp")
 def _prepare(args: argparse.Namespace) -> int:
     from mrhp.data.prepared import format_report, prepare_dataset
 
-    if args.format == "mrhp":
+    if args.format in DUMP_FORMATS:
+        from mrhp.data.dumps import parse_column_mapping, read_dump
+
+        if args.input is None:
+            raise MrhpError(f"prepare --format {args.format} needs --input")
+        raw = read_dump(
+            args.format,
+            args.input,
+            metadata=args.metadata,
+            business=args.business,
+            columns=parse_column_mapping(args.columns) if args.columns else None,
+            lenient=args.lenient,
+            fractions=tuple(args.split_fractions),
+            seed=args.seed,
+            votes_scheme=args.votes_scheme,
+            min_reviews=args.min_reviews,
+            drop_single_level=args.drop_single_level,
+            relevance_threshold=args.relevance_threshold,
+        )
+    elif args.format == "mrhp":
         from mrhp.data.official import read_official
 
         if args.data_dir is None or args.category is None:
@@ -29,24 +54,32 @@ def _prepare(args: argparse.Namespace) -> int:
             product_features=args.product_features or args.features,
             review_features=args.review_features or args.features,
             product_text=args.product_text,
-            max_regions_per_image=args.max_regions_per_image,
+            max_regions_per_image=32 if args.max_regions_per_image is None else args.max_regions_per_image,
             max_regions_per_item=args.max_regions_per_item,
             max_missing_image_rate=args.max_missing_image_rate,
         )
     else:
         from mrhp.data.jsonl import read_jsonl
+        from mrhp.images import format_folder_report, images_available
 
         if args.products is None or args.reviews is None:
             raise MrhpError("prepare --format jsonl needs --products and --reviews")
+        # Image files in the data are extracted into (or resumed from) the feature folder; without the images
+        # extra, read_jsonl refuses them with a message that says how to install it.
+        folder = _image_folder(args, args.image_features, progress=True) if images_available() else None
         raw = read_jsonl(
             args.products,
             args.reviews,
             fractions=tuple(args.split_fractions),
             seed=args.seed,
             votes_scheme=args.votes_scheme,
+            max_regions_per_image=args.max_regions_per_image,
             max_regions_per_item=args.max_regions_per_item,
             max_missing_image_rate=args.max_missing_image_rate,
+            image_features=folder.resolve if folder is not None else None,
         )
+        if folder is not None and folder.last_report is not None:
+            print(format_folder_report(folder.last_report))
     report = prepare_dataset(
         raw,
         args.out,
@@ -60,11 +93,45 @@ def _prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _image_folder(args: argparse.Namespace, path: Path | None, progress: bool) -> ImageFeatureFolder:
+    """The image feature folder of ``mrhp features`` / ``mrhp prepare --format jsonl`` (default: the folder
+    ``image-features`` beside the products file, so that both commands find the same one)."""
+    from mrhp.images import DEFAULT_MAX_REGIONS, ImageFeatureFolder
+
+    return ImageFeatureFolder(
+        path if path is not None else args.products.parent / "image-features",
+        input_size=args.input_size,
+        max_regions_per_image=DEFAULT_MAX_REGIONS if args.max_regions_per_image is None else args.max_regions_per_image,
+        threads=args.threads,
+        batch_size=args.batch_size,
+        max_pixels=args.max_pixels,
+        progress=progress,
+    )
+
+
+def _features(args: argparse.Namespace) -> int:
+    from mrhp.data.jsonl import read_jsonl
+    from mrhp.images import format_folder_report, require_images_extra
+
+    require_images_extra()
+    folder = _image_folder(args, args.out, progress=not args.no_progress)
+    # Reading validates the whole dataset first and then extracts every image file listed, in one run; a bad
+    # image is listed in the report, never an error, so no missing-image rate applies here.
+    read_jsonl(args.products, args.reviews, max_missing_image_rate=1.0, image_features=folder.resolve)
+    if folder.last_report is None:
+        print(f"no image files in {args.products} or {args.reviews}: nothing to extract")
+        return 0
+    print(format_folder_report(folder.last_report))
+    print(f"features in {folder.path}; `mrhp prepare --format jsonl --image-features {folder.path} ...` uses them")
+    return 0
+
+
 def _train(args: argparse.Namespace) -> int:
     from mrhp.config import load_config
     from mrhp.train import train
 
-    config = load_config(args.config, args.set or [])
+    sets = (args.set or []) + ([f"model.name={args.model}"] if args.model else [])
+    config = load_config(args.config, sets)
     best = train(config, args.data, args.out, resume=args.resume, progress=not args.no_progress)
     print(json.dumps({"best": best, "checkpoint": str(args.out / "best.safetensors")}, indent=2))
     return 0
@@ -95,11 +162,41 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _floor(args: argparse.Namespace) -> int:
+    from mrhp.data.prepared import PreparedDataset
+    from mrhp.evaluate import format_metrics, write_per_product
+    from mrhp.floors import evaluate_floor
+
+    dataset = PreparedDataset.open(args.data)
+    threshold = dataset.relevance_threshold if args.threshold is None else args.threshold
+    summary, product_ids, values = evaluate_floor(
+        dataset, args.method, args.split, threshold=threshold, ties=args.ties, seed=args.seed, shuffles=args.shuffles,
+        text_features=args.text_features, threads=args.threads,
+    )
+    print(f"{args.split}: {format_metrics(summary)}  ({args.method} floor, {len(product_ids)} products, ties={args.ties}, "
+          f"threshold={threshold})")
+    if args.per_product:
+        write_per_product(args.per_product, product_ids, values, args.split)
+        print(f"per-product values written to {args.per_product}")
+    return 0
+
+
 def _predict(args: argparse.Namespace) -> int:
     from mrhp.predict import predict_file
 
-    count = predict_file(args.checkpoint, args.input, args.output, progress=not args.no_progress)
+    count = predict_file(args.checkpoint, args.input, args.output, progress=not args.no_progress,
+                         restart=args.restart, batch_rows=args.batch_rows)
     print(f"ranked the reviews of {count} products into {args.output}")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from mrhp.serve import run_server
+
+    options = ("max_request_bytes", "max_reviews", "max_text_chars", "max_queued", "batch_rows", "batch_wait_ms",
+               "image_input_size", "image_max_regions")
+    given = {name: getattr(args, name) for name in options if getattr(args, name) is not None}  # else serve's defaults
+    run_server(args.checkpoint, host=args.host, port=args.port, workers=args.workers, threads=args.threads, **given)
     return 0
 
 
@@ -117,6 +214,17 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace) -> int:
+    from mrhp.compare import compare_systems, format_comparison, group_runs
+
+    runs = group_runs(args.runs, args.system or [], args.split)
+    for system, members in runs.items():
+        print(f"{system}: {', '.join(str(run.path) for run in members)}")
+    print()
+    print(format_comparison(compare_systems(runs, args.reference or next(iter(runs)), args.test)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mrhp", description="Multimodal review helpfulness ranking (EMNLP 2022 model).")
     parser.add_argument("--version", action="version", version=f"mrhp {__version__}")
@@ -126,8 +234,14 @@ def build_parser() -> argparse.ArgumentParser:
     def common(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("--no-progress", action="store_true", help="no progress bars")
 
+    def image_options(group: argparse._ActionsContainer) -> None:
+        group.add_argument("--input-size", type=int, default=224, help="image side in pixels fed to EfficientNet-Lite0 (grid ceil(N/32))")
+        group.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
+        group.add_argument("--threads", type=int, help="threads for decoding and the network (default: all cores)")
+        group.add_argument("--max-pixels", type=int, default=64_000_000, help="refuse images with more pixels (decompression bomb guard)")
+
     prepare = commands.add_parser("prepare", help="convert a dataset into the project's prepared format")
-    prepare.add_argument("--format", choices=("mrhp", "jsonl"), required=True, help="official Amazon/Lazada-MRHP files, or JSON lines")
+    prepare.add_argument("--format", choices=("mrhp", "jsonl", *DUMP_FORMATS), required=True, help="official Amazon/Lazada-MRHP files, JSON lines, or a public review dump (see src/mrhp/data/dumps.py)")
     prepare.add_argument("--out", type=Path, required=True, help="output folder of the prepared dataset")
     prepare.add_argument("--overwrite", action="store_true", help="replace an existing prepared dataset")
     prepare.add_argument("--min-count", type=int, default=5, help="vocabulary: words seen fewer times in train become <unk>")
@@ -135,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--relevance-threshold", type=int, default=1, help="a review is relevant iff label > this (Amazon 1, Lazada 0)")
     prepare.add_argument("--max-regions-per-item", type=int, default=128)
     prepare.add_argument("--max-missing-image-rate", type=float, default=0.05, help="fail when more items miss their image features")
+    prepare.add_argument("--max-regions-per-image", type=int, help="mrhp: first N regions per image (default 32); jsonl: cap per .npy image, and regions per image file (default 49)")
     official = prepare.add_argument_group("--format mrhp")
     official.add_argument("--data-dir", type=Path, help="folder with {category}.{prd,rvw,rel}.{train,dev,test}")
     official.add_argument("--category", help="e.g. clothing, electronics, home")
@@ -142,14 +257,32 @@ def build_parser() -> argparse.ArgumentParser:
     official.add_argument("--product-features", type=Path, help="product features folder (default --features)")
     official.add_argument("--review-features", type=Path, help="review features folder (default --features)")
     official.add_argument("--product-text", choices=("name+description", "name"), default="name+description")
-    official.add_argument("--max-regions-per-image", type=int, default=32)
     jsonl = prepare.add_argument_group("--format jsonl")
     jsonl.add_argument("--products", type=Path, help="products.jsonl")
     jsonl.add_argument("--reviews", type=Path, help="reviews.jsonl")
     jsonl.add_argument("--split-fractions", type=float, nargs=3, default=(0.8, 0.1, 0.1), metavar=("TRAIN", "DEV", "TEST"))
     jsonl.add_argument("--seed", type=int, default=0, help="seed of the split by product")
     jsonl.add_argument("--votes-scheme", default="log2", help="votes -> level mapping (log2, linear-cap)")
+    jsonl.add_argument("--image-features", type=Path, help="feature folder of the image files (default: image-features beside --products); resumed")
+    image_options(jsonl)
+    dump = prepare.add_argument_group("--format amazon2018|amazon2014|finefood|yelp|csv (also --split-fractions, --seed, --votes-scheme)")
+    dump.add_argument("--input", type=Path, help="the reviews file (.gz read transparently)")
+    dump.add_argument("--metadata", type=Path, help="amazon2018/amazon2014: product metadata JSON lines (title, description)")
+    dump.add_argument("--business", type=Path, help="yelp: business JSON lines (name, categories as product text)")
+    dump.add_argument("--columns", nargs="+", metavar="KEY=COLUMN", help="csv: product=, text= (comma list), votes=; optional review=, rating=, product_text=, images=, product_images=")
+    dump.add_argument("--min-reviews", type=int, default=2, help="drop products with fewer reviews")
+    dump.add_argument("--drop-single-level", action="store_true", help="drop products whose reviews all share one level (not rankable)")
+    dump.add_argument("--lenient", action="store_true", help="skip and count malformed records instead of failing")
     prepare.set_defaults(handler=_prepare)
+
+    features = commands.add_parser("features", help="region features of the image files of a JSON-lines dataset (EfficientNet-Lite0, CPU, resumable)")
+    features.add_argument("--products", type=Path, required=True, help="products.jsonl")
+    features.add_argument("--reviews", type=Path, required=True, help="reviews.jsonl")
+    features.add_argument("--out", type=Path, help="feature folder (default: image-features beside --products); an existing one is resumed")
+    features.add_argument("--max-regions-per-image", type=int, help="regions kept per image: the 7x7 grid is pooled to the largest k x k <= N (default 49)")
+    image_options(features)
+    common(features)
+    features.set_defaults(handler=_features)
 
     train = commands.add_parser("train", help="train on a prepared dataset, selecting on its dev split")
     train.add_argument("--data", type=Path, required=True, help="prepared dataset folder")
@@ -157,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", type=Path, help="TOML (or JSON) file of config overrides")
     train.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override one setting; repeatable")
     train.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    train.add_argument("--model", choices=MODEL_NAMES, help="the paper's model (mrhp, default) or a baseline (= --set model.name=NAME)")
     common(train)
     train.set_defaults(handler=_train)
 
@@ -170,12 +304,52 @@ def build_parser() -> argparse.ArgumentParser:
     common(evaluate)
     evaluate.set_defaults(handler=_evaluate)
 
+    floor = commands.add_parser("floor", help="a floor (random, review length, LightGBM LambdaMART) on a split, evaluated like a model")
+    floor.add_argument("--data", type=Path, required=True, help="prepared dataset folder")
+    floor.add_argument("--method", choices=("random", "length", "lambdamart"), required=True)
+    floor.add_argument("--split", default="test")
+    floor.add_argument("--per-product", type=Path, help="write per-product metric values (JSON lines) here")
+    floor.add_argument("--ties", choices=("pessimistic", "stable"), default="pessimistic")
+    floor.add_argument("--threshold", type=int, help="relevance threshold (default: the dataset's)")
+    floor.add_argument("--seed", type=int, default=0, help="seed of the random shuffles / LightGBM")
+    floor.add_argument("--shuffles", type=int, default=20, help="random: metrics are averaged over this many shuffles")
+    floor.add_argument("--text-features", choices=("tfidf", "vectors", "none"), default="tfidf", help="lambdamart: text summary features")
+    floor.add_argument("--threads", type=int, default=1, help="lambdamart: LightGBM threads")
+    floor.set_defaults(handler=_floor)
+
     predict = commands.add_parser("predict", help="rank the reviews of each product of a JSON-lines file")
     predict.add_argument("--checkpoint", type=Path, required=True)
     predict.add_argument("--input", type=Path, required=True)
     predict.add_argument("--output", type=Path, required=True)
+    predict.add_argument("--restart", action="store_true", help="discard an interrupted run's progress instead of resuming it")
+    predict.add_argument("--batch-rows", type=int, help="review rows per forward pass (default: the checkpoint's eval_batch_rows)")
     common(predict)
     predict.set_defaults(handler=_predict)
+
+    serve = commands.add_parser("serve", help="HTTP scoring service (POST /v1/rank, GET /healthz, GET /v1/model)")
+    serve.add_argument("--checkpoint", type=Path, required=True)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback only)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1, help="processes, each with its own copy of the model")
+    serve.add_argument("--threads", type=int, help="torch threads per worker (default: CPUs / workers)")
+    serve.add_argument("--max-request-bytes", type=int, help="larger bodies get 413 (default 32 MiB)")
+    serve.add_argument("--max-reviews", type=int, help="more reviews per request get 422 (default 256)")
+    serve.add_argument("--max-text-chars", type=int, help="longer texts get 422 (default 20000); shorter ones are cut at max_tokens")
+    serve.add_argument("--max-queued", type=int, help="more requests waiting for the model get 503 (default 64)")
+    serve.add_argument("--batch-rows", type=int, help="review rows per forward pass (default: the checkpoint's eval_batch_rows)")
+    serve.add_argument("--batch-wait-ms", type=float, help="how long a batch waits for more requests (default 2)")
+    serve.add_argument("--image-input-size", type=int, help="image files: extractor input size, as in training (default 224)")
+    serve.add_argument("--image-max-regions", type=int, help="image files: regions per image, as in training (default 49)")
+    serve.set_defaults(handler=_serve)
+
+    compare = commands.add_parser("compare", help="table and paired tests of systems from per-product metric files")
+    compare.add_argument("runs", nargs="*", type=Path, metavar="FILE_OR_RUN",
+                         help="per-product files or run folders; grouped into systems by folder name without -seedN")
+    compare.add_argument("--system", action="append", metavar="NAME=FILE_OR_RUN,...", help="one system's runs; repeatable")
+    compare.add_argument("--reference", help="system the others are tested against (default: the first)")
+    compare.add_argument("--test", choices=("t", "wilcoxon", "randomization"), default="t", help="paired test (default t)")
+    compare.add_argument("--split", default="test", help="run folders are read as FOLDER/{split}_per_product.jsonl")
+    compare.set_defaults(handler=_compare)
 
     demo = commands.add_parser("demo", help="synthetic data -> prepare -> train 3 systems -> test table")
     demo.add_argument("--out", type=Path, default=Path("demo-run"))
