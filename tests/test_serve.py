@@ -312,6 +312,30 @@ def test_image_files_go_through_the_image_feature_extractor(tmp_path: Path):
     assert broken.status_code == 422 and "images[0].data: unusable image" in broken.json()["message"]
 
 
+def test_predict_takes_image_files_like_the_service(tmp_path: Path):
+    images = pytest.importorskip("mrhp.images")
+    if not images.images_available():
+        pytest.skip("the images extra is not installed")
+    from PIL import Image
+
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 60, 3), dtype=np.uint8)).save(tmp_path / "p.png")
+    (tmp_path / "junk.jpg").write_bytes(b"not an image")
+    path = tiny_checkpoint(tmp_path / "wide.safetensors", image_dim=images.FEATURE_DIM)
+    np.save(tmp_path / "p.npy", images.ImageFeatureExtractor(threads=1).extract_files([tmp_path / "p.png"])[0].regions)
+    line = {"product_id": "x", "text": "pot", "images": ["p.png"],
+            "reviews": [{"review_id": "a", "text": "great", "images": ["p.png"]}, {"review_id": "b", "text": "bad"}]}
+    as_npy = {**line, "images": ["p.npy"], "reviews": [{**line["reviews"][0], "images": ["p.npy"]}, line["reviews"][1]]}
+    for name, body in (("files", line), ("npy", as_npy)):
+        (tmp_path / f"{name}.jsonl").write_text(json.dumps(body) + "\n")
+        assert main(["predict", "--checkpoint", str(path), "--input", str(tmp_path / f"{name}.jsonl"),
+                     "--output", str(tmp_path / f"{name}-out.jsonl"), "--no-progress"]) == 0
+    got, expected = (json.loads((tmp_path / f"{name}-out.jsonl").read_text())["reviews"] for name in ("files", "npy"))
+    assert [r["score"] for r in got] == pytest.approx([r["score"] for r in expected], abs=1e-5)
+    (tmp_path / "bad.jsonl").write_text(json.dumps({**line, "images": ["junk.jpg"]}) + "\n")
+    assert main(["predict", "--checkpoint", str(path), "--input", str(tmp_path / "bad.jsonl"),
+                 "--output", str(tmp_path / "bad-out.jsonl"), "--no-progress"]) == 2
+
+
 # ---- batch prediction: streaming and resuming ------------------------------------------------------------------
 
 

@@ -33,7 +33,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -249,7 +249,40 @@ def _resume_point(
     return progress, prefix
 
 
-def _parse_line(raw: bytes, number: int, path: Path, checkpoint: Checkpoint) -> _Request | None:
+def image_file_loader(checkpoint: Checkpoint) -> Callable[[Path], np.ndarray] | None:
+    """Region features of an image file named in a request, with the same extractor and defaults as `mrhp
+    features` and the service; None (image files refused with a message) without the `images` extra or when
+    the model reads no images. The extractor is built on the first image file, so text-only inputs never pay."""
+    from mrhp.images import DEFAULT_INPUT_SIZE, DEFAULT_MAX_REGIONS, FEATURE_DIM, images_available
+
+    if not uses_images(checkpoint) or not images_available():
+        return None
+    width = checkpoint.config.model.image_dim
+    extractor = None
+
+    def load(path: Path) -> np.ndarray:
+        nonlocal extractor
+        if width != FEATURE_DIM:
+            raise ValueError(
+                f"the model reads {width}-d region features; the image extractor gives {FEATURE_DIM}-d: "
+                "give .npy features of the model's width"
+            )
+        if extractor is None:
+            from mrhp.images import ImageFeatureExtractor
+
+            extractor = ImageFeatureExtractor(DEFAULT_INPUT_SIZE, DEFAULT_MAX_REGIONS, batch_size=1)
+        result = extractor.extract_files([path])[0]
+        if not result.ok:
+            raise ValueError(result.error)
+        return result.regions
+
+    return load
+
+
+def _parse_line(
+    raw: bytes, number: int, path: Path, checkpoint: Checkpoint,
+    image_loader: Callable[[Path], np.ndarray] | None = None,
+) -> _Request | None:
     try:
         line = raw.decode("utf-8")
     except UnicodeDecodeError as error:
@@ -264,7 +297,7 @@ def _parse_line(raw: bytes, number: int, path: Path, checkpoint: Checkpoint) -> 
         raise DataError("expected a JSON object", file=path, line=number)
     feature_dim = checkpoint.config.model.image_dim if uses_images(checkpoint) else None
     product_text, product_regions, reviews = parse_ranking_request(
-        request, path.parent, where=f"{path} line {number}", feature_dim=feature_dim
+        request, path.parent, where=f"{path} line {number}", feature_dim=feature_dim, image_loader=image_loader
     )
     ranking = make_ranking(checkpoint, product_text, product_regions, [(text, r) for _, text, r in reviews], number)
     product_id = request.get("product_id")
@@ -330,6 +363,7 @@ def _rank_stream(
     """Score the rest of `source` (positioned at `state.input_offset`) in batches of about `batch_rows` reviews,
     appending to the partial output and recording `state` after each batch."""
     offset, number = state.input_offset, state.input_lines
+    image_loader = image_file_loader(checkpoint)
     pending: list[_Request] = []
     pending_rows = 0
     bar = tqdm(total=os.fstat(source.fileno()).st_size, initial=offset, unit="B", unit_scale=True, desc="ranking",
@@ -351,7 +385,7 @@ def _rank_stream(
 
         for raw in source:  # binary lines keep exact byte offsets for the resume point
             number += 1
-            request = _parse_line(raw, number, input_path, checkpoint)
+            request = _parse_line(raw, number, input_path, checkpoint, image_loader)
             offset += len(raw)
             prefix.update(raw)
             bar.update(len(raw))

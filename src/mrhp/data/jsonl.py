@@ -451,6 +451,7 @@ def parse_ranking_request(
     feature_dim: int | None = None,
     max_regions_per_image: int | None = None,
     max_regions_per_item: int | None = 128,
+    image_loader: Callable[[Path], np.ndarray] | None = None,
 ) -> tuple[str, np.ndarray, list[tuple[str, str, np.ndarray]]]:
     """Read one ranking request: a product and the reviews to rank.
 
@@ -461,6 +462,8 @@ def parse_ranking_request(
     3"``) starts every error message.
 
     Args:
+        image_loader: turns an image file (``.jpg``, ``.png``, ...) into region features ``[m, F]``, raising
+            ``ValueError(reason)`` for a bad file; without it image files are refused with a message.
         feature_dim: when given, every region array must have this size ``F`` and empty arrays are
             ``[0, feature_dim]``; when None, empty arrays are ``[0, 0]`` and sizes are checked only within the
             request.
@@ -474,9 +477,15 @@ def parse_ranking_request(
     dims: dict[str, object] = {"dim": feature_dim}
 
     def regions(f: _Fields, what: str) -> np.ndarray:
-        paths = f.image_paths(base_dir)
+        paths = f.image_paths(base_dir, image_files=image_loader is not None)
         images = []
         for path in paths:
+            if image_loader is not None and path.suffix.lower() in RAW_IMAGE_SUFFIXES:
+                try:
+                    images.append(image_loader(path))
+                except ValueError as exc:
+                    raise f.error(f"{what}: image file {path}: {exc}", "images") from None
+                continue
             try:
                 images.append(load_npy_regions(path))
             except FileNotFoundError:
