@@ -85,7 +85,7 @@ def test_prepare_train_resume_evaluate_predict(prepared: Path, tmp_path: Path, c
     (tmp_path / "bad.jsonl").write_text(json.dumps(request) + "\n{not json\n")
     assert main(["predict", "--checkpoint", str(run / "best.safetensors"), "--input", str(tmp_path / "bad.jsonl"),
                  "--output", str(tmp_path / "out.jsonl"), "--no-progress"]) == 2
-    assert "bad.jsonl, line 2: malformed JSON" in capsys.readouterr().err
+    assert "bad.jsonl, line 2: invalid JSON" in capsys.readouterr().err
     assert len((tmp_path / "out.jsonl").read_text().splitlines()) == 2  # the earlier output is left as it was
     wrong = {**request, "images": ["r.npy"], "reviews": [{"review_id": "x", "text": "t", "images": ["wide.npy"]}]}
     np.save(tmp_path / "wide.npy", np.ones((2, 5), dtype=np.float32))

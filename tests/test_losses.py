@@ -220,7 +220,7 @@ def _two_row_case():
 
 def test_weightings_by_hand() -> None:
     feats, present, group = _two_row_case()
-    r = 1 / math.sqrt(2)
+    # r = 1 / sqrt(2), the cosine of [1, 1] with [1, 0]
     # eq. 32: -(S_00 + S_11) + (S_01 + S_10) = -(r + 0) + (1 + r) = 1
     assert cross_modal_contrastive_loss(feats, present, group, weighting="none").item() == pytest.approx(1.0)
     # mean: -(r + 0)/2 + (1 + r)/2 = 1/2

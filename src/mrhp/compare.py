@@ -13,7 +13,6 @@ file and the products that differ.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mrhp.data.jsonl import parse_object_line
 from mrhp.errors import DataError, MrhpError
 from mrhp.metrics import paired_test
 
@@ -88,16 +88,11 @@ def read_per_product(path: Path, split: str = "test") -> PerProductRun:
     values: dict[str, list[float]] = {metric: [] for metric in METRICS}
     splits: set[str] = set()
     seen: dict[str, int] = {}
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
+    with path.open("rb") as lines:
+        for number, raw in enumerate(lines, start=1):
+            record = parse_object_line(raw, path, number)
+            if record is None:
                 continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataError(f"malformed JSON ({error.msg})", file=path, line=number) from None
-            if not isinstance(record, dict):
-                raise DataError("expected a JSON object", file=path, line=number)
             for key in ("product_id", "split", *METRICS):
                 if key not in record:
                     raise DataError("missing (expected the output of mrhp evaluate --per-product)", file=path,

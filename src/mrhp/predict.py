@@ -44,8 +44,8 @@ from tqdm import tqdm
 
 from mrhp.checkpoint import Checkpoint, load_checkpoint
 from mrhp.data.batching import Item, RankingList, collate
-from mrhp.data.jsonl import parse_ranking_request
-from mrhp.errors import DataError, MrhpError
+from mrhp.data.jsonl import parse_object_line, parse_ranking_request
+from mrhp.errors import MrhpError
 from mrhp.models import reads_images
 
 log = logging.getLogger(__name__)
@@ -283,18 +283,9 @@ def _parse_line(
     raw: bytes, number: int, path: Path, checkpoint: Checkpoint,
     image_loader: Callable[[Path], np.ndarray] | None = None,
 ) -> _Request | None:
-    try:
-        line = raw.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise DataError(f"not UTF-8 ({error.reason} at byte {error.start})", file=path, line=number) from None
-    if not line.strip():
+    request = parse_object_line(raw, path, number)
+    if request is None:
         return None
-    try:
-        request = json.loads(line)
-    except json.JSONDecodeError as error:
-        raise DataError(f"malformed JSON ({error.msg})", file=path, line=number) from None
-    if not isinstance(request, dict):
-        raise DataError("expected a JSON object", file=path, line=number)
     feature_dim = checkpoint.config.model.image_dim if uses_images(checkpoint) else None
     product_text, product_regions, reviews = parse_ranking_request(
         request, path.parent, where=f"{path} line {number}", feature_dim=feature_dim, image_loader=image_loader

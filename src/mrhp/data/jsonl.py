@@ -125,9 +125,29 @@ def split_products(
     return assignment
 
 
+def parse_object_line(raw: bytes, path: Path, line_no: int) -> dict | None:
+    """One line of a JSON-lines file as a JSON object, or None for a blank line; ``DataError`` naming the file
+    and line for bytes that are not UTF-8, bad JSON or a JSON value that is not an object. A UTF-8 byte order
+    mark on line 1 is allowed."""
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", file=path, line=line_no) from None
+    if line_no == 1:
+        line = line.lstrip("\ufeff")
+    if not line.strip():
+        return None
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"invalid JSON ({exc.msg}, column {exc.colno})", file=path, line=line_no) from None
+    if not isinstance(obj, dict):
+        raise DataError(f"expected a JSON object, got {type(obj).__name__}", file=path, line=line_no)
+    return obj
+
+
 def _read_lines(path: Path) -> list[tuple[int, dict]]:
     """``(line_number, object)`` for each non-blank line; ``DataError`` naming the line for bad JSON."""
-    objects: list[tuple[int, dict]] = []
     try:
         handle = path.open("rb")
     except FileNotFoundError:
@@ -135,23 +155,8 @@ def _read_lines(path: Path) -> list[tuple[int, dict]]:
     except OSError as exc:
         raise DataError(f"cannot read file ({exc})", file=path) from None
     with handle:
-        for line_no, raw in enumerate(handle, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise DataError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", file=path, line=line_no) from None
-            if line_no == 1:
-                line = line.lstrip("\ufeff")
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"invalid JSON ({exc.msg}, column {exc.colno})", file=path, line=line_no) from None
-            if not isinstance(obj, dict):
-                raise DataError(f"expected a JSON object, got {type(obj).__name__}", file=path, line=line_no)
-            objects.append((line_no, obj))
-    return objects
+        numbered = ((line_no, parse_object_line(raw, path, line_no)) for line_no, raw in enumerate(handle, start=1))
+        return [(line_no, obj) for line_no, obj in numbered if obj is not None]
 
 
 class _Fields:
