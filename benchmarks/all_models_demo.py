@@ -21,7 +21,8 @@ from mrhp.checkpoint import load_checkpoint
 from mrhp.compare import compare_systems, format_comparison, group_runs
 from mrhp.config import MODEL_NAMES, apply_overrides, parse_set
 from mrhp.data.official import read_official
-from mrhp.data.prepared import PreparedDataset, prepare_dataset
+from mrhp.data.prepare import prepare_dataset
+from mrhp.data.prepared import PreparedDataset
 from mrhp.demo import CATEGORY, demo_config
 from mrhp.evaluate import evaluate_split, format_metrics, write_per_product
 from mrhp.synthetic import SyntheticSpec, write_official_dataset

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from mrhp.config import apply_overrides
 from mrhp.data.official import read_official
-from mrhp.data.prepared import prepare_dataset
+from mrhp.data.prepare import prepare_dataset
 from mrhp.demo import CATEGORY, demo_config
 from mrhp.synthetic import SyntheticSpec, write_official_dataset
 from mrhp.train import train

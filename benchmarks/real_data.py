@@ -42,7 +42,8 @@ import numpy as np
 from mrhp.checkpoint import load_checkpoint
 from mrhp.config import Config, apply_overrides
 from mrhp.data.dumps import read_dump
-from mrhp.data.prepared import PreparedDataset, prepare_dataset
+from mrhp.data.prepare import prepare_dataset
+from mrhp.data.prepared import PreparedDataset
 from mrhp.evaluate import METRICS, evaluate_split, write_per_product
 from mrhp.floors import evaluate_floor
 from mrhp.metrics import paired_test

@@ -30,7 +30,7 @@ TARGET = {"train_rows_per_s": 10.0, "infer_rows_per_s": 30.0, "peak_gb_at_32_row
 
 
 def make_batch(products: int, reviews: int, tokens: int, regions: int, feature_dim: int, vocab: int):
-    from mrhp.model import Batch
+    from mrhp.data.batching import Batch
 
     n = products * reviews
     generator = torch.Generator().manual_seed(0)

@@ -14,9 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from mrhp.data.jsonl import parse_ranking_request, read_jsonl, split_products, votes_to_level
+from mrhp.data.jsonl import parse_ranking_request, read_jsonl
 from mrhp.data.official import parse_image_urls, read_official
-from mrhp.data.prepared import PreparedDataset, format_report, prepare_dataset
+from mrhp.data.prepare import format_report, prepare_dataset
+from mrhp.data.prepared import PreparedDataset
+from mrhp.data.records import split_products, votes_to_level
 from mrhp.data.store import FeatureStore, FeatureStoreWriter
 from mrhp.data.text import PAD_ID, UNK_ID, Vocabulary, load_word_vectors, tokenize
 from mrhp.errors import DataError, MrhpError

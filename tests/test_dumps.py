@@ -12,8 +12,9 @@ import pytest
 
 from mrhp.cli import main
 from mrhp.data.dumps import _parse_votes, merge_variants, parse_column_mapping, read_dump
-from mrhp.data.jsonl import votes_to_level
-from mrhp.data.prepared import PreparedDataset, prepare_dataset
+from mrhp.data.prepare import prepare_dataset
+from mrhp.data.prepared import PreparedDataset
+from mrhp.data.records import votes_to_level
 from mrhp.errors import DataError, MrhpError
 
 ALL_TRAIN = (1.0, 0.0, 0.0)

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 from mrhp.cli import main
-from mrhp.data.prepared import PreparedDataset, RawDataset, RawProduct, RawReview, RawSplit, prepare_dataset
+from mrhp.data.prepare import prepare_dataset
+from mrhp.data.prepared import PreparedDataset
+from mrhp.data.records import RawDataset, RawProduct, RawReview, RawSplit
 from mrhp.floors import (
     BASE_FEATURES,
     TextSummary,

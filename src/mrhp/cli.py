@@ -22,7 +22,7 @@ log = logging.getLogger("mrhp")
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    from mrhp.data.prepared import format_report, prepare_dataset
+    from mrhp.data.prepare import format_report, prepare_dataset
 
     if args.format in DUMP_FORMATS:
         from mrhp.data.dumps import parse_column_mapping, read_dump

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mrhp.data.jsonl import parse_object_line
+from mrhp.data.records import parse_object_line
 from mrhp.errors import DataError, MrhpError
 from mrhp.metrics import paired_test
 

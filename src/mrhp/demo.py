@@ -14,7 +14,8 @@ import numpy as np
 from mrhp.checkpoint import load_checkpoint
 from mrhp.config import Config, apply_overrides
 from mrhp.data.official import read_official
-from mrhp.data.prepared import PreparedDataset, PreparedSplit, prepare_dataset
+from mrhp.data.prepare import prepare_dataset
+from mrhp.data.prepared import PreparedDataset, PreparedSplit
 from mrhp.evaluate import METRICS, evaluate_split, write_per_product
 from mrhp.synthetic import SyntheticSpec, write_official_dataset
 from mrhp.train import train

@@ -75,7 +75,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from mrhp.data.prepared import FeatureProblem
+from mrhp.data.records import FeatureProblem
 from mrhp.errors import MrhpError
 
 logger = logging.getLogger(__name__)

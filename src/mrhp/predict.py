@@ -44,7 +44,8 @@ from tqdm import tqdm
 
 from mrhp.checkpoint import Checkpoint, load_checkpoint
 from mrhp.data.batching import Item, RankingList, collate
-from mrhp.data.jsonl import parse_object_line, parse_ranking_request
+from mrhp.data.jsonl import parse_ranking_request
+from mrhp.data.records import parse_object_line
 from mrhp.errors import MrhpError
 from mrhp.models import reads_images
 

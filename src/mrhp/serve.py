@@ -70,7 +70,7 @@ from mrhp import __version__
 from mrhp.checkpoint import VERSION as CHECKPOINT_VERSION
 from mrhp.checkpoint import Checkpoint, load_checkpoint
 from mrhp.data.batching import RankingList
-from mrhp.data.prepared import cap_regions
+from mrhp.data.records import cap_regions
 from mrhp.errors import MrhpError
 from mrhp.images import DEFAULT_INPUT_SIZE, DEFAULT_MAX_REGIONS, FEATURE_DIM, INSTALL_HINT, ImageFeatureExtractor
 from mrhp.images import images_available

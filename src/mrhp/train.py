@@ -20,12 +20,12 @@ from tqdm import tqdm
 
 from mrhp.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from mrhp.config import Config
-from mrhp.data.batching import iterate_split, training_batches
+from mrhp.data.batching import Batch, iterate_split, training_batches
 from mrhp.data.prepared import PreparedDataset
 from mrhp.errors import MrhpError
 from mrhp.evaluate import evaluate_split, format_metrics
 from mrhp.losses import cross_modal_contrastive_loss, pairwise_ranking_loss
-from mrhp.model import Batch, ModelOutput
+from mrhp.model import ModelOutput
 from mrhp.models import build_model, initialise_from_data
 
 log = logging.getLogger(__name__)

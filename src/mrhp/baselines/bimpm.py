@@ -25,7 +25,8 @@ from torch import Tensor, nn
 
 from mrhp.baselines.layers import BiLSTM, Ranker, masked_softmax, scorer
 from mrhp.config import ModelConfig
-from mrhp.model import Batch, ModelOutput
+from mrhp.data.batching import Batch
+from mrhp.model import ModelOutput
 
 PERSPECTIVES = 10
 STRATEGIES = ("full", "max_pooling", "attentive", "max_attentive")

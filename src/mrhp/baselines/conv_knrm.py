@@ -23,7 +23,8 @@ from torch import Tensor, nn
 
 from mrhp.baselines.layers import NgramConv, Ranker
 from mrhp.config import ModelConfig
-from mrhp.model import Batch, ModelOutput
+from mrhp.data.batching import Batch
+from mrhp.model import ModelOutput
 
 NGRAMS = (1, 2, 3)
 KERNEL_MUS = (1.0, 0.9, 0.7, 0.5, 0.3, 0.1, -0.1, -0.3, -0.5, -0.7, -0.9)

@@ -22,7 +22,8 @@ from torch import Tensor, nn
 
 from mrhp.baselines.layers import BiLSTM, ImageEncoder, Ranker, region_masks, scorer
 from mrhp.config import ModelConfig
-from mrhp.model import Batch, MaskedAttention, ModelOutput, masked_mean
+from mrhp.data.batching import Batch
+from mrhp.model import MaskedAttention, ModelOutput, masked_mean
 
 
 class Decomposition(nn.Module):

@@ -22,7 +22,8 @@ from torch import Tensor, nn
 
 from mrhp.baselines.layers import NgramConv, Ranker, scorer
 from mrhp.config import ModelConfig
-from mrhp.model import Batch, ModelOutput, masked_max
+from mrhp.data.batching import Batch
+from mrhp.model import ModelOutput, masked_max
 
 NGRAMS = (1, 2, 3)
 MAX_CHARS = 16

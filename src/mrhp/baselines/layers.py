@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mrhp.model import Batch, MaskedAttention, ModelOutput, SelfAttentionBlock, masked_mean
+from mrhp.data.batching import Batch
+from mrhp.model import MaskedAttention, ModelOutput, SelfAttentionBlock, masked_mean
 
 
 def masked_softmax(scores: Tensor, mask: Tensor, dim: int) -> Tensor:

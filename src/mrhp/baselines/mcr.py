@@ -50,7 +50,8 @@ from mrhp.baselines.layers import (
     scorer,
 )
 from mrhp.config import ModelConfig
-from mrhp.model import Batch, MaskedAttention, ModelOutput, SelfAttentionBlock, masked_mean
+from mrhp.data.batching import Batch
+from mrhp.model import MaskedAttention, ModelOutput, SelfAttentionBlock, masked_mean
 
 TEXT_NGRAMS = (1, 3, 5)
 IMAGE_LAYERS = 3

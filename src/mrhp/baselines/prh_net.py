@@ -18,7 +18,8 @@ import torch
 
 from mrhp.baselines.layers import BiLSTM, ProductAwareAttention, Ranker, scorer
 from mrhp.config import ModelConfig
-from mrhp.model import Batch, ModelOutput, masked_mean
+from mrhp.data.batching import Batch
+from mrhp.model import ModelOutput, masked_mean
 
 
 class PRHNet(Ranker):

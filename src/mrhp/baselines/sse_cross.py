@@ -22,7 +22,8 @@ from torch import Tensor
 
 from mrhp.baselines.layers import BiLSTM, CrossAttention, ImageEncoder, Ranker, region_masks, scorer
 from mrhp.config import ModelConfig
-from mrhp.model import Batch, ModelOutput, masked_mean
+from mrhp.data.batching import Batch
+from mrhp.model import ModelOutput, masked_mean
 
 SHARE_PROBABILITY = 0.25
 

@@ -8,9 +8,41 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from mrhp.data.prepared import PreparedSplit
-from mrhp.model import Batch
+
+
+@dataclass
+class Batch:
+    """A batch of ranking lists: `B` products, each with some of its reviews (`N` reviews in all).
+
+    `list_rows[b, r]` is the row (index into the `N` reviews) of the r-th review of list b; `list_mask[b, r]`
+    says whether that slot holds a review. A product may appear in several lists of a batch (a long list is cut
+    into pieces); `review_product[n]` is the list (product slot) of review row n.
+    """
+
+    product_tokens: Tensor  # [B, Lp] int64
+    product_token_mask: Tensor  # [B, Lp] bool
+    product_regions: Tensor  # [B, Mp, F] float32
+    product_region_mask: Tensor  # [B, Mp] bool
+    review_tokens: Tensor  # [N, Lr] int64
+    review_token_mask: Tensor  # [N, Lr] bool
+    review_regions: Tensor  # [N, Mr, F] float32
+    review_region_mask: Tensor  # [N, Mr] bool
+    review_product: Tensor  # [N] int64, index into B
+    list_group: Tensor  # [B] int64: lists cut from the same product share a group (contrastive false negatives)
+    review_labels: Tensor  # [N] int64 (0 where unknown, e.g. at prediction time)
+    list_rows: Tensor  # [B, R] int64, index into N (0 in padded slots)
+    list_mask: Tensor  # [B, R] bool
+
+    @property
+    def labels(self) -> Tensor:
+        """Labels in list layout `[B, R]` (0 in padded slots)."""
+        return self.review_labels[self.list_rows] * self.list_mask
+
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(**{name: value.to(device) for name, value in vars(self).items()})
 
 
 @dataclass

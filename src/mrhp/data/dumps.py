@@ -60,8 +60,16 @@ from pathlib import Path
 
 import numpy as np
 
-from mrhp.data.jsonl import VOTE_SCHEMES, split_products, votes_to_level
-from mrhp.data.prepared import SPLIT_NAMES, RawDataset, RawProduct, RawReview, RawSplit
+from mrhp.data.records import (
+    SPLIT_NAMES,
+    VOTE_SCHEMES,
+    RawDataset,
+    RawProduct,
+    RawReview,
+    RawSplit,
+    split_products,
+    votes_to_level,
+)
 from mrhp.errors import DataError, MrhpError
 
 logger = logging.getLogger(__name__)
@@ -781,32 +789,3 @@ def read_dump(
     logger.info("read %d reviews of %d products from %s (%d skipped)", read, len(by_product), input_path,
                 skips.total)
     return raw
-
-
-def format_dump_report(notes: dict) -> str:
-    """The conversion report of :func:`read_dump` (``raw.notes``) as readable text."""
-    d = notes["dump"]
-    lines = [f"converted {d['format']}: {d['records_read']} review records read, {d['products_read']} products "
-             f"after de-duplication"]
-    if d["skipped"]:
-        total = sum(d["skipped"].values())
-        lines.append(f"skipped (lenient): {total} records: " + ", ".join(f"{k} {v}" for k, v in d["skipped"].items()))
-        lines.extend(f"  {example}" for example in d["skipped_listed"])
-    for key, value in d["counts"].items():
-        lines.append(f"{key}: {value}")
-    lines.append(f"products dropped with fewer than {d['min_reviews']} reviews: {d['products_dropped_min_reviews']} "
-                 f"({d['reviews_dropped_min_reviews']} reviews)")
-    lines.append(f"products whose reviews all share one level (not rankable): {d['single_level_products']}, dropped: "
-                 f"{d['single_level_products_dropped']} ({d['reviews_dropped_single_level']} reviews)")
-    lines.append(f"labels: votes -> level by {d['votes_scheme']}")
-    if d["image_note"]:
-        lines.append(f"{d['items_with_image_urls']} items have image URLs; {d['image_note']}")
-    for name, s in d["splits"].items():
-        rpp = s["reviews_per_product"]
-        lines.append(
-            f"[{name}] {s['products']} products ({s['rankable_products']} rankable, "
-            f"{s['products_with_a_relevant_review']} with a relevant review), {s['reviews']} reviews "
-            f"({s['reviews_with_rating']} with a rating); reviews per product min {rpp['min']} mean {rpp['mean']:.2f} "
-            f"max {rpp['max']}; labels 0..4: {' '.join(str(c) for c in s['label_histogram'])}"
-        )
-    return "\n".join(lines)

@@ -51,14 +51,14 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from mrhp.data.prepared import (
+from mrhp.data.records import (
     SPLIT_NAMES,
+    VOTE_SCHEMES,
     FeatureProblem,
     FeatureSource,
     LoadedFeatures,
@@ -67,83 +67,18 @@ from mrhp.data.prepared import (
     RawReview,
     RawSplit,
     cap_regions,
+    parse_object_line,
+    split_products,
+    votes_to_level,
 )
 from mrhp.errors import DataError, MrhpError
 
 logger = logging.getLogger(__name__)
 
-VOTE_SCHEMES = ("log2", "linear-cap")
 RAW_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 FEATURE_SUFFIX = ".npy"
 
 _MISSING = object()
-
-
-def votes_to_level(votes: int, scheme: str = "log2", max_level: int = 4) -> int:
-    """Helpfulness level of a helpful-vote count.
-
-    ``"log2"``: ``min(max_level, floor(log2(1 + votes)))`` (0 -> 0, 1-2 -> 1, 3-6 -> 2, 7-14 -> 3, >= 15 -> 4),
-    which spreads Amazon-like vote counts over 0..4. ``"linear-cap"``: ``min(max_level, votes)``.
-    """
-    if votes < 0:
-        raise ValueError(f"votes must be >= 0, got {votes}")
-    if scheme == "log2":
-        # Integer arithmetic: floor(log2(1 + v)) is the bit length of 1 + v minus one (no float rounding).
-        return min(max_level, (votes + 1).bit_length() - 1)
-    if scheme == "linear-cap":
-        return min(max_level, votes)
-    raise ValueError(f"unknown votes scheme {scheme!r} (choose from {', '.join(VOTE_SCHEMES)})")
-
-
-def split_products(
-    ids: Sequence[str], fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0
-) -> dict[str, str]:
-    """Assign each product id to ``train``/``dev``/``test`` at random, deterministically.
-
-    The ids are sorted first, so the result depends only on the set of ids and the seed, not on file order. Dev
-    and test get ``round(fraction * n)`` products each (at least one when their fraction is > 0 and there are at
-    least 3 products) and train the rest.
-    """
-    if len(fractions) != 3 or any(f < 0 for f in fractions) or not math.isclose(sum(fractions), 1.0, abs_tol=1e-6):
-        raise ValueError(f"fractions must be three non-negative numbers summing to 1, got {tuple(fractions)}")
-    ordered = sorted(set(ids))
-    if len(ordered) != len(ids):
-        raise ValueError("split_products: duplicate ids")
-    n = len(ordered)
-    sizes = []
-    for f in fractions[1:]:
-        size = int(round(f * n))
-        if f > 0 and n >= 3:
-            size = max(size, 1)
-        sizes.append(size)
-    n_dev, n_test = sizes
-    n_train = max(0, n - n_dev - n_test)
-    permutation = np.random.default_rng(seed).permutation(n)
-    assignment: dict[str, str] = {}
-    for rank, k in enumerate(permutation.tolist()):
-        assignment[ordered[k]] = "train" if rank < n_train else "dev" if rank < n_train + n_dev else "test"
-    return assignment
-
-
-def parse_object_line(raw: bytes, path: Path, line_no: int) -> dict | None:
-    """One line of a JSON-lines file as a JSON object, or None for a blank line; ``DataError`` naming the file
-    and line for bytes that are not UTF-8, bad JSON or a JSON value that is not an object. A UTF-8 byte order
-    mark on line 1 is allowed."""
-    try:
-        line = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise DataError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", file=path, line=line_no) from None
-    if line_no == 1:
-        line = line.lstrip("\ufeff")
-    if not line.strip():
-        return None
-    try:
-        obj = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise DataError(f"invalid JSON ({exc.msg}, column {exc.colno})", file=path, line=line_no) from None
-    if not isinstance(obj, dict):
-        raise DataError(f"expected a JSON object, got {type(obj).__name__}", file=path, line=line_no)
-    return obj
 
 
 def _read_lines(path: Path) -> list[tuple[int, dict]]:

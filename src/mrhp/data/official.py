@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mrhp.data.prepared import (
+from mrhp.data.records import (
     SPLIT_NAMES,
     FeatureProblem,
     FeatureSource,

