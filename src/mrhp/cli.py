@@ -33,6 +33,7 @@ def _prepare(args: argparse.Namespace) -> int:
             args.format,
             args.input,
             metadata=args.metadata,
+            metadata_features=args.metadata_features,
             business=args.business,
             columns=parse_column_mapping(args.columns) if args.columns else None,
             lenient=args.lenient,
@@ -265,9 +266,10 @@ def build_parser() -> argparse.ArgumentParser:
     jsonl.add_argument("--votes-scheme", default="log2", help="votes -> level mapping (log2, linear-cap)")
     jsonl.add_argument("--image-features", type=Path, help="feature folder of the image files (default: image-features beside --products); resumed")
     image_options(jsonl)
-    dump = prepare.add_argument_group("--format amazon2018|amazon2014|finefood|yelp|csv (also --split-fractions, --seed, --votes-scheme)")
+    dump = prepare.add_argument_group("--format amazon2018|amazon2014|amazon2023|finefood|yelp|csv (also --split-fractions, --seed, --votes-scheme)")
     dump.add_argument("--input", type=Path, help="the reviews file (.gz read transparently)")
-    dump.add_argument("--metadata", type=Path, help="amazon2018/amazon2014: product metadata JSON lines (title, description)")
+    dump.add_argument("--metadata", type=Path, help="amazon2018/amazon2014/amazon2023: product metadata JSON lines (title, description)")
+    dump.add_argument("--metadata-features", action="store_true", help="amazon2023: add the metadata's features list to the product text")
     dump.add_argument("--business", type=Path, help="yelp: business JSON lines (name, categories as product text)")
     dump.add_argument("--columns", nargs="+", metavar="KEY=COLUMN", help="csv: product=, text= (comma list), votes=; optional review=, rating=, product_text=, images=, product_images=")
     dump.add_argument("--min-reviews", type=int, default=2, help="drop products with fewer reviews")

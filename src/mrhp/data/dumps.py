@@ -11,6 +11,12 @@ Formats (``mrhp prepare --format NAME --input FILE``; ``.gz`` files are read tra
                 are Python literals (the original 2014 release: ``{'asin': ...}``) are read with
                 :func:`ast.literal_eval`, which evaluates no code. Optional ``--metadata`` (``title``,
                 ``description`` as a string, ``imUrl``).
+``amazon2023``  Amazon Reviews'23 (Hou et al. 2024), JSON lines: ``parent_asin`` (the product: the 2023 release
+                groups a product's variants under it), ``asin``, ``user_id``, ``timestamp`` (ms), ``title``,
+                ``text``, ``helpful_vote`` (int), ``rating``, ``images`` (a list of dicts; ``large_image_url`` is
+                kept), ``verified_purchase``. Optional ``--metadata`` (``meta_*.jsonl``): ``parent_asin``,
+                ``title``, ``description`` (a list of strings), ``features`` (a list of strings, part of the
+                product text only with ``--metadata-features``), ``images`` (dicts; ``hi_res`` or ``large``).
 ``finefood``    SNAP Amazon Fine Food reviews as CSV (the Kaggle ``Reviews.csv``): ``Id``, ``ProductId``,
                 ``UserId``, ``HelpfulnessNumerator`` (helpful votes), ``HelpfulnessDenominator`` (all votes),
                 ``Score``, ``Time``, ``Summary``, ``Text``. There is no product text and no image.
@@ -74,7 +80,11 @@ from mrhp.errors import DataError, MrhpError
 
 logger = logging.getLogger(__name__)
 
-DUMP_FORMATS = ("amazon2018", "amazon2014", "finefood", "yelp", "csv")
+DUMP_FORMATS = ("amazon2018", "amazon2014", "amazon2023", "finefood", "yelp", "csv")
+# Formats whose --metadata file gives the product side.
+METADATA_FORMATS = ("amazon2018", "amazon2014", "amazon2023")
+# Formats whose review copies are collapsed (and products sharing a copy merged): see merge_variants.
+MERGED_FORMATS = ("amazon2018", "amazon2014", "amazon2023", "finefood")
 COLUMN_KEYS = ("product", "review", "text", "votes", "rating", "product_text", "images", "product_images")
 REQUIRED_COLUMNS = ("product", "text", "votes")
 FINEFOOD_COLUMNS = ("Id", "ProductId", "UserId", "HelpfulnessNumerator", "HelpfulnessDenominator", "Score", "Time",
@@ -434,6 +444,79 @@ def _read_amazon_metadata(path: Path, skips: SkipLog, notes: Counter) -> dict[st
     return products
 
 
+def _image_dict_urls(value: object, keys: Sequence[str], path: Path, line: int, name: str) -> tuple[str, ...]:
+    """URLs from a 2023-style image list (``[{"large_image_url": ...}, ...]``): per image, the first of ``keys``
+    that is set. An absent or empty list gives ``()``."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise RecordError(f"expected a list of image objects, got {json.dumps(value)[:60]}", f"bad {name}",
+                          file=path, line=line, field=name)
+    urls = []
+    for image in value:
+        url = next((image[k] for k in keys if isinstance(image.get(k), str) and image[k].strip()), None)
+        if url is not None:
+            urls.append(url.strip())
+    return tuple(urls)
+
+
+def _string_list(obj: dict, name: str, path: Path, line: int) -> str:
+    """An optional field holding a list of strings (or one string), joined by spaces ("" when absent)."""
+    value = obj.get(name)
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return " ".join(v.strip() for v in value if v.strip())
+    raise RecordError("expected a string or a list of strings", f"bad {name}", file=path, line=line, field=name)
+
+
+def _read_amazon2023(path: Path, skips: SkipLog, notes: Counter) -> list[DumpReview]:
+    """Reviews of an Amazon Reviews'23 file, grouped by ``parent_asin``."""
+    reviews: list[DumpReview] = []
+    for line_no, obj in _json_objects(path, skips):
+        try:
+            parent = _id_value(_required(obj, "parent_asin", path, line_no), path, line_no, "parent_asin")
+            votes = _parse_votes(_required(obj, "helpful_vote", path, line_no), path, line_no, "helpful_vote")
+            title = _string(obj, "title", path, line_no)
+            body = _string(obj, "text", path, line_no)
+            rating = _parse_rating(obj.get("rating"), path, line_no, "rating")
+            images = _image_dict_urls(obj.get("images"), ("large_image_url", "medium_image_url", "small_image_url"),
+                                      path, line_no, "images")
+            user = obj.get("user_id")
+            time = obj.get("timestamp")
+        except RecordError as error:
+            skips.skip(error)
+            continue
+        notes["reviews without a user_id (never de-duplicated)"] += user is None
+        key = None if user is None else (str(user), str(time), title, body)
+        review_id = f"{parent}:{user}:{time}" if user is not None else f"{path.name}:line{line_no}"
+        text = _clean_html(_join(title, body))
+        reviews.append(DumpReview(parent, review_id, text, votes, rating, images, f"{path} line {line_no}", key))
+    return reviews
+
+
+def _read_amazon2023_metadata(path: Path, skips: SkipLog, notes: Counter, features: bool) -> dict[str, DumpProduct]:
+    """Product text ``title + description`` (``+ features`` when asked) and image URLs of a ``meta_*.jsonl``."""
+    products: dict[str, DumpProduct] = {}
+    for line_no, obj in _json_objects(path, skips):
+        try:
+            parent = _id_value(_required(obj, "parent_asin", path, line_no), path, line_no, "parent_asin")
+            title = _string(obj, "title", path, line_no)
+            description = _string_list(obj, "description", path, line_no)
+            listed = _string_list(obj, "features", path, line_no) if features else ""
+            images = _image_dict_urls(obj.get("images"), ("hi_res", "large"), path, line_no, "images")
+        except RecordError as error:
+            skips.skip(error)
+            continue
+        if parent in products:
+            notes["metadata lines repeating a parent_asin (first kept)"] += 1
+            continue
+        products[parent] = DumpProduct(_clean_html(_join(title, description, listed)), images)
+    return products
+
+
 def _read_finefood(path: Path, skips: SkipLog, notes: Counter) -> list[DumpReview]:
     reviews: list[DumpReview] = []
     for line_no, row in _csv_records(path, skips, FINEFOOD_COLUMNS):
@@ -637,6 +720,7 @@ def read_dump(
     input_path: str | Path,
     *,
     metadata: str | Path | None = None,
+    metadata_features: bool = False,
     business: str | Path | None = None,
     columns: ColumnMapping | None = None,
     lenient: bool = False,
@@ -653,7 +737,8 @@ def read_dump(
     Args:
         fmt: one of :data:`DUMP_FORMATS`.
         input_path: the reviews file.
-        metadata: Amazon metadata file (``amazon2018`` / ``amazon2014``), for product text and image URLs.
+        metadata: Amazon metadata file (:data:`METADATA_FORMATS`), for product text and image URLs.
+        metadata_features: ``amazon2023``: add the metadata's ``features`` list to the product text.
         business: Yelp business file (``yelp``), for product text.
         columns: the column mapping (``csv``; required there).
         lenient: skip and count malformed records instead of failing on the first.
@@ -672,8 +757,10 @@ def read_dump(
         raise MrhpError(f"unknown votes scheme {votes_scheme!r} (choose from {', '.join(VOTE_SCHEMES)})")
     if min_reviews < 1:
         raise MrhpError(f"min_reviews must be >= 1, got {min_reviews}")
-    if metadata is not None and fmt not in ("amazon2018", "amazon2014"):
-        raise MrhpError(f"--metadata is for the amazon2018 / amazon2014 formats, not {fmt}")
+    if metadata is not None and fmt not in METADATA_FORMATS:
+        raise MrhpError(f"--metadata is for the {' / '.join(METADATA_FORMATS)} formats, not {fmt}")
+    if metadata_features and (fmt != "amazon2023" or metadata is None):
+        raise MrhpError("--metadata-features is for --format amazon2023 with --metadata")
     if business is not None and fmt != "yelp":
         raise MrhpError(f"--business is for the yelp format, not {fmt}")
     if (columns is None) == (fmt == "csv"):
@@ -686,6 +773,10 @@ def read_dump(
         reviews = _read_amazon(input_path, skips, 2018 if fmt == "amazon2018" else 2014, counts)
         if metadata is not None:
             products = _read_amazon_metadata(Path(metadata), skips, counts)
+    elif fmt == "amazon2023":
+        reviews = _read_amazon2023(input_path, skips, counts)
+        if metadata is not None:
+            products = _read_amazon2023_metadata(Path(metadata), skips, counts, metadata_features)
     elif fmt == "finefood":
         reviews = _read_finefood(input_path, skips, counts)
     elif fmt == "yelp":
@@ -697,7 +788,7 @@ def read_dump(
         reviews, products = _read_table(input_path, skips, columns)
     read = len(reviews)
 
-    if fmt in ("amazon2018", "amazon2014", "finefood"):
+    if fmt in MERGED_FORMATS:
         reviews, product_of, merge_counts = merge_variants(reviews)
         counts.update(merge_counts)
         # A merged product takes the metadata of its smallest id that has some.
@@ -732,6 +823,8 @@ def read_dump(
         assignment = split_products(kept_ids, fractions, seed)
     except ValueError as exc:
         raise MrhpError(f"--split-fractions: {exc}") from None
+    if metadata is not None:
+        counts["products without a metadata line (empty product text)"] = sum(p not in products for p in kept_ids)
     splits = {name: RawSplit(name, [], []) for name in SPLIT_NAMES}
     for pid in kept_ids:
         side = products.get(pid, DumpProduct(""))
@@ -772,6 +865,7 @@ def read_dump(
             "format": fmt,
             "path": str(input_path),
             "metadata": str(metadata) if metadata is not None else None,
+            "metadata_features": metadata_features,
             "business": str(business) if business is not None else None,
             "columns": dict(columns.columns()) if columns is not None else None,
             "fractions": list(fractions),
