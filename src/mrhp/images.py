@@ -73,10 +73,10 @@ from typing import TypeVar
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from mrhp.data.records import FeatureProblem
 from mrhp.errors import MrhpError
+from mrhp.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -389,8 +389,7 @@ class ImageFeatureExtractor:
 
         pool = ThreadPoolExecutor(self.threads, thread_name_prefix="mrhp-decode")
         try:
-            bar = tqdm(total=len(paths), desc="image features", unit="image", disable=None if progress else True,
-                       leave=False)
+            bar = progress_bar(total=len(paths), desc="image features", unit="image", show=progress, leave=False)
             with bar:
                 for index, outcome in _prefetch(pool, decode, range(len(paths)), 2 * self.batch_size):
                     if isinstance(outcome, str):
@@ -598,8 +597,7 @@ class ImageFeatureFolder:
             batch.clear()
 
         pool = ThreadPoolExecutor(self.threads, thread_name_prefix="mrhp-decode")
-        bar = tqdm(total=len(unique), desc="image features", unit="image",
-                   disable=None if self.progress else True, leave=False)
+        bar = progress_bar(total=len(unique), desc="image features", unit="image", show=self.progress, leave=False)
         try:
             with bar:
                 for path, outcome in _prefetch(pool, self._inspect, unique, 2 * self.batch_size):

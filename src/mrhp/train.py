@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from mrhp.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from mrhp.config import Config
@@ -27,18 +26,34 @@ from mrhp.evaluate import evaluate_split, format_metrics
 from mrhp.losses import cross_modal_contrastive_loss, pairwise_ranking_loss
 from mrhp.model import ModelOutput
 from mrhp.models import build_model, initialise_from_data
+from mrhp.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
 
 def resolve_config(config: Config, dataset: PreparedDataset) -> Config:
-    """Fill in what the data decides: vocabulary size, image feature width, word-vector width."""
+    """Fill in what the data decides: vocabulary size, image feature width, word-vector width, token-state width.
+
+    A pretrained text encoder reads the token states stored when preparing, so the dataset must have been
+    prepared with the same encoder and with its states taken below the layers trained here (``MrhpError``)."""
     embeddings = dataset.embeddings()
+    stored = dataset.text_encoder
+    wanted = config.model.text_encoder
+    if wanted != "lstm":
+        expected_layer = -1 - config.model.text_tuned_layers
+        if stored is None or stored.get("name") != wanted or stored.get("layer") != expected_layer:
+            raise MrhpError(
+                f"model.text_encoder = {wanted!r} with model.text_tuned_layers = {config.model.text_tuned_layers} "
+                f"needs a dataset prepared with its token states at layer {expected_layer}; {dataset.path} has "
+                + ("none" if stored is None else f"{stored.get('name')!r} at layer {stored.get('layer')}")
+                + ": run `mrhp prepare` with the same --config (or --text-encoder)"
+            )
     model = dataclasses.replace(
         config.model,
         vocab_size=len(dataset.vocab),
         image_dim=dataset.feature_dim,
         embedding_dim=embeddings.shape[1] if embeddings is not None else config.model.embedding_dim,
+        text_state_dim=int(stored["dim"]) if stored is not None and wanted != "lstm" else 0,
     )
     return dataclasses.replace(config, model=model)
 
@@ -134,7 +149,7 @@ def train(
         model.train()
         started, sums, steps = time.perf_counter(), {}, 0
         batches = training_batches(train_split, data.batch_rows, data.max_list_size, config.train.seed, epoch)
-        bar = tqdm(total=len(batches), desc=f"epoch {epoch}", unit="batch", disable=not progress, leave=False)
+        bar = progress_bar(total=len(batches), desc=f"epoch {epoch}", unit="batch", show=progress, leave=False)
         for _, batch in iterate_split(train_split, batches, data.max_tokens, data.max_regions, dataset.feature_dim):
             loss, parts = joint_loss(model(batch), batch, config)
             optimizer.zero_grad(set_to_none=True)
