@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mrhp.images import DEFAULT_INPUT_SIZE
+
 
 def make_images(folder: Path, count: int, width: int, height: int, seed: int = 0) -> list[Path]:
     """``count`` photo-like JPEGs: a colour gradient, a few solid blocks and pixel noise."""
@@ -92,7 +94,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--width", type=int, default=800)
     parser.add_argument("--height", type=int, default=600)
-    parser.add_argument("--input-size", type=int, default=224)
+    parser.add_argument("--input-size", type=int, default=DEFAULT_INPUT_SIZE)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 16, 32])
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     parser.add_argument("--batch-size", type=int, help=argparse.SUPPRESS)

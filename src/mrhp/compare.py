@@ -22,10 +22,8 @@ import numpy as np
 
 from mrhp.data.records import parse_object_line
 from mrhp.errors import DataError, MrhpError
-from mrhp.metrics import paired_test
+from mrhp.metrics import METRICS, PAIRED_TESTS, paired_test
 
-METRICS = ("map", "ndcg@3", "ndcg@5")
-TESTS = ("t", "wilcoxon", "randomization")
 _SEED_SUFFIX = re.compile(r"[-_.](seed|s)\d+$")
 
 
@@ -137,8 +135,8 @@ def _aligned(run: PerProductRun, order: list[str], first: PerProductRun) -> dict
 def compare_systems(runs: dict[str, list[PerProductRun]], reference: str, test: str = "t") -> Comparison:
     """Mean +/- sd over seeds per system and metric, and a paired `test` of each system against `reference`
     on per-product values averaged over seeds. `runs` maps a system name to its runs (one per seed)."""
-    if test not in TESTS:
-        raise MrhpError(f"unknown test {test!r}; expected one of {TESTS}")
+    if test not in PAIRED_TESTS:
+        raise MrhpError(f"unknown test {test!r}; expected one of {PAIRED_TESTS}")
     if reference not in runs:
         raise MrhpError(f"unknown reference system {reference!r}; the systems are {', '.join(runs)}")
     if any(not system_runs for system_runs in runs.values()):

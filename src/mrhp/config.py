@@ -23,11 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from mrhp.errors import MrhpError
+from mrhp.losses import REDUCTIONS, WEIGHTINGS
+from mrhp.metrics import METRICS, TIES
 
-TIES = ("pessimistic", "stable")
-WEIGHTINGS = ("adaptive", "none", "circle")
-REDUCTIONS = ("sum", "mean")
-SELECT_METRICS = ("map", "ndcg@3", "ndcg@5")
 # The paper's model and the baselines of its Tables 3-4 (SPEC 8); `mrhp.models` builds each by name.
 MODEL_NAMES = ("mrhp", "mcr", "conv-knrm", "prh-net", "bimpm", "eg-cnn", "sse-cross", "dr-net")
 
@@ -60,8 +58,16 @@ class ModelConfig:
     use_interaction: bool = True  # Table 6 ablation "w/o cross-modal module" when False
     use_images: bool = True  # False ignores every image (text-only ablation)
     checkpoint_activations: bool = True  # recompute attention layers in backward: same result, far less memory
+    # Not in the paper (off reproduces it): a pretrained transformer's token states instead of LSTM(W_emb(T)) (one
+    # of mrhp.text_encoder.TEXT_ENCODERS, its states stored by `mrhp prepare --text-encoder`), with its top
+    # `text_tuned_layers` layers trained; and a side channel of review length and rating into the score.
+    text_encoder: str = "lstm"
+    text_tuned_layers: int = 0
+    side_features: bool = False
+    side_hidden_size: int = 16
     vocab_size: int = 0
     image_dim: int = 0
+    text_state_dim: int = 0  # filled in from the prepared dataset with a pretrained text encoder
 
 
 @dataclass(frozen=True)
@@ -110,7 +116,7 @@ class Config:
 
     def validate(self) -> Config:
         _check(self.train.ties in TIES, f"train.ties must be one of {TIES}")
-        _check(self.train.select_metric in SELECT_METRICS, f"train.select_metric must be one of {SELECT_METRICS}")
+        _check(self.train.select_metric in METRICS, f"train.select_metric must be one of {METRICS}")
         _check(self.loss.weighting in WEIGHTINGS, f"loss.weighting must be one of {WEIGHTINGS}")
         _check(self.loss.ranking_reduction in REDUCTIONS, f"loss.ranking_reduction must be one of {REDUCTIONS}")
         _check(self.loss.contrastive_reduction in REDUCTIONS, f"loss.contrastive_reduction must be one of {REDUCTIONS}")

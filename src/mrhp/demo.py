@@ -16,7 +16,8 @@ from mrhp.config import Config, apply_overrides
 from mrhp.data.official import read_official
 from mrhp.data.prepare import prepare_dataset
 from mrhp.data.prepared import PreparedDataset, PreparedSplit
-from mrhp.evaluate import METRICS, evaluate_split, write_per_product
+from mrhp.evaluate import evaluate_split, write_per_product
+from mrhp.metrics import METRICS
 from mrhp.synthetic import SyntheticSpec, write_official_dataset
 from mrhp.train import train
 

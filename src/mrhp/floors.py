@@ -42,8 +42,8 @@ import numpy as np
 from mrhp.data.prepared import PreparedDataset, PreparedSplit
 from mrhp.data.text import PAD_ID, UNK_ID
 from mrhp.errors import MrhpError
-from mrhp.evaluate import METRICS, per_product_metrics
-from mrhp.metrics import summarize
+from mrhp.evaluate import per_product_metrics
+from mrhp.metrics import METRICS, summarize
 
 log = logging.getLogger(__name__)
 

@@ -21,6 +21,8 @@ from torch import Tensor
 __all__ = [
     "MODALITY_KEYS",
     "PRODUCT_KEYS",
+    "REDUCTIONS",
+    "WEIGHTINGS",
     "pairwise_ranking_loss",
     "cross_modal_contrastive_loss",
 ]
@@ -31,8 +33,12 @@ MODALITY_KEYS = ("product_text", "review_text", "product_image", "review_image")
 PRODUCT_KEYS = frozenset({"product_text", "product_image"})
 """Vectors shared by every row of the same product."""
 
-_REDUCTIONS = ("sum", "mean")
-_WEIGHTINGS = ("adaptive", "none", "circle")
+REDUCTIONS = ("sum", "mean")
+"""How both losses reduce over their pairs: eqs. 33-34 as printed (sum) or averaged (mean)."""
+
+WEIGHTINGS = ("adaptive", "none", "circle")
+"""Contrastive weightings: eq. 33 (adaptive), eq. 32 (none), the authors' code (Circle loss)."""
+
 _COSINE_EPS = 1e-8
 
 
@@ -63,8 +69,8 @@ def pairwise_ranking_loss(
     Returns:
         A scalar tensor. With no valid pair it is a zero that stays attached to ``scores`` (its gradient is 0).
     """
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"unknown reduction {reduction!r}; expected one of {_REDUCTIONS}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"unknown reduction {reduction!r}; expected one of {REDUCTIONS}")
     if not min_gap > 0:
         # A non-positive gap would pair a review with itself and pairs of equal labels in both directions.
         raise ValueError(f"min_gap must be > 0, got {min_gap!r}")
@@ -202,10 +208,10 @@ def cross_modal_contrastive_loss(
     Returns:
         A scalar tensor. Without any valid positive or negative it is a zero still attached to the features.
     """
-    if weighting not in _WEIGHTINGS:
-        raise ValueError(f"unknown weighting {weighting!r}; expected one of {_WEIGHTINGS}")
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"unknown reduction {reduction!r}; expected one of {_REDUCTIONS}")
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"unknown weighting {weighting!r}; expected one of {WEIGHTINGS}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"unknown reduction {reduction!r}; expected one of {REDUCTIONS}")
     for name, mapping in (("features", features), ("present", present)):
         if set(mapping) != set(MODALITY_KEYS):
             raise ValueError(f"{name} must have exactly the keys {MODALITY_KEYS}, got {sorted(mapping)}")

@@ -23,7 +23,9 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "METRICS",
     "TIES",
+    "PAIRED_TESTS",
     "rank_order",
     "average_precision",
     "ndcg_at_k",
@@ -32,10 +34,14 @@ __all__ = [
     "paired_test",
 ]
 
+METRICS = ("map", "ndcg@3", "ndcg@5")
+"""The paper's metrics, the keys of :func:`ranking_metrics`, in the order every table reports them."""
+
 TIES = ("pessimistic", "stable")
 """Tie policies of :func:`rank_order`."""
 
-_PAIRED_METHODS = ("t", "wilcoxon", "randomization")
+PAIRED_TESTS = ("t", "wilcoxon", "randomization")
+"""Methods of :func:`paired_test`."""
 
 
 def _check_inputs(scores: Tensor, labels: Tensor, mask: Tensor) -> None:
@@ -281,8 +287,8 @@ def paired_test(
             method, or ``resamples < 1``.
         ImportError: scipy is missing for ``"t"`` or ``"wilcoxon"``.
     """
-    if method not in _PAIRED_METHODS:
-        raise ValueError(f"unknown paired test {method!r}; expected one of {_PAIRED_METHODS}")
+    if method not in PAIRED_TESTS:
+        raise ValueError(f"unknown paired test {method!r}; expected one of {PAIRED_TESTS}")
     x = _as_numpy_1d(a, "a")
     y = _as_numpy_1d(b, "b")
     if x.shape != y.shape:

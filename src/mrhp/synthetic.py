@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-SPLITS = ("train", "dev", "test")
+from mrhp.data.records import SPLIT_NAMES
+
 LEVEL_CUTS = (0.5, 0.85, 1.2, 1.55)
 
 
@@ -77,7 +78,7 @@ def write_official_dataset(out_dir: Path, category: str = "demo", spec: Syntheti
         # The official files are torch.save'd lists of {"x": regions} dicts; write them the same way.
         torch.save([{"x": regions} for regions in images], folder / f"{item_id}.pth")
 
-    for split, num_products in zip(SPLITS, spec.products):
+    for split, num_products in zip(SPLIT_NAMES, spec.products):
         products, reviews, relations = [], [], []
         for p in range(num_products):
             product_id = f"{split}-p{p}"
