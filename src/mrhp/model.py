@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from mrhp.config import ModelConfig
-from mrhp.data.batching import Batch
+from mrhp.data.batching import SIDE_FEATURES, Batch
 
 COMPONENTS = ("product_text", "review_text", "product_image", "review_image")
 
@@ -147,11 +147,24 @@ class HelpfulnessModel(nn.Module):
         self.checkpoint_activations = config.checkpoint_activations
         self.use_images = config.use_images and config.image_dim > 0
         self.image_dim = config.image_dim
-        # Text encoders (eqs. 2-3): one word embedding, separate LSTMs for product and review.
-        self.embedding = nn.Embedding(config.vocab_size, config.embedding_dim, padding_idx=0)
+        self.reads_states = config.text_encoder != "lstm"
         self.embedding_dropout = nn.Dropout(drop)
-        self.product_lstm = nn.LSTM(config.embedding_dim, d, batch_first=True)
-        self.review_lstm = nn.LSTM(config.embedding_dim, d, batch_first=True)
+        if not self.reads_states:
+            # Text encoders (eqs. 2-3): one word embedding, separate LSTMs for product and review.
+            self.embedding = nn.Embedding(config.vocab_size, config.embedding_dim, padding_idx=0)
+            self.product_lstm = nn.LSTM(config.embedding_dim, d, batch_first=True)
+            self.review_lstm = nn.LSTM(config.embedding_dim, d, batch_first=True)
+        else:
+            # A pretrained transformer's token states, stored when preparing, replace LSTM(W_emb(T)): its top
+            # `text_tuned_layers` layers (shared by product and review, as the pretrained encoder is) are trained
+            # here, then separate projections H -> d for product and review, as the LSTMs were separate.
+            from mrhp.text_encoder import PRETRAINED, TopLayers
+
+            if config.text_state_dim <= 0:
+                raise ValueError("ModelConfig.text_state_dim must be set from the prepared dataset")
+            self.text_top = TopLayers(PRETRAINED[config.text_encoder], config.text_tuned_layers, drop)
+            self.product_text_projection = nn.Linear(config.text_state_dim, d)
+            self.review_text_projection = nn.Linear(config.text_state_dim, d)
         # Image encoders (eq. 4): Linear F -> d, then self-attention; separate for product and review.
         image_dim = max(config.image_dim, 1)
         self.product_image_projection = nn.Linear(image_dim, d)
@@ -174,6 +187,13 @@ class HelpfulnessModel(nn.Module):
         self.fusion = nn.ModuleDict({name: SelfAttentionBlock(d, heads, config.feedforward_size, drop) for name in fusion})
         self.intra_modal_conv = nn.Conv1d(d, d, config.conv_kernel, padding=config.conv_kernel // 2)
         self.scorer = nn.Linear(5 * d, 1)
+        # Not in the paper (model.side_features): review length and star rating, which pooling hides, added to
+        # the score through a small MLP.
+        self.side_scorer = (
+            nn.Sequential(nn.Linear(len(SIDE_FEATURES), config.side_hidden_size), nn.GELU(),
+                          nn.Linear(config.side_hidden_size, 1))
+            if config.side_features else None
+        )
 
     def run(self, module: nn.Module, *inputs: Tensor) -> Tensor:
         """Call `module`; in training with `checkpoint_activations`, keep only its inputs for the backward pass
@@ -183,7 +203,10 @@ class HelpfulnessModel(nn.Module):
         return module(*inputs)
 
     def load_word_vectors(self, vectors: Tensor) -> None:
-        """Initialise the word embedding with pretrained vectors [V, E] (they stay trainable)."""
+        """Initialise the word embedding with pretrained vectors [V, E] (they stay trainable); a model that reads
+        pretrained token states has no word embedding."""
+        if self.reads_states:
+            return
         with torch.no_grad():
             self.embedding.weight.copy_(vectors)
 
@@ -194,6 +217,12 @@ class HelpfulnessModel(nn.Module):
         encoded, _ = lstm(embedded)  # [X, L, d]
         return encoded * mask[..., None].to(encoded.dtype)
 
+    def encode_states(self, projection: nn.Linear, states: Tensor, mask: Tensor) -> Tensor:
+        """Pretrained token states [X, S, H], mask [X, S] -> [X, S, d] (top layers, then projection)."""
+        x = self.text_top(states, mask)  # [X, S, H]
+        x = projection(self.embedding_dropout(x))  # [X, S, d]
+        return x * mask[..., None].to(x.dtype)
+
     def encode_image(self, projection: nn.Linear, encoder: nn.ModuleList, regions: Tensor, mask: Tensor) -> Tensor:
         """regions [X, M, F], mask [X, M] -> [X, M, d]"""
         x = projection(regions)  # [X, M, d]
@@ -203,15 +232,22 @@ class HelpfulnessModel(nn.Module):
 
     def forward(self, batch: Batch) -> ModelOutput:
         rows = batch.review_product  # [N]
-        product_token_mask, review_token_mask = batch.product_token_mask, batch.review_token_mask
+        if self.reads_states:
+            product_token_mask, review_token_mask = batch.product_state_mask, batch.review_state_mask
+        else:
+            product_token_mask, review_token_mask = batch.product_token_mask, batch.review_token_mask
         product_region_mask, review_region_mask = batch.product_region_mask, batch.review_region_mask
         if not self.use_images:
             product_region_mask = torch.zeros_like(product_region_mask)
             review_region_mask = torch.zeros_like(review_region_mask)
 
         # Encoders (eqs. 2-4); product encodings once per product, then gathered for each review row.
-        k_p = self.encode_text(self.product_lstm, batch.product_tokens, product_token_mask)  # [B, Lp, d]
-        k_r = self.encode_text(self.review_lstm, batch.review_tokens, review_token_mask)  # [N, Lr, d]
+        if self.reads_states:
+            k_p = self.encode_states(self.product_text_projection, batch.product_states, product_token_mask)  # [B, Lp, d]
+            k_r = self.encode_states(self.review_text_projection, batch.review_states, review_token_mask)  # [N, Lr, d]
+        else:
+            k_p = self.encode_text(self.product_lstm, batch.product_tokens, product_token_mask)  # [B, Lp, d]
+            k_r = self.encode_text(self.review_lstm, batch.review_tokens, review_token_mask)  # [N, Lr, d]
         a_p = self.encode_image(
             self.product_image_projection, self.product_image_encoder, batch.product_regions, product_region_mask
         )  # [B, Mp, d]
@@ -276,6 +312,8 @@ class HelpfulnessModel(nn.Module):
 
         z_final = torch.cat([z_intra_modal, z_inter_modal, z_intra_review], dim=1)  # [N, 5d] eq. 28
         row_scores = self.scorer(z_final).squeeze(1)  # [N] eq. 29
+        if self.side_scorer is not None:
+            row_scores = row_scores + self.side_scorer(batch.review_side).squeeze(1)  # [N]
         scores = row_scores[batch.list_rows] * batch.list_mask.to(row_scores.dtype)  # [B, R]
 
         pooled = {name: masked_max(out[name], mask[name]) for name in COMPONENTS}  # eqs. 30-31, each [N, d]

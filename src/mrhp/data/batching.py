@@ -35,6 +35,13 @@ class Batch:
     review_labels: Tensor  # [N] int64 (0 where unknown, e.g. at prediction time)
     list_rows: Tensor  # [B, R] int64, index into N (0 in padded slots)
     list_mask: Tensor  # [B, R] bool
+    # Pretrained text encoders (model.text_encoder != "lstm"): token states stored when preparing; an empty
+    # [X, 1, 1] with an all-False mask when the items carry none.
+    product_states: Tensor  # [B, Sp, H] float32
+    product_state_mask: Tensor  # [B, Sp] bool
+    review_states: Tensor  # [N, Sr, H] float32
+    review_state_mask: Tensor  # [N, Sr] bool
+    review_side: Tensor  # [N, SIDE_FEATURES] float32: side_features() of each review (model.side_features)
 
     @property
     def labels(self) -> Tensor:
@@ -47,10 +54,26 @@ class Batch:
 
 @dataclass
 class Item:
-    """One product or review: token ids [L] and image region features [M, F] (M = 0 without image)."""
+    """One product or review: token ids [L], image region features [M, F] (M = 0 without image), token states
+    [S, H] of a pretrained text encoder (None when the dataset stores none) and, for a review, its star rating
+    (NaN = unknown)."""
 
     tokens: np.ndarray
     regions: np.ndarray
+    states: np.ndarray | None = None
+    rating: float = float("nan")
+
+
+# Side features of a review (model.side_features): log(1 + words), whether a star rating is known, and the
+# rating centred on the middle of a 1-5 scale (0 when unknown). Length is the strongest single signal on public
+# review data (the length floor), yet masked mean and max pooling cannot see it.
+SIDE_FEATURES = ("log_words", "has_rating", "rating")
+
+
+def side_features(words: int, rating: float) -> tuple[float, float, float]:
+    """The :data:`SIDE_FEATURES` of a review with ``words`` tokens (before the ``max_tokens`` cut)."""
+    known = not np.isnan(rating)
+    return float(np.log1p(words)), float(known), (float(rating) - 3.0) / 2.0 if known else 0.0
 
 
 @dataclass
@@ -68,8 +91,10 @@ def split_item_lists(split: PreparedSplit, groups: Sequence[tuple[int, Sequence[
     for product, reviews in groups:
         out.append(
             RankingList(
-                product=Item(split.product_tokens(product), split.product_regions(product)),
-                reviews=[Item(split.review_tokens(j), split.review_regions(j)) for j in reviews],
+                product=Item(split.product_tokens(product), split.product_regions(product),
+                             split.product_states(product)),
+                reviews=[Item(split.review_tokens(j), split.review_regions(j), split.review_states(j),
+                              float(split.review_rating[j])) for j in reviews],
                 labels=[int(split.labels[j]) for j in reviews],
                 review_indices=[int(j) for j in reviews],
                 group=int(product),
@@ -145,6 +170,21 @@ def _pad_regions(items: Sequence[Item], max_regions: int, feature_dim: int) -> t
     return torch.from_numpy(regions), torch.from_numpy(mask)
 
 
+def _pad_states(items: Sequence[Item], max_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    present = [item.states for item in items if item.states is not None]
+    if len(present) not in (0, len(items)):
+        raise ValueError("some items have text states and others not")
+    dim = present[0].shape[1] if present else 1
+    counts = [min(len(item.states), max_tokens) if item.states is not None else 0 for item in items]
+    width = max(max(counts, default=0), 1)
+    states = np.zeros((len(items), width, dim), dtype=np.float32)
+    for i, (item, count) in enumerate(zip(items, counts)):
+        if count:
+            states[i, :count] = item.states[:count]
+    mask = np.arange(width)[None, :] < np.asarray(counts)[:, None]
+    return torch.from_numpy(states), torch.from_numpy(mask)
+
+
 def collate(lists: Sequence[RankingList], max_tokens: int, max_regions: int, feature_dim: int) -> Batch:
     """Pad a sequence of ranking lists into a `Batch` (B = len(lists), N = total reviews)."""
     products = [ranking.product for ranking in lists]
@@ -158,6 +198,10 @@ def collate(lists: Sequence[RankingList], max_tokens: int, max_regions: int, fea
     review_tokens, review_token_mask = _pad_tokens(reviews, max_tokens)
     product_regions, product_region_mask = _pad_regions(products, max_regions, feature_dim)
     review_regions, review_region_mask = _pad_regions(reviews, max_regions, feature_dim)
+    product_states, product_state_mask = _pad_states(products, max_tokens)
+    review_states, review_state_mask = _pad_states(reviews, max_tokens)
+    side = np.array([side_features(len(review.tokens), review.rating) for review in reviews],
+                    dtype=np.float32).reshape(len(reviews), len(SIDE_FEATURES))
     return Batch(
         product_tokens=product_tokens,
         product_token_mask=product_token_mask,
@@ -172,6 +216,11 @@ def collate(lists: Sequence[RankingList], max_tokens: int, max_regions: int, fea
         review_labels=torch.tensor([label for ranking in lists for label in ranking.labels], dtype=torch.int64),
         list_rows=torch.from_numpy(list_rows.astype(np.int64)),
         list_mask=torch.from_numpy(list_mask),
+        product_states=product_states,
+        product_state_mask=product_state_mask,
+        review_states=review_states,
+        review_state_mask=review_state_mask,
+        review_side=torch.from_numpy(side),
     )
 
 

@@ -16,8 +16,10 @@ import logging
 import os
 import shutil
 import uuid
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 from numpy.lib import format as npy_format
@@ -41,6 +43,19 @@ logger = logging.getLogger(__name__)
 
 # How many missing-image entries the report lists per split (all are counted).
 MISSING_LISTED = 20
+# Texts encoded at a time by a pretrained text encoder while preparing (bounds the memory of the states).
+TEXT_CHUNK = 256
+
+
+class TextStateEncoder(Protocol):
+    """What :func:`prepare_dataset` needs of a pretrained text encoder (:class:`mrhp.text_encoder.StateEncoder`):
+    its description for ``dataset.json`` and the token states of texts."""
+
+    def describe(self) -> dict:
+        """``{"name", "layer", "dim", "max_tokens"}``: stored in ``dataset.json`` under ``text_encoder``."""
+
+    def encode(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """Token states float ``[S_i, dim]`` of each text (padding excluded, ``S_i >= 1``)."""
 
 
 class _ArrayWriter:
@@ -126,6 +141,7 @@ def prepare_dataset(
     vectors_seed: int = 0,
     relevance_threshold: int = 1,
     feature_dtype: str = "float16",
+    text_encoder: TextStateEncoder | None = None,
     overwrite: bool = False,
 ) -> dict:
     """Tokenize, convert features and write a prepared dataset to ``out_dir``; returns the report.
@@ -142,6 +158,8 @@ def prepare_dataset(
         relevance_threshold: a review is relevant iff ``label > relevance_threshold`` (1 for Amazon, 0 for
             Lazada); stored for evaluation and used in the report.
         feature_dtype: ``"float16"`` or ``"float32"`` for the feature store.
+        text_encoder: a pretrained text encoder whose token states of every product and review text are stored
+            (float16, memory-mapped, in ``text_states/``) for models with ``model.text_encoder`` set; None = none.
         overwrite: replace an existing non-empty ``out_dir`` (otherwise that is an error).
 
     Raises:
@@ -165,14 +183,18 @@ def prepare_dataset(
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
     sink = _StoreSink(tmp / "features", feature_dtype)
+    states = _StoreSink(tmp / "text_states", "float16")
     try:
         report = _write_prepared(
             source, tmp, sink, min_count=min_count, max_vocab_size=max_vocab_size, vectors=vectors,
-            vectors_seed=vectors_seed, relevance_threshold=relevance_threshold,
+            vectors_seed=vectors_seed, relevance_threshold=relevance_threshold, text_encoder=text_encoder,
+            states=states,
         )
         sink.close()
+        states.close()
     except BaseException:
         sink.abort()
+        states.abort()
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if out_dir.exists():
@@ -197,6 +219,8 @@ def _write_prepared(
     vectors: str | None,
     vectors_seed: int,
     relevance_threshold: int,
+    text_encoder: TextStateEncoder | None,
+    states: _StoreSink,
 ) -> dict:
     train = source.splits["train"]
     counts = count_tokens(tqdm(_tokens_of(train), desc="counting train tokens", unit="text", disable=None,
@@ -237,6 +261,11 @@ def _write_prepared(
         splits_report[name] = _write_split(split, split_dir, vocab, sink, source.max_missing_image_rate,
                                            relevance_threshold)
         counts_meta[name] = {"products": len(split.products), "reviews": len(split.reviews)}
+    text_meta = text_report = None
+    if text_encoder is not None:
+        text_meta = text_encoder.describe()
+        text_report = _write_text_states(source, tmp, text_encoder, states)
+        text_report.update(text_meta)
     report = {
         "source": source.source,
         "vocabulary": vocab_report,
@@ -248,6 +277,7 @@ def _write_prepared(
             "max_missing_image_rate": source.max_missing_image_rate,
         },
         "relevance_threshold": relevance_threshold,
+        "text_states": text_report,
         "splits": splits_report,
         "reader": source.notes,
     }
@@ -260,6 +290,7 @@ def _write_prepared(
         "feature_dtype": sink.dtype if sink.writer is not None else None,
         "vocab_size": len(vocab),
         "embedding_dim": embedding_dim,
+        "text_encoder": text_meta,
         "splits": list(source.splits),
         "counts": counts_meta,
         "report": report,
@@ -267,6 +298,31 @@ def _write_prepared(
     (tmp / "dataset.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     (tmp / "report.txt").write_text(format_report(report) + "\n", encoding="utf-8")
     return report
+
+
+def _write_text_states(source: RawDataset, tmp: Path, encoder: TextStateEncoder, sink: _StoreSink) -> dict:
+    """Encode every product and review text in chunks and store its token states; returns the report section."""
+    began = time.perf_counter()
+    texts = states_total = 0
+    for name, split in source.splits.items():
+        for kind, items in (("product", split.products), ("review", split.reviews)):
+            rows = np.zeros(len(items), dtype=np.int64)
+            chunks = range(0, len(items), TEXT_CHUNK)
+            for start in tqdm(chunks, desc=f"{name} {kind} text states", unit="chunk", disable=None, leave=False):
+                chunk = items[start:start + TEXT_CHUNK]
+                for i, (item, encoded) in enumerate(zip(chunk, encoder.encode([item.text for item in chunk]))):
+                    rows[start + i] = sink.add(np.asarray(encoded), f"{name} {kind} {item.id}", "text encoder")
+                    states_total += int(encoded.shape[0])
+            texts += len(items)
+            np.save(tmp / name / f"{kind}_text_state.npy", rows, allow_pickle=False)
+    seconds = time.perf_counter() - began
+    return {
+        "texts": texts,
+        "states": states_total,
+        "seconds": seconds,
+        "seconds_per_1000_texts": 1000 * seconds / max(1, texts),
+        "bytes_per_text": 2 * states_total * sink.dim / max(1, texts),
+    }
 
 
 def _write_split(
@@ -401,6 +457,13 @@ def format_report(report: dict) -> str:
         )
     else:
         lines.append("word vectors: none (random initial embeddings)")
+    states = report.get("text_states")
+    if states:
+        lines.append(
+            f"text states: {states['name']} layer {states['layer']} (dim {states['dim']}, at most "
+            f"{states['max_tokens']} tokens): {states['texts']} texts, {states['seconds_per_1000_texts']:.1f} s per "
+            f"1,000 texts, {states['bytes_per_text'] / 1024:.1f} KiB per text"
+        )
     feat = report["features"]
     if feat["dim"]:
         lines.append(f"image features: dim {feat['dim']}, {feat['items']} items stored as {feat['dtype']}")

@@ -21,6 +21,10 @@ Layout of a prepared dataset directory::
         review_image.npy     int64 [N]  feature store row, -1 = no image
         review_rating.npy    float32 [N] star rating, NaN = unknown (optional: older datasets lack it)
         {kind}_image_refs.json  lists of image URLs kept as references, not features (only when some item has)
+        {kind}_text_state.npy   int64 [P] / [N] row of the item's token states in text_states/ (only with a
+                                pretrained text encoder)
+    text_states/     a feature store of token states [S, H] per item (only with a pretrained text encoder; its
+                     name, layer and width are in dataset.json under "text_encoder")
 
 Missing images (an item that should have images but whose feature file is missing or unreadable) are masked
 (store row -1, zero regions), counted, listed in the report, and the preparation fails when their rate in any
@@ -73,11 +77,15 @@ class PreparedSplit:
             ratings were stored).
     """
 
-    def __init__(self, path: Path, name: str, store: FeatureStore | None, feature_dim: int) -> None:
+    def __init__(
+        self, path: Path, name: str, store: FeatureStore | None, feature_dim: int,
+        text_store: FeatureStore | None = None,
+    ) -> None:
         self.path = path
         self.name = name
         self._store = store
         self._feature_dim = feature_dim
+        self._text_store = text_store
         ids = {}
         for kind in KINDS:
             value = _load_json(path / f"{kind}_ids.json")
@@ -105,6 +113,14 @@ class PreparedSplit:
                 raise DataError("image rows do not match the feature store", file=path / f"{kind}_image.npy")
             images[kind] = rows.astype(np.int64, copy=False)
         self.product_image: np.ndarray = images["product"]
+        self._text_rows: dict[str, np.ndarray] = {}
+        if text_store is not None:
+            for kind in KINDS:
+                rows = _load_npy(path / f"{kind}_text_state.npy")
+                if rows.shape != (sizes[kind],) or (rows.size and (rows.min() < 0 or rows.max() >= text_store.num_items)):
+                    raise DataError("text state rows do not match the text state store",
+                                    file=path / f"{kind}_text_state.npy")
+                self._text_rows[kind] = rows.astype(np.int64, copy=False)
         self.review_image: np.ndarray = images["review"]
         self.product_lengths: np.ndarray = np.diff(self._offsets["product"])
         self.review_lengths: np.ndarray = np.diff(self._offsets["review"])
@@ -152,6 +168,19 @@ class PreparedSplit:
         """Image regions of review ``j``: float32 ``[m, F]``, m = 0 when it has no image."""
         return self._regions(int(self.review_image[j]))
 
+    def _states(self, kind: str, i: int) -> np.ndarray | None:
+        if self._text_store is None:
+            return None
+        return self._text_store.get(int(self._text_rows[kind][i]))
+
+    def product_states(self, i: int) -> np.ndarray | None:
+        """Pretrained-encoder token states of product ``i``: float32 ``[S, H]``; None without a text encoder."""
+        return self._states("product", i)
+
+    def review_states(self, j: int) -> np.ndarray | None:
+        """Pretrained-encoder token states of review ``j``: float32 ``[S, H]``; None without a text encoder."""
+        return self._states("review", j)
+
     def reviews_of(self, i: int) -> np.ndarray:
         """Indices (int64) of the reviews of product ``i``, in file order."""
         return self._by_product[self._group_start[i]:self._group_start[i + 1]]
@@ -176,11 +205,16 @@ class PreparedDataset:
         vocab: the vocabulary (built from the train split).
         feature_dim: region feature size ``F``; 0 = the dataset has no images.
         relevance_threshold: a review is relevant iff ``label > relevance_threshold``.
+        text_encoder: ``{"name", "layer", "dim", "max_tokens"}`` of the pretrained text encoder whose token states
+            the dataset stores, or None (the LSTM reads the token ids).
         meta: the content of ``dataset.json`` (including the preparation report under ``"report"``).
         splits: split names in order.
     """
 
-    def __init__(self, path: Path, meta: dict, vocab: Vocabulary, store: FeatureStore | None) -> None:
+    def __init__(
+        self, path: Path, meta: dict, vocab: Vocabulary, store: FeatureStore | None,
+        text_store: FeatureStore | None = None,
+    ) -> None:
         self.path = path
         self.meta = meta
         self.vocab = vocab
@@ -188,6 +222,8 @@ class PreparedDataset:
         self.relevance_threshold = int(meta["relevance_threshold"])
         self.splits: tuple[str, ...] = tuple(meta["splits"])
         self._store = store
+        self._text_store = text_store
+        self.text_encoder: dict | None = meta.get("text_encoder")
         self._split_cache: dict[str, PreparedSplit] = {}
 
     @classmethod
@@ -228,7 +264,16 @@ class PreparedDataset:
             if store.dim != meta["feature_dim"]:
                 raise DataError(f"feature store dim {store.dim} differs from feature_dim {meta['feature_dim']}",
                                 file=meta_path, field="feature_dim")
-        return cls(path, meta, vocab, store)
+        text_store = None
+        if meta.get("text_encoder") is not None:
+            encoder = meta["text_encoder"]
+            if not isinstance(encoder, dict) or not isinstance(encoder.get("dim"), int):
+                raise DataError(f"invalid text encoder entry {encoder!r}", file=meta_path, field="text_encoder")
+            text_store = FeatureStore.open(path / "text_states")
+            if text_store.dim != encoder["dim"]:
+                raise DataError(f"text state store dim {text_store.dim} differs from the text encoder's "
+                                f"{encoder['dim']}", file=meta_path, field="text_encoder")
+        return cls(path, meta, vocab, store, text_store)
 
     def __repr__(self) -> str:
         return f"PreparedDataset({str(self.path)!r}, splits={self.splits}, vocab={len(self.vocab)})"
@@ -251,5 +296,6 @@ class PreparedDataset:
         if name not in self.splits:
             raise DataError(f"no split {name!r} (available: {', '.join(self.splits)})", file=self.path)
         if name not in self._split_cache:
-            self._split_cache[name] = PreparedSplit(self.path / name, name, self._store, self.feature_dim)
+            self._split_cache[name] = PreparedSplit(self.path / name, name, self._store, self.feature_dim,
+                                                    self._text_store)
         return self._split_cache[name]
