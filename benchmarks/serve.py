@@ -40,8 +40,8 @@ import torch
 from mrhp.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from mrhp.config import Config, ModelConfig
 from mrhp.data.text import PAD, UNK, Vocabulary
+from mrhp.inference import make_ranking, score_rankings
 from mrhp.models import build_model
-from mrhp.predict import make_ranking, score_rankings
 
 
 def paper_size_checkpoint(path: Path, vocab: int, image_dim: int) -> None:

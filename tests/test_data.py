@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from mrhp.data.jsonl import parse_ranking_request, read_jsonl
+from mrhp.data.jsonl import read_jsonl
 from mrhp.data.official import parse_image_urls, read_official
 from mrhp.data.prepare import format_report, prepare_dataset
 from mrhp.data.prepared import PreparedDataset
@@ -22,6 +22,7 @@ from mrhp.data.records import split_products, votes_to_level
 from mrhp.data.store import FeatureStore, FeatureStoreWriter
 from mrhp.data.text import PAD_ID, UNK_ID, Vocabulary, load_word_vectors, tokenize
 from mrhp.errors import DataError, MrhpError
+from mrhp.inference import parse_ranking_request
 
 F = 8  # region feature size of the fixtures (the benchmarks use 2048)
 

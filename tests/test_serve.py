@@ -28,9 +28,10 @@ from mrhp.cli import main
 from mrhp.config import Config, DataConfig, ModelConfig
 from mrhp.data.text import Vocabulary
 from mrhp.errors import MrhpError
+from mrhp.inference import file_sha256, make_ranking, score_rankings
 from mrhp.models import build_model
-from mrhp.predict import file_sha256, make_ranking, predict_file, score_rankings
-from mrhp.serve import BatchScorer, ServiceBusy, create_app
+from mrhp.predict import predict_file
+from mrhp.serve.app import BatchScorer, ServiceBusy, create_app
 
 WORDS = ["<pad>", "<unk>", "great", "pot", "lid", "steel", "bad", "handle", "cheap", "heavy", "ok", "love", "it"]
 F = 4  # image feature size of the tiny model

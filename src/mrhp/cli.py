@@ -192,7 +192,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from mrhp.serve import run_server
+    from mrhp.serve.app import run_server
 
     options = ("max_request_bytes", "max_reviews", "max_text_chars", "max_queued", "batch_rows", "batch_wait_ms",
                "image_input_size", "image_max_regions")

@@ -1,7 +1,6 @@
-"""Ranking new reviews with a trained checkpoint: the scoring shared by `mrhp predict` and `mrhp serve`, and
-resumable streaming batch prediction over a JSON-lines file of any size.
+"""`mrhp predict`: resumable streaming batch prediction over a JSON-lines file of any size.
 
-Input: JSON lines, one ranking request per line (the format of `mrhp.data.jsonl.parse_ranking_request`)::
+Input: JSON lines, one ranking request per line (the format of `mrhp.inference.parse_ranking_request`)::
 
     {"product_id": "p1", "text": "...", "images": ["p1.npy"],
      "reviews": [{"review_id": "r1", "text": "...", "images": []}, ...]}
@@ -20,11 +19,7 @@ recorded input offset; it refuses to continue with another checkpoint or when th
 input changed. At the end the partial file is renamed to the output and the progress file removed, so the output
 path only ever holds a complete result.
 
-Scores: `score_rankings` is the one scoring function of both this module and the HTTP service. A review's score
-depends only on its product and itself; batches of different composition pad differently, which changes scores
-only by float32 rounding (about 1e-7 relative), so the service and `predict` agree to that precision, and
-bit for bit when the product is scored in a forward pass of the same composition (e.g. a file of one product and
-a lone request).
+Scores: `mrhp.inference.score_rankings`, the scoring function of the HTTP service too.
 """
 
 from __future__ import annotations
@@ -33,21 +28,27 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from mrhp.checkpoint import Checkpoint, load_checkpoint
-from mrhp.data.batching import Item, RankingList, collate
-from mrhp.data.jsonl import parse_ranking_request
+from mrhp.data.batching import RankingList
 from mrhp.data.records import parse_object_line
 from mrhp.errors import MrhpError
-from mrhp.models import reads_images
+from mrhp.inference import (
+    file_sha256,
+    image_file_loader,
+    make_ranking,
+    parse_ranking_request,
+    ranked_reviews,
+    score_rankings,
+    uses_images,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,120 +56,6 @@ PROGRESS_FORMAT = "mrhp-predict-progress"
 PROGRESS_VERSION = 1
 _HASH_CHUNK = 1 << 20  # bytes read at a time when hashing files
 _Digest = type(hashlib.sha256())  # hashlib does not name its hash object type publicly
-
-
-def file_sha256(path: Path, limit: int | None = None) -> str:
-    """SHA-256 (hex) of a file's bytes, or of its first `limit` bytes."""
-    digest = hashlib.sha256()
-    remaining = limit
-    with Path(path).open("rb") as handle:
-        while remaining is None or remaining > 0:
-            chunk = handle.read(_HASH_CHUNK if remaining is None else min(_HASH_CHUNK, remaining))
-            if not chunk:
-                break
-            digest.update(chunk)
-            if remaining is not None:
-                remaining -= len(chunk)
-    return digest.hexdigest()
-
-
-def uses_images(checkpoint: Checkpoint) -> bool:
-    """Whether the model reads images; a model that does not ignores any image of a request."""
-    return reads_images(checkpoint.config.model)
-
-
-def make_ranking(
-    checkpoint: Checkpoint,
-    product_text: str,
-    product_regions: np.ndarray,
-    reviews: Sequence[tuple[str, np.ndarray]],
-    group: int = 0,
-) -> RankingList:
-    """One product and the reviews to rank, as the model's input.
-
-    Args:
-        product_text: the product's text (tokenized here with the checkpoint's vocabulary; the model keeps the
-            first `data.max_tokens` tokens).
-        product_regions: float32 [m, F] region features of the product's images (m = 0 without image).
-        reviews: `(text, regions [m_j, F])` per review, in request order.
-        group: an identity of the product (used only by the training loss; any value when scoring).
-    """
-    if not uses_images(checkpoint):  # a model without an image side takes none, whatever the request holds
-        empty = np.zeros((0, 0), dtype=np.float32)
-        product_regions, reviews = empty, [(text, empty) for text, _ in reviews]
-    vocab = checkpoint.vocab
-    return RankingList(
-        product=Item(np.asarray(vocab.encode(product_text), dtype=np.int64), product_regions),
-        reviews=[Item(np.asarray(vocab.encode(text), dtype=np.int64), regions) for text, regions in reviews],
-        labels=[0] * len(reviews),
-        review_indices=list(range(len(reviews))),
-        group=group,
-    )
-
-
-@torch.no_grad()
-def score_rankings(checkpoint: Checkpoint, lists: Sequence[RankingList], batch_rows: int) -> list[np.ndarray]:
-    """Scores of every review of every list, as one float64 array [len(list.reviews)] per list.
-
-    Consecutive lists are packed into forward passes of at most `batch_rows` review rows; a list longer than
-    that is scored in pieces of `batch_rows` reviews (its product encoded once per piece), which changes nothing
-    but float32 rounding since a review's score depends only on its product and itself.
-    """
-    if batch_rows < 1:
-        raise ValueError(f"batch_rows must be >= 1, got {batch_rows}")
-    data = checkpoint.config.data
-    feature_dim = checkpoint.config.model.image_dim
-    pieces: list[tuple[int, RankingList]] = []
-    for index, ranking in enumerate(lists):
-        for start in range(0, len(ranking.reviews), batch_rows):
-            stop = start + batch_rows
-            pieces.append((index, RankingList(
-                product=ranking.product,
-                reviews=ranking.reviews[start:stop],
-                labels=ranking.labels[start:stop],
-                review_indices=ranking.review_indices[start:stop],
-                group=ranking.group,
-            )))
-    parts: list[list[np.ndarray]] = [[] for _ in lists]
-
-    def forward(batch: list[tuple[int, RankingList]]) -> None:
-        scores = checkpoint.model(collate([piece for _, piece in batch], data.max_tokens, data.max_regions, feature_dim))
-        row_scores = scores.row_scores.double().numpy()
-        start = 0
-        for index, piece in batch:
-            parts[index].append(row_scores[start:start + len(piece.reviews)])
-            start += len(piece.reviews)
-
-    batch: list[tuple[int, RankingList]] = []
-    rows = 0
-    for index, piece in pieces:
-        if batch and rows + len(piece.reviews) > batch_rows:
-            forward(batch)
-            batch, rows = [], 0
-        batch.append((index, piece))
-        rows += len(piece.reviews)
-    if batch:
-        forward(batch)
-    return [np.concatenate(part) if part else np.zeros(0) for part in parts]
-
-
-def rank_reviews(scores: np.ndarray) -> np.ndarray:
-    """Ranks (1 = best) by descending score; equal scores keep input order."""
-    order = np.argsort(-scores, kind="stable")
-    ranks = np.empty(len(scores), dtype=np.int64)
-    ranks[order] = np.arange(1, len(scores) + 1)
-    return ranks
-
-
-def ranked_reviews(review_ids: Sequence[str], scores: np.ndarray) -> list[dict[str, object]]:
-    """`[{"review_id", "score", "rank"}, ...]` sorted by rank: the answer format of `predict` and the service."""
-    ranks = rank_reviews(scores)
-    reviews = [
-        {"review_id": review_id, "score": float(score), "rank": int(rank)}
-        for review_id, score, rank in zip(review_ids, scores, ranks)
-    ]
-    reviews.sort(key=lambda review: review["rank"])
-    return reviews
 
 
 @dataclass
@@ -248,36 +135,6 @@ def _resume_point(
         with partial_path.open("r+b") as handle:
             handle.truncate(progress.output_bytes)
     return progress, prefix
-
-
-def image_file_loader(checkpoint: Checkpoint) -> Callable[[Path], np.ndarray] | None:
-    """Region features of an image file named in a request, with the same extractor and defaults as `mrhp
-    features` and the service; None (image files refused with a message) without the `images` extra or when
-    the model reads no images. The extractor is built on the first image file, so text-only inputs never pay."""
-    from mrhp.images import DEFAULT_INPUT_SIZE, DEFAULT_MAX_REGIONS, FEATURE_DIM, images_available
-
-    if not uses_images(checkpoint) or not images_available():
-        return None
-    width = checkpoint.config.model.image_dim
-    extractor = None
-
-    def load(path: Path) -> np.ndarray:
-        nonlocal extractor
-        if width != FEATURE_DIM:
-            raise ValueError(
-                f"the model reads {width}-d region features; the image extractor gives {FEATURE_DIM}-d: "
-                "give .npy features of the model's width"
-            )
-        if extractor is None:
-            from mrhp.images import ImageFeatureExtractor
-
-            extractor = ImageFeatureExtractor(DEFAULT_INPUT_SIZE, DEFAULT_MAX_REGIONS, batch_size=1)
-        result = extractor.extract_files([path])[0]
-        if not result.ok:
-            raise ValueError(result.error)
-        return result.regions
-
-    return load
 
 
 def _parse_line(

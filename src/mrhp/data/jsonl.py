@@ -44,7 +44,7 @@ Example::
      "images": ["features/B001-0.npy"]}
     {"review_id": "R1", "product_id": "B001", "text": "Great pot for canning.", "votes": 12}
 
-For prediction, :func:`parse_ranking_request` reads one product with its reviews from one JSON object.
+For prediction, :func:`mrhp.inference.parse_ranking_request` reads one product with its reviews from one JSON object.
 """
 
 from __future__ import annotations
@@ -381,94 +381,3 @@ def read_jsonl(
     logger.info("read %d products and %d reviews from %s (split from %s)", len(products), len(review_line),
                 products_path.parent, split_source)
     return raw
-
-
-def parse_ranking_request(
-    obj: dict,
-    base_dir: Path,
-    *,
-    where: str,
-    feature_dim: int | None = None,
-    max_regions_per_image: int | None = None,
-    max_regions_per_item: int | None = 128,
-    image_loader: Callable[[Path], np.ndarray] | None = None,
-) -> tuple[str, np.ndarray, list[tuple[str, str, np.ndarray]]]:
-    """Read one ranking request: a product and the reviews to rank.
-
-    ``obj`` has the form ``{"product_id": ..., "text": ... (or "name"/"description"), "images": [...],
-    "reviews": [{"review_id": ..., "text": ..., "images": [...]}, ...]}``; ``product_id`` is optional, images
-    are ``.npy`` paths relative to ``base_dir``. Unlike a dataset, a missing or unreadable feature file here is a
-    ``DataError`` (there is one request to answer, no rate to tolerate). ``where`` (e.g. ``"input.jsonl line
-    3"``) starts every error message.
-
-    Args:
-        image_loader: turns an image file (``.jpg``, ``.png``, ...) into region features ``[m, F]``, raising
-            ``ValueError(reason)`` for a bad file; without it image files are refused with a message.
-        feature_dim: when given, every region array must have this size ``F`` and empty arrays are
-            ``[0, feature_dim]``; when None, empty arrays are ``[0, 0]`` and sizes are checked only within the
-            request.
-
-    Returns:
-        ``(product_text, product_regions float32 [m, F], [(review_id, review_text, regions float32 [m_j, F]),
-        ...])`` with the reviews in request order (an empty review list is allowed).
-    """
-    if not isinstance(obj, dict):
-        raise DataError(f"expected a JSON object, got {type(obj).__name__}", file=where)
-    dims: dict[str, object] = {"dim": feature_dim}
-
-    def regions(f: _Fields, what: str) -> np.ndarray:
-        paths = f.image_paths(base_dir, image_files=image_loader is not None)
-        images = []
-        for path in paths:
-            if image_loader is not None and path.suffix.lower() in RAW_IMAGE_SUFFIXES:
-                try:
-                    images.append(image_loader(path))
-                except ValueError as exc:
-                    raise f.error(f"{what}: image file {path}: {exc}", "images") from None
-                continue
-            try:
-                images.append(load_npy_regions(path))
-            except FileNotFoundError:
-                raise f.error(f"{what}: feature file not found: {path}", "images") from None
-            except (OSError, ValueError, EOFError) as exc:
-                raise f.error(f"{what}: unreadable feature file {path} ({str(exc)[:200]})", "images") from None
-        array = cap_regions(images, max_regions_per_image, max_regions_per_item, where=f"{where}, {what}")
-        if not images:
-            return np.zeros((0, feature_dim or 0), dtype=np.float32)
-        if dims["dim"] is None:
-            dims["dim"] = array.shape[1]
-        elif array.shape[1] != dims["dim"]:
-            raise f.error(f"{what}: region feature size {array.shape[1]}, expected {dims['dim']}", "images")
-        if not np.all(np.isfinite(array)):
-            raise f.error(f"{what}: region features hold NaN or infinite values", "images")
-        return array
-
-    product = _Fields(obj, where, None)
-    if product.has("product_id"):
-        product.id("product_id")
-    product_text = product.product_text()
-    product_regions = regions(product, "product")
-    raw_reviews = obj.get("reviews", _MISSING)
-    if raw_reviews is _MISSING:
-        raise product.error("missing required field", "reviews")
-    if not isinstance(raw_reviews, list):
-        raise product.error(f"expected a list of review objects, got {type(raw_reviews).__name__}", "reviews")
-    reviews: list[tuple[str, str, np.ndarray]] = []
-    seen: set[str] = set()
-    for k, entry in enumerate(raw_reviews):
-        if not isinstance(entry, dict):
-            raise product.error(f"review {k} is not a JSON object", "reviews")
-        f = _Fields(entry, f"{where}, review {k}", None)
-        rid = f.id("review_id")
-        if rid in seen:
-            raise f.error(f"duplicate review id {rid!r}", "review_id")
-        seen.add(rid)
-        text = f.string("text", required=True)
-        assert text is not None
-        reviews.append((rid, text, regions(f, f"review {rid}")))
-    # Items without images were given [0, 0] before the size was known from a later item: fix their width.
-    width = dims["dim"] or 0
-    if product_regions.shape[0] == 0:
-        product_regions = np.zeros((0, width), dtype=np.float32)
-    reviews = [(rid, text, r if r.shape[0] else np.zeros((0, width), dtype=np.float32)) for rid, text, r in reviews]
-    return product_text, product_regions, reviews
