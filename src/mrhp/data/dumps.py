@@ -1,4 +1,6 @@
-"""Converters from public review dumps with vote counts to a :class:`~mrhp.data.prepared.RawDataset`.
+"""Readers of public review dumps with vote counts; :func:`read_dump` turns one into a
+:class:`~mrhp.data.records.RawDataset` through :mod:`mrhp.data.dump_pipeline` (de-duplication, labels, filters,
+split and report).
 
 Formats (``mrhp prepare --format NAME --input FILE``; ``.gz`` files are read transparently):
 
@@ -31,18 +33,8 @@ Formats (``mrhp prepare --format NAME --input FILE``; ``.gz`` files are read tra
 Review text of the Amazon formats is ``summary + "\\n" + reviewText`` (the title is part of what a reader sees);
 HTML line breaks (``<br />``, common in Fine Food) become newlines.
 
-De-duplication (Amazon formats). The 2018 and 2014 dumps repeat one review once per style variant: the copies
-share reviewer, time, summary and text but sit under several ``asin``\\ s (variants of one product) and sometimes
-twice under the same one; Fine Food has the same duplicates. Copies are collapsed into one review (file order of
-the first copy; votes = the largest count among the copies, and copies whose counts differ are counted), and the
-ids that share a review are merged into one product (connected components; the product id is the smallest id),
-so no review is in two products and no product is split across train and test.
-
-Labels: ``votes_to_level`` (``--votes-scheme``: ``log2`` = ``min(4, floor(log2(1 + votes)))`` by default).
-Products: at least ``min_reviews`` reviews; with ``drop_single_level`` the products whose reviews all share one
-level are dropped too (every ranking of them scores the same). Split by product with
-:func:`~mrhp.data.jsonl.split_products` (seeded). Image URLs are kept as references only: they cannot be fetched
-offline, so those items have no image features, and the report says so.
+De-duplication of the copies of a review, labels, product filters and the split: see
+:mod:`mrhp.data.dump_pipeline`. Image URLs are kept as references only.
 
 Errors: a malformed line (bad JSON, bytes that are not UTF-8, a CSV record with the wrong number of fields), a
 missing required field or a bad value raises ``DataError`` naming the file, the line and the field. With
@@ -52,30 +44,26 @@ A missing column in a CSV header is always an error.
 
 from __future__ import annotations
 
-import ast
-import csv
-import gzip
 import json
 import logging
 import math
 import re
 from collections import Counter
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from mrhp.data.records import (
-    SPLIT_NAMES,
-    VOTE_SCHEMES,
-    RawDataset,
-    RawProduct,
-    RawReview,
-    RawSplit,
-    split_products,
-    votes_to_level,
+from mrhp.data.dump_files import SkipLog, csv_records, json_objects
+from mrhp.data.dump_pipeline import (
+    DumpProduct,
+    DumpReview,
+    check_unique_review_ids,
+    merge_products,
+    merge_variants,
+    split_by_product,
+    unique_review_ids,
 )
+from mrhp.data.records import VOTE_SCHEMES, Fields, RawDataset, RecordError
 from mrhp.errors import DataError, MrhpError
 
 logger = logging.getLogger(__name__)
@@ -90,66 +78,9 @@ REQUIRED_COLUMNS = ("product", "text", "votes")
 FINEFOOD_COLUMNS = ("Id", "ProductId", "UserId", "HelpfulnessNumerator", "HelpfulnessDenominator", "Score", "Time",
                     "Summary", "Text")
 
-# How many skipped records the report lists (all are counted).
-SKIPS_LISTED = 10
-
 _BR_RE = re.compile(r"<br\s*/?>", re.IGNORECASE)
 # A vote count: plain digits, or digits with thousands separators ("1,024").
 _VOTES_RE = re.compile(r"\d{1,3}(?:,\d{3})+|\d+")
-
-
-class RecordError(DataError):
-    """A bad input record; ``reason`` is the short category under which lenient mode counts it."""
-
-    def __init__(self, message: str, reason: str, *, file: object, line: int | None, field: str | None = None):
-        super().__init__(message, file=file, line=line, field=field)
-        self.reason = reason
-
-
-@dataclass
-class SkipLog:
-    """Lenient mode's record of skipped input records; strict mode re-raises the error instead."""
-
-    lenient: bool
-    counts: Counter = field(default_factory=Counter)
-    examples: list[str] = field(default_factory=list)
-
-    def skip(self, error: RecordError) -> None:
-        if not self.lenient:
-            raise error
-        self.counts[error.reason] += 1
-        if len(self.examples) < SKIPS_LISTED:
-            self.examples.append(str(error))
-
-    @property
-    def total(self) -> int:
-        return sum(self.counts.values())
-
-
-@dataclass
-class DumpReview:
-    """One review as read from a dump, before de-duplication and labelling.
-
-    ``key`` identifies the copies of one review (reviewer, time, summary, text) in the Amazon formats, None when
-    the review cannot have copies. ``where`` is ``"FILE line N"`` for messages.
-    """
-
-    product_id: str
-    review_id: str
-    text: str
-    votes: int
-    rating: float | None
-    images: tuple[str, ...]
-    where: str
-    key: tuple | None = None
-
-
-@dataclass
-class DumpProduct:
-    """Product side from a metadata / business file (or a csv column): text and image URL references."""
-
-    text: str
-    images: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -200,106 +131,12 @@ def parse_column_mapping(items: Sequence[str]) -> ColumnMapping:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Reading lines and values
-
-
-def _open_binary(path: Path):
-    """The file as a binary stream (gzip-decompressed for ``.gz``); ``DataError`` when it cannot be opened."""
-    try:
-        if path.suffix == ".gz":
-            return gzip.open(path, "rb")
-        return path.open("rb")
-    except FileNotFoundError:
-        raise DataError("file not found", file=path) from None
-    except OSError as exc:
-        raise DataError(f"cannot read file ({exc})", file=path) from None
-
-
-def _text_lines(path: Path, skips: SkipLog, bad_lines: set[int] | None = None) -> Iterator[tuple[int, str]]:
-    """``(line number, decoded line with its line ending)``. A line that is not UTF-8 is an error naming it; in
-    lenient mode, when ``bad_lines`` is given, it is decoded with replacement characters and its number added to
-    ``bad_lines`` (the caller skips the record holding it), else it is skipped here."""
-    with _open_binary(path) as handle:
-        try:
-            for line_no, raw in enumerate(handle, start=1):
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError as exc:
-                    error = RecordError(f"not UTF-8 text ({exc.reason} at byte {exc.start}); convert the file to "
-                                        "UTF-8", "not UTF-8", file=path, line=line_no)
-                    if bad_lines is None or not skips.lenient:
-                        skips.skip(error)
-                        continue
-                    bad_lines.add(line_no)
-                    line = raw.decode("utf-8", errors="replace")
-                yield line_no, line.lstrip("\ufeff") if line_no == 1 else line
-        except (OSError, EOFError, gzip.BadGzipFile) as exc:
-            raise DataError(f"cannot read file ({exc})", file=path) from None
-
-
-def _json_objects(path: Path, skips: SkipLog, python_literals: bool = False) -> Iterator[tuple[int, dict]]:
-    """``(line number, object)`` per non-blank JSON line; malformed lines are errors or counted skips."""
-    for line_no, line in _text_lines(path, skips):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            obj = None
-            if python_literals and line.lstrip().startswith("{'"):
-                try:
-                    obj = ast.literal_eval(line.strip())
-                except (ValueError, SyntaxError, MemoryError, RecursionError):
-                    obj = None
-            if obj is None:
-                skips.skip(RecordError(f"invalid JSON ({exc.msg}, column {exc.colno})", "invalid JSON", file=path,
-                                       line=line_no))
-                continue
-        if not isinstance(obj, dict):
-            skips.skip(RecordError(f"expected a JSON object, got {type(obj).__name__}", "not an object", file=path,
-                                   line=line_no))
-            continue
-        yield line_no, obj
-
-
-def _csv_records(path: Path, skips: SkipLog, required: Sequence[str]) -> Iterator[tuple[int, dict[str, str]]]:
-    """``(first line number, {column: value})`` per CSV/TSV record (quoted fields may span lines).
-
-    The header must hold every column of ``required`` (always an error otherwise, naming the missing ones). A
-    record with a different number of fields than the header, or holding a line that is not UTF-8, is an error
-    or a counted skip.
-    """
-    bad_lines: set[int] = set()
-    lines = _text_lines(path, skips, bad_lines)
-    reader = csv.reader((line for _, line in lines), delimiter="\t" if ".tsv" in path.suffixes else ",")
-    try:
-        header = next(reader, None)
-        if header is None:
-            raise DataError("empty file (expected a header line)", file=path, line=1)
-        missing = [c for c in required if c not in header]
-        if missing:
-            raise DataError(f"missing column(s) {', '.join(repr(c) for c in missing)} in the header (columns: "
-                            f"{', '.join(header)})", file=path, line=1)
-        start = reader.line_num + 1
-        for row in reader:
-            end = reader.line_num
-            if bad_lines and any(start <= n <= end for n in bad_lines):
-                bad = min(n for n in bad_lines if start <= n <= end)
-                skips.skip(RecordError("not UTF-8 text; convert the file to UTF-8", "not UTF-8", file=path, line=bad))
-            elif not row or (len(row) == 1 and not row[0].strip()):
-                pass  # a blank line is no record
-            elif len(row) != len(header):
-                skips.skip(RecordError(f"{len(row)} fields, the header has {len(header)}", "wrong field count",
-                                       file=path, line=start))
-            else:
-                yield start, dict(zip(header, row))
-            start = end + 1
-    except csv.Error as exc:
-        raise DataError(f"malformed CSV ({exc})", file=path, line=reader.line_num) from None
+# Reading records and values
 
 
 def _parse_votes(value: object, path: Path, line: int, name: str) -> int:
-    """A vote count >= 0 from an int, an integral float or a string such as ``"12"`` or ``"1,024"``."""
+    """A vote count >= 0 from an int, an integral float or a string such as ``"12"`` or ``"1,024"``; ``value`` is
+    field ``name`` or, as in ``helpful: [votes, total]``, a part of it."""
     if isinstance(value, bool):
         pass
     elif isinstance(value, int) and value >= 0:
@@ -312,62 +149,87 @@ def _parse_votes(value: object, path: Path, line: int, name: str) -> int:
                       file=path, line=line, field=name)
 
 
-def _parse_rating(value: object, path: Path, line: int, name: str) -> float | None:
-    """A star rating (finite number), None for an absent or empty value."""
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return None
-    try:
-        rating = float(value) if not isinstance(value, bool) else math.nan
-    except (TypeError, ValueError):
-        rating = math.nan
-    if not math.isfinite(rating):
-        raise RecordError(f"expected a number, got {value!r}", f"bad {name}", file=path, line=line, field=name)
-    return rating
+class _DumpFields(Fields):
+    """A record of a dump: the dumps write null for "no value" and pad their ids, so null is absent and ids are
+    stripped; plus the dumps' own values (vote counts, ratings, image URL references)."""
 
+    __slots__ = ()
 
-def _required(obj: dict, name: str, path: Path, line: int) -> object:
-    if name not in obj or obj[name] is None:
-        raise RecordError("missing required field", f"missing {name}", file=path, line=line, field=name)
-    return obj[name]
+    def __init__(self, values: Mapping[str, object], file: Path, line: int) -> None:
+        super().__init__(values, file, line, null_is_absent=True, strip_ids=True)
 
+    def text(self, name: str) -> str:
+        """An optional string field, "" when absent."""
+        return self.string(name, required=False) or ""
 
-def _id_value(value: object, path: Path, line: int, name: str) -> str:
-    if isinstance(value, str) and value.strip():
-        return value.strip()
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    raise RecordError(f"expected a non-empty id, got {value!r}", f"bad {name}", file=path, line=line, field=name)
+    def votes(self, name: str) -> int:
+        return _parse_votes(self.required(name), self.file, self.line, name)
 
+    def rating(self, name: str) -> float | None:
+        """A star rating (finite number), None for an absent or empty value."""
+        value = self.get(name)
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        try:
+            rating = float(value) if not isinstance(value, bool) else math.nan
+        except (TypeError, ValueError):
+            rating = math.nan
+        if not math.isfinite(rating):
+            raise self.error(f"expected a number, got {value!r}", name)
+        return rating
 
-def _string(obj: dict, name: str, path: Path, line: int) -> str:
-    """An optional string field ("" when absent or null)."""
-    value = obj.get(name)
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise RecordError(f"expected a string, got {json.dumps(value)[:60]}", f"bad {name}", file=path, line=line,
-                          field=name)
-    return value
-
-
-def _urls(value: object, path: Path, line: int, name: str) -> tuple[str, ...]:
-    """Image references: a list of strings, a JSON list in a string, a ``|``-separated string, or empty."""
-    if value is None or value == "":
-        return ()
-    if isinstance(value, str):
-        text = value.strip()
-        if text.startswith("["):
+    def urls(self, name: str) -> tuple[str, ...]:
+        """Image references: a list of strings, a JSON list in a string, a ``|``-separated string, or empty."""
+        value = self.get(name)
+        if value is None or value == "":
+            return ()
+        if isinstance(value, str):
+            text = value.strip()
+            if not text.startswith("["):
+                return tuple(part.strip() for part in text.split("|") if part.strip())
             try:
                 value = json.loads(text)
             except json.JSONDecodeError:
-                raise RecordError("not a JSON list of image references", f"bad {name}", file=path, line=line,
-                                  field=name) from None
-        else:
-            return tuple(part.strip() for part in text.split("|") if part.strip())
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return tuple(v.strip() for v in value if v.strip())
-    raise RecordError(f"expected a list of image references, got {json.dumps(value)[:60]}", f"bad {name}",
-                      file=path, line=line, field=name)
+                raise self.error("not a JSON list of image references", name) from None
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return tuple(v.strip() for v in value if v.strip())
+        raise self.error(f"expected a list of image references, got {json.dumps(value)[:60]}", name)
+
+    def image_dict_urls(self, name: str, keys: Sequence[str]) -> tuple[str, ...]:
+        """URLs from a 2023-style image list (``[{"large_image_url": ...}, ...]``): per image, the first of ``keys``
+        that is set. An absent or empty list gives ``()``."""
+        value = self.get(name)
+        if value is None:
+            return ()
+        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+            raise self.error(f"expected a list of image objects, got {json.dumps(value)[:60]}", name)
+        urls = []
+        for image in value:
+            url = next((image[k] for k in keys if isinstance(image.get(k), str) and image[k].strip()), None)
+            if url is not None:
+                urls.append(url.strip())
+        return tuple(urls)
+
+    def string_list(self, name: str) -> str:
+        """An optional field holding a list of strings (or one string), joined by spaces ("" when absent)."""
+        value = self.get(name)
+        if value is None:
+            return ""
+        if isinstance(value, str):
+            return value
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return " ".join(v.strip() for v in value if v.strip())
+        raise self.error("expected a string or a list of strings", name)
+
+
+def _json_records(path: Path, skips: SkipLog, python_literals: bool = False) -> Iterator[_DumpFields]:
+    """The records of a JSON-lines file (:func:`~mrhp.data.dump_files.json_objects`)."""
+    return (_DumpFields(obj, path, line) for line, obj in json_objects(path, skips, python_literals))
+
+
+def _csv_records(path: Path, skips: SkipLog, required: Sequence[str]) -> Iterator[_DumpFields]:
+    """The records of a CSV/TSV file (:func:`~mrhp.data.dump_files.csv_records`)."""
+    return (_DumpFields(row, path, line) for line, row in csv_records(path, skips, required))
 
 
 def _join(*parts: str) -> str:
@@ -385,55 +247,50 @@ def _clean_html(text: str) -> str:
 def _read_amazon(path: Path, skips: SkipLog, version: int, notes: Counter) -> list[DumpReview]:
     """Reviews of an Amazon 2018 (``vote``) or 2014 (``helpful``) dump."""
     reviews: list[DumpReview] = []
-    for line_no, obj in _json_objects(path, skips, python_literals=version == 2014):
+    for f in _json_records(path, skips, python_literals=version == 2014):
         try:
-            asin = _id_value(_required(obj, "asin", path, line_no), path, line_no, "asin")
+            asin = f.id("asin")
             if version == 2018:
-                votes = _parse_votes(obj["vote"], path, line_no, "vote") if obj.get("vote") is not None else 0
-                notes["reviews without a vote field (0 votes)"] += obj.get("vote") is None
+                votes = f.votes("vote") if f.has("vote") else 0
+                notes["reviews without a vote field (0 votes)"] += not f.has("vote")
             else:
-                helpful = _required(obj, "helpful", path, line_no)
+                helpful = f.required("helpful")
                 if not isinstance(helpful, list) or len(helpful) != 2:
-                    raise RecordError(f"expected [helpful votes, total votes], got {json.dumps(helpful)[:60]}",
-                                      "bad helpful", file=path, line=line_no, field="helpful")
-                votes = _parse_votes(helpful[0], path, line_no, "helpful")
-                total = _parse_votes(helpful[1], path, line_no, "helpful")
+                    raise f.error(f"expected [helpful votes, total votes], got {json.dumps(helpful)[:60]}", "helpful")
+                votes = _parse_votes(helpful[0], path, f.line, "helpful")
+                total = _parse_votes(helpful[1], path, f.line, "helpful")
                 notes["reviews with more helpful than total votes (kept)"] += votes > total
-            summary = _string(obj, "summary", path, line_no)
-            body = _string(obj, "reviewText", path, line_no)
-            notes["reviews without reviewText (summary only)"] += "reviewText" not in obj
-            rating = _parse_rating(obj.get("overall"), path, line_no, "overall")
-            images = _urls(obj.get("image"), path, line_no, "image")
-            reviewer = obj.get("reviewerID")
-            time = obj.get("unixReviewTime")
+            summary = f.text("summary")
+            body = f.text("reviewText")
+            notes["reviews without reviewText (summary only)"] += "reviewText" not in f.values
+            rating = f.rating("overall")
+            images = f.urls("image")
+            reviewer = f.get("reviewerID")
+            time = f.get("unixReviewTime")
         except RecordError as error:
             skips.skip(error)
             continue
         text = _clean_html(_join(summary, body))
         key = None if reviewer is None else (str(reviewer), str(time), summary, body)
-        review_id = f"{asin}:{reviewer}:{time}" if reviewer is not None else f"{path.name}:line{line_no}"
-        reviews.append(DumpReview(asin, review_id, text, votes, rating, images, f"{path} line {line_no}", key))
+        review_id = f"{asin}:{reviewer}:{time}" if reviewer is not None else f"{path.name}:line{f.line}"
+        reviews.append(DumpReview(asin, review_id, text, votes, rating, images, f"{path} line {f.line}", key))
     return reviews
 
 
 def _read_amazon_metadata(path: Path, skips: SkipLog, notes: Counter) -> dict[str, DumpProduct]:
     """Product text ``title + " " + description`` and image URLs from a 2018 or 2014 metadata file."""
     products: dict[str, DumpProduct] = {}
-    for line_no, obj in _json_objects(path, skips, python_literals=True):
+    for f in _json_records(path, skips, python_literals=True):
         try:
-            asin = _id_value(_required(obj, "asin", path, line_no), path, line_no, "asin")
-            title = _string(obj, "title", path, line_no)
-            description = obj.get("description") or ""
+            asin = f.id("asin")
+            title = f.text("title")
+            description = f.get("description") or ""
             if isinstance(description, list) and all(isinstance(d, str) for d in description):
                 description = " ".join(description)
             elif not isinstance(description, str):
-                raise RecordError("expected a string or a list of strings", "bad description", file=path,
-                                  line=line_no, field="description")
-            images: tuple[str, ...] = ()
-            for name in ("imageURLHighRes", "imageURL", "imUrl"):
-                if obj.get(name):
-                    images = _urls(obj[name], path, line_no, name)
-                    break
+                raise f.error("expected a string or a list of strings", "description")
+            name = next((n for n in ("imageURLHighRes", "imageURL", "imUrl") if f.get(n)), None)
+            images = f.urls(name) if name is not None else ()
         except RecordError as error:
             skips.skip(error)
             continue
@@ -444,69 +301,40 @@ def _read_amazon_metadata(path: Path, skips: SkipLog, notes: Counter) -> dict[st
     return products
 
 
-def _image_dict_urls(value: object, keys: Sequence[str], path: Path, line: int, name: str) -> tuple[str, ...]:
-    """URLs from a 2023-style image list (``[{"large_image_url": ...}, ...]``): per image, the first of ``keys``
-    that is set. An absent or empty list gives ``()``."""
-    if value is None:
-        return ()
-    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
-        raise RecordError(f"expected a list of image objects, got {json.dumps(value)[:60]}", f"bad {name}",
-                          file=path, line=line, field=name)
-    urls = []
-    for image in value:
-        url = next((image[k] for k in keys if isinstance(image.get(k), str) and image[k].strip()), None)
-        if url is not None:
-            urls.append(url.strip())
-    return tuple(urls)
-
-
-def _string_list(obj: dict, name: str, path: Path, line: int) -> str:
-    """An optional field holding a list of strings (or one string), joined by spaces ("" when absent)."""
-    value = obj.get(name)
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return " ".join(v.strip() for v in value if v.strip())
-    raise RecordError("expected a string or a list of strings", f"bad {name}", file=path, line=line, field=name)
-
-
 def _read_amazon2023(path: Path, skips: SkipLog, notes: Counter) -> list[DumpReview]:
     """Reviews of an Amazon Reviews'23 file, grouped by ``parent_asin``."""
     reviews: list[DumpReview] = []
-    for line_no, obj in _json_objects(path, skips):
+    for f in _json_records(path, skips):
         try:
-            parent = _id_value(_required(obj, "parent_asin", path, line_no), path, line_no, "parent_asin")
-            votes = _parse_votes(_required(obj, "helpful_vote", path, line_no), path, line_no, "helpful_vote")
-            title = _string(obj, "title", path, line_no)
-            body = _string(obj, "text", path, line_no)
-            rating = _parse_rating(obj.get("rating"), path, line_no, "rating")
-            images = _image_dict_urls(obj.get("images"), ("large_image_url", "medium_image_url", "small_image_url"),
-                                      path, line_no, "images")
-            user = obj.get("user_id")
-            time = obj.get("timestamp")
+            parent = f.id("parent_asin")
+            votes = f.votes("helpful_vote")
+            title = f.text("title")
+            body = f.text("text")
+            rating = f.rating("rating")
+            images = f.image_dict_urls("images", ("large_image_url", "medium_image_url", "small_image_url"))
+            user = f.get("user_id")
+            time = f.get("timestamp")
         except RecordError as error:
             skips.skip(error)
             continue
         notes["reviews without a user_id (never de-duplicated)"] += user is None
         key = None if user is None else (str(user), str(time), title, body)
-        review_id = f"{parent}:{user}:{time}" if user is not None else f"{path.name}:line{line_no}"
+        review_id = f"{parent}:{user}:{time}" if user is not None else f"{path.name}:line{f.line}"
         text = _clean_html(_join(title, body))
-        reviews.append(DumpReview(parent, review_id, text, votes, rating, images, f"{path} line {line_no}", key))
+        reviews.append(DumpReview(parent, review_id, text, votes, rating, images, f"{path} line {f.line}", key))
     return reviews
 
 
 def _read_amazon2023_metadata(path: Path, skips: SkipLog, notes: Counter, features: bool) -> dict[str, DumpProduct]:
     """Product text ``title + description`` (``+ features`` when asked) and image URLs of a ``meta_*.jsonl``."""
     products: dict[str, DumpProduct] = {}
-    for line_no, obj in _json_objects(path, skips):
+    for f in _json_records(path, skips):
         try:
-            parent = _id_value(_required(obj, "parent_asin", path, line_no), path, line_no, "parent_asin")
-            title = _string(obj, "title", path, line_no)
-            description = _string_list(obj, "description", path, line_no)
-            listed = _string_list(obj, "features", path, line_no) if features else ""
-            images = _image_dict_urls(obj.get("images"), ("hi_res", "large"), path, line_no, "images")
+            parent = f.id("parent_asin")
+            title = f.text("title")
+            description = f.string_list("description")
+            listed = f.string_list("features") if features else ""
+            images = f.image_dict_urls("images", ("hi_res", "large"))
         except RecordError as error:
             skips.skip(error)
             continue
@@ -519,55 +347,53 @@ def _read_amazon2023_metadata(path: Path, skips: SkipLog, notes: Counter, featur
 
 def _read_finefood(path: Path, skips: SkipLog, notes: Counter) -> list[DumpReview]:
     reviews: list[DumpReview] = []
-    for line_no, row in _csv_records(path, skips, FINEFOOD_COLUMNS):
+    for f in _csv_records(path, skips, FINEFOOD_COLUMNS):
         try:
-            product = _id_value(row["ProductId"], path, line_no, "ProductId")
-            review_id = _id_value(row["Id"], path, line_no, "Id")
-            votes = _parse_votes(row["HelpfulnessNumerator"], path, line_no, "HelpfulnessNumerator")
-            total = _parse_votes(row["HelpfulnessDenominator"], path, line_no, "HelpfulnessDenominator")
-            rating = _parse_rating(row["Score"], path, line_no, "Score")
+            product = f.id("ProductId")
+            review_id = f.id("Id")
+            votes = f.votes("HelpfulnessNumerator")
+            total = f.votes("HelpfulnessDenominator")
+            rating = f.rating("Score")
         except RecordError as error:
             skips.skip(error)
             continue
         notes["reviews with more helpful than total votes (kept)"] += votes > total
         notes["reviews without a Score (rating unknown)"] += rating is None
-        text = _clean_html(_join(row["Summary"], row["Text"]))
-        key = (row["UserId"], row["Time"], row["Summary"], row["Text"]) if row["UserId"].strip() else None
-        reviews.append(DumpReview(product, review_id, text, votes, rating, (), f"{path} line {line_no}", key))
+        summary, body, user = f.text("Summary"), f.text("Text"), f.text("UserId")
+        key = (user, f.text("Time"), summary, body) if user.strip() else None
+        text = _clean_html(_join(summary, body))
+        reviews.append(DumpReview(product, review_id, text, votes, rating, (), f"{path} line {f.line}", key))
     return reviews
 
 
 def _read_yelp(path: Path, skips: SkipLog) -> list[DumpReview]:
     reviews: list[DumpReview] = []
-    for line_no, obj in _json_objects(path, skips):
+    for f in _json_records(path, skips):
         try:
-            business = _id_value(_required(obj, "business_id", path, line_no), path, line_no, "business_id")
-            review_id = _id_value(_required(obj, "review_id", path, line_no), path, line_no, "review_id")
-            text = _required(obj, "text", path, line_no)
-            if not isinstance(text, str):
-                raise RecordError("expected a string", "bad text", file=path, line=line_no, field="text")
-            votes = _parse_votes(_required(obj, "useful", path, line_no), path, line_no, "useful")
-            rating = _parse_rating(obj.get("stars"), path, line_no, "stars")
+            business = f.id("business_id")
+            review_id = f.id("review_id")
+            text = f.string("text")
+            votes = f.votes("useful")
+            rating = f.rating("stars")
         except RecordError as error:
             skips.skip(error)
             continue
-        reviews.append(DumpReview(business, review_id, text, votes, rating, (), f"{path} line {line_no}"))
+        reviews.append(DumpReview(business, review_id, text, votes, rating, (), f"{path} line {f.line}"))
     return reviews
 
 
 def _read_yelp_business(path: Path, skips: SkipLog) -> dict[str, DumpProduct]:
     products: dict[str, DumpProduct] = {}
-    for line_no, obj in _json_objects(path, skips):
+    for f in _json_records(path, skips):
         try:
-            business = _id_value(_required(obj, "business_id", path, line_no), path, line_no, "business_id")
-            name = _string(obj, "name", path, line_no)
-            categories = _string(obj, "categories", path, line_no)
+            business = f.id("business_id")
+            name = f.text("name")
+            categories = f.text("categories")
         except RecordError as error:
             skips.skip(error)
             continue
         if business in products:
-            skips.skip(RecordError(f"duplicate business {business!r}", "duplicate business", file=path, line=line_no,
-                                   field="business_id"))
+            skips.skip(f.error(f"duplicate business {business!r}", "business_id", "duplicate business"))
             continue
         products[business] = DumpProduct(_join(name, categories))
     return products
@@ -578,141 +404,37 @@ def _read_table(path: Path, skips: SkipLog, columns: ColumnMapping) -> tuple[lis
     suffixes = [s for s in path.suffixes if s != ".gz"]
     kind = suffixes[-1].lower() if suffixes else ""
     if kind in (".csv", ".tsv"):
-        records: Iterator[tuple[int, dict]] = _csv_records(path, skips, [c for _, c in columns.columns()])
+        records = _csv_records(path, skips, [c for _, c in columns.columns()])
     elif kind in (".jsonl", ".json", ".ndjson"):
-        records = _json_objects(path, skips)
+        records = _json_records(path, skips)
     else:
         raise DataError("--format csv reads .csv, .tsv, .jsonl, .json or .ndjson files (optionally .gz)", file=path)
+    with_product_side = columns.product_text is not None or columns.product_images is not None
     reviews: list[DumpReview] = []
     products: dict[str, DumpProduct] = {}
-    for line_no, row in records:
+    for f in records:
         try:
-            product = _id_value(_required(row, columns.product, path, line_no), path, line_no, columns.product)
-            review_id = (_id_value(_required(row, columns.review, path, line_no), path, line_no, columns.review)
-                         if columns.review is not None else f"line{line_no}")
-            texts = []
-            for column in columns.text:
-                value = row.get(column)
-                if value is not None and not isinstance(value, str):
-                    raise RecordError("expected a string", f"bad {column}", file=path, line=line_no, field=column)
-                texts.append(value or "")
-            votes = _parse_votes(_required(row, columns.votes, path, line_no), path, line_no, columns.votes)
-            rating = (_parse_rating(row.get(columns.rating), path, line_no, columns.rating)
-                      if columns.rating is not None else None)
-            images = _urls(row.get(columns.images), path, line_no, columns.images) if columns.images else ()
+            product = f.id(columns.product)
+            review_id = f.id(columns.review) if columns.review is not None else f"line{f.line}"
+            texts = [f.text(column) for column in columns.text]
+            votes = f.votes(columns.votes)
+            rating = f.rating(columns.rating) if columns.rating is not None else None
+            images = f.urls(columns.images) if columns.images else ()
             side = None
-            if columns.product_text is not None or columns.product_images is not None:
-                side = DumpProduct(
-                    _string(row, columns.product_text, path, line_no) if columns.product_text else "",
-                    _urls(row.get(columns.product_images), path, line_no, columns.product_images)
-                    if columns.product_images else (),
-                )
+            if with_product_side:
+                side = DumpProduct(f.text(columns.product_text) if columns.product_text else "",
+                                   f.urls(columns.product_images) if columns.product_images else ())
                 known = products.get(product)
                 if known is not None and known != side:
-                    raise RecordError(f"product {product!r} has another text or images than on an earlier line",
-                                      "inconsistent product", file=path, line=line_no,
-                                      field=columns.product_text or columns.product_images)
+                    raise f.error(f"product {product!r} has another text or images than on an earlier line",
+                                  columns.product_text or columns.product_images, "inconsistent product")
         except RecordError as error:
             skips.skip(error)
             continue
         if side is not None:
             products.setdefault(product, side)
-        reviews.append(DumpReview(product, review_id, _join(*texts), votes, rating, images, f"{path} line {line_no}"))
+        reviews.append(DumpReview(product, review_id, _join(*texts), votes, rating, images, f"{path} line {f.line}"))
     return reviews, products
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# De-duplication, labels, filters, split
-
-
-def merge_variants(reviews: Sequence[DumpReview]) -> tuple[list[DumpReview], dict[str, str], Counter]:
-    """Collapse copies of one review (same ``key``) and merge the products that share a review.
-
-    Returns ``(reviews, product_of, counts)``: each review once (the first copy, with the largest vote count of
-    its copies and its product id replaced by the merged product's id), ``product_of`` mapping every input
-    product id to its merged id (the smallest id of its connected component), and counts for the report.
-    """
-    parent: dict[str, str] = {}
-
-    def find(x: str) -> str:
-        parent.setdefault(x, x)
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]  # path halving keeps the trees flat
-            x = parent[x]
-        return x
-
-    first: dict[tuple, DumpReview] = {}
-    copies: dict[tuple, list[DumpReview]] = {}
-    for review in reviews:
-        find(review.product_id)
-        if review.key is None:
-            continue
-        if review.key in first:
-            a, b = find(first[review.key].product_id), find(review.product_id)
-            if a != b:
-                parent[max(a, b)] = min(a, b)
-            copies[review.key].append(review)
-        else:
-            first[review.key] = review
-            copies[review.key] = [review]
-    product_of = {pid: find(pid) for pid in parent}
-    counts: Counter = Counter()
-    kept: list[DumpReview] = []
-    for review in reviews:
-        if review.key is not None and first[review.key] is not review:
-            counts["duplicate review copies removed"] += 1
-            continue
-        group = copies[review.key] if review.key is not None else [review]
-        votes = {c.votes for c in group}
-        counts["duplicated reviews whose copies have different votes (largest kept)"] += len(votes) > 1
-        kept.append(DumpReview(product_of[review.product_id], review.review_id, review.text, max(votes),
-                               review.rating, review.images, review.where, review.key))
-    merged = Counter(product_of.values())
-    counts["products merged from several ids (variants)"] = sum(1 for n in merged.values() if n > 1)
-    counts["ids merged into another product"] = sum(n - 1 for n in merged.values())
-    return kept, product_of, counts
-
-
-def _unique_review_ids(reviews: list[DumpReview]) -> int:
-    """Make review ids unique by adding the line to a repeated id (Amazon ids are built from reviewer and
-    time); returns how many were renamed. Formats with a review id column raise ``DataError`` instead."""
-    seen: set[str] = set()
-    renamed = 0
-    for review in reviews:
-        if review.review_id in seen:
-            review.review_id = f"{review.review_id}:{review.where.rsplit(' ', 1)[-1]}"
-            renamed += 1
-        seen.add(review.review_id)
-    return renamed
-
-
-def _check_unique_review_ids(reviews: list[DumpReview], name: str) -> None:
-    seen: dict[str, str] = {}
-    for review in reviews:
-        if review.review_id in seen:
-            file, _, line = review.where.rpartition(" line ")
-            raise DataError(f"duplicate review id {review.review_id!r} (also {seen[review.review_id]})", file=file,
-                            line=int(line), field=name)
-        seen[review.review_id] = review.where
-
-
-def _split_report(split: RawSplit, threshold: int) -> dict:
-    by_product: dict[str, list[int]] = {}
-    for review in split.reviews:
-        by_product.setdefault(review.product_id, []).append(review.label)
-    sizes = np.array([len(v) for v in by_product.values()], dtype=np.int64)
-    labels = np.array([r.label for r in split.reviews], dtype=np.int64)
-    return {
-        "products": len(split.products),
-        "reviews": len(split.reviews),
-        "reviews_per_product": {"min": int(sizes.min()), "mean": float(sizes.mean()), "max": int(sizes.max())},
-        "label_histogram": [int(c) for c in np.bincount(labels, minlength=5)],
-        "rankable_products": sum(1 for v in by_product.values() if len(set(v)) > 1),
-        "products_with_a_relevant_review": sum(1 for v in by_product.values() if max(v) > threshold),
-        "reviews_with_rating": sum(1 for r in split.reviews if r.rating is not None),
-        "reviews_with_image_urls": sum(1 for r in split.reviews if r.image_refs),
-        "products_with_image_urls": sum(1 for p in split.products if p.image_refs),
-    }
 
 
 def read_dump(
@@ -743,13 +465,13 @@ def read_dump(
         columns: the column mapping (``csv``; required there).
         lenient: skip and count malformed records instead of failing on the first.
         fractions, seed: train/dev/test fractions of products and the seed of the split.
-        votes_scheme, max_level: vote count -> level mapping (:func:`~mrhp.data.jsonl.votes_to_level`).
+        votes_scheme, max_level: vote count -> level mapping (:func:`~mrhp.data.records.votes_to_level`).
         min_reviews: products with fewer reviews (after de-duplication) are dropped.
         drop_single_level: also drop products whose reviews all have the same level.
         relevance_threshold: only for the report's count of products with a relevant review (label > it).
 
     Returns:
-        The raw dataset; ``notes`` holds the conversion report (:func:`format_dump_report`).
+        The raw dataset; ``notes`` holds the conversion report (:func:`~mrhp.data.prepare.format_dump_report`).
     """
     if fmt not in DUMP_FORMATS:
         raise MrhpError(f"unknown dump format {fmt!r} (choose from {', '.join(DUMP_FORMATS)})")
@@ -791,54 +513,26 @@ def read_dump(
     if fmt in MERGED_FORMATS:
         reviews, product_of, merge_counts = merge_variants(reviews)
         counts.update(merge_counts)
-        # A merged product takes the metadata of its smallest id that has some.
-        merged_products: dict[str, DumpProduct] = {}
-        for pid in sorted(product_of):
-            if pid in products:
-                merged_products.setdefault(product_of[pid], products[pid])
-        products = merged_products
-        counts["review ids made unique with the line number"] += _unique_review_ids(reviews)
+        products = merge_products(products, product_of)
+        counts["review ids made unique with the line number"] += unique_review_ids(reviews)
     else:
-        _check_unique_review_ids(reviews, "review_id" if fmt == "yelp" else columns.review or "review")
+        check_unique_review_ids(reviews, "review_id" if fmt == "yelp" else columns.review or "review")
     if business is not None:
-        unknown = [r for r in reviews if r.product_id not in products]
-        for review in unknown:
-            file, _, line = review.where.rpartition(" line ")
-            skips.skip(RecordError(f"business {review.product_id!r} is not in {Path(business).name}",
-                                   "unknown business", file=file, line=int(line), field="business_id"))
+        for review in reviews:
+            if review.product_id not in products:
+                file, _, line = review.where.rpartition(" line ")
+                skips.skip(RecordError(f"business {review.product_id!r} is not in {Path(business).name}",
+                                       "unknown business", file=file, line=int(line), field="business_id"))
         reviews = [r for r in reviews if r.product_id in products]
 
-    by_product: dict[str, list[DumpReview]] = {}
-    for review in reviews:
-        by_product.setdefault(review.product_id, []).append(review)
-    levels = {pid: [votes_to_level(r.votes, votes_scheme, max_level) for r in rs] for pid, rs in by_product.items()}
-    few = [pid for pid, rs in by_product.items() if len(rs) < min_reviews]
-    single = [pid for pid in by_product if pid not in set(few) and len(set(levels[pid])) == 1]
-    dropped = set(few) | (set(single) if drop_single_level else set())
-    kept_ids = [pid for pid in by_product if pid not in dropped]
-    if not kept_ids:
-        raise DataError(f"no product is left after the filters ({len(by_product)} products read, {len(few)} with "
-                        f"fewer than {min_reviews} reviews, {len(single)} with a single level)", file=input_path)
-    try:
-        assignment = split_products(kept_ids, fractions, seed)
-    except ValueError as exc:
-        raise MrhpError(f"--split-fractions: {exc}") from None
+    splits, report = split_by_product(
+        reviews, products, input_path, fractions=fractions, seed=seed, votes_scheme=votes_scheme,
+        max_level=max_level, min_reviews=min_reviews, drop_single_level=drop_single_level,
+        relevance_threshold=relevance_threshold,
+    )
     if metadata is not None:
-        counts["products without a metadata line (empty product text)"] = sum(p not in products for p in kept_ids)
-    splits = {name: RawSplit(name, [], []) for name in SPLIT_NAMES}
-    for pid in kept_ids:
-        side = products.get(pid, DumpProduct(""))
-        split = splits[assignment[pid]]
-        split.products.append(RawProduct(pid, side.text, None, image_refs=side.images))
-        for review, label in zip(by_product[pid], levels[pid]):
-            split.reviews.append(RawReview(review.review_id, pid, review.text, label, None, rating=review.rating,
-                                           image_refs=review.images))
-    splits = {name: s for name, s in splits.items() if s.products}
-    if "train" not in splits:
-        raise DataError("the split leaves no product for train; give more products or other --split-fractions",
-                        file=input_path)
-
-    with_urls = sum(1 for s in splits.values() for item in [*s.products, *s.reviews] if item.image_refs)
+        counts["products without a metadata line (empty product text)"] = sum(
+            p.id not in products for split in splits.values() for p in split.products)
     notes = {
         "dump": {
             "format": fmt,
@@ -846,18 +540,7 @@ def read_dump(
             "skipped": dict(skips.counts),
             "skipped_listed": list(skips.examples),
             "counts": {k: int(v) for k, v in counts.items() if v},
-            "products_read": len(by_product),
-            "products_dropped_min_reviews": len(few),
-            "reviews_dropped_min_reviews": sum(len(by_product[p]) for p in few),
-            "single_level_products": len(single),
-            "single_level_products_dropped": len(single) if drop_single_level else 0,
-            "reviews_dropped_single_level": sum(len(by_product[p]) for p in single) if drop_single_level else 0,
-            "min_reviews": min_reviews,
-            "votes_scheme": votes_scheme,
-            "items_with_image_urls": with_urls,
-            "image_note": ("image URLs are kept as references only: they cannot be fetched offline, so these items "
-                           "have no image features") if with_urls else None,
-            "splits": {name: _split_report(s, relevance_threshold) for name, s in splits.items()},
+            **report,
         }
     }
     raw = RawDataset(
@@ -880,6 +563,6 @@ def read_dump(
         notes=notes,
     )
     raw.validate()
-    logger.info("read %d reviews of %d products from %s (%d skipped)", read, len(by_product), input_path,
+    logger.info("read %d reviews of %d products from %s (%d skipped)", read, report["products_read"], input_path,
                 skips.total)
     return raw

@@ -49,9 +49,8 @@ For prediction, :func:`mrhp.inference.parse_ranking_request` reads one product w
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +60,7 @@ from mrhp.data.records import (
     VOTE_SCHEMES,
     FeatureProblem,
     FeatureSource,
+    Fields,
     LoadedFeatures,
     RawDataset,
     RawProduct,
@@ -69,6 +69,7 @@ from mrhp.data.records import (
     cap_regions,
     parse_object_line,
     split_products,
+    unique_ids,
     votes_to_level,
 )
 from mrhp.errors import DataError, MrhpError
@@ -78,61 +79,11 @@ logger = logging.getLogger(__name__)
 RAW_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 FEATURE_SUFFIX = ".npy"
 
-_MISSING = object()
 
+class _Fields(Fields):
+    """A record of the user format: the shared validators plus its product text, image list and review level."""
 
-def _read_lines(path: Path) -> list[tuple[int, dict]]:
-    """``(line_number, object)`` for each non-blank line; ``DataError`` naming the line for bad JSON."""
-    try:
-        handle = path.open("rb")
-    except FileNotFoundError:
-        raise DataError("file not found", file=path) from None
-    except OSError as exc:
-        raise DataError(f"cannot read file ({exc})", file=path) from None
-    with handle:
-        numbered = ((line_no, parse_object_line(raw, path, line_no)) for line_no, raw in enumerate(handle, start=1))
-        return [(line_no, obj) for line_no, obj in numbered if obj is not None]
-
-
-class _Fields:
-    """Typed field access for one JSON object; errors name ``file`` (and ``line`` when given)."""
-
-    def __init__(self, obj: dict, file: object, line: int | None) -> None:
-        self.obj = obj
-        self.file = file
-        self.line = line
-
-    def error(self, message: str, name: str | None) -> DataError:
-        return DataError(message, file=self.file, line=self.line, field=name)
-
-    def has(self, name: str) -> bool:
-        return name in self.obj
-
-    def id(self, name: str) -> str:
-        value = self.obj.get(name, _MISSING)
-        if value is _MISSING:
-            raise self.error("missing required field", name)
-        if isinstance(value, str) and value.strip():
-            return value
-        if isinstance(value, int) and not isinstance(value, bool):
-            return str(value)
-        raise self.error(f"expected a non-empty string or an integer, got {value!r}", name)
-
-    def string(self, name: str, *, required: bool) -> str | None:
-        value = self.obj.get(name, _MISSING)
-        if value is _MISSING:
-            if required:
-                raise self.error("missing required field", name)
-            return None
-        if not isinstance(value, str):
-            raise self.error(f"expected a string, got {json.dumps(value)[:60]}", name)
-        return value
-
-    def integer(self, name: str) -> int:
-        value = self.obj[name]
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self.error(f"expected an integer, got {json.dumps(value)[:60]}", name)
-        return value
+    __slots__ = ()
 
     def product_text(self) -> str:
         """``text``, or ``name`` + " " + ``description`` (either may be absent)."""
@@ -144,13 +95,13 @@ class _Fields:
                 raise self.error("give either 'text' or 'name'/'description', not both", "text")
             return text
         if name is None and description is None:
-            raise self.error("missing required field (or 'name' and/or 'description')", "text")
+            raise self.error("missing required field (or 'name' and/or 'description')", "text", "missing text")
         return " ".join(part for part in (name, description) if part is not None)
 
     def image_paths(self, base_dir: Path, *, image_files: bool = False) -> list[Path]:
         """The ``images`` entries as paths; image files (by suffix) are accepted only when ``image_files``."""
-        value = self.obj.get("images", _MISSING)
-        if value is _MISSING or value is None:
+        value = self.get("images")
+        if value is None:
             return []
         if not isinstance(value, list):
             raise self.error(f"expected a list of feature file paths, got {type(value).__name__}", "images")
@@ -171,6 +122,32 @@ class _Fields:
             path = Path(entry)
             paths.append(path if path.is_absolute() else base_dir / path)
         return paths
+
+    def label(self, votes_scheme: str, max_level: int) -> tuple[int, str]:
+        """The review's level from ``label`` or from ``votes``, and which of the two gave it."""
+        if self.has("label") and self.has("votes"):
+            raise self.error("give either 'label' or 'votes', not both", "label")
+        if self.has("label"):
+            return self.level("label", max_level), "label"
+        if not self.has("votes"):
+            raise self.error("missing required field (or 'votes')", "label", "missing label")
+        votes = self.integer("votes")
+        if votes < 0:
+            raise self.error(f"votes must be >= 0, got {votes}", "votes")
+        return votes_to_level(votes, votes_scheme, max_level), "votes"
+
+
+def _read_records(path: Path) -> list[_Fields]:
+    """The records of the non-blank lines; ``DataError`` naming the line for bad JSON."""
+    try:
+        handle = path.open("rb")
+    except FileNotFoundError:
+        raise DataError("file not found", file=path) from None
+    except OSError as exc:
+        raise DataError(f"cannot read file ({exc})", file=path) from None
+    with handle:
+        numbered = ((line_no, parse_object_line(raw, path, line_no)) for line_no, raw in enumerate(handle, start=1))
+        return [_Fields(obj, path, line_no) for line_no, obj in numbered if obj is not None]
 
 
 def _is_image_file(path: Path) -> bool:
@@ -226,6 +203,72 @@ class NpyFeatures(FeatureSource):
         return LoadedFeatures(regions, problems)
 
 
+class _ImageLinks:
+    """Gives items their features: lists of ``.npy`` files at once; lists with image files after both files are
+    read (so bad records fail before any extraction), from one extraction run over all the image files."""
+
+    def __init__(self, max_regions_per_image: int | None, max_regions_per_item: int | None,
+                 image_features: Callable[[list[Path]], Mapping[Path, Path | FeatureProblem]] | None) -> None:
+        self.caps = (max_regions_per_image, max_regions_per_item)
+        self.image_features = image_features
+        self.deferred: list[tuple[RawProduct | RawReview, list[Path]]] = []
+
+    def attach(self, item: RawProduct | RawReview, fields: _Fields, base_dir: Path) -> None:
+        paths = fields.image_paths(base_dir, image_files=self.image_features is not None)
+        if any(_is_image_file(p) for p in paths):
+            self.deferred.append((item, paths))
+        elif paths:
+            item.features = NpyFeatures(paths, *self.caps)
+
+    def resolve(self) -> None:
+        if not self.deferred:
+            return
+        assert self.image_features is not None, "image files are refused while reading without image_features"
+        resolved = self.image_features([p for _, paths in self.deferred for p in paths if _is_image_file(p)])
+        for item, paths in self.deferred:
+            found = [resolved[p] if _is_image_file(p) else p for p in paths]
+            item.features = NpyFeatures([p for p in found if isinstance(p, Path)], *self.caps,
+                                        problems=[p for p in found if isinstance(p, FeatureProblem)])
+
+
+def _read_products(path: Path, images: _ImageLinks) -> list[tuple[RawProduct, str | None]]:
+    """The products in file order with their ``split`` (None when not given: then no product may give it)."""
+    products: list[tuple[RawProduct, str | None]] = []
+    first_line: dict[bool, int] = {}  # whether the split is given -> first line that does so
+    for f, pid in unique_ids(_read_records(path), "product"):
+        text = f.product_text()
+        split = f.string("split", required=False)
+        if split is not None and split not in SPLIT_NAMES:
+            raise f.error(f"unknown split {split!r} (choose from {', '.join(SPLIT_NAMES)})", "split")
+        first_line.setdefault(split is not None, f.line)
+        if len(first_line) == 2:
+            raise f.error(f"some products have a 'split' (line {first_line[True]}) and others not (line "
+                          f"{first_line[False]}); give it for all products or for none", "split")
+        product = RawProduct(pid, text)
+        images.attach(product, f, path.parent)
+        products.append((product, split))
+    return products
+
+
+def _read_reviews(path: Path, product_ids: Collection[str], products_name: str, images: _ImageLinks,
+                  votes_scheme: str, max_level: int) -> tuple[list[RawReview], dict[str, int]]:
+    """The reviews in file order, each of a product of ``product_ids`` (those of the file ``products_name``), and
+    how many levels came from ``label`` and from ``votes``."""
+    reviews: list[RawReview] = []
+    label_source = {"label": 0, "votes": 0}
+    for f, rid in unique_ids(_read_records(path), "review"):
+        pid = f.id("product_id")
+        if pid not in product_ids:
+            raise f.error(f"unknown product {pid!r} (not in {products_name})", "product_id")
+        text = f.string("text")
+        label, source = f.label(votes_scheme, max_level)
+        label_source[source] += 1
+        review = RawReview(rid, pid, text, label)
+        images.attach(review, f, path.parent)
+        reviews.append(review)
+    return reviews, label_source
+
+
 def read_jsonl(
     products_path: str | Path,
     reviews_path: str | Path,
@@ -268,97 +311,23 @@ def read_jsonl(
     if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1.0) > 1e-6:
         raise MrhpError(f"split fractions must be three non-negative numbers summing to 1, got {tuple(fractions)}")
     products_path, reviews_path = Path(products_path), Path(reviews_path)
-
-    # Items listing image files get their features after reading, from one extraction run over all the files.
-    deferred: list[tuple[RawProduct | RawReview, list[Path]]] = []
-
-    def attach_features(item: RawProduct | RawReview, paths: list[Path]) -> None:
-        if any(_is_image_file(p) for p in paths):
-            deferred.append((item, paths))
-        elif paths:
-            item.features = NpyFeatures(paths, max_regions_per_image, max_regions_per_item)
-
-    products: list[tuple[RawProduct, str | None]] = []
-    product_line: dict[str, int] = {}
-    with_split = without_split = 0
-    first_with: int | None = None
-    first_without: int | None = None
-    for line_no, obj in _read_lines(products_path):
-        f = _Fields(obj, products_path, line_no)
-        pid = f.id("product_id")
-        if pid in product_line:
-            raise f.error(f"duplicate product id {pid!r} (also line {product_line[pid]})", "product_id")
-        product_line[pid] = line_no
-        text = f.product_text()
-        split = f.string("split", required=False)
-        if split is not None and split not in SPLIT_NAMES:
-            raise f.error(f"unknown split {split!r} (choose from {', '.join(SPLIT_NAMES)})", "split")
-        if split is None:
-            without_split += 1
-            first_without = first_without or line_no
-        else:
-            with_split += 1
-            first_with = first_with or line_no
-        if with_split and without_split:
-            raise f.error(f"some products have a 'split' (line {first_with}) and others not (line "
-                          f"{first_without}); give it for all products or for none", "split")
-        product = RawProduct(pid, text)
-        attach_features(product, f.image_paths(products_path.parent, image_files=image_features is not None))
-        products.append((product, split))
-
-    if with_split:
+    images = _ImageLinks(max_regions_per_image, max_regions_per_item, image_features)
+    products = _read_products(products_path, images)
+    if any(split is not None for _, split in products):
         assignment = {p.id: split for p, split in products}
         split_source = "field"
     else:
         assignment = split_products([p.id for p, _ in products], fractions, seed)
         split_source = "random"
+    reviews, label_source = _read_reviews(reviews_path, assignment, products_path.name, images, votes_scheme,
+                                          max_level)
+    images.resolve()
 
     by_split: dict[str, RawSplit] = {name: RawSplit(name, [], []) for name in SPLIT_NAMES}
     for product, _ in products:
         by_split[assignment[product.id]].products.append(product)
-
-    review_line: dict[str, int] = {}
-    label_source = {"label": 0, "votes": 0}
-    for line_no, obj in _read_lines(reviews_path):
-        f = _Fields(obj, reviews_path, line_no)
-        rid = f.id("review_id")
-        if rid in review_line:
-            raise f.error(f"duplicate review id {rid!r} (also line {review_line[rid]})", "review_id")
-        review_line[rid] = line_no
-        pid = f.id("product_id")
-        if pid not in product_line:
-            raise f.error(f"unknown product {pid!r} (not in {products_path.name})", "product_id")
-        text = f.string("text", required=True)
-        assert text is not None
-        if f.has("label") and f.has("votes"):
-            raise f.error("give either 'label' or 'votes', not both", "label")
-        if f.has("label"):
-            label = f.integer("label")
-            if not 0 <= label <= max_level:
-                raise f.error(f"level {label} out of range 0..{max_level}", "label")
-            label_source["label"] += 1
-        elif f.has("votes"):
-            votes = f.integer("votes")
-            if votes < 0:
-                raise f.error(f"votes must be >= 0, got {votes}", "votes")
-            label = votes_to_level(votes, votes_scheme, max_level)
-            label_source["votes"] += 1
-        else:
-            raise f.error("missing required field (or 'votes')", "label")
-        review = RawReview(rid, pid, text, label)
-        attach_features(review, f.image_paths(reviews_path.parent, image_files=image_features is not None))
-        by_split[assignment[pid]].reviews.append(review)
-
-    if deferred:
-        assert image_features is not None, "image files are refused while reading without image_features"
-        resolved = image_features([p for _, paths in deferred for p in paths if _is_image_file(p)])
-        for item, paths in deferred:
-            found = [resolved[p] if _is_image_file(p) else p for p in paths]
-            item.features = NpyFeatures(
-                [p for p in found if isinstance(p, Path)], max_regions_per_image, max_regions_per_item,
-                problems=[p for p in found if isinstance(p, FeatureProblem)],
-            )
-
+    for review in reviews:
+        by_split[assignment[review.product_id]].reviews.append(review)
     raw = RawDataset(
         source={
             "format": "mrhp-jsonl",
@@ -378,6 +347,6 @@ def read_jsonl(
         notes={"labels_from": label_source},
     )
     raw.check_feature_files()
-    logger.info("read %d products and %d reviews from %s (split from %s)", len(products), len(review_line),
+    logger.info("read %d products and %d reviews from %s (split from %s)", len(products), len(reviews),
                 products_path.parent, split_source)
     return raw

@@ -20,7 +20,8 @@ from __future__ import annotations
 import ast
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,12 +30,14 @@ from mrhp.data.records import (
     SPLIT_NAMES,
     FeatureProblem,
     FeatureSource,
+    Fields,
     LoadedFeatures,
     RawDataset,
     RawProduct,
     RawReview,
     RawSplit,
     cap_regions,
+    unique_ids,
 )
 from mrhp.errors import DataError
 
@@ -134,56 +137,25 @@ def read_json_document(path: Path) -> list[tuple[str, dict]]:
                     file=path)
 
 
-def _where(path: Path, record: str) -> str:
-    return f"{path}, record {record}"
+def _records(path: Path) -> Iterator[Fields]:
+    # pandas writes integer columns that had a gap as floats, so integral floats are integers here.
+    return (Fields(row, path, record=key, integral_floats=True) for key, row in read_json_document(path))
 
 
-def _get(path: Path, record: str, row: dict, name: str) -> object:
-    value = row.get(name, _MISSING)
-    if value is _MISSING:
-        raise DataError("missing field", file=_where(path, record), field=name)
-    return value
-
-
-def _id(path: Path, record: str, row: dict, name: str) -> str:
-    """An id as str: a non-empty string, an integer, or an integral float (pandas writes int columns with gaps
-    as floats)."""
-    value = _get(path, record, row, name)
-    if isinstance(value, bool):
-        pass
-    elif isinstance(value, str) and value.strip():
-        return value
-    elif isinstance(value, int):
-        return str(value)
-    elif isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    raise DataError(f"expected a non-empty string or integer id, got {value!r}", file=_where(path, record),
-                    field=name)
-
-
-def _text(path: Path, record: str, row: dict, name: str, nulls: dict[str, int]) -> str:
+def _text(fields: Fields, name: str, nulls: dict[str, int]) -> str:
     """A text field; null is read as an empty text and counted (the official files have null descriptions)."""
-    value = _get(path, record, row, name)
-    if value is None:
+    text = fields.string(name, nullable=True)
+    if text is None:
         nulls[name] = nulls.get(name, 0) + 1
         return ""
-    if not isinstance(value, str):
-        raise DataError(f"expected a string or null, got {type(value).__name__}", file=_where(path, record),
-                        field=name)
-    return value
+    return text
 
 
-def _label(path: Path, record: str, row: dict) -> int:
-    value = _get(path, record, row, "upvotes")
-    if isinstance(value, float) and value.is_integer():
-        # An integral float (3.0) is what pandas writes for an integer column that had a gap.
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise DataError(f"expected an integer level 0..{MAX_LABEL}, got {value!r}", file=_where(path, record),
-                        field="upvotes")
-    if not 0 <= value <= MAX_LABEL:
-        raise DataError(f"level {value} out of range 0..{MAX_LABEL}", file=_where(path, record), field="upvotes")
-    return value
+def _has_image_urls(fields: Fields) -> bool:
+    try:
+        return bool(parse_image_urls(fields.required("img_url")))
+    except ValueError as exc:
+        raise fields.error(str(exc), "img_url") from None
 
 
 class PthFeatures(FeatureSource):
@@ -241,20 +213,73 @@ class PthFeatures(FeatureSource):
         return LoadedFeatures(np.zeros((0, 0), dtype=np.float32), [FeatureProblem(str(self.path), reason)])
 
 
-def _feature_source(
-    folder: Path | None, split: str, item_id: str, has_urls: bool, where: str, max_per_image: int | None,
-    max_per_item: int | None,
-) -> PthFeatures | None:
-    """The item's feature source, or None when it has no image (no URL and no feature file)."""
-    if folder is None:
+@dataclass(frozen=True)
+class _FeatureFolder:
+    """Where the features of one kind of item are: ``{root}/{split}/{item_id}/{item_id}.pth`` (root None: none)."""
+
+    root: Path | None
+    max_regions_per_image: int | None
+    max_regions_per_item: int | None
+
+    def source(self, split: str, fields: Fields, kind: str, item_id: str, has_urls: bool) -> PthFeatures | None:
+        """The item's feature source, or None when it has no image (no URL and no feature file)."""
+        if self.root is None:
+            return None
+        if item_id in (".", "..") or any(c in item_id for c in "/\\\0"):
+            raise fields.error(f"id {item_id!r} cannot name a feature folder", f"{kind}_id")
+        path = self.root / split / item_id / f"{item_id}.pth"
+        # A feature file is used even when img_url is empty; an item with URLs but no file is a missing image.
+        if has_urls or path.is_file():
+            return PthFeatures(path, self.max_regions_per_image, self.max_regions_per_item)
         return None
-    if item_id in (".", "..") or any(c in item_id for c in "/\\\0"):
-        raise DataError(f"id {item_id!r} cannot name a feature folder", file=where)
-    path = folder / split / item_id / f"{item_id}.pth"
-    # A feature file is used even when img_url is empty; an item with URLs but no file is a missing image.
-    if has_urls or path.is_file():
-        return PthFeatures(path, max_per_image, max_per_item)
-    return None
+
+
+@dataclass
+class _Item:
+    """A product or a review as its own file gives it (reviews get their product and label from the relations)."""
+
+    fields: Fields
+    text: str
+    features: PthFeatures | None
+    has_urls: bool
+
+
+def _read_items(path: Path, kind: str, text_fields: Sequence[str], folder: _FeatureFolder, split: str,
+                nulls: dict[str, int]) -> dict[str, _Item]:
+    """The products or reviews of one file by id, in file order; the text joins ``text_fields`` with a space."""
+    items: dict[str, _Item] = {}
+    for fields, item_id in unique_ids(_records(path), kind):
+        text = " ".join(_text(fields, name, nulls) for name in text_fields)
+        has_urls = _has_image_urls(fields)
+        items[item_id] = _Item(fields, text, folder.source(split, fields, kind, item_id, has_urls), has_urls)
+    return items
+
+
+def _relate(paths: dict[str, Path], products: dict[str, _Item], reviews: dict[str, _Item]) -> list[RawReview]:
+    """The reviews in the order of the relation file, with their product and label; every review must be related
+    to exactly one product."""
+    related: dict[str, tuple[str, str]] = {}  # review id -> (product id, relation record)
+    relations: list[RawReview] = []
+    for fields in _records(paths["rel"]):
+        pid = fields.id("product_id")
+        rid = fields.id("review_id")
+        label = fields.level("upvotes", MAX_LABEL)
+        if pid not in products:
+            raise fields.error(f"unknown product {pid!r} (not in {paths['prd'].name})", "product_id")
+        if rid not in reviews:
+            raise fields.error(f"unknown review {rid!r} (not in {paths['rvw'].name})", "review_id")
+        if rid in related:
+            other_pid, other_record = related[rid]
+            what = "duplicate relation" if other_pid == pid else f"review related to two products ({other_pid!r})"
+            raise fields.error(f"{what}: review {rid!r} already related to product {other_pid!r} in record "
+                               f"{other_record}", "review_id")
+        related[rid] = (pid, fields.record)
+        review = reviews[rid]
+        relations.append(RawReview(rid, pid, review.text, label, review.features))
+    for rid, review in reviews.items():
+        if rid not in related:
+            raise review.fields.error(f"review {rid!r} has no relation in {paths['rel'].name}", "review_id")
+    return relations
 
 
 def read_official(
@@ -292,8 +317,11 @@ def read_official(
     if not 0.0 <= max_missing_image_rate <= 1.0:
         raise ValueError(f"max_missing_image_rate must be in [0, 1], got {max_missing_image_rate}")
     data_dir = Path(data_dir)
-    prd_folder = Path(product_features) if product_features is not None else None
-    rvw_folder = Path(review_features) if review_features is not None else None
+    folders = {
+        kind: _FeatureFolder(Path(root) if root is not None else None, max_regions_per_image, max_regions_per_item)
+        for kind, root in (("product", product_features), ("review", review_features))
+    }
+    product_fields = ("name", "description") if product_text == "name+description" else ("name",)
     raw_splits: dict[str, RawSplit] = {}
     notes: dict = {}
     for split in splits:
@@ -303,76 +331,16 @@ def read_official(
                 raise DataError(f"file not found (expected {category}.{{prd,rvw,rel}}.{split} in {data_dir})",
                                 file=path)
         nulls: dict[str, int] = {}
-        urls_without_folder = {"product": 0, "review": 0}
-
-        products: list[RawProduct] = []
-        product_record: dict[str, str] = {}
-        path = paths["prd"]
-        for record, row in read_json_document(path):
-            pid = _id(path, record, row, "product_id")
-            if pid in product_record:
-                raise DataError(f"duplicate product id {pid!r} (also record {product_record[pid]})",
-                                file=_where(path, record), field="product_id")
-            product_record[pid] = record
-            name = _text(path, record, row, "name", nulls)
-            text = name
-            if product_text == "name+description":
-                text = name + " " + _text(path, record, row, "description", nulls)
-            try:
-                urls = parse_image_urls(_get(path, record, row, "img_url"))
-            except ValueError as exc:
-                raise DataError(str(exc), file=_where(path, record), field="img_url") from None
-            if urls and prd_folder is None:
-                urls_without_folder["product"] += 1
-            source = _feature_source(prd_folder, split, pid, bool(urls), _where(path, record), max_regions_per_image,
-                                     max_regions_per_item)
-            products.append(RawProduct(pid, text, source))
-
-        review_rows: dict[str, tuple[str, str, PthFeatures | None]] = {}
-        path = paths["rvw"]
-        for record, row in read_json_document(path):
-            rid = _id(path, record, row, "review_id")
-            if rid in review_rows:
-                raise DataError(f"duplicate review id {rid!r} (also record {review_rows[rid][0]})",
-                                file=_where(path, record), field="review_id")
-            content = _text(path, record, row, "content", nulls)
-            try:
-                urls = parse_image_urls(_get(path, record, row, "img_url"))
-            except ValueError as exc:
-                raise DataError(str(exc), file=_where(path, record), field="img_url") from None
-            if urls and rvw_folder is None:
-                urls_without_folder["review"] += 1
-            source = _feature_source(rvw_folder, split, rid, bool(urls), _where(path, record), max_regions_per_image,
-                                     max_regions_per_item)
-            review_rows[rid] = (record, content, source)
-
-        reviews: list[RawReview] = []
-        related: dict[str, tuple[str, str]] = {}  # review id -> (product id, relation record)
-        path = paths["rel"]
-        for record, row in read_json_document(path):
-            pid = _id(path, record, row, "product_id")
-            rid = _id(path, record, row, "review_id")
-            label = _label(path, record, row)
-            if pid not in product_record:
-                raise DataError(f"unknown product {pid!r} (not in {paths['prd'].name})", file=_where(path, record),
-                                field="product_id")
-            if rid not in review_rows:
-                raise DataError(f"unknown review {rid!r} (not in {paths['rvw'].name})", file=_where(path, record),
-                                field="review_id")
-            if rid in related:
-                other_pid, other_record = related[rid]
-                what = "duplicate relation" if other_pid == pid else f"review related to two products ({other_pid!r})"
-                raise DataError(f"{what}: review {rid!r} already related to product {other_pid!r} in record "
-                                f"{other_record}", file=_where(path, record), field="review_id")
-            related[rid] = (pid, record)
-            _, content, source = review_rows[rid]
-            reviews.append(RawReview(rid, pid, content, label, source))
-        for rid, (record, _, _) in review_rows.items():
-            if rid not in related:
-                raise DataError(f"review {rid!r} has no relation in {paths['rel'].name}",
-                                file=_where(paths["rvw"], record), field="review_id")
-
-        raw_splits[split] = RawSplit(split, products, reviews)
+        items = {
+            "product": _read_items(paths["prd"], "product", product_fields, folders["product"], split, nulls),
+            "review": _read_items(paths["rvw"], "review", ("content",), folders["review"], split, nulls),
+        }
+        products = [RawProduct(pid, item.text, item.features) for pid, item in items["product"].items()]
+        raw_splits[split] = RawSplit(split, products, _relate(paths, items["product"], items["review"]))
+        urls_without_folder = {
+            kind: sum(item.has_urls for item in items[kind].values()) if folders[kind].root is None else 0
+            for kind in ("product", "review")
+        }
         notes[split] = {
             "null_text_fields": nulls,
             "items_with_image_urls_but_no_feature_folder": urls_without_folder,
@@ -386,8 +354,7 @@ def read_official(
             "format": "mrhp-official",
             "path": str(data_dir),
             "category": category,
-            "product_features": str(prd_folder) if prd_folder is not None else None,
-            "review_features": str(rvw_folder) if rvw_folder is not None else None,
+            **{f"{kind}_features": str(f.root) if f.root is not None else None for kind, f in folders.items()},
             "product_text": product_text,
             "max_regions_per_image": max_regions_per_image,
             "max_regions_per_item": max_regions_per_item,

@@ -1,5 +1,5 @@
 """Records shared by every reader: the raw dataset the readers produce, lazily loaded image features, the split
-and vote-level helpers and the one JSON-lines line parser.
+and vote-level helpers, the one JSON-lines line parser and the one set of field validators (:class:`Fields`).
 
 A reader (:mod:`mrhp.data.official`, :mod:`mrhp.data.jsonl`, :mod:`mrhp.data.dumps`) produces a :class:`RawDataset`;
 :func:`mrhp.data.prepare.prepare_dataset` writes it as a prepared dataset.
@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -208,7 +208,6 @@ def check_missing_rate(
     )
 
 
-
 def votes_to_level(votes: int, scheme: str = "log2", max_level: int = 4) -> int:
     """Helpfulness level of a helpful-vote count.
 
@@ -274,3 +273,124 @@ def parse_object_line(raw: bytes, path: Path, line_no: int) -> dict | None:
     if not isinstance(obj, dict):
         raise DataError(f"expected a JSON object, got {type(obj).__name__}", file=path, line=line_no)
     return obj
+
+
+class RecordError(DataError):
+    """A bad input record or field; ``reason`` is the short category under which lenient readers count skips."""
+
+    def __init__(self, message: str, reason: str, *, file: object, line: int | None, field: str | None = None):
+        super().__init__(message, file=file, line=line, field=field)
+        self.reason = reason
+
+
+_ABSENT = object()
+
+
+def _shown(value: object) -> str:
+    """A bad value as it appears in a JSON file, cut short for messages."""
+    return json.dumps(value, default=repr)[:60]
+
+
+class Fields:
+    """The fields of one input record, read through typed validators.
+
+    Every error is a :class:`RecordError` naming ``file``, the ``line`` (JSON lines, CSV) or the ``record`` (a
+    document of records: ``"FILE, record K"``) and the field, with the reason ``"missing NAME"`` or ``"bad NAME"``.
+    The readers differ in what they accept, so these are options of the record rather than of each call:
+
+    - ``null_is_absent``: a JSON null counts as an absent field (the public dumps write null for "no value"); else
+      null is a value, which the validators refuse unless they say otherwise.
+    - ``strip_ids``: ids lose surrounding white space (dump columns are padded; the project's own formats keep
+      ids as written).
+    - ``integral_floats``: an integral float (``3.0``) is accepted as an integer or an integer id, as
+      ``pandas.to_json`` writes integer columns that had a gap.
+    """
+
+    __slots__ = ("file", "integral_floats", "line", "null_is_absent", "record", "strip_ids", "values")
+
+    def __init__(self, values: Mapping[str, object], file: object, line: int | None = None, *,
+                 record: str | None = None, null_is_absent: bool = False, strip_ids: bool = False,
+                 integral_floats: bool = False) -> None:
+        self.values = values
+        self.file = file
+        self.line = line
+        self.record = record
+        self.null_is_absent = null_is_absent
+        self.strip_ids = strip_ids
+        self.integral_floats = integral_floats
+
+    @property
+    def place(self) -> str:
+        """Where the record is in its file, for messages that point back to it: ``"line N"`` or ``"record K"``."""
+        return f"line {self.line}" if self.line is not None else f"record {self.record}"
+
+    def error(self, message: str, name: str, reason: str | None = None) -> RecordError:
+        """The error to raise for field ``name``; ``reason`` defaults to ``"bad NAME"``."""
+        file = self.file if self.record is None else f"{self.file}, record {self.record}"
+        return RecordError(message, reason or f"bad {name}", file=file, line=self.line, field=name)
+
+    def _value(self, name: str) -> object:
+        value = self.values.get(name, _ABSENT)
+        return _ABSENT if value is None and self.null_is_absent else value
+
+    def has(self, name: str) -> bool:
+        return self._value(name) is not _ABSENT
+
+    def get(self, name: str) -> object:
+        """The value, None when absent."""
+        value = self._value(name)
+        return None if value is _ABSENT else value
+
+    def required(self, name: str) -> object:
+        value = self._value(name)
+        if value is _ABSENT:
+            raise self.error("missing required field", name, f"missing {name}")
+        return value
+
+    def id(self, name: str) -> str:
+        """A required id: a string that is not blank or an integer (never a bool), as a string."""
+        value = self.required(name)
+        if isinstance(value, str) and value.strip():
+            return value.strip() if self.strip_ids else value
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+        if self.integral_floats and isinstance(value, float) and value.is_integer():
+            return str(int(value))
+        raise self.error(f"expected a non-empty string or an integer id, got {_shown(value)}", name)
+
+    def string(self, name: str, *, required: bool = True, nullable: bool = False) -> str | None:
+        """A string (may be empty); None when it is absent and not ``required``, or null and ``nullable``."""
+        if not required and not self.has(name):
+            return None
+        value = self.required(name)
+        if isinstance(value, str) or (value is None and nullable):
+            return value
+        raise self.error(f"expected a string{' or null' if nullable else ''}, got {_shown(value)}", name)
+
+    def integer(self, name: str) -> int:
+        """A required integer (never a bool)."""
+        value = self.required(name)
+        if self.integral_floats and isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.error(f"expected an integer, got {_shown(value)}", name)
+        return value
+
+    def level(self, name: str, max_level: int) -> int:
+        """A required helpfulness level, an integer in ``0..max_level``."""
+        value = self.integer(name)
+        if not 0 <= value <= max_level:
+            raise self.error(f"level {value} out of range 0..{max_level}", name)
+        return value
+
+
+def unique_ids(records: Iterable[Fields], kind: str) -> Iterator[tuple[Fields, str]]:
+    """Each record with its id, the field ``{kind}_id``; an id seen before is an error naming both places."""
+    name = f"{kind}_id"
+    first: dict[str, str] = {}
+    for fields in records:
+        item_id = fields.id(name)
+        if item_id in first:
+            raise fields.error(f"duplicate {kind} id {item_id!r} (also {first[item_id]})", name)
+        first[item_id] = fields.place
+        yield fields, item_id
