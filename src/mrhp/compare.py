@@ -54,11 +54,16 @@ class Comparison:
     rows: dict[str, SystemRow]
 
 
+def per_product_name(split: str) -> str:
+    """The name of a run folder's per-product file for `split`."""
+    return f"{split}_per_product.jsonl"
+
+
 def per_product_file(path: Path, split: str = "test") -> Path:
-    """A per-product file, or a run folder's `{split}_per_product.jsonl`."""
+    """A per-product file, or a run folder's `per_product_name(split)`."""
     path = Path(path)
     if path.is_dir():
-        candidate = path / f"{split}_per_product.jsonl"
+        candidate = path / per_product_name(split)
         if not candidate.is_file():
             found = ", ".join(sorted(p.name for p in path.glob("*.jsonl"))) or "no .jsonl file"
             raise MrhpError(f"{path}: no {candidate.name} in this run folder ({found}); name the file itself")
