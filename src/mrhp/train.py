@@ -163,7 +163,8 @@ def train(
             bar.update(1)
             bar.set_postfix({key: f"{value / steps:.4f}" for key, value in sums.items()})
         bar.close()
-        dev, *_ = evaluate_split(model, dev_split, data, dataset.feature_dim, threshold, config.train.ties, progress)
+        dev, *_ = evaluate_split(model, dev_split, data=data, feature_dim=dataset.feature_dim, threshold=threshold,
+                                 ties=config.train.ties, progress=progress)
         scheduler.step(dev[select])
         record = {
             "epoch": epoch,
