@@ -5,7 +5,7 @@ feature size below) unless `--checkpoint` is given, starts `mrhp serve` on 127.0
 `--requests` ranking requests (a product with `--reviews` reviews, texts of `--words` words, `--regions` inline
 image regions per item) from `--clients` concurrent clients, stopping after `--max-seconds` at most. Printed:
 throughput (requests/s and reviews/s), p50/p99 latency, the server's mean requests per forward pass (from
-/healthz), then the in-process rate of the same requests scored with `mrhp.predict.score_rankings` (one forward
+/healthz), then the in-process rate of the same requests scored with `mrhp.inference.Ranker.score` (one forward
 per request, as a lone request is served; and packed like `mrhp predict`; on the first `--in-process-requests`
 requests), measured before the server starts
 and after it stops, and the ratio service / in-process (their mean).
@@ -40,7 +40,7 @@ import torch
 from mrhp.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from mrhp.config import Config, ModelConfig
 from mrhp.data.text import PAD, UNK, Vocabulary
-from mrhp.inference import make_ranking, score_rankings
+from mrhp.inference import Ranker
 from mrhp.models import build_model
 
 
@@ -122,7 +122,7 @@ def load(url: str, bodies: list[bytes], clients: int, max_seconds: float) -> tup
 
 
 def in_process_rate(checkpoint: Checkpoint, requests: list[dict], packed: bool) -> float:
-    """Requests per second scored with `score_rankings`: one forward per request, or packed like `mrhp predict`.
+    """Requests per second scored with `Ranker.score`: one forward per request, or packed like `mrhp predict`.
 
     Scored on a thread of its own, as the service's scorer thread does: torch's CPU thread pool behaves
     differently on the main thread (on a busy machine, two OpenMP threads on the main thread ran the same forward
@@ -135,21 +135,15 @@ def in_process_rate(checkpoint: Checkpoint, requests: list[dict], packed: bool) 
 
 
 def _scoring_rate(checkpoint: Checkpoint, requests: list[dict], packed: bool) -> float:
-
-    def regions(item: dict) -> np.ndarray:
-        arrays = [np.asarray(image["regions"], dtype=np.float32) for image in item["images"]]
-        return np.concatenate(arrays) if arrays else np.zeros((0, checkpoint.config.model.image_dim), np.float32)
-
-    lists = [make_ranking(checkpoint, r["text"], regions(r), [(v["text"], regions(v)) for v in r["reviews"]])
-             for r in requests]
-    rows = checkpoint.config.data.eval_batch_rows
-    score_rankings(checkpoint, lists[:1], rows)  # warm-up
+    ranker = Ranker(checkpoint)
+    lists = [ranker.parse(request).ranking for request in requests]
+    ranker.score(lists[:1])  # warm-up
     started = time.perf_counter()
     if packed:
-        score_rankings(checkpoint, lists, rows)
+        ranker.score(lists)
     else:
         for ranking in lists:
-            score_rankings(checkpoint, [ranking], rows)
+            ranker.score([ranking])
     return len(lists) / (time.perf_counter() - started)
 
 

@@ -28,10 +28,11 @@ from mrhp.cli import main
 from mrhp.config import Config, DataConfig, ModelConfig
 from mrhp.data.text import Vocabulary
 from mrhp.errors import MrhpError
-from mrhp.inference import file_sha256, make_ranking, score_rankings
+from mrhp.inference import Ranker, file_sha256
 from mrhp.models import build_model
 from mrhp.predict import predict_file
 from mrhp.serve.app import BatchScorer, ServiceBusy, create_app
+from mrhp.serve.settings import ServeSettings
 
 WORDS = ["<pad>", "<unk>", "great", "pot", "lid", "steel", "bad", "handle", "cheap", "heavy", "ok", "love", "it"]
 F = 4  # image feature size of the tiny model
@@ -113,7 +114,8 @@ def checkpoint_path(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def base_url(checkpoint_path: Path) -> Iterator[str]:
-    app = create_app(checkpoint_path, max_request_bytes=20_000, max_reviews=5, max_text_chars=200, batch_wait_ms=20)
+    settings = ServeSettings(max_request_bytes=20_000, max_reviews=5, max_text_chars=200, batch_wait_ms=20)
+    app = create_app(checkpoint_path, settings)
     with serving(app) as url:
         yield url
 
@@ -152,7 +154,7 @@ def test_texts_longer_than_max_tokens_are_cut_and_reported(base_url: str):
 
 
 def test_concurrent_requests_agree_with_in_process_scores(base_url: str, checkpoint_path: Path):
-    checkpoint = load_checkpoint(checkpoint_path)
+    ranker = Ranker(load_checkpoint(checkpoint_path), batch_rows=8)
     bodies = [request(f"c{i}", seed=20 + i, reviews=1 + i % 4) for i in range(12)]
     answers: list[dict | None] = [None] * len(bodies)
     start = threading.Barrier(len(bodies))
@@ -167,22 +169,18 @@ def test_concurrent_requests_agree_with_in_process_scores(base_url: str, checkpo
     for thread in threads:
         thread.join()
     for body, answer in zip(bodies, answers):
-        ranking = make_ranking(
-            checkpoint, body["text"], np.asarray(body["images"][0]["regions"], dtype=np.float32),
-            [(r["text"], np.asarray(r["images"][0]["regions"], dtype=np.float32) if r["images"]
-              else np.zeros((0, F), dtype=np.float32)) for r in body["reviews"]],
-        )
-        expected = dict(zip([r["review_id"] for r in body["reviews"]], score_rankings(checkpoint, [ranking], 8)[0]))
+        parsed = ranker.parse(body)
+        expected = dict(zip(parsed.review_ids, ranker.score([parsed.ranking])[0]))
         assert {r["review_id"]: r["score"] for r in answer["reviews"]} == pytest.approx(expected, abs=1e-5)
     health = httpx.get(f"{base_url}/healthz").json()
     assert health["status"] == "ok" and health["requests"] >= len(bodies)
 
 
 def test_scorer_groups_queued_requests_into_one_forward_and_refuses_when_full(checkpoint_path: Path):
-    checkpoint = load_checkpoint(checkpoint_path)
-    lists = [make_ranking(checkpoint, "pot", np.zeros((0, F), np.float32), [("great", np.zeros((0, F), np.float32))] * n)
+    ranker = Ranker(load_checkpoint(checkpoint_path), batch_rows=6)
+    lists = [ranker.parse({"text": "pot", "reviews": [{"review_id": str(k), "text": "great"} for k in range(n)]}).ranking
              for n in (1, 2, 3, 4)]
-    scorer = BatchScorer(checkpoint, batch_rows=6, wait_s=0.0, max_queued=4)
+    scorer = BatchScorer(ranker, wait_s=0.0, max_queued=4)
     futures = [scorer.submit(ranking) for ranking in lists]  # queued before the thread runs
     with pytest.raises(ServiceBusy):
         scorer.submit(lists[0])
@@ -301,7 +299,7 @@ def test_image_files_go_through_the_image_feature_extractor(tmp_path: Path):
         {"review_id": "b", "text": "bad"}]}
     as_files = {**inline, "images": [{"data": base64.b64encode(png).decode()}], "reviews": [
         {**inline["reviews"][0], "images": [{"data": base64.b64encode(png).decode()}]}, inline["reviews"][1]]}
-    with serving(create_app(path, threads=1)) as url:
+    with serving(create_app(path, ServeSettings(threads=1))) as url:
         assert httpx.get(f"{url}/v1/model").json()["inputs"]["image_files"] is True
         from_files = httpx.post(f"{url}/v1/rank", json=as_files, timeout=30)
         from_regions = httpx.post(f"{url}/v1/rank", json=inline, timeout=30)
@@ -354,9 +352,9 @@ class Interrupted(Exception):
     pass
 
 
-def interrupt_after(monkeypatch, function: str, calls: int) -> None:
-    """Make `mrhp.predict.<function>` raise on its `calls + 1`-th call, like a kill at that point."""
-    original, count = getattr(predict_module, function), [0]
+def interrupt_after(monkeypatch, owner: object, function: str, calls: int) -> None:
+    """Make `owner.<function>` raise on its `calls + 1`-th call, like a kill at that point."""
+    original, count = getattr(owner, function), [0]
 
     def wrapper(*args, **kwargs):
         count[0] += 1
@@ -364,7 +362,7 @@ def interrupt_after(monkeypatch, function: str, calls: int) -> None:
             raise Interrupted
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(predict_module, function, wrapper)
+    monkeypatch.setattr(owner, function, wrapper)
 
 
 def test_predict_resumes_after_an_interruption(checkpoint_path: Path, batch_input: Path, tmp_path: Path, monkeypatch):
@@ -374,7 +372,7 @@ def test_predict_resumes_after_an_interruption(checkpoint_path: Path, batch_inpu
 
     output = tmp_path / "ranked.jsonl"
     with monkeypatch.context() as patch:
-        interrupt_after(patch, "score_rankings", 2)
+        interrupt_after(patch, Ranker, "score", 2)
         with pytest.raises(Interrupted):
             predict_file(checkpoint_path, batch_input, output, progress=False, batch_rows=4)
     partial, progress = tmp_path / ".ranked.jsonl.partial", tmp_path / ".ranked.jsonl.progress.json"
@@ -385,9 +383,8 @@ def test_predict_resumes_after_an_interruption(checkpoint_path: Path, batch_inpu
         handle.write(b'{"product_id": "b9", "revi')
 
     scored: list[int] = []
-    original = predict_module.score_rankings
-    monkeypatch.setattr(predict_module, "score_rankings",
-                        lambda c, lists, rows: scored.append(len(lists)) or original(c, lists, rows))
+    original = Ranker.score
+    monkeypatch.setattr(Ranker, "score", lambda ranker, lists: scored.append(len(lists)) or original(ranker, lists))
     assert predict_file(checkpoint_path, batch_input, output, progress=False, batch_rows=4) == 9
     assert output.read_bytes() == expected and not partial.exists() and not progress.exists()
     assert sum(scored) == 9 - done["products"]  # only the rest was scored again
@@ -399,7 +396,7 @@ def test_predict_rescores_lines_written_after_the_last_record(checkpoint_path: P
     predict_file(checkpoint_path, batch_input, expected_path, progress=False, batch_rows=4)
     output = tmp_path / "ranked.jsonl"
     with monkeypatch.context() as patch:  # killed after writing a batch, before recording it
-        interrupt_after(patch, "_write_progress", 3)
+        interrupt_after(patch, predict_module, "_write_progress", 3)
         with pytest.raises(Interrupted):
             predict_file(checkpoint_path, batch_input, output, progress=False, batch_rows=4)
     assert main(["predict", "--checkpoint", str(checkpoint_path), "--input", str(batch_input), "--output",
@@ -411,7 +408,7 @@ def test_predict_refuses_to_resume_with_another_checkpoint_or_input(checkpoint_p
                                                                      tmp_path: Path, monkeypatch, capsys):
     output = tmp_path / "ranked.jsonl"
     with monkeypatch.context() as patch:
-        interrupt_after(patch, "score_rankings", 1)
+        interrupt_after(patch, Ranker, "score", 1)
         with pytest.raises(Interrupted):
             predict_file(checkpoint_path, batch_input, output, progress=False, batch_rows=4)
     other = tiny_checkpoint(tmp_path / "other.safetensors", image_dim=F, seed=1)

@@ -35,6 +35,7 @@ class Checkpoint:
     state: dict[str, Any] = field(default_factory=dict)  # training progress (epoch, best, history, ...)
     optimizer: dict[str, Any] | None = None  # torch optimizer state_dict, when saved for resuming
     rng: torch.Tensor | None = None
+    mrhp_version: str = __version__  # of the mrhp that wrote the file (this one for a checkpoint not yet saved)
 
 
 def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -131,4 +132,5 @@ def load_checkpoint(path: Path) -> Checkpoint:
         state=header.get("state", {}),
         optimizer=optimizer,
         rng=tensors.get("rng.torch"),
+        mrhp_version=header.get("mrhp_version", "unknown"),
     )

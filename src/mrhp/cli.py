@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
+import typing
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -14,6 +16,7 @@ from mrhp import __version__
 from mrhp.config import MODEL_NAMES
 from mrhp.data.dumps import DUMP_FORMATS
 from mrhp.errors import MrhpError
+from mrhp.serve.settings import ServeSettings
 
 if TYPE_CHECKING:
     from mrhp.images import ImageFeatureFolder
@@ -153,8 +156,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     threshold = dataset.relevance_threshold if args.threshold is None else args.threshold
     ties = args.ties or checkpoint.config.train.ties
     summary, product_ids, values, _ = evaluate_split(
-        checkpoint.model, dataset.split(args.split), checkpoint.config.data, dataset.feature_dim, threshold, ties,
-        progress=not args.no_progress,
+        checkpoint.model, dataset.split(args.split), data=checkpoint.config.data, feature_dim=dataset.feature_dim,
+        threshold=threshold, ties=ties, progress=not args.no_progress,
     )
     print(f"{args.split}: {format_metrics(summary)}  ({len(product_ids)} products, ties={ties}, threshold={threshold})")
     if args.per_product:
@@ -194,10 +197,8 @@ def _predict(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from mrhp.serve.app import run_server
 
-    options = ("max_request_bytes", "max_reviews", "max_text_chars", "max_queued", "batch_rows", "batch_wait_ms",
-               "image_input_size", "image_max_regions")
-    given = {name: getattr(args, name) for name in options if getattr(args, name) is not None}  # else serve's defaults
-    run_server(args.checkpoint, host=args.host, port=args.port, workers=args.workers, threads=args.threads, **given)
+    run_server(args.checkpoint, ServeSettings(**{field.name: getattr(args, field.name)
+                                                 for field in dataclasses.fields(ServeSettings)}))
     return 0
 
 
@@ -224,6 +225,16 @@ def _compare(args: argparse.Namespace) -> int:
     print()
     print(format_comparison(compare_systems(runs, args.reference or next(iter(runs)), args.test)))
     return 0
+
+
+def settings_options(parser: argparse.ArgumentParser, settings: type) -> None:
+    """One option per field of a settings dataclass, with the field's type, default and `help` metadata."""
+    hints = typing.get_type_hints(settings)
+    for setting in dataclasses.fields(settings):
+        kind = next(t for t in typing.get_args(hints[setting.name]) or (hints[setting.name],) if t is not type(None))
+        default = "" if setting.default is None else f" (default {setting.default})"
+        parser.add_argument(f"--{setting.name.replace('_', '-')}", type=kind, default=setting.default,
+                            help=setting.metadata["help"] + default)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -330,18 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="HTTP scoring service (POST /v1/rank, GET /healthz, GET /v1/model)")
     serve.add_argument("--checkpoint", type=Path, required=True)
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback only)")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--workers", type=int, default=1, help="processes, each with its own copy of the model")
-    serve.add_argument("--threads", type=int, help="torch threads per worker (default: CPUs / workers)")
-    serve.add_argument("--max-request-bytes", type=int, help="larger bodies get 413 (default 32 MiB)")
-    serve.add_argument("--max-reviews", type=int, help="more reviews per request get 422 (default 256)")
-    serve.add_argument("--max-text-chars", type=int, help="longer texts get 422 (default 20000); shorter ones are cut at max_tokens")
-    serve.add_argument("--max-queued", type=int, help="more requests waiting for the model get 503 (default 64)")
-    serve.add_argument("--batch-rows", type=int, help="review rows per forward pass (default: the checkpoint's eval_batch_rows)")
-    serve.add_argument("--batch-wait-ms", type=float, help="how long a batch waits for more requests (default 2)")
-    serve.add_argument("--image-input-size", type=int, help="image files: extractor input size, as in training (default 224)")
-    serve.add_argument("--image-max-regions", type=int, help="image files: regions per image, as in training (default 49)")
+    settings_options(serve, ServeSettings)
     serve.set_defaults(handler=_serve)
 
     compare = commands.add_parser("compare", help="table and paired tests of systems from per-product metric files")

@@ -4,36 +4,35 @@ from __future__ import annotations
 
 import json
 import logging
+from functools import partial
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from mrhp.config import DataConfig
-from mrhp.data.batching import chunk_product_reviews, iterate_split, pack_groups
+from mrhp.data.batching import chunk_product_reviews, split_item_lists
 from mrhp.data.prepared import PreparedSplit
-from mrhp.metrics import ranking_metrics, summarize
+from mrhp.inference import score_groups
+from mrhp.metrics import METRICS, ranking_metrics, summarize
+from mrhp.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
-METRICS = ("map", "ndcg@3", "ndcg@5")
 
-
-@torch.no_grad()
 def score_split(
     model: nn.Module, split: PreparedSplit, data: DataConfig, feature_dim: int, progress: bool = True
 ) -> np.ndarray:
     """Score every review of `split`. Returns float64 scores [num_reviews] in split order. Scores depend only on
     the product and the review, so how reviews are grouped into batches changes nothing."""
-    model.eval()
     scores = np.full(split.num_reviews, np.nan)
-    batches = pack_groups(chunk_product_reviews(split, data.max_list_size, rng=None), data.eval_batch_rows)
-    bar = tqdm(total=split.num_reviews, desc=f"scoring {split.name}", unit="review", disable=not progress, leave=False)
-    for lists, batch in iterate_split(split, batches, data.max_tokens, data.max_regions, feature_dim):
-        row_scores = model(batch).row_scores.double().numpy()
-        rows = [index for ranking in lists for index in ranking.review_indices]
+    groups = chunk_product_reviews(split, data.max_list_size, rng=None)
+    bar = progress_bar(total=split.num_reviews, desc=f"scoring {split.name}", unit="review", show=progress, leave=False)
+    for batch, row_scores in score_groups(model, groups, partial(split_item_lists, split),
+                                          batch_rows=data.eval_batch_rows, data=data, feature_dim=feature_dim):
+        rows = np.concatenate([reviews for _, reviews in batch])
         scores[rows] = row_scores
         bar.update(len(rows))
     bar.close()
@@ -64,19 +63,34 @@ def per_product_metrics(
     return [split.product_ids[p] for p in products], {name: values[name].double().numpy() for name in METRICS}
 
 
+class SplitEvaluation(NamedTuple):
+    summary: dict[str, float]  # metric -> mean over products, x100
+    product_ids: list[str]
+    values: dict[str, np.ndarray]  # metric -> per-product values in [0, 1], in `product_ids` order
+    scores: np.ndarray  # float64 [num_reviews], in split order
+
+
 def evaluate_split(
     model: nn.Module,
     split: PreparedSplit,
+    *,
     data: DataConfig,
     feature_dim: int,
     threshold: int,
     ties: str,
     progress: bool = True,
-) -> tuple[dict[str, float], list[str], dict[str, np.ndarray], np.ndarray]:
-    """Score a split and compute its metrics: (summary x100, product ids, per-product values, review scores)."""
+) -> SplitEvaluation:
+    """Score a split and compute its metrics.
+
+    Args:
+        data: the model's data settings (`max_tokens`, `max_regions`, `max_list_size`, `eval_batch_rows`).
+        feature_dim: the dataset's region feature size.
+        threshold: a review is relevant iff its label is above it (the dataset's `relevance_threshold`).
+        ties: order of equal scores, `"pessimistic"` or `"stable"` (`mrhp.metrics.TIES`).
+    """
     scores = score_split(model, split, data, feature_dim, progress)
     product_ids, values = per_product_metrics(split, scores, threshold, ties)
-    return summarize(values), product_ids, values, scores
+    return SplitEvaluation(summarize(values), product_ids, values, scores)
 
 
 def write_per_product(path: Path, product_ids: list[str], values: dict[str, np.ndarray], split: str) -> None:

@@ -1,125 +1,110 @@
-"""Ranking reviews with a trained checkpoint: what `mrhp predict` and `mrhp serve` share.
+"""Ranking reviews with a trained checkpoint: the one request parser and the one scoring loop.
 
-A request is one product and the reviews to rank (`parse_ranking_request`); `make_ranking` turns it into the model's
-input and `score_rankings` scores ranking lists in packed forward passes. A review's score depends only on its
-product and itself; batches of different composition pad differently, which changes scores only by float32
-rounding (about 1e-7 relative), so the service and `predict` agree to that precision, and bit for bit when the
-product is scored in a forward pass of the same composition (e.g. a file of one product and a lone request).
+`Ranker` is what `mrhp predict`, `mrhp serve` and the Python API (`mrhp.load_ranker`) rank with; evaluation and
+training score prepared splits with the same loop, `score_groups`.
+
+A request is one product and the reviews to rank: a line of a `predict` input file, the body of `POST /v1/rank`,
+or the arguments of `Ranker.rank`::
+
+    {"product_id": "p1", "text": "...", "images": [IMAGE, ...],
+     "reviews": [{"review_id": "r1", "text": "...", "images": [IMAGE, ...]}, ...]}
+
+`product_id` is optional (a non-empty string or an integer); the product text is `text`, or `name` and/or
+`description` joined by a space; each review has a `review_id` (a non-empty string or an integer, unique in the
+request) and a `text` (may be empty); `images` is optional everywhere. An IMAGE is one of
+
+* `{"regions": [[...], ...]}`: region features [n_regions, F] inline (a list of lists, or a numpy array in
+  Python), F being the model's image feature size;
+* `{"data": "<base64>"}`: an image file (JPEG, PNG, ...), turned into region features by
+  `mrhp.images.ImageFeatureExtractor` with the defaults of `mrhp features` (`ImageFiles`);
+* where files may be named (`predict`, relative to the input file, and `Ranker.rank`, relative to the current
+  folder; never the service): a path to a `.npy` array [n_regions, F] (no pickles) or to an image file.
+
+Each item keeps its first `data.max_regions` regions and each text its first `data.max_tokens` tokens, as in
+training. A model without an image side ignores images once their form is checked (a `.npy` file is read, an
+image file is not decoded). Every error is a `RequestError` naming the field, e.g. `reviews[2].images[0]`.
+
+Scores: a review's score depends only on its product and itself. Batches of different composition pad
+differently, which changes scores only by float32 rounding (about 1e-7 relative), so the service, `predict` and
+`Ranker.rank` agree to that precision, and bit for bit when the product is scored in a forward pass of the same
+composition (e.g. a file of one product and a lone request).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
-from collections.abc import Callable, Sequence
+import json
+import os
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
-from mrhp.checkpoint import Checkpoint
-from mrhp.data.batching import Item, RankingList, collate
-from mrhp.data.jsonl import RAW_IMAGE_SUFFIXES, _Fields, load_npy_regions
+from mrhp.checkpoint import Checkpoint, load_checkpoint
+from mrhp.config import DataConfig
+from mrhp.data.batching import Item, RankingList, collate, pack_groups
+from mrhp.data.jsonl import RAW_IMAGE_SUFFIXES, load_npy_regions
 from mrhp.data.records import cap_regions
-from mrhp.errors import DataError
+from mrhp.errors import DataError, MrhpError
+from mrhp.images import (
+    DEFAULT_INPUT_SIZE,
+    DEFAULT_MAX_REGIONS,
+    FEATURE_DIM,
+    INSTALL_HINT,
+    ExtractionResult,
+    ImageFeatureExtractor,
+    images_available,
+)
 from mrhp.models import reads_images
 
 _HASH_CHUNK = 1 << 20  # bytes read at a time when hashing files
 _MISSING = object()
 
+Group = tuple[int, np.ndarray]
+"""(index of a product or list, positions of its reviews): the unit `mrhp.data.batching.pack_groups` packs."""
 
-def file_sha256(path: Path, limit: int | None = None) -> str:
-    """SHA-256 (hex) of a file's bytes, or of its first `limit` bytes."""
+Loc = tuple[str | int, ...]
+"""Path of a request field: `("reviews", 2, "images", 0)` is `reviews[2].images[0]`."""
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 (hex) of a file's bytes: the identity of a checkpoint for `predict`'s resume and `/v1/model`."""
     digest = hashlib.sha256()
-    remaining = limit
     with Path(path).open("rb") as handle:
-        while remaining is None or remaining > 0:
-            chunk = handle.read(_HASH_CHUNK if remaining is None else min(_HASH_CHUNK, remaining))
-            if not chunk:
-                break
+        while chunk := handle.read(_HASH_CHUNK):
             digest.update(chunk)
-            if remaining is not None:
-                remaining -= len(chunk)
     return digest.hexdigest()
 
 
-def uses_images(checkpoint: Checkpoint) -> bool:
-    """Whether the model reads images; a model that does not ignores any image of a request."""
-    return reads_images(checkpoint.config.model)
-
-
-def make_ranking(
-    checkpoint: Checkpoint,
-    product_text: str,
-    product_regions: np.ndarray,
-    reviews: Sequence[tuple[str, np.ndarray]],
-    group: int = 0,
-) -> RankingList:
-    """One product and the reviews to rank, as the model's input.
-
-    Args:
-        product_text: the product's text (tokenized here with the checkpoint's vocabulary; the model keeps the
-            first `data.max_tokens` tokens).
-        product_regions: float32 [m, F] region features of the product's images (m = 0 without image).
-        reviews: `(text, regions [m_j, F])` per review, in request order.
-        group: an identity of the product (used only by the training loss; any value when scoring).
-    """
-    if not uses_images(checkpoint):  # a model without an image side takes none, whatever the request holds
-        empty = np.zeros((0, 0), dtype=np.float32)
-        product_regions, reviews = empty, [(text, empty) for text, _ in reviews]
-    vocab = checkpoint.vocab
-    return RankingList(
-        product=Item(np.asarray(vocab.encode(product_text), dtype=np.int64), product_regions),
-        reviews=[Item(np.asarray(vocab.encode(text), dtype=np.int64), regions) for text, regions in reviews],
-        labels=[0] * len(reviews),
-        review_indices=list(range(len(reviews))),
-        group=group,
-    )
+# ---- the scoring loop ------------------------------------------------------------------------------------------
 
 
 @torch.no_grad()
-def score_rankings(checkpoint: Checkpoint, lists: Sequence[RankingList], batch_rows: int) -> list[np.ndarray]:
-    """Scores of every review of every list, as one float64 array [len(list.reviews)] per list.
+def score_groups(
+    model: nn.Module,
+    groups: Sequence[Group],
+    lists_of: Callable[[Sequence[Group]], list[RankingList]],
+    *,
+    batch_rows: int,
+    data: DataConfig,
+    feature_dim: int,
+) -> Iterator[tuple[list[Group], np.ndarray]]:
+    """Score `groups` in order, packed into forward passes of at most `batch_rows` review rows (`pack_groups`; a
+    larger group is a pass of its own). `lists_of` turns one pass's groups into ranking lists, so only one pass is
+    ever held in memory. Yields each pass's groups with the float64 scores of their reviews, in order."""
+    model.eval()
+    for batch in pack_groups(groups, batch_rows):
+        inputs = collate(lists_of(batch), data.max_tokens, data.max_regions, feature_dim)
+        yield batch, model(inputs).row_scores.double().numpy()
 
-    Consecutive lists are packed into forward passes of at most `batch_rows` review rows; a list longer than
-    that is scored in pieces of `batch_rows` reviews (its product encoded once per piece), which changes nothing
-    but float32 rounding since a review's score depends only on its product and itself.
-    """
-    if batch_rows < 1:
-        raise ValueError(f"batch_rows must be >= 1, got {batch_rows}")
-    data = checkpoint.config.data
-    feature_dim = checkpoint.config.model.image_dim
-    pieces: list[tuple[int, RankingList]] = []
-    for index, ranking in enumerate(lists):
-        for start in range(0, len(ranking.reviews), batch_rows):
-            stop = start + batch_rows
-            pieces.append((index, RankingList(
-                product=ranking.product,
-                reviews=ranking.reviews[start:stop],
-                labels=ranking.labels[start:stop],
-                review_indices=ranking.review_indices[start:stop],
-                group=ranking.group,
-            )))
-    parts: list[list[np.ndarray]] = [[] for _ in lists]
 
-    def forward(batch: list[tuple[int, RankingList]]) -> None:
-        scores = checkpoint.model(collate([piece for _, piece in batch], data.max_tokens, data.max_regions, feature_dim))
-        row_scores = scores.row_scores.double().numpy()
-        start = 0
-        for index, piece in batch:
-            parts[index].append(row_scores[start:start + len(piece.reviews)])
-            start += len(piece.reviews)
-
-    batch: list[tuple[int, RankingList]] = []
-    rows = 0
-    for index, piece in pieces:
-        if batch and rows + len(piece.reviews) > batch_rows:
-            forward(batch)
-            batch, rows = [], 0
-        batch.append((index, piece))
-        rows += len(piece.reviews)
-    if batch:
-        forward(batch)
-    return [np.concatenate(part) if part else np.zeros(0) for part in parts]
+# ---- ranks and answers -----------------------------------------------------------------------------------------
 
 
 def rank_reviews(scores: np.ndarray) -> np.ndarray:
@@ -130,133 +115,407 @@ def rank_reviews(scores: np.ndarray) -> np.ndarray:
     return ranks
 
 
-def ranked_reviews(review_ids: Sequence[str], scores: np.ndarray) -> list[dict[str, object]]:
-    """`[{"review_id", "score", "rank"}, ...]` sorted by rank: the answer format of `predict` and the service."""
-    ranks = rank_reviews(scores)
-    reviews = [
-        {"review_id": review_id, "score": float(score), "rank": int(rank)}
-        for review_id, score, rank in zip(review_ids, scores, ranks)
-    ]
-    reviews.sort(key=lambda review: review["rank"])
-    return reviews
+@dataclass(frozen=True)
+class RankedReviews:
+    """The reviews of one product with their scores and ranks, in the order they were given.
+
+    `scores`: float64 [n], higher is more helpful (comparable within one model only); `ranks`: int64 [n],
+    1 = most helpful, equal scores keep the given order."""
+
+    review_ids: list[str]
+    scores: np.ndarray
+    ranks: np.ndarray
+
+    @classmethod
+    def of(cls, review_ids: Sequence[str], scores: np.ndarray) -> RankedReviews:
+        return cls(list(review_ids), scores, rank_reviews(scores))
+
+    def in_rank_order(self) -> list[dict[str, object]]:
+        """`[{"review_id", "score", "rank"}, ...]` sorted by rank: the answer of `predict` and the service."""
+        order = np.argsort(self.ranks, kind="stable")
+        return [{"review_id": self.review_ids[j], "score": float(self.scores[j]), "rank": int(self.ranks[j])}
+                for j in order]
 
 
-def image_file_loader(checkpoint: Checkpoint) -> Callable[[Path], np.ndarray] | None:
-    """Region features of an image file named in a request, with the same extractor and defaults as `mrhp
-    features` and the service; None (image files refused with a message) without the `images` extra or when
-    the model reads no images. The extractor is built on the first image file, so text-only inputs never pay."""
-    from mrhp.images import DEFAULT_INPUT_SIZE, DEFAULT_MAX_REGIONS, FEATURE_DIM, images_available
+# ---- requests --------------------------------------------------------------------------------------------------
 
-    if not uses_images(checkpoint) or not images_available():
-        return None
-    width = checkpoint.config.model.image_dim
-    extractor = None
 
-    def load(path: Path) -> np.ndarray:
-        nonlocal extractor
-        if width != FEATURE_DIM:
-            raise ValueError(
-                f"the model reads {width}-d region features; the image extractor gives {FEATURE_DIM}-d: "
-                "give .npy features of the model's width"
-            )
-        if extractor is None:
-            from mrhp.images import ImageFeatureExtractor
+def field_name(loc: Sequence[str | int]) -> str:
+    """`("reviews", 0, "text")` -> `"reviews[0].text"`; `()` -> `""`."""
+    name = ""
+    for part in loc:
+        name += f"[{part}]" if isinstance(part, int) else (f".{part}" if name else str(part))
+    return name
 
-            extractor = ImageFeatureExtractor(DEFAULT_INPUT_SIZE, DEFAULT_MAX_REGIONS, batch_size=1)
-        result = extractor.extract_files([path])[0]
+
+class RequestError(DataError):
+    """A request that cannot be ranked. `loc` is the path of the field at fault and `reason` what is wrong with
+    it; the message names both, after `where` (e.g. `"input.jsonl line 3"`) when given."""
+
+    def __init__(self, loc: Loc, reason: str, where: str | None = None) -> None:
+        super().__init__(reason, file=where, field=field_name(loc) or None)
+        self.loc = loc
+        self.reason = reason
+
+
+class ImageFilesUnavailable(RequestError):
+    """An image file in a request that this model or installation cannot turn into region features."""
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """What one request may hold (None = no limit); the service sets them, `predict` and the Python API do not."""
+
+    max_reviews: int | None = None
+    max_text_chars: int | None = None
+
+
+@dataclass
+class RankingRequest:
+    """A parsed request: the model's input and what an answer needs."""
+
+    product_id: str | None
+    review_ids: list[str]
+    ranking: RankingList
+    product_truncated: bool  # the product text is longer than the model's max_tokens (cut as in training)
+    truncated_reviews: list[str]  # ids of the reviews whose text is cut
+
+
+class ImageFiles:
+    """Region features of the image files of requests, from the extractor of `mrhp features` (same defaults).
+
+    `unusable` says why image files cannot be used (None when they can): the model reads no images, it reads
+    features of another size than the extractor's, or the `images` extra is missing. The extractor is built on
+    first use, so text-only requests never pay for loading the network, and runs one image at a time under a lock,
+    so concurrent requests can share it. `input_size` and `max_regions` must be those the training images were
+    extracted with."""
+
+    ACCEPTED = "accepted: EfficientNet-Lite0 region features (mrhp.images)"
+
+    def __init__(self, checkpoint: Checkpoint, *, input_size: int = DEFAULT_INPUT_SIZE,
+                 max_regions: int = DEFAULT_MAX_REGIONS, threads: int | None = None) -> None:
+        width = checkpoint.config.model.image_dim
+        self.unusable: str | None = None
+        if not reads_images(checkpoint.config.model):
+            self.unusable = "the model uses no images"
+        elif width != FEATURE_DIM:
+            self.unusable = (f"this model takes {width}-d region features and the image feature extractor gives "
+                             f"{FEATURE_DIM}-d ones: send region features [n_regions, {width}] in 'regions'")
+        elif not images_available():
+            self.unusable = f"image files need the optional image feature extractor: {INSTALL_HINT}"
+        self.input_size = input_size
+        self.max_regions = max_regions
+        self.threads = threads
+        self._extractor: ImageFeatureExtractor | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def note(self) -> str:
+        """Whether image files are accepted, and if not why, in words."""
+        return self.unusable or self.ACCEPTED
+
+    def extractor(self) -> ImageFeatureExtractor:
+        with self._lock:
+            if self._extractor is None:
+                self._extractor = ImageFeatureExtractor(self.input_size, self.max_regions, threads=self.threads,
+                                                        batch_size=1)
+            return self._extractor
+
+    def from_bytes(self, data: bytes, source: str) -> ExtractionResult:
+        extractor = self.extractor()
+        with self._lock:
+            return extractor.extract_bytes(data, source=source)
+
+    def from_file(self, path: Path) -> ExtractionResult:
+        extractor = self.extractor()
+        with self._lock:
+            return extractor.extract_files([path])[0]
+
+
+def _shown(value: object) -> str:
+    """A bad value as JSON would show it, cut short for messages."""
+    return json.dumps(value, default=repr)[:60]
+
+
+class _RequestReader:
+    """Reads one request for `Ranker.parse` (see the module docstring for the format)."""
+
+    def __init__(self, ranker: Ranker, where: str | None, base_dir: Path | None, limits: RequestLimits) -> None:
+        self.ranker = ranker
+        self.where = where
+        self.base_dir = base_dir
+        self.limits = limits
+        self.uses_images = ranker.uses_images
+        self.feature_dim = ranker.checkpoint.config.model.image_dim
+        self.ignored_width: int | None = None  # the size the images a model without an image side ignores share
+
+    def error(self, loc: Loc, reason: str) -> RequestError:
+        return RequestError(loc, reason, self.where)
+
+    def read(self, request: object) -> RankingRequest:
+        if not isinstance(request, Mapping):
+            raise self.error((), f"expected a JSON object, got {type(request).__name__}")
+        product_id = self.id(request, "product_id", ()) if "product_id" in request else None
+        product_text = self.product_text(request)
+        reviews = request.get("reviews", _MISSING)
+        if reviews is _MISSING:
+            raise self.error(("reviews",), "missing required field")
+        if not isinstance(reviews, list | tuple):
+            raise self.error(("reviews",), f"expected a list of review objects, got {type(reviews).__name__}")
+        if self.limits.max_reviews is not None and len(reviews) > self.limits.max_reviews:
+            raise self.error(("reviews",), f"{len(reviews)} reviews exceed the limit of {self.limits.max_reviews} "
+                                           "per request")
+        product_regions = self.regions(request, ())
+        review_ids: list[str] = []
+        texts: list[str] = []
+        regions: list[np.ndarray] = []
+        seen: set[str] = set()
+        for k, review in enumerate(reviews):
+            loc = ("reviews", k)
+            if not isinstance(review, Mapping):
+                raise self.error(loc, f"expected a JSON object, got {type(review).__name__}")
+            review_id = self.id(review, "review_id", loc)
+            if review_id in seen:
+                raise self.error((*loc, "review_id"), f"duplicate review id {review_id!r}")
+            seen.add(review_id)
+            review_ids.append(review_id)
+            texts.append(self.string(review, "text", loc, required=True))
+            regions.append(self.regions(review, loc))
+        return self.tokenized(product_id, product_text, product_regions, review_ids, texts, regions)
+
+    def tokenized(self, product_id: str | None, product_text: str, product_regions: np.ndarray,
+                  review_ids: list[str], texts: list[str], regions: list[np.ndarray]) -> RankingRequest:
+        vocab, max_tokens = self.ranker.checkpoint.vocab, self.ranker.checkpoint.config.data.max_tokens
+        product = Item(np.asarray(vocab.encode(product_text), dtype=np.int64), product_regions)
+        items = [Item(np.asarray(vocab.encode(text), dtype=np.int64), item_regions)
+                 for text, item_regions in zip(texts, regions)]
+        return RankingRequest(
+            product_id=product_id,
+            review_ids=review_ids,
+            ranking=RankingList(product=product, reviews=items, labels=[0] * len(items),
+                                review_indices=list(range(len(items))), group=0),
+            product_truncated=len(product.tokens) > max_tokens,
+            truncated_reviews=[rid for rid, item in zip(review_ids, items) if len(item.tokens) > max_tokens],
+        )
+
+    def id(self, item: Mapping, name: str, loc: Loc) -> str:
+        value = item.get(name, _MISSING)
+        if value is _MISSING:
+            raise self.error((*loc, name), "missing required field")
+        if isinstance(value, str) and value.strip():
+            return value
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+        raise self.error((*loc, name), f"expected a non-empty string or an integer, got {_shown(value)}")
+
+    def string(self, item: Mapping, name: str, loc: Loc, *, required: bool) -> str | None:
+        value = item.get(name, _MISSING)
+        if value is _MISSING:
+            if required:
+                raise self.error((*loc, name), "missing required field")
+            return None
+        if not isinstance(value, str):
+            raise self.error((*loc, name), f"expected a string, got {_shown(value)}")
+        if self.limits.max_text_chars is not None and len(value) > self.limits.max_text_chars:
+            raise self.error((*loc, name), f"text of {len(value)} characters exceeds the limit of "
+                                           f"{self.limits.max_text_chars}")
+        return value
+
+    def product_text(self, request: Mapping) -> str:
+        text, name, description = (self.string(request, key, (), required=False)
+                                   for key in ("text", "name", "description"))
+        if text is not None:
+            if name is not None or description is not None:
+                raise self.error(("text",), "give either 'text' or 'name'/'description', not both")
+            return text
+        if name is None and description is None:
+            raise self.error(("text",), "missing product text: give 'text' (or 'name' and/or 'description')")
+        return " ".join(part for part in (name, description) if part is not None)
+
+    def regions(self, item: Mapping, loc: Loc) -> np.ndarray:
+        """float32 [m, F] of an item's images, its first `max_regions` regions ([0, F] without image; [0, 0]
+        when the model reads no images)."""
+        images = item.get("images")
+        if images is None:
+            images = []
+        if not isinstance(images, list | tuple):
+            raise self.error((*loc, "images"), f"expected a list of images, got {type(images).__name__}")
+        arrays = [array for k, image in enumerate(images)
+                  if (array := self.image(image, (*loc, "images", k))) is not None and len(array)]
+        if not self.uses_images or not arrays:
+            return np.zeros((0, self.feature_dim if self.uses_images else 0), dtype=np.float32)
+        return cap_regions(arrays, None, self.ranker.checkpoint.config.data.max_regions,
+                           where=field_name((*loc, "images")))
+
+    def image(self, image: object, loc: Loc) -> np.ndarray | None:
+        """One image's region features; None for an image without regions or one the model ignores."""
+        if isinstance(image, Mapping):
+            if ("regions" in image) == ("data" in image):
+                raise self.error(loc, "give exactly one of 'regions' or 'data'")
+            if "regions" in image:
+                return self.inline(image["regions"], (*loc, "regions"))
+            return self.encoded(image["data"], (*loc, "data"))
+        if isinstance(image, str | os.PathLike) and self.base_dir is not None:
+            return self.file(Path(image), loc)
+        files = " or a file path" if self.base_dir is not None else ""
+        raise self.error(loc, f"expected an image {{'regions': ...}} or {{'data': ...}}{files}, got {_shown(image)}")
+
+    def inline(self, rows: object, loc: Loc) -> np.ndarray | None:
+        if not isinstance(rows, np.ndarray):
+            if not isinstance(rows, list | tuple) or not all(isinstance(row, list | tuple) for row in rows):
+                raise self.error(loc, "expected region features [n_regions, F]: a list of lists of numbers")
+            if not rows:
+                return None
+            if any(len(row) != len(rows[0]) for row in rows):
+                raise self.error(loc, "rows of unequal length: expected [n_regions, F]")
+        array = np.asarray(rows)
+        if array.dtype.kind not in "iuf":
+            raise self.error(loc, f"expected numbers, got values of type {array.dtype}")
+        return self.checked(array, loc)
+
+    def encoded(self, data: object, loc: Loc) -> np.ndarray | None:
+        if not isinstance(data, str):
+            raise self.error(loc, f"expected a base64 string, got {_shown(data)}")
+        try:
+            content = base64.b64decode(data, validate=True)
+        except (binascii.Error, ValueError):
+            raise self.error(loc, "not valid base64") from None
+        if not self.uses_images:
+            return None
+        self.image_files_usable(loc)
+        result = self.ranker.image_files.from_bytes(content, source=field_name(loc))
         if not result.ok:
-            raise ValueError(result.error)
-        return result.regions
+            raise self.error(loc, f"unusable image: {result.error}")
+        return self.checked(result.regions, loc)
 
-    return load
-
-
-def parse_ranking_request(
-    obj: dict,
-    base_dir: Path,
-    *,
-    where: str,
-    feature_dim: int | None = None,
-    max_regions_per_image: int | None = None,
-    max_regions_per_item: int | None = 128,
-    image_loader: Callable[[Path], np.ndarray] | None = None,
-) -> tuple[str, np.ndarray, list[tuple[str, str, np.ndarray]]]:
-    """Read one ranking request: a product and the reviews to rank.
-
-    ``obj`` has the form ``{"product_id": ..., "text": ... (or "name"/"description"), "images": [...],
-    "reviews": [{"review_id": ..., "text": ..., "images": [...]}, ...]}``; ``product_id`` is optional, images
-    are ``.npy`` paths relative to ``base_dir``. Unlike a dataset, a missing or unreadable feature file here is a
-    ``DataError`` (there is one request to answer, no rate to tolerate). ``where`` (e.g. ``"input.jsonl line
-    3"``) starts every error message.
-
-    Args:
-        image_loader: turns an image file (``.jpg``, ``.png``, ...) into region features ``[m, F]``, raising
-            ``ValueError(reason)`` for a bad file; without it image files are refused with a message.
-        feature_dim: when given, every region array must have this size ``F`` and empty arrays are
-            ``[0, feature_dim]``; when None, empty arrays are ``[0, 0]`` and sizes are checked only within the
-            request.
-
-    Returns:
-        ``(product_text, product_regions float32 [m, F], [(review_id, review_text, regions float32 [m_j, F]),
-        ...])`` with the reviews in request order (an empty review list is allowed).
-    """
-    if not isinstance(obj, dict):
-        raise DataError(f"expected a JSON object, got {type(obj).__name__}", file=where)
-    dims: dict[str, object] = {"dim": feature_dim}
-
-    def regions(f: _Fields, what: str) -> np.ndarray:
-        paths = f.image_paths(base_dir, image_files=image_loader is not None)
-        images = []
-        for path in paths:
-            if image_loader is not None and path.suffix.lower() in RAW_IMAGE_SUFFIXES:
-                try:
-                    images.append(image_loader(path))
-                except ValueError as exc:
-                    raise f.error(f"{what}: image file {path}: {exc}", "images") from None
-                continue
+    def file(self, path: Path, loc: Loc) -> np.ndarray | None:
+        assert self.base_dir is not None
+        path = path if path.is_absolute() else self.base_dir / path
+        suffix = path.suffix.lower()
+        if suffix == ".npy":
             try:
-                images.append(load_npy_regions(path))
+                return self.checked(load_npy_regions(path), loc)
             except FileNotFoundError:
-                raise f.error(f"{what}: feature file not found: {path}", "images") from None
+                raise self.error(loc, f"feature file not found: {path}") from None
             except (OSError, ValueError, EOFError) as exc:
-                raise f.error(f"{what}: unreadable feature file {path} ({str(exc)[:200]})", "images") from None
-        array = cap_regions(images, max_regions_per_image, max_regions_per_item, where=f"{where}, {what}")
-        if not images:
-            return np.zeros((0, feature_dim or 0), dtype=np.float32)
-        if dims["dim"] is None:
-            dims["dim"] = array.shape[1]
-        elif array.shape[1] != dims["dim"]:
-            raise f.error(f"{what}: region feature size {array.shape[1]}, expected {dims['dim']}", "images")
+                raise self.error(loc, f"unreadable feature file {path} ({str(exc)[:200]})") from None
+        if suffix not in RAW_IMAGE_SUFFIXES:
+            raise self.error(loc, f"{path} is neither a .npy feature file nor an image file "
+                                  f"({', '.join(RAW_IMAGE_SUFFIXES)})")
+        if not self.uses_images:
+            if not path.is_file():
+                raise self.error(loc, f"image file not found: {path}")
+            return None
+        self.image_files_usable(loc)
+        result = self.ranker.image_files.from_file(path)
+        if not result.ok:
+            raise self.error(loc, f"unusable image file {path}: {result.error}")
+        return self.checked(result.regions, loc)
+
+    def image_files_usable(self, loc: Loc) -> None:
+        if self.ranker.image_files.unusable is not None:
+            raise ImageFilesUnavailable(loc, self.ranker.image_files.unusable, self.where)
+
+    def checked(self, array: np.ndarray, loc: Loc) -> np.ndarray:
+        """`array` as float32 [n, F] once its shape agrees with the model (or, for a model without an image side,
+        with the request's other images) and its values are finite."""
+        if array.ndim != 2:
+            raise self.error(loc, f"expected region features [n_regions, F], got shape {list(array.shape)}")
+        width = array.shape[1]
+        if self.uses_images and width != self.feature_dim:
+            raise self.error(loc, f"region feature size {width}, the model takes {self.feature_dim}")
+        if not self.uses_images:
+            if self.ignored_width is not None and width != self.ignored_width:
+                raise self.error(loc, f"region feature size {width}, an earlier image has {self.ignored_width}")
+            self.ignored_width = width
+        array = np.asarray(array, dtype=np.float32)
         if not np.all(np.isfinite(array)):
-            raise f.error(f"{what}: region features hold NaN or infinite values", "images")
+            raise self.error(loc, "region features hold NaN or infinite values")
         return array
 
-    product = _Fields(obj, where, None)
-    if product.has("product_id"):
-        product.id("product_id")
-    product_text = product.product_text()
-    product_regions = regions(product, "product")
-    raw_reviews = obj.get("reviews", _MISSING)
-    if raw_reviews is _MISSING:
-        raise product.error("missing required field", "reviews")
-    if not isinstance(raw_reviews, list):
-        raise product.error(f"expected a list of review objects, got {type(raw_reviews).__name__}", "reviews")
-    reviews: list[tuple[str, str, np.ndarray]] = []
-    seen: set[str] = set()
-    for k, entry in enumerate(raw_reviews):
-        if not isinstance(entry, dict):
-            raise product.error(f"review {k} is not a JSON object", "reviews")
-        f = _Fields(entry, f"{where}, review {k}", None)
-        rid = f.id("review_id")
-        if rid in seen:
-            raise f.error(f"duplicate review id {rid!r}", "review_id")
-        seen.add(rid)
-        text = f.string("text", required=True)
-        assert text is not None
-        reviews.append((rid, text, regions(f, f"review {rid}")))
-    # Items without images were given [0, 0] before the size was known from a later item: fix their width.
-    width = dims["dim"] or 0
-    if product_regions.shape[0] == 0:
-        product_regions = np.zeros((0, width), dtype=np.float32)
-    reviews = [(rid, text, r if r.shape[0] else np.zeros((0, width), dtype=np.float32)) for rid, text, r in reviews]
-    return product_text, product_regions, reviews
+
+# ---- the ranker ------------------------------------------------------------------------------------------------
+
+
+class Ranker:
+    """A trained checkpoint ready to rank the reviews of products.
+
+    Args:
+        batch_rows: most review rows per forward pass (default: the checkpoint's `data.eval_batch_rows`): lists
+            are packed up to it, and a list with more reviews is scored in pieces of that many.
+        image_files: how image files of requests become region features (default: `ImageFiles(checkpoint)`).
+    """
+
+    def __init__(self, checkpoint: Checkpoint, *, batch_rows: int | None = None,
+                 image_files: ImageFiles | None = None) -> None:
+        self.checkpoint = checkpoint
+        self.batch_rows = checkpoint.config.data.eval_batch_rows if batch_rows is None else batch_rows
+        if self.batch_rows < 1:
+            raise MrhpError(f"batch_rows must be >= 1, got {self.batch_rows}")
+        self.image_files = image_files if image_files is not None else ImageFiles(checkpoint)
+        self.uses_images = reads_images(checkpoint.config.model)
+
+    def parse(self, request: object, *, where: str | None = None, base_dir: Path | None = None,
+              limits: RequestLimits = RequestLimits()) -> RankingRequest:
+        """One request (see the module docstring) as the model's input; `RequestError` naming the field when it
+        is malformed. Image paths are read relative to `base_dir`, and refused when it is None."""
+        return _RequestReader(self, where, base_dir, limits).read(request)
+
+    def score(self, lists: Sequence[RankingList]) -> list[np.ndarray]:
+        """Scores of every review of every list, as one float64 array [len(list.reviews)] per list."""
+        pieces = [(index, np.arange(start, min(start + self.batch_rows, len(ranking.reviews))))
+                  for index, ranking in enumerate(lists) for start in range(0, len(ranking.reviews), self.batch_rows)]
+
+        def lists_of(groups: Sequence[Group]) -> list[RankingList]:
+            return [_piece(lists[index], rows) for index, rows in groups]
+
+        parts: list[list[np.ndarray]] = [[] for _ in lists]
+        config = self.checkpoint.config
+        for groups, scores in score_groups(self.checkpoint.model, pieces, lists_of, batch_rows=self.batch_rows,
+                                           data=config.data, feature_dim=config.model.image_dim):
+            start = 0
+            for index, rows in groups:
+                parts[index].append(scores[start:start + len(rows)])
+                start += len(rows)
+        return [np.concatenate(part) if part else np.zeros(0) for part in parts]
+
+    def rank(self, product: str | Mapping[str, object], reviews: Sequence[str | Mapping[str, object]]
+             ) -> RankedReviews:
+        """Rank the `reviews` of `product`, as `mrhp predict` and the service do.
+
+        Args:
+            product: its text, or `{"text": ...}` (or `"name"`/`"description"`) with optional `"images"` and
+                `"product_id"`.
+            reviews: texts (their ids are their positions, "0", "1", ...), or `{"review_id": ..., "text": ...}`
+                with optional `"images"`.
+
+        Images are as in the module docstring; paths are relative to the current folder. Raises `RequestError`
+        naming the field at fault.
+        """
+        if isinstance(product, str):
+            product = {"text": product}
+        if not isinstance(product, Mapping):
+            raise RequestError((), f"the product must be its text or a dict, got {type(product).__name__}")
+        if "reviews" in product:
+            raise RequestError(("reviews",), "give the reviews as the second argument of rank(), not in the product")
+        if isinstance(reviews, list | tuple):
+            reviews = [{"review_id": str(k), "text": review} if isinstance(review, str) else review
+                       for k, review in enumerate(reviews)]
+        parsed = self.parse({**product, "reviews": reviews}, base_dir=Path())
+        return RankedReviews.of(parsed.review_ids, self.score([parsed.ranking])[0])
+
+
+def _piece(ranking: RankingList, rows: np.ndarray) -> RankingList:
+    """The reviews `rows` of a ranking list, with its product."""
+    return RankingList(
+        product=ranking.product,
+        reviews=[ranking.reviews[j] for j in rows],
+        labels=[ranking.labels[j] for j in rows],
+        review_indices=[ranking.review_indices[j] for j in rows],
+        group=ranking.group,
+    )
+
+
+def load_ranker(checkpoint_path: str | os.PathLike[str], *, batch_rows: int | None = None) -> Ranker:
+    """Load a checkpoint (`MrhpError` when it is missing, unreadable or incompatible) as a `Ranker`."""
+    return Ranker(load_checkpoint(Path(checkpoint_path)), batch_rows=batch_rows)

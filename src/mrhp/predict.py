@@ -1,6 +1,7 @@
 """`mrhp predict`: resumable streaming batch prediction over a JSON-lines file of any size.
 
-Input: JSON lines, one ranking request per line (the format of `mrhp.inference.parse_ranking_request`)::
+Input: JSON lines, one ranking request per line (the request format of `mrhp.inference`; image paths are relative
+to the input file)::
 
     {"product_id": "p1", "text": "...", "images": ["p1.npy"],
      "reviews": [{"review_id": "r1", "text": "...", "images": []}, ...]}
@@ -19,7 +20,7 @@ recorded input offset; it refuses to continue with another checkpoint or when th
 input changed. At the end the partial file is renamed to the output and the progress file removed, so the output
 path only ever holds a complete result.
 
-Scores: `mrhp.inference.score_rankings`, the scoring function of the HTTP service too.
+Requests are parsed and scored by `mrhp.inference.Ranker`, as in the HTTP service and the Python API.
 """
 
 from __future__ import annotations
@@ -28,41 +29,21 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-import numpy as np
-from tqdm import tqdm
-
-from mrhp.checkpoint import Checkpoint, load_checkpoint
-from mrhp.data.batching import RankingList
 from mrhp.data.records import parse_object_line
 from mrhp.errors import MrhpError
-from mrhp.inference import (
-    file_sha256,
-    image_file_loader,
-    make_ranking,
-    parse_ranking_request,
-    ranked_reviews,
-    score_rankings,
-    uses_images,
-)
+from mrhp.inference import RankedReviews, Ranker, RankingRequest, file_sha256, load_ranker
+from mrhp.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
 PROGRESS_FORMAT = "mrhp-predict-progress"
 PROGRESS_VERSION = 1
-_HASH_CHUNK = 1 << 20  # bytes read at a time when hashing files
+_HASH_CHUNK = 1 << 20  # bytes read at a time when hashing the ranked prefix of the input
 _Digest = type(hashlib.sha256())  # hashlib does not name its hash object type publicly
-
-
-@dataclass
-class _Request:
-    product_id: str | None
-    review_ids: list[str]
-    ranking: RankingList
 
 
 @dataclass
@@ -137,20 +118,11 @@ def _resume_point(
     return progress, prefix
 
 
-def _parse_line(
-    raw: bytes, number: int, path: Path, checkpoint: Checkpoint,
-    image_loader: Callable[[Path], np.ndarray] | None = None,
-) -> _Request | None:
+def _parse_line(raw: bytes, number: int, path: Path, ranker: Ranker) -> RankingRequest | None:
     request = parse_object_line(raw, path, number)
     if request is None:
         return None
-    feature_dim = checkpoint.config.model.image_dim if uses_images(checkpoint) else None
-    product_text, product_regions, reviews = parse_ranking_request(
-        request, path.parent, where=f"{path} line {number}", feature_dim=feature_dim, image_loader=image_loader
-    )
-    ranking = make_ranking(checkpoint, product_text, product_regions, [(text, r) for _, text, r in reviews], number)
-    product_id = request.get("product_id")
-    return _Request(None if product_id is None else str(product_id), [rid for rid, _, _ in reviews], ranking)
+    return ranker.parse(request, where=f"{path} line {number}", base_dir=path.parent)
 
 
 def predict_file(
@@ -174,12 +146,8 @@ def predict_file(
     input_path, output_path = Path(input_path), Path(output_path)
     if not input_path.is_file():
         raise MrhpError(f"input file not found: {input_path}")
-    checkpoint = load_checkpoint(checkpoint_path)
-    checkpoint.model.eval()
+    ranker = load_ranker(checkpoint_path, batch_rows=batch_rows)
     checkpoint_sha256 = file_sha256(checkpoint_path)
-    batch_rows = checkpoint.config.data.eval_batch_rows if batch_rows is None else batch_rows
-    if batch_rows < 1:
-        raise MrhpError(f"--batch-rows must be >= 1, got {batch_rows}")
     partial_path, progress_path = _partial_paths(output_path)
     output_path.parent.mkdir(parents=True, exist_ok=True)
     with input_path.open("rb") as source:
@@ -191,7 +159,7 @@ def predict_file(
             state, prefix = _Progress(checkpoint_sha256, 0, 0, hashlib.sha256().hexdigest(), 0, 0), hashlib.sha256()
             partial_path.write_bytes(b"")
             _write_progress(progress_path, state)
-        _rank_stream(checkpoint, source, input_path, partial_path, progress_path, state, prefix, batch_rows, progress)
+        _rank_stream(ranker, source, input_path, partial_path, progress_path, state, prefix, progress)
     os.replace(partial_path, output_path)
     progress_path.unlink()
     log.info("ranked the reviews of %d products into %s", state.products, output_path)
@@ -199,30 +167,29 @@ def predict_file(
 
 
 def _rank_stream(
-    checkpoint: Checkpoint,
+    ranker: Ranker,
     source: BinaryIO,
     input_path: Path,
     partial_path: Path,
     progress_path: Path,
     state: _Progress,
     prefix: _Digest,
-    batch_rows: int,
     progress: bool,
 ) -> None:
     """Score the rest of `source` (positioned at `state.input_offset`) in batches of about `batch_rows` reviews,
     appending to the partial output and recording `state` after each batch."""
     offset, number = state.input_offset, state.input_lines
-    image_loader = image_file_loader(checkpoint)
-    pending: list[_Request] = []
+    pending: list[RankingRequest] = []
     pending_rows = 0
-    bar = tqdm(total=os.fstat(source.fileno()).st_size, initial=offset, unit="B", unit_scale=True, desc="ranking",
-               disable=not progress)
+    bar = progress_bar(total=os.fstat(source.fileno()).st_size, initial=offset, unit="B", unit_scale=True,
+                       desc="ranking", show=progress)
     with partial_path.open("ab") as out:
 
         def flush() -> None:
-            scores = score_rankings(checkpoint, [request.ranking for request in pending], batch_rows)
+            scores = ranker.score([request.ranking for request in pending])
             for request, values in zip(pending, scores):
-                line = {"product_id": request.product_id, "reviews": ranked_reviews(request.review_ids, values)}
+                ranked = RankedReviews.of(request.review_ids, values)
+                line = {"product_id": request.product_id, "reviews": ranked.in_rank_order()}
                 out.write((json.dumps(line) + "\n").encode("utf-8"))
             out.flush()
             os.fsync(out.fileno())  # the bytes the progress file vouches for must be on disk before it says so
@@ -234,7 +201,7 @@ def _rank_stream(
 
         for raw in source:  # binary lines keep exact byte offsets for the resume point
             number += 1
-            request = _parse_line(raw, number, input_path, checkpoint, image_loader)
+            request = _parse_line(raw, number, input_path, ranker)
             offset += len(raw)
             prefix.update(raw)
             bar.update(len(raw))
@@ -242,7 +209,7 @@ def _rank_stream(
                 continue
             pending.append(request)
             pending_rows += len(request.review_ids)
-            if pending_rows >= batch_rows:
+            if pending_rows >= ranker.batch_rows:
                 flush()
                 pending.clear()
                 pending_rows = 0

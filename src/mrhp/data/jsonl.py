@@ -44,7 +44,7 @@ Example::
      "images": ["features/B001-0.npy"]}
     {"review_id": "R1", "product_id": "B001", "text": "Great pot for canning.", "votes": 12}
 
-For prediction, :func:`mrhp.inference.parse_ranking_request` reads one product with its reviews from one JSON object.
+For prediction, :meth:`mrhp.inference.Ranker.parse` reads one product with its reviews from one JSON object.
 """
 
 from __future__ import annotations

@@ -1,10 +1,12 @@
 """HTTP scoring service (`mrhp serve`): a FastAPI application that ranks the reviews of one product per request.
 
+Modules: `schema` (request and response models), `settings` (`ServeSettings`, every setting of the service) and
+`app` (`create_app`, `run_server`). Requests are parsed and scored by `mrhp.inference.Ranker`, as in `mrhp predict`.
+
 Endpoints (OpenAPI schema with examples at `/docs` and `/openapi.json`):
 
 * `POST /v1/rank`: a product (text, optional images) and its reviews (id, text, optional images) -> the reviews
-  with score and rank (1 = most helpful), sorted by rank; the same scores as `mrhp predict` (one scoring function,
-  `mrhp.predict.score_rankings`).
+  with score and rank (1 = most helpful), sorted by rank; the same scores as `mrhp predict`.
 * `GET /healthz`: liveness, with the scorer's queue length and counters.
 * `GET /v1/model`: model name and class, checkpoint identity (SHA-256, format version, writing mrhp version),
   resolved config, training metrics, input sizes and the limits below.
@@ -15,14 +17,14 @@ PNG, ...) turned into region features by `mrhp.images.ImageFeatureExtractor` (Ef
 files are accepted when the `images` extra is installed and the model takes 1280-d features, i.e. was trained on
 features of that extractor, with the same `image_input_size` and `image_max_regions` (the defaults of
 `mrhp features`); otherwise they are answered 501 naming the field and the reason. A model without an image side
-ignores every image, as `mrhp predict` does. Nothing a client sends is ever unpickled or loaded with numpy's file
-loaders: the body is JSON, images are decoded by Pillow with a pixel-count guard.
+ignores every image, as `mrhp predict` does. A request names no file, and nothing a client sends is ever unpickled
+or loaded with numpy's file loaders: the body is JSON, images are decoded by Pillow with a pixel-count guard.
 
-Limits (each answered with a clear status and message; all configurable, see `mrhp.serve.app.create_app`):
+Limits (each answered with a clear status and message; the settings and their defaults are `ServeSettings`):
 
-* request body at most `max_request_bytes` (default 32 MiB) -> 413;
-* at most `max_reviews` reviews per request (default 256) -> 422 at `reviews`;
-* texts at most `max_text_chars` characters (default 20,000) -> 422 at the field; shorter texts are tokenized
+* request body at most `max_request_bytes` -> 413;
+* at most `max_reviews` reviews per request -> 422 at `reviews`;
+* texts at most `max_text_chars` characters -> 422 at the field; shorter texts are tokenized
   and cut at the model's `data.max_tokens` tokens exactly as in training, and the answer lists which texts were
   cut (`product_text_truncated`, `truncated_reviews`);
 * regions: each item keeps its first `data.max_regions` regions, as in training (`truncated_*` does not cover
@@ -34,5 +36,5 @@ Concurrency and batching: one scorer thread owns the model and runs every forwar
 requests wait in a bounded queue. The scorer takes the oldest request, gathers the requests that arrive within
 `batch_wait_ms` (and those already queued) up to `batch_rows` review rows, and scores them in one forward pass.
 A lone request is scored in a forward pass of its own; batches of other composition change scores only by
-float32 rounding (see `mrhp.predict`).
+float32 rounding (see `mrhp.inference`).
 """

@@ -1,14 +1,16 @@
-"""Request and response schema of the HTTP service (pydantic models: shape validation and the OpenAPI docs)."""
+"""Request and response schema of the HTTP service: pydantic models that check the shape of a body (types, required
+and unknown fields) and document it in the OpenAPI schema. What a request means, and every other check, is the
+one request parser of `mrhp.inference`, which `mrhp predict` uses too."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class ImageInput(BaseModel):
-    """One image: inline region features, or a base64 image file (needs an image feature extractor)."""
+    """One image: inline region features or a base64 image file (exactly one of the two)."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -16,12 +18,6 @@ class ImageInput(BaseModel):
         None, description="region features [n_regions, F], F = the model's image feature size (see /v1/model)"
     )
     data: str | None = Field(None, description="a base64-encoded image file; needs an image feature extractor")
-
-    @model_validator(mode="after")
-    def one_source(self) -> ImageInput:
-        if (self.regions is None) == (self.data is None):
-            raise ValueError("give exactly one of 'regions' or 'data'")
-        return self
 
 
 class ReviewInput(BaseModel):
@@ -33,7 +29,8 @@ class ReviewInput(BaseModel):
 
 
 class RankRequest(BaseModel):
-    """A product and the reviews to rank. The product text is `text`, or `name` + " " + `description`."""
+    """A product and the reviews to rank. The product text is `text`, or else `name` + " " + `description` (either
+    may be absent, not both)."""
 
     model_config = ConfigDict(
         extra="forbid",
@@ -59,19 +56,6 @@ class RankRequest(BaseModel):
     description: str | None = None
     images: list[ImageInput] = Field(default_factory=list)
     reviews: list[ReviewInput]
-
-    @model_validator(mode="after")
-    def one_text(self) -> RankRequest:
-        if self.text is not None and (self.name is not None or self.description is not None):
-            raise ValueError("give either 'text' or 'name'/'description', not both")
-        if self.text is None and self.name is None and self.description is None:
-            raise ValueError("missing product text: give 'text' (or 'name' and/or 'description')")
-        return self
-
-    def product_text(self) -> str:
-        if self.text is not None:
-            return self.text
-        return " ".join(part for part in (self.name, self.description) if part is not None)
 
 
 class RankedReview(BaseModel):
