@@ -19,27 +19,17 @@ from mrhp.data.batching import Item, RankingList, collate
 from mrhp.data.text import Vocabulary
 from mrhp.errors import MrhpError
 from mrhp.models import MODEL_NAMES, TEXT_ONLY, build_model, initialise_from_data, reads_images
-from mrhp.synthetic import SyntheticSpec, write_official_dataset
+from mrhp.synthetic import SyntheticSpec
 from mrhp.train import joint_loss
 
-VOCAB, FEATURES = 40, 6
+from conftest import FEATURES, TINY_TRAIN_ARGS, VOCAB, prepare_tiny_dataset, ranking, scores_of, tiny_model_config
+
 TOKENS = ["<pad>", "<unk>"] + [f"w{i}" for i in range(VOCAB - 2)]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tensors here are tiny: extra threads only add synchronisation, which is slow on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_config(name: str) -> ModelConfig:
-    return ModelConfig(
-        name=name, hidden_size=16, embedding_dim=8, num_heads=2, interaction_layers=1, feedforward_size=16,
-        dropout=0.0, checkpoint_activations=False, vocab_size=VOCAB, image_dim=FEATURES,
-    )
+    return tiny_model_config(name=name, interaction_layers=1, feedforward_size=16, checkpoint_activations=False)
 
 
 def tiny_model(name: str) -> torch.nn.Module:
@@ -47,27 +37,6 @@ def tiny_model(name: str) -> torch.nn.Module:
     model = build_model(tiny_config(name))
     initialise_from_data(model, None, TOKENS)
     return model.eval()
-
-
-def item(rng: np.random.Generator, tokens: int, regions: int) -> Item:
-    return Item(rng.integers(2, VOCAB, size=tokens), rng.standard_normal((regions, FEATURES)).astype(np.float32))
-
-
-def ranking(rng: np.random.Generator, reviews: int, tokens: int = 5, regions: int = 3, group: int = 0) -> RankingList:
-    return RankingList(
-        product=item(rng, tokens, regions),
-        reviews=[
-            item(rng, int(rng.integers(1, tokens + 1)), int(rng.integers(0, regions + 1))) for _ in range(reviews)
-        ],
-        labels=[int(x) for x in rng.integers(0, 5, size=reviews)],
-        review_indices=list(range(reviews)),
-        group=group,
-    )
-
-
-def scores_of(model: torch.nn.Module, lists: list[RankingList]) -> torch.Tensor:
-    with torch.no_grad():
-        return model(collate(lists, max_tokens=32, max_regions=32, feature_dim=FEATURES)).row_scores
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
@@ -168,13 +137,9 @@ def test_model_name_is_validated():
 @pytest.mark.parametrize("name", ["mcr", "eg-cnn"])
 def test_train_evaluate_predict_through_the_command_line(name, tmp_path, capsys):
     spec = SyntheticSpec(products=(8, 3, 3), reviews_per_product=(3, 5), num_topics=3, feature_dim=FEATURES)
-    features = write_official_dataset(tmp_path / "official", "tiny", spec)
-    assert main(["prepare", "--format", "mrhp", "--data-dir", str(tmp_path / "official"), "--category", "tiny",
-                 "--features", str(features), "--min-count", "1", "--out", str(tmp_path / "prepared")]) == 0
-    run, data = tmp_path / "run", str(tmp_path / "prepared")
+    run, data = tmp_path / "run", str(prepare_tiny_dataset(tmp_path, spec))
     assert main(["train", "--model", name, "--data", data, "--out", str(run), "--set", "train.epochs=1",
-                 "--set", "model.hidden_size=16", "--set", "model.embedding_dim=8", "--set", "model.num_heads=2",
-                 "--set", "train.threads=1", "--no-progress"]) == 0
+                 *TINY_TRAIN_ARGS]) == 0
     log = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
     assert "loss_ranking" in log and "loss_contrastive" not in log
     checkpoint = load_checkpoint(run / "best.safetensors")

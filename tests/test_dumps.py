@@ -3,7 +3,6 @@ defects real dumps have (style-variant duplicates, vote strings, absent votes, m
 
 from __future__ import annotations
 
-import gzip
 import json
 from pathlib import Path
 
@@ -17,17 +16,9 @@ from mrhp.data.prepared import PreparedDataset
 from mrhp.data.records import votes_to_level
 from mrhp.errors import DataError, MrhpError
 
+from conftest import write_lines
+
 ALL_TRAIN = (1.0, 0.0, 0.0)
-
-
-def write_jsonl(path: Path, rows: list, compress: bool = False) -> Path:
-    text = "".join((row if isinstance(row, str) else json.dumps(row)) + "\n" for row in rows)
-    if compress:
-        with gzip.open(path, "wt", encoding="utf-8") as out:
-            out.write(text)
-    else:
-        path.write_text(text, encoding="utf-8")
-    return path
 
 
 def amazon2018_rows() -> list[dict]:
@@ -57,8 +48,8 @@ def test_votes_and_levels():
 
 
 def test_amazon2018_dedup_merge_votes_and_image_refs(tmp_path: Path):
-    reviews = write_jsonl(tmp_path / "Fashion_5.json.gz", amazon2018_rows(), compress=True)
-    metadata = write_jsonl(tmp_path / "meta.json", [
+    reviews = write_lines(tmp_path / "Fashion_5.json.gz", amazon2018_rows(), compress=True)
+    metadata = write_lines(tmp_path / "meta.json", [
         {"asin": "A2", "title": "Kids shoe", "description": ["Rubber sole,", "canvas"], "imageURL": ["https://p/2.jpg"]},
         {"asin": "B1", "title": "Hat", "description": []},
     ])
@@ -102,7 +93,7 @@ def test_merge_variants_keeps_largest_votes_and_counts_conflicts(tmp_path: Path)
 
 
 def test_amazon2014_helpful_pairs_and_python_literal_lines(tmp_path: Path):
-    path = write_jsonl(tmp_path / "reviews_5.json", [
+    path = write_lines(tmp_path / "reviews_5.json", [
         {"reviewerID": "U1", "asin": "X", "helpful": [3, 5], "reviewText": "Solid<br />pan.", "summary": "Good",
          "overall": 4.0, "unixReviewTime": 1},
         "{'reviewerID': 'U2', 'asin': 'X', 'helpful': [0, 0], 'reviewText': 'Meh', 'summary': 'ok', 'overall': 2.0, "
@@ -112,7 +103,7 @@ def test_amazon2014_helpful_pairs_and_python_literal_lines(tmp_path: Path):
     reviews = raw.splits["train"].reviews
     assert [(r.label, r.rating) for r in reviews] == [(2, 4.0), (0, 2.0)]
     assert reviews[0].text == "Good\nSolid\npan."
-    bad = write_jsonl(tmp_path / "bad.json", [{"reviewerID": "U", "asin": "X", "helpful": [1]}])
+    bad = write_lines(tmp_path / "bad.json", [{"reviewerID": "U", "asin": "X", "helpful": [1]}])
     with pytest.raises(DataError, match=r"bad.json, line 1, field 'helpful'"):
         read_dump("amazon2014", bad, fractions=ALL_TRAIN)
 
@@ -169,7 +160,7 @@ def test_finefood_errors_and_lenient_skips(tmp_path: Path):
 def test_malformed_json_line_strict_and_lenient(tmp_path: Path):
     rows = amazon2018_rows()
     lines = [json.dumps(r) for r in rows[:2]] + ['{"asin": "A1", "vote": "2"'] + [json.dumps(r) for r in rows[2:]]
-    path = write_jsonl(tmp_path / "r.json", lines)
+    path = write_lines(tmp_path / "r.json", lines)
     with pytest.raises(DataError, match=r"r.json, line 3: invalid JSON"):
         read_dump("amazon2018", path, fractions=ALL_TRAIN)
     raw = read_dump("amazon2018", path, fractions=ALL_TRAIN, lenient=True, min_reviews=1)
@@ -178,12 +169,12 @@ def test_malformed_json_line_strict_and_lenient(tmp_path: Path):
 
 
 def test_yelp_business_text_and_unknown_business(tmp_path: Path):
-    reviews = write_jsonl(tmp_path / "review.json", [
+    reviews = write_lines(tmp_path / "review.json", [
         {"review_id": "r1", "business_id": "b1", "text": "Great tacos.", "useful": 7, "stars": 5},
         {"review_id": "r2", "business_id": "b1", "text": "Slow.", "useful": 0, "stars": 2},
         {"review_id": "r3", "business_id": "zz", "text": "Where?", "useful": 1, "stars": 3},
     ])
-    business = write_jsonl(tmp_path / "business.json", [{"business_id": "b1", "name": "Taco Spot",
+    business = write_lines(tmp_path / "business.json", [{"business_id": "b1", "name": "Taco Spot",
                                                          "categories": "Mexican, Restaurants"}])
     with pytest.raises(DataError, match=r"review.json, line 3, field 'business_id': business 'zz' is not in"):
         read_dump("yelp", reviews, business=business, fractions=ALL_TRAIN)
@@ -192,7 +183,7 @@ def test_yelp_business_text_and_unknown_business(tmp_path: Path):
     assert [(p.id, p.text) for p in train.products] == [("b1", "Taco Spot\nMexican, Restaurants")]
     assert [(r.id, r.label, r.rating) for r in train.reviews] == [("r1", 3, 5.0), ("r2", 0, 2.0)]
     assert raw.notes["dump"]["skipped"] == {"unknown business": 1}
-    dup = write_jsonl(tmp_path / "dup.json", [{"review_id": "r1", "business_id": "b", "text": "", "useful": 0}] * 2)
+    dup = write_lines(tmp_path / "dup.json", [{"review_id": "r1", "business_id": "b", "text": "", "useful": 0}] * 2)
     with pytest.raises(DataError, match=r"dup.json, line 2, field 'review_id': duplicate review id 'r1'"):
         read_dump("yelp", dup, fractions=ALL_TRAIN)
 
@@ -210,7 +201,7 @@ def test_csv_column_mapping_for_csv_and_jsonl(tmp_path: Path):
     assert [(r.id, r.text, r.label, r.rating, r.image_refs) for r in train.reviews] == [
         ("a", "Nice\nWorks, well", 4, 4.5, ("u1.jpg", "u2.jpg")), ("b", "Broke", 0, None, ())]
     assert train.products[0].text == "Kettle"
-    jsonl_path = write_jsonl(tmp_path / "mine.jsonl", [
+    jsonl_path = write_lines(tmp_path / "mine.jsonl", [
         {"item": "i1", "title": "t", "helpful": "1,500", "item_name": "K"},
         {"item": "i1", "title": "u", "helpful": 0, "item_name": "Other"},
     ])
@@ -230,7 +221,7 @@ def test_csv_column_mapping_for_csv_and_jsonl(tmp_path: Path):
 def test_split_by_product_is_seeded_and_disjoint(tmp_path: Path):
     rows = [{"review_id": f"r{p}-{k}", "business_id": f"b{p:02d}", "text": "x " * k, "useful": k, "stars": 3}
             for p in range(20) for k in range(3)]
-    path = write_jsonl(tmp_path / "review.json", rows)
+    path = write_lines(tmp_path / "review.json", rows)
     a = read_dump("yelp", path, fractions=(0.6, 0.2, 0.2), seed=1)
     b = read_dump("yelp", path, fractions=(0.6, 0.2, 0.2), seed=1)
     c = read_dump("yelp", path, fractions=(0.6, 0.2, 0.2), seed=2)
@@ -247,7 +238,7 @@ def test_split_by_product_is_seeded_and_disjoint(tmp_path: Path):
 
 
 def test_cli_prepare_dump_report_and_errors(tmp_path: Path, capsys):
-    path = write_jsonl(tmp_path / "r.json", amazon2018_rows())
+    path = write_lines(tmp_path / "r.json", amazon2018_rows())
     out = tmp_path / "prepared"
     status = main(["prepare", "--format", "amazon2018", "--input", str(path), "--out", str(out), "--min-count", "1",
                    "--split-fractions", "1", "0", "0", "--min-reviews", "1"])

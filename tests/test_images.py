@@ -36,6 +36,8 @@ from mrhp.images import (  # noqa: E402
     region_grid,
 )
 
+from conftest import write_lines  # noqa: E402
+
 EXIF_ORIENTATION = 0x0112
 
 
@@ -144,10 +146,7 @@ def write_dataset(folder: Path) -> tuple[Path, Path]:
         {"review_id": "R7", "product_id": "P4", "text": "same red", "label": 1,
          "images": ["pics/red-copy.jpg", "pics/truncated.jpg"]},
     ]
-    paths = folder / "products.jsonl", folder / "reviews.jsonl"
-    for path, rows in zip(paths, (products, reviews)):
-        path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-    return paths
+    return write_lines(folder / "products.jsonl", products), write_lines(folder / "reviews.jsonl", reviews)
 
 
 def features_of(folder: Path, name: str) -> np.ndarray:

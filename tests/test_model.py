@@ -7,39 +7,17 @@ import numpy as np
 import pytest
 import torch
 
-from mrhp.config import ModelConfig
 from mrhp.data.batching import Item, RankingList, collate, pack_groups
 from mrhp.model import HelpfulnessModel, masked_max, masked_mean, pack_left
 
-VOCAB, FEATURES = 50, 6
+from conftest import FEATURES, ranking, scores_of, tiny_model_config
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small_model(**overrides) -> HelpfulnessModel:
     torch.manual_seed(0)
-    config = ModelConfig(
-        hidden_size=16, embedding_dim=8, num_heads=2, interaction_layers=2, feedforward_size=32, dropout=0.0,
-        vocab_size=VOCAB, image_dim=FEATURES, **overrides,
-    )
-    return HelpfulnessModel(config).eval()
-
-
-def item(rng: np.random.Generator, tokens: int, regions: int) -> Item:
-    return Item(rng.integers(2, VOCAB, size=tokens), rng.standard_normal((regions, FEATURES)).astype(np.float32))
-
-
-def ranking(rng: np.random.Generator, reviews: int, tokens: int = 5, regions: int = 3, group: int = 0) -> RankingList:
-    return RankingList(
-        product=item(rng, tokens, regions),
-        reviews=[item(rng, int(rng.integers(1, tokens + 1)), int(rng.integers(0, regions + 1))) for _ in range(reviews)],
-        labels=[int(x) for x in rng.integers(0, 5, size=reviews)],
-        review_indices=list(range(reviews)),
-        group=group,
-    )
-
-
-def scores_of(model: HelpfulnessModel, lists: list[RankingList]) -> torch.Tensor:
-    with torch.no_grad():
-        return model(collate(lists, max_tokens=32, max_regions=32, feature_dim=FEATURES)).row_scores
+    return HelpfulnessModel(tiny_model_config(**overrides)).eval()
 
 
 def test_padding_changes_no_score():

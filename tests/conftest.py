@@ -1,0 +1,89 @@
+"""What several test modules share: tiny models and their inputs, tiny prepared datasets, a JSON-lines writer, and
+pinning torch to one thread. Test modules import the plain helpers (`from conftest import ...`); `one_thread` is a
+fixture."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mrhp.config import ModelConfig
+from mrhp.data.batching import Item, RankingList, collate
+from mrhp.synthetic import SyntheticSpec, write_official_dataset
+
+VOCAB, FEATURES = 40, 6  # vocabulary size and image region width of the tiny models
+
+# `mrhp train` options for a model small enough to train in seconds on one thread.
+TINY_TRAIN_ARGS = [
+    "--set", "model.hidden_size=16", "--set", "model.embedding_dim=8", "--set", "model.num_heads=2",
+    "--set", "model.interaction_layers=2", "--set", "model.feedforward_size=16", "--set", "train.lr=0.003",
+    "--set", "data.batch_rows=16", "--set", "train.threads=1", "--no-progress",
+]
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tensors in these tests are tiny: extra threads only add synchronisation, which is slow on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_model_config(**overrides) -> ModelConfig:
+    """The paper's model (or, with `name=`, a baseline) at a size that runs in milliseconds."""
+    settings = dict(hidden_size=16, embedding_dim=8, num_heads=2, interaction_layers=2, feedforward_size=32,
+                    dropout=0.0, vocab_size=VOCAB, image_dim=FEATURES)
+    return ModelConfig(**{**settings, **overrides})
+
+
+def item(rng: np.random.Generator, tokens: int, regions: int) -> Item:
+    return Item(rng.integers(2, VOCAB, size=tokens), rng.standard_normal((regions, FEATURES)).astype(np.float32))
+
+
+def ranking(rng: np.random.Generator, reviews: int, tokens: int = 5, regions: int = 3, group: int = 0) -> RankingList:
+    """A product with `reviews` random reviews of 1..`tokens` tokens and 0..`regions` regions, random labels."""
+    return RankingList(
+        product=item(rng, tokens, regions),
+        reviews=[
+            item(rng, int(rng.integers(1, tokens + 1)), int(rng.integers(0, regions + 1))) for _ in range(reviews)
+        ],
+        labels=[int(x) for x in rng.integers(0, 5, size=reviews)],
+        review_indices=list(range(reviews)),
+        group=group,
+    )
+
+
+def scores_of(model: torch.nn.Module, lists: list[RankingList]) -> torch.Tensor:
+    with torch.no_grad():
+        return model(collate(lists, max_tokens=32, max_regions=32, feature_dim=FEATURES)).row_scores
+
+
+def prepare_tiny_dataset(root: Path, spec: SyntheticSpec) -> Path:
+    """The synthetic generator's official-format files for `spec` under `root/official`, prepared by
+    `mrhp prepare` (every word kept) into `root/prepared`, which is returned."""
+    from mrhp.cli import main  # here, so that only the tests that prepare data depend on the CLI
+
+    features = write_official_dataset(root / "official", "tiny", spec)
+    status = main([
+        "prepare", "--format", "mrhp", "--data-dir", str(root / "official"), "--category", "tiny",
+        "--features", str(features), "--min-count", "1", "--out", str(root / "prepared"),
+    ])
+    assert status == 0
+    return root / "prepared"
+
+
+def write_lines(path: Path, rows: list, compress: bool = False) -> Path:
+    """One line per row: a dict as JSON, a string as it is (to write malformed lines); gzip with `compress`."""
+    text = "".join((row if isinstance(row, str) else json.dumps(row)) + "\n" for row in rows)
+    if compress:
+        with gzip.open(path, "wt", encoding="utf-8") as out:
+            out.write(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+    return path
