@@ -22,7 +22,6 @@ from mrhp.data.records import split_products, votes_to_level
 from mrhp.data.store import FeatureStore, FeatureStoreWriter
 from mrhp.data.text import PAD_ID, UNK_ID, Vocabulary, load_word_vectors, tokenize
 from mrhp.errors import DataError, MrhpError
-from mrhp.inference import parse_ranking_request
 
 from conftest import write_lines
 
@@ -619,25 +618,6 @@ def test_jsonl_errors(tmp_path: Path, file: str, line_text: str, where: str, tex
     with pytest.raises(DataError) as err:
         read_jsonl(tmp_path / "products.jsonl", tmp_path / "reviews.jsonl")
     assert where in str(err.value) and text in str(err.value)
-
-
-def test_parse_ranking_request(tmp_path: Path) -> None:
-    _write_npy(tmp_path)
-    obj = {"product_id": "A", "name": "Pot", "description": "steel", "images": ["feat/A0.npy"],
-           "reviews": [{"review_id": "x", "text": "good", "images": ["feat/a1.npy"]},
-                       {"review_id": 2, "text": ""}]}
-    text, regions, reviews = parse_ranking_request(obj, tmp_path, where="input.jsonl line 3")
-    assert text == "Pot steel" and regions.shape == (49, 5) and regions.dtype == np.float32
-    assert [(r[0], r[1], r[2].shape) for r in reviews] == [("x", "good", (7, 5)), ("2", "", (0, 5))]
-    bad = copy.deepcopy(obj)
-    bad["reviews"][0]["images"] = ["feat/none.npy"]
-    with pytest.raises(DataError) as err:
-        parse_ranking_request(bad, tmp_path, where="input.jsonl line 3")
-    assert str(err.value).startswith("input.jsonl line 3, review 0, field 'images'") and "not found" in str(err.value)
-    with pytest.raises(DataError, match="input.jsonl line 4, field 'images'.*feature size 5, expected 9"):
-        parse_ranking_request(obj, tmp_path, where="input.jsonl line 4", feature_dim=9)
-    with pytest.raises(DataError, match="input.jsonl line 5, field 'reviews'"):
-        parse_ranking_request({"text": "x"}, tmp_path, where="input.jsonl line 5")
 
 
 # ----------------------------------------------------------------------------------------------------------------
