@@ -5,7 +5,8 @@ For each encoder and batch size, after a warm-up: seconds to turn 1,000 reviews 
 ``--threads`` threads (1 by default); the mean tokens per review and the disk per review of float16 states
 (mean tokens x H x 2 bytes). The reviews are real when ``--data`` holds Amazon Reviews'23 Magazine_Subscriptions
 (title + newline + text, as the project's dump converter builds review text), else generated sentences of
-review-like length. The load average is printed before and after: figures from a busy machine are slower.
+review-like length. The load average is printed before and after: figures from a busy machine are slower (the
+CPU seconds of this process, beside the wall-clock ones, are less disturbed by other work, though not immune).
 
 Then multilingual-e5 on Indonesian reviews: the pieces it reads and the cosine similarities of mean-pooled states.
 
@@ -74,13 +75,14 @@ def measure(name: str, texts: list[str], batch_sizes: list[int], max_tokens: int
           f"{mean_tokens:.1f} tokens per review (specials included, cut at {max_tokens}); "
           f"float16 states {per_review / 1024:.1f} KiB per review, {per_review * 1e6 / 2**30:.1f} GiB per million; "
           f"tokenising alone {1000 * tokenize / len(texts):.3f} s per 1,000 reviews")
-    print(f"{'batch':>5}  {'s per 1,000 reviews':>19}  {'reviews/s':>9}")
+    print(f"{'batch':>5}  {'s per 1,000 reviews':>19}  {'CPU s per 1,000':>15}  {'reviews/s':>9}")
     for batch_size in batch_sizes:
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         states = encode_texts(encoder, texts, max_tokens=max_tokens, batch_size=batch_size)
-        seconds = time.perf_counter() - started
+        seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
         assert len(states) == len(texts)
-        print(f"{batch_size:>5}  {1000 * seconds / len(texts):>19.2f}  {len(texts) / seconds:>9.1f}")
+        print(f"{batch_size:>5}  {1000 * seconds / len(texts):>19.2f}  {1000 * cpu_seconds / len(texts):>15.2f}  "
+              f"{len(texts) / seconds:>9.1f}")
 
 
 def show_indonesian(max_tokens: int) -> None:

