@@ -15,11 +15,15 @@ from typing import TYPE_CHECKING
 from mrhp import __version__
 from mrhp.config import MODEL_NAMES
 from mrhp.data.dumps import DUMP_FORMATS
+from mrhp.data.official import PRODUCT_TEXT_CHOICES
 from mrhp.errors import MrhpError
+from mrhp.floors import FLOOR_METHODS, TEXT_FEATURES
+from mrhp.images import DEFAULT_BATCH_SIZE, DEFAULT_INPUT_SIZE, DEFAULT_MAX_PIXELS, DEFAULT_MAX_REGIONS
+from mrhp.metrics import PAIRED_TESTS, TIES
 from mrhp.serve.settings import ServeSettings
 
 if TYPE_CHECKING:
-    from mrhp.images import ImageFeatureFolder
+    from mrhp.image_folder import ImageFeatureFolder
 
 log = logging.getLogger("mrhp")
 
@@ -64,7 +68,8 @@ def _prepare(args: argparse.Namespace) -> int:
         )
     else:
         from mrhp.data.jsonl import read_jsonl
-        from mrhp.images import format_folder_report, images_available
+        from mrhp.image_folder import format_folder_report
+        from mrhp.images import images_available
 
         if args.products is None or args.reviews is None:
             raise MrhpError("prepare --format jsonl needs --products and --reviews")
@@ -100,7 +105,7 @@ def _prepare(args: argparse.Namespace) -> int:
 def _image_folder(args: argparse.Namespace, path: Path | None, progress: bool) -> ImageFeatureFolder:
     """The image feature folder of ``mrhp features`` / ``mrhp prepare --format jsonl`` (default: the folder
     ``image-features`` beside the products file, so that both commands find the same one)."""
-    from mrhp.images import DEFAULT_MAX_REGIONS, ImageFeatureFolder
+    from mrhp.image_folder import ImageFeatureFolder
 
     return ImageFeatureFolder(
         path if path is not None else args.products.parent / "image-features",
@@ -115,7 +120,8 @@ def _image_folder(args: argparse.Namespace, path: Path | None, progress: bool) -
 
 def _features(args: argparse.Namespace) -> int:
     from mrhp.data.jsonl import read_jsonl
-    from mrhp.images import format_folder_report, require_images_extra
+    from mrhp.image_folder import format_folder_report
+    from mrhp.images import require_images_extra
 
     require_images_extra()
     folder = _image_folder(args, args.out, progress=not args.no_progress)
@@ -247,10 +253,10 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     def image_options(group: argparse._ActionsContainer) -> None:
-        group.add_argument("--input-size", type=int, default=224, help="image side in pixels fed to EfficientNet-Lite0 (grid ceil(N/32))")
-        group.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
+        group.add_argument("--input-size", type=int, default=DEFAULT_INPUT_SIZE, help="image side in pixels fed to EfficientNet-Lite0 (grid ceil(N/32))")
+        group.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="images per forward pass")
         group.add_argument("--threads", type=int, help="threads for decoding and the network (default: all cores)")
-        group.add_argument("--max-pixels", type=int, default=64_000_000, help="refuse images with more pixels (decompression bomb guard)")
+        group.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse images with more pixels (decompression bomb guard)")
 
     prepare = commands.add_parser("prepare", help="convert a dataset into the project's prepared format")
     prepare.add_argument("--format", choices=("mrhp", "jsonl", *DUMP_FORMATS), required=True, help="official Amazon/Lazada-MRHP files, JSON lines, or a public review dump (see src/mrhp/data/dumps.py)")
@@ -261,14 +267,14 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--relevance-threshold", type=int, default=1, help="a review is relevant iff label > this (Amazon 1, Lazada 0)")
     prepare.add_argument("--max-regions-per-item", type=int, default=128)
     prepare.add_argument("--max-missing-image-rate", type=float, default=0.05, help="fail when more items miss their image features")
-    prepare.add_argument("--max-regions-per-image", type=int, help="mrhp: first N regions per image (default 32); jsonl: cap per .npy image, and regions per image file (default 49)")
+    prepare.add_argument("--max-regions-per-image", type=int, help=f"mrhp: first N regions per image (default 32); jsonl: cap per .npy image, and regions per image file (default {DEFAULT_MAX_REGIONS})")
     official = prepare.add_argument_group("--format mrhp")
     official.add_argument("--data-dir", type=Path, help="folder with {category}.{prd,rvw,rel}.{train,dev,test}")
     official.add_argument("--category", help="e.g. clothing, electronics, home")
     official.add_argument("--features", type=Path, help="region features folder: {features}/{split}/{id}/{id}.pth")
     official.add_argument("--product-features", type=Path, help="product features folder (default --features)")
     official.add_argument("--review-features", type=Path, help="review features folder (default --features)")
-    official.add_argument("--product-text", choices=("name+description", "name"), default="name+description")
+    official.add_argument("--product-text", choices=PRODUCT_TEXT_CHOICES, default="name+description")
     jsonl = prepare.add_argument_group("--format jsonl")
     jsonl.add_argument("--products", type=Path, help="products.jsonl")
     jsonl.add_argument("--reviews", type=Path, help="reviews.jsonl")
@@ -292,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     features.add_argument("--products", type=Path, required=True, help="products.jsonl")
     features.add_argument("--reviews", type=Path, required=True, help="reviews.jsonl")
     features.add_argument("--out", type=Path, help="feature folder (default: image-features beside --products); an existing one is resumed")
-    features.add_argument("--max-regions-per-image", type=int, help="regions kept per image: the 7x7 grid is pooled to the largest k x k <= N (default 49)")
+    features.add_argument("--max-regions-per-image", type=int, help=f"regions kept per image: the 7x7 grid is pooled to the largest k x k <= N (default {DEFAULT_MAX_REGIONS})")
     image_options(features)
     common(features)
     features.set_defaults(handler=_features)
@@ -312,21 +318,21 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", type=Path, required=True, help="prepared dataset folder")
     evaluate.add_argument("--split", default="test")
     evaluate.add_argument("--per-product", type=Path, help="write per-product metric values (JSON lines) here")
-    evaluate.add_argument("--ties", choices=("pessimistic", "stable"), help="tie order (default: the checkpoint's)")
+    evaluate.add_argument("--ties", choices=TIES, help="tie order (default: the checkpoint's)")
     evaluate.add_argument("--threshold", type=int, help="relevance threshold (default: the dataset's)")
     common(evaluate)
     evaluate.set_defaults(handler=_evaluate)
 
     floor = commands.add_parser("floor", help="a floor (random, review length, LightGBM LambdaMART) on a split, evaluated like a model")
     floor.add_argument("--data", type=Path, required=True, help="prepared dataset folder")
-    floor.add_argument("--method", choices=("random", "length", "lambdamart"), required=True)
+    floor.add_argument("--method", choices=FLOOR_METHODS, required=True)
     floor.add_argument("--split", default="test")
     floor.add_argument("--per-product", type=Path, help="write per-product metric values (JSON lines) here")
-    floor.add_argument("--ties", choices=("pessimistic", "stable"), default="pessimistic")
+    floor.add_argument("--ties", choices=TIES, default="pessimistic")
     floor.add_argument("--threshold", type=int, help="relevance threshold (default: the dataset's)")
     floor.add_argument("--seed", type=int, default=0, help="seed of the random shuffles / LightGBM")
     floor.add_argument("--shuffles", type=int, default=20, help="random: metrics are averaged over this many shuffles")
-    floor.add_argument("--text-features", choices=("tfidf", "vectors", "none"), default="tfidf", help="lambdamart: text summary features")
+    floor.add_argument("--text-features", choices=TEXT_FEATURES, default="tfidf", help="lambdamart: text summary features")
     floor.add_argument("--threads", type=int, default=1, help="lambdamart: LightGBM threads")
     floor.set_defaults(handler=_floor)
 
@@ -349,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="per-product files or run folders; grouped into systems by folder name without -seedN")
     compare.add_argument("--system", action="append", metavar="NAME=FILE_OR_RUN,...", help="one system's runs; repeatable")
     compare.add_argument("--reference", help="system the others are tested against (default: the first)")
-    compare.add_argument("--test", choices=("t", "wilcoxon", "randomization"), default="t", help="paired test (default t)")
+    compare.add_argument("--test", choices=PAIRED_TESTS, default="t", help="paired test (default t)")
     compare.add_argument("--split", default="test", help="run folders are read as FOLDER/{split}_per_product.jsonl")
     compare.set_defaults(handler=_compare)
 
