@@ -125,6 +125,12 @@ class Config:
         _check(self.model.interaction_layers >= 1, "model.interaction_layers must be >= 1")
         _check(self.data.batch_rows >= 1 and self.data.max_list_size >= 2, "data.batch_rows >= 1 and data.max_list_size >= 2")
         _check(self.train.epochs >= 1 and self.train.lr > 0, "train.epochs >= 1 and train.lr > 0")
+        from mrhp.text_encoder import TEXT_ENCODERS  # here: the encoders' module imports torch
+
+        _check(self.model.text_encoder in TEXT_ENCODERS, f"model.text_encoder must be one of {TEXT_ENCODERS}")
+        _check(self.model.text_tuned_layers >= 0, "model.text_tuned_layers must be >= 0")
+        _check(self.model.text_encoder != "lstm" or self.model.text_tuned_layers == 0,
+               "model.text_tuned_layers is for a pretrained model.text_encoder")
         return self
 
 

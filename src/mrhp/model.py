@@ -148,6 +148,7 @@ class HelpfulnessModel(nn.Module):
         self.use_images = config.use_images and config.image_dim > 0
         self.image_dim = config.image_dim
         self.reads_states = config.text_encoder != "lstm"
+        self.text_encoder_name = config.text_encoder
         self.embedding_dropout = nn.Dropout(drop)
         if not self.reads_states:
             # Text encoders (eqs. 2-3): one word embedding, separate LSTMs for product and review.
@@ -216,6 +217,16 @@ class HelpfulnessModel(nn.Module):
         embedded = self.embedding_dropout(self.embedding(tokens))  # [X, L, E]
         encoded, _ = lstm(embedded)  # [X, L, d]
         return encoded * mask[..., None].to(encoded.dtype)
+
+    def load_pretrained_text(self) -> None:
+        """Copy the pretrained weights of the top text-encoder layers this model fine-tunes (none: nothing to do;
+        a checkpoint holds them afterwards, so loading one needs no package)."""
+        if not self.reads_states or not len(self.text_top.layers):
+            return
+        from mrhp.text_encoder import TopLayers, load_pretrained
+
+        pretrained = TopLayers.from_encoder(load_pretrained(self.text_encoder_name), len(self.text_top.layers))
+        self.text_top.load_state_dict(pretrained.state_dict())
 
     def encode_states(self, projection: nn.Linear, states: Tensor, mask: Tensor) -> Tensor:
         """Pretrained token states [X, S, H], mask [X, S] -> [X, S, d] (top layers, then projection)."""

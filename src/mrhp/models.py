@@ -40,10 +40,13 @@ def build_model(config: ModelConfig) -> nn.Module:
 
 
 def initialise_from_data(model: nn.Module, vectors: Tensor | None, tokens: list[str]) -> None:
-    """What a new model takes from the prepared dataset before training: its word vectors [V, E] (every model,
-    when the dataset has them) and, for EG-CNN, the spelling of every vocabulary word."""
+    """What a new model takes from the prepared dataset and the packages before training: its word vectors [V, E]
+    (every model, when the dataset has them), for EG-CNN the spelling of every vocabulary word, and for the
+    paper's model with a pretrained text encoder the weights of the top layers it fine-tunes."""
     if vectors is not None:
         model.load_word_vectors(vectors)
+    if isinstance(model, HelpfulnessModel):
+        model.load_pretrained_text()
     if isinstance(model, EGCNN):
         model.load_spelling(tokens)
 

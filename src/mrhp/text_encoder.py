@@ -490,3 +490,44 @@ def _load_multilingual_e5(spec: EncoderSpec) -> PretrainedText:
     if tokenizer.pad_token_id != specials["pad"]:
         raise MrhpError(f"{path}: unexpected special tokens {specials}; reinstall {spec.package}")
     return _build(spec, bert_state, tokenizer, normalization)
+
+
+class StateEncoder:
+    """A pretrained encoder at one hidden layer and token cut: what ``mrhp prepare`` stores for every text
+    (:class:`mrhp.data.prepare.TextStateEncoder`) and what inference recomputes for new texts, so a model sees the
+    same states in training and in service.
+
+    ``tuned_layers`` = k: the states are taken at layer N - k, below the k top layers the model trains.
+    """
+
+    def __init__(self, name: str, tuned_layers: int = 0, max_tokens: int = 128, batch_size: int = 16) -> None:
+        self.encoder = load_pretrained(name)
+        spec = self.encoder.spec
+        if not 0 <= tuned_layers <= spec.num_layers:
+            raise MrhpError(f"text encoder '{name}' has {spec.num_layers} layers; cannot fine-tune the top "
+                            f"{tuned_layers}")
+        self.layer = spec.num_layers - tuned_layers
+        self.max_tokens = max_tokens
+        self.batch_size = batch_size
+
+    @classmethod
+    def for_model(cls, description: dict) -> StateEncoder:
+        """The encoder a prepared dataset (its ``text_encoder`` entry, kept in a checkpoint) was made with."""
+        name, layer = description["name"], description["layer"]
+        tuned = PRETRAINED[name].num_layers - layer if name in PRETRAINED else 0
+        return cls(name, tuned, description["max_tokens"])
+
+    def describe(self) -> dict:
+        spec = self.encoder.spec
+        return {"name": spec.name, "layer": self.layer, "dim": spec.hidden_size, "max_tokens": self.max_tokens}
+
+    def encode(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """float16 ``[S_i, H]`` token states of each text (see :func:`encode_texts`)."""
+        return encode_texts(self.encoder, texts, self.max_tokens, self.layer, self.batch_size)
+
+
+def pretrained_layer(name: str, tuned_layers: int) -> int:
+    """The hidden layer whose states a model with ``tuned_layers`` trained top layers of ``name`` reads."""
+    if name not in PRETRAINED:
+        raise MrhpError(f"unknown text encoder {name!r}; expected one of {', '.join(TEXT_ENCODERS)}")
+    return PRETRAINED[name].num_layers - tuned_layers

@@ -40,7 +40,9 @@ def resolve_config(config: Config, dataset: PreparedDataset) -> Config:
     stored = dataset.text_encoder
     wanted = config.model.text_encoder
     if wanted != "lstm":
-        expected_layer = -1 - config.model.text_tuned_layers
+        from mrhp.text_encoder import pretrained_layer
+
+        expected_layer = pretrained_layer(wanted, config.model.text_tuned_layers)
         if stored is None or stored.get("name") != wanted or stored.get("layer") != expected_layer:
             raise MrhpError(
                 f"model.text_encoder = {wanted!r} with model.text_tuned_layers = {config.model.text_tuned_layers} "
