@@ -21,6 +21,7 @@ from mrhp.floors import FLOOR_METHODS, TEXT_FEATURES
 from mrhp.images import DEFAULT_BATCH_SIZE, DEFAULT_INPUT_SIZE, DEFAULT_MAX_PIXELS, DEFAULT_MAX_REGIONS
 from mrhp.metrics import PAIRED_TESTS, TIES
 from mrhp.serve.settings import ServeSettings
+from mrhp.text_encoder import TEXT_ENCODERS
 
 if TYPE_CHECKING:
     from mrhp.image_folder import ImageFeatureFolder
@@ -95,11 +96,28 @@ def _prepare(args: argparse.Namespace) -> int:
         min_count=args.min_count,
         vectors=args.vectors,
         relevance_threshold=args.relevance_threshold,
+        text_encoder=_state_encoder(args),
         overwrite=args.overwrite,
     )
     print(format_report(report))
     print(f"prepared dataset written to {args.out}")
     return 0
+
+
+def _state_encoder(args: argparse.Namespace):
+    """The pretrained text encoder whose token states `prepare` stores, from the same config (and --set) that
+    `train` will read: model.text_encoder, model.text_tuned_layers and data.max_tokens; None for the LSTM."""
+    from mrhp.config import load_config
+
+    sets = list(args.set or [])
+    if args.text_encoder is not None:
+        sets.append(f"model.text_encoder={args.text_encoder}")
+    config = load_config(args.config, sets).validate()
+    if config.model.text_encoder == "lstm":
+        return None
+    from mrhp.text_encoder import StateEncoder
+
+    return StateEncoder(config.model.text_encoder, config.model.text_tuned_layers, config.data.max_tokens)
 
 
 def _image_folder(args: argparse.Namespace, path: Path | None, progress: bool) -> ImageFeatureFolder:
@@ -268,6 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--max-regions-per-item", type=int, default=128)
     prepare.add_argument("--max-missing-image-rate", type=float, default=0.05, help="fail when more items miss their image features")
     prepare.add_argument("--max-regions-per-image", type=int, help=f"mrhp: first N regions per image (default 32); jsonl: cap per .npy image, and regions per image file (default {DEFAULT_MAX_REGIONS})")
+    prepare.add_argument("--config", type=Path, help="the training config (TOML/JSON): prepare takes model.text_encoder, model.text_tuned_layers and data.max_tokens from it")
+    prepare.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override one config setting; repeatable")
+    prepare.add_argument("--text-encoder", choices=TEXT_ENCODERS, help="store the token states of this pretrained text encoder (= --set model.text_encoder=NAME; needs the text extra)")
     official = prepare.add_argument_group("--format mrhp")
     official.add_argument("--data-dir", type=Path, help="folder with {category}.{prd,rvw,rel}.{train,dev,test}")
     official.add_argument("--category", help="e.g. clothing, electronics, home")

@@ -11,7 +11,8 @@ or the arguments of `Ranker.rank`::
 
 `product_id` is optional (a non-empty string or an integer); the product text is `text`, or `name` and/or
 `description` joined by a space; each review has a `review_id` (a non-empty string or an integer, unique in the
-request) and a `text` (may be empty); `images` is optional everywhere. An IMAGE is one of
+request), a `text` (may be empty) and optionally its star `rating` (a finite number; read by models with
+`model.side_features`, unknown when absent); `images` is optional everywhere. An IMAGE is one of
 
 * `{"regions": [[...], ...]}`: region features [n_regions, F] inline (a list of lists, or a numpy array in
   Python), F being the model's image feature size;
@@ -21,7 +22,8 @@ request) and a `text` (may be empty); `images` is optional everywhere. An IMAGE 
   folder; never the service): a path to a `.npy` array [n_regions, F] (no pickles) or to an image file.
 
 Each item keeps its first `data.max_regions` regions and each text its first `data.max_tokens` tokens, as in
-training. A model without an image side ignores images once their form is checked (a `.npy` file is read, an
+training. A model with a pretrained text encoder (`model.text_encoder`) reads the token states of each text,
+computed here by the same encoder and layer that `mrhp prepare` stored them with (`TextStates`). A model without an image side ignores images once their form is checked (a `.npy` file is read, an
 image file is not decoded). Every error is a `RequestError` naming the field, e.g. `reviews[2].images[0]`.
 
 Scores: a review's score depends only on its product and itself. Batches of different composition pad
@@ -181,6 +183,35 @@ class RankingRequest:
     truncated_reviews: list[str]  # ids of the reviews whose text is cut
 
 
+class TextStates:
+    """Token states of request texts for a model with a pretrained text encoder: the encoder (the `text` extra) is
+    loaded on first use and runs under a lock, so concurrent requests share it; a model on the LSTM needs none."""
+
+    def __init__(self, checkpoint: Checkpoint) -> None:
+        model, data = checkpoint.config.model, checkpoint.config.data
+        self.name = model.text_encoder if model.name == "mrhp" else "lstm"
+        self.tuned_layers = model.text_tuned_layers
+        self.max_tokens = data.max_tokens
+        self._encoder = None
+        self._lock = threading.Lock()
+
+    @property
+    def needed(self) -> bool:
+        return self.name != "lstm"
+
+    def encode(self, texts: Sequence[str]) -> list[np.ndarray | None]:
+        """float32 [S_i, H] per text, or None per text for a model that reads token ids."""
+        if not self.needed:
+            return [None] * len(texts)
+        from mrhp.text_encoder import StateEncoder
+
+        with self._lock:
+            if self._encoder is None:
+                self._encoder = StateEncoder(self.name, self.tuned_layers, self.max_tokens)
+            states = self._encoder.encode(list(texts))
+        return [np.asarray(s, dtype=np.float32) for s in states]
+
+
 class ImageFiles:
     """Region features of the image files of requests, from the extractor of `mrhp features` (same defaults).
 
@@ -269,6 +300,7 @@ class _RequestReader:
         review_ids: list[str] = []
         texts: list[str] = []
         regions: list[np.ndarray] = []
+        ratings: list[float] = []
         seen: set[str] = set()
         for k, review in enumerate(reviews):
             loc = ("reviews", k)
@@ -281,14 +313,17 @@ class _RequestReader:
             review_ids.append(review_id)
             texts.append(self.string(review, "text", loc, required=True))
             regions.append(self.regions(review, loc))
-        return self.tokenized(product_id, product_text, product_regions, review_ids, texts, regions)
+            ratings.append(self.rating(review, loc))
+        return self.tokenized(product_id, product_text, product_regions, review_ids, texts, regions, ratings)
 
     def tokenized(self, product_id: str | None, product_text: str, product_regions: np.ndarray,
-                  review_ids: list[str], texts: list[str], regions: list[np.ndarray]) -> RankingRequest:
+                  review_ids: list[str], texts: list[str], regions: list[np.ndarray], ratings: list[float]
+                  ) -> RankingRequest:
         vocab, max_tokens = self.ranker.checkpoint.vocab, self.ranker.checkpoint.config.data.max_tokens
-        product = Item(np.asarray(vocab.encode(product_text), dtype=np.int64), product_regions)
-        items = [Item(np.asarray(vocab.encode(text), dtype=np.int64), item_regions)
-                 for text, item_regions in zip(texts, regions)]
+        product_states, *review_states = self.ranker.text_states.encode([product_text, *texts])
+        product = Item(np.asarray(vocab.encode(product_text), dtype=np.int64), product_regions, product_states)
+        items = [Item(np.asarray(vocab.encode(text), dtype=np.int64), item_regions, states, rating)
+                 for text, item_regions, states, rating in zip(texts, regions, review_states, ratings)]
         return RankingRequest(
             product_id=product_id,
             review_ids=review_ids,
@@ -320,6 +355,15 @@ class _RequestReader:
             raise self.error((*loc, name), f"text of {len(value)} characters exceeds the limit of "
                                            f"{self.limits.max_text_chars}")
         return value
+
+    def rating(self, item: Mapping, loc: Loc) -> float:
+        """The review's star rating, NaN when absent or null."""
+        value = item.get("rating")
+        if value is None:
+            return float("nan")
+        if isinstance(value, bool) or not isinstance(value, int | float) or not np.isfinite(value):
+            raise self.error((*loc, "rating"), f"expected a finite number, got {_shown(value)}")
+        return float(value)
 
     def product_text(self, request: Mapping) -> str:
         text, name, description = (self.string(request, key, (), required=False)
@@ -453,6 +497,7 @@ class Ranker:
         if self.batch_rows < 1:
             raise MrhpError(f"batch_rows must be >= 1, got {self.batch_rows}")
         self.image_files = image_files if image_files is not None else ImageFiles(checkpoint)
+        self.text_states = TextStates(checkpoint)
         self.uses_images = reads_images(checkpoint.config.model)
 
     def parse(self, request: object, *, where: str | None = None, base_dir: Path | None = None,

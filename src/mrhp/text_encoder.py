@@ -510,13 +510,6 @@ class StateEncoder:
         self.max_tokens = max_tokens
         self.batch_size = batch_size
 
-    @classmethod
-    def for_model(cls, description: dict) -> StateEncoder:
-        """The encoder a prepared dataset (its ``text_encoder`` entry, kept in a checkpoint) was made with."""
-        name, layer = description["name"], description["layer"]
-        tuned = PRETRAINED[name].num_layers - layer if name in PRETRAINED else 0
-        return cls(name, tuned, description["max_tokens"])
-
     def describe(self) -> dict:
         spec = self.encoder.spec
         return {"name": spec.name, "layer": self.layer, "dim": spec.hidden_size, "max_tokens": self.max_tokens}

@@ -25,6 +25,7 @@ class ReviewInput(BaseModel):
 
     review_id: str | int = Field(description="unique within the request; integers are used as strings")
     text: str = Field(description="the review text (may be empty)")
+    rating: float | None = Field(default=None, description="the star rating, for models with model.side_features")
     images: list[ImageInput] = Field(default_factory=list)
 
 
