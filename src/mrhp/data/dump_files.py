@@ -12,6 +12,7 @@ import gzip
 import json
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +37,14 @@ class SkipLog:
         self.counts[error.reason] += 1
         if len(self.examples) < SKIPS_LISTED:
             self.examples.append(str(error))
+
+    @contextmanager
+    def guard(self) -> Iterator[None]:
+        """Wraps the reading of one record: a ``RecordError`` in the block skips the rest of it (:meth:`skip`)."""
+        try:
+            yield
+        except RecordError as error:
+            self.skip(error)
 
     @property
     def total(self) -> int:

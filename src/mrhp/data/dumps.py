@@ -63,7 +63,7 @@ from mrhp.data.dump_pipeline import (
     split_by_product,
     unique_review_ids,
 )
-from mrhp.data.records import VOTE_SCHEMES, Fields, RawDataset, RecordError
+from mrhp.data.records import VOTE_SCHEMES, Fields, RawDataset, RecordError, describe_source
 from mrhp.errors import DataError, MrhpError
 
 logger = logging.getLogger(__name__)
@@ -158,6 +158,11 @@ class _DumpFields(Fields):
     def __init__(self, values: Mapping[str, object], file: Path, line: int) -> None:
         super().__init__(values, file, line, null_is_absent=True, strip_ids=True)
 
+    @property
+    def where(self) -> str:
+        """``"FILE line N"``: where a review came from (:attr:`DumpReview.where`)."""
+        return f"{self.file} line {self.line}"
+
     def text(self, name: str) -> str:
         """An optional string field, "" when absent."""
         return self.string(name, required=False) or ""
@@ -248,7 +253,7 @@ def _read_amazon(path: Path, skips: SkipLog, version: int, notes: Counter) -> li
     """Reviews of an Amazon 2018 (``vote``) or 2014 (``helpful``) dump."""
     reviews: list[DumpReview] = []
     for f in _json_records(path, skips, python_literals=version == 2014):
-        try:
+        with skips.guard():
             asin = f.id("asin")
             if version == 2018:
                 votes = f.votes("vote") if f.has("vote") else 0
@@ -267,13 +272,10 @@ def _read_amazon(path: Path, skips: SkipLog, version: int, notes: Counter) -> li
             images = f.urls("image")
             reviewer = f.get("reviewerID")
             time = f.get("unixReviewTime")
-        except RecordError as error:
-            skips.skip(error)
-            continue
-        text = _clean_html(_join(summary, body))
-        key = None if reviewer is None else (str(reviewer), str(time), summary, body)
-        review_id = f"{asin}:{reviewer}:{time}" if reviewer is not None else f"{path.name}:line{f.line}"
-        reviews.append(DumpReview(asin, review_id, text, votes, rating, images, f"{path} line {f.line}", key))
+            key = None if reviewer is None else (str(reviewer), str(time), summary, body)
+            review_id = f"{asin}:{reviewer}:{time}" if reviewer is not None else f"{path.name}:line{f.line}"
+            text = _clean_html(_join(summary, body))
+            reviews.append(DumpReview(asin, review_id, text, votes, rating, images, f.where, key))
     return reviews
 
 
@@ -281,7 +283,7 @@ def _read_amazon_metadata(path: Path, skips: SkipLog, notes: Counter) -> dict[st
     """Product text ``title + " " + description`` and image URLs from a 2018 or 2014 metadata file."""
     products: dict[str, DumpProduct] = {}
     for f in _json_records(path, skips, python_literals=True):
-        try:
+        with skips.guard():
             asin = f.id("asin")
             title = f.text("title")
             description = f.get("description") or ""
@@ -291,13 +293,10 @@ def _read_amazon_metadata(path: Path, skips: SkipLog, notes: Counter) -> dict[st
                 raise f.error("expected a string or a list of strings", "description")
             name = next((n for n in ("imageURLHighRes", "imageURL", "imUrl") if f.get(n)), None)
             images = f.urls(name) if name is not None else ()
-        except RecordError as error:
-            skips.skip(error)
-            continue
-        if asin in products:
-            notes["metadata lines repeating an asin (first kept)"] += 1
-            continue
-        products[asin] = DumpProduct(_clean_html(_join(title, description)), images)
+            if asin in products:
+                notes["metadata lines repeating an asin (first kept)"] += 1
+            else:
+                products[asin] = DumpProduct(_clean_html(_join(title, description)), images)
     return products
 
 
@@ -305,23 +304,18 @@ def _read_amazon2023(path: Path, skips: SkipLog, notes: Counter) -> list[DumpRev
     """Reviews of an Amazon Reviews'23 file, grouped by ``parent_asin``."""
     reviews: list[DumpReview] = []
     for f in _json_records(path, skips):
-        try:
+        with skips.guard():
             parent = f.id("parent_asin")
             votes = f.votes("helpful_vote")
-            title = f.text("title")
-            body = f.text("text")
+            title, body = f.text("title"), f.text("text")
             rating = f.rating("rating")
             images = f.image_dict_urls("images", ("large_image_url", "medium_image_url", "small_image_url"))
-            user = f.get("user_id")
-            time = f.get("timestamp")
-        except RecordError as error:
-            skips.skip(error)
-            continue
-        notes["reviews without a user_id (never de-duplicated)"] += user is None
-        key = None if user is None else (str(user), str(time), title, body)
-        review_id = f"{parent}:{user}:{time}" if user is not None else f"{path.name}:line{f.line}"
-        text = _clean_html(_join(title, body))
-        reviews.append(DumpReview(parent, review_id, text, votes, rating, images, f"{path} line {f.line}", key))
+            user, time = f.get("user_id"), f.get("timestamp")
+            notes["reviews without a user_id (never de-duplicated)"] += user is None
+            key = None if user is None else (str(user), str(time), title, body)
+            review_id = f"{parent}:{user}:{time}" if user is not None else f"{path.name}:line{f.line}"
+            text = _clean_html(_join(title, body))
+            reviews.append(DumpReview(parent, review_id, text, votes, rating, images, f.where, key))
     return reviews
 
 
@@ -329,73 +323,50 @@ def _read_amazon2023_metadata(path: Path, skips: SkipLog, notes: Counter, featur
     """Product text ``title + description`` (``+ features`` when asked) and image URLs of a ``meta_*.jsonl``."""
     products: dict[str, DumpProduct] = {}
     for f in _json_records(path, skips):
-        try:
+        with skips.guard():
             parent = f.id("parent_asin")
-            title = f.text("title")
-            description = f.string_list("description")
-            listed = f.string_list("features") if features else ""
+            text = _join(f.text("title"), f.string_list("description"), f.string_list("features") if features else "")
             images = f.image_dict_urls("images", ("hi_res", "large"))
-        except RecordError as error:
-            skips.skip(error)
-            continue
-        if parent in products:
-            notes["metadata lines repeating a parent_asin (first kept)"] += 1
-            continue
-        products[parent] = DumpProduct(_clean_html(_join(title, description, listed)), images)
+            if parent in products:
+                notes["metadata lines repeating a parent_asin (first kept)"] += 1
+            else:
+                products[parent] = DumpProduct(_clean_html(text), images)
     return products
 
 
 def _read_finefood(path: Path, skips: SkipLog, notes: Counter) -> list[DumpReview]:
     reviews: list[DumpReview] = []
     for f in _csv_records(path, skips, FINEFOOD_COLUMNS):
-        try:
-            product = f.id("ProductId")
-            review_id = f.id("Id")
-            votes = f.votes("HelpfulnessNumerator")
-            total = f.votes("HelpfulnessDenominator")
+        with skips.guard():
+            product, review_id = f.id("ProductId"), f.id("Id")
+            votes, total = f.votes("HelpfulnessNumerator"), f.votes("HelpfulnessDenominator")
             rating = f.rating("Score")
-        except RecordError as error:
-            skips.skip(error)
-            continue
-        notes["reviews with more helpful than total votes (kept)"] += votes > total
-        notes["reviews without a Score (rating unknown)"] += rating is None
-        summary, body, user = f.text("Summary"), f.text("Text"), f.text("UserId")
-        key = (user, f.text("Time"), summary, body) if user.strip() else None
-        text = _clean_html(_join(summary, body))
-        reviews.append(DumpReview(product, review_id, text, votes, rating, (), f"{path} line {f.line}", key))
+            notes["reviews with more helpful than total votes (kept)"] += votes > total
+            notes["reviews without a Score (rating unknown)"] += rating is None
+            summary, body, user = f.text("Summary"), f.text("Text"), f.text("UserId")
+            key = (user, f.text("Time"), summary, body) if user.strip() else None
+            text = _clean_html(_join(summary, body))
+            reviews.append(DumpReview(product, review_id, text, votes, rating, (), f.where, key))
     return reviews
 
 
 def _read_yelp(path: Path, skips: SkipLog) -> list[DumpReview]:
     reviews: list[DumpReview] = []
     for f in _json_records(path, skips):
-        try:
-            business = f.id("business_id")
-            review_id = f.id("review_id")
-            text = f.string("text")
-            votes = f.votes("useful")
-            rating = f.rating("stars")
-        except RecordError as error:
-            skips.skip(error)
-            continue
-        reviews.append(DumpReview(business, review_id, text, votes, rating, (), f"{path} line {f.line}"))
+        with skips.guard():
+            business, review_id, text = f.id("business_id"), f.id("review_id"), f.string("text")
+            reviews.append(DumpReview(business, review_id, text, f.votes("useful"), f.rating("stars"), (), f.where))
     return reviews
 
 
 def _read_yelp_business(path: Path, skips: SkipLog) -> dict[str, DumpProduct]:
     products: dict[str, DumpProduct] = {}
     for f in _json_records(path, skips):
-        try:
-            business = f.id("business_id")
-            name = f.text("name")
-            categories = f.text("categories")
-        except RecordError as error:
-            skips.skip(error)
-            continue
-        if business in products:
-            skips.skip(f.error(f"duplicate business {business!r}", "business_id", "duplicate business"))
-            continue
-        products[business] = DumpProduct(_join(name, categories))
+        with skips.guard():
+            business, name, categories = f.id("business_id"), f.text("name"), f.text("categories")
+            if business in products:
+                raise f.error(f"duplicate business {business!r}", "business_id", "duplicate business")
+            products[business] = DumpProduct(_join(name, categories))
     return products
 
 
@@ -413,27 +384,20 @@ def _read_table(path: Path, skips: SkipLog, columns: ColumnMapping) -> tuple[lis
     reviews: list[DumpReview] = []
     products: dict[str, DumpProduct] = {}
     for f in records:
-        try:
+        with skips.guard():
             product = f.id(columns.product)
             review_id = f.id(columns.review) if columns.review is not None else f"line{f.line}"
-            texts = [f.text(column) for column in columns.text]
+            text = _join(*(f.text(column) for column in columns.text))
             votes = f.votes(columns.votes)
             rating = f.rating(columns.rating) if columns.rating is not None else None
             images = f.urls(columns.images) if columns.images else ()
-            side = None
             if with_product_side:
                 side = DumpProduct(f.text(columns.product_text) if columns.product_text else "",
                                    f.urls(columns.product_images) if columns.product_images else ())
-                known = products.get(product)
-                if known is not None and known != side:
+                if products.setdefault(product, side) != side:
                     raise f.error(f"product {product!r} has another text or images than on an earlier line",
                                   columns.product_text or columns.product_images, "inconsistent product")
-        except RecordError as error:
-            skips.skip(error)
-            continue
-        if side is not None:
-            products.setdefault(product, side)
-        reviews.append(DumpReview(product, review_id, _join(*texts), votes, rating, images, f"{path} line {f.line}"))
+            reviews.append(DumpReview(product, review_id, text, votes, rating, images, f.where))
     return reviews, products
 
 
@@ -543,25 +507,13 @@ def read_dump(
             **report,
         }
     }
-    raw = RawDataset(
-        source={
-            "format": fmt,
-            "path": str(input_path),
-            "metadata": str(metadata) if metadata is not None else None,
-            "metadata_features": metadata_features,
-            "business": str(business) if business is not None else None,
-            "columns": dict(columns.columns()) if columns is not None else None,
-            "fractions": list(fractions),
-            "seed": seed,
-            "votes_scheme": votes_scheme,
-            "max_level": max_level,
-            "min_reviews": min_reviews,
-            "drop_single_level": drop_single_level,
-            "lenient": lenient,
-        },
-        splits=splits,
-        notes=notes,
+    source = describe_source(
+        fmt, input_path, metadata=metadata, metadata_features=metadata_features, business=business,
+        columns=dict(columns.columns()) if columns is not None else None, fractions=fractions, seed=seed,
+        votes_scheme=votes_scheme, max_level=max_level, min_reviews=min_reviews, drop_single_level=drop_single_level,
+        lenient=lenient,
     )
+    raw = RawDataset(source=source, splits=splits, notes=notes)
     raw.validate()
     logger.info("read %d reviews of %d products from %s (%d skipped)", read, report["products_read"], input_path,
                 skips.total)

@@ -67,6 +67,7 @@ from mrhp.data.records import (
     RawReview,
     RawSplit,
     cap_regions,
+    describe_source,
     parse_object_line,
     split_products,
     unique_ids,
@@ -328,20 +329,14 @@ def read_jsonl(
         by_split[assignment[product.id]].products.append(product)
     for review in reviews:
         by_split[assignment[review.product_id]].reviews.append(review)
+    random = split_source == "random"
+    source = describe_source(
+        "mrhp-jsonl", products_path.parent, products=products_path, reviews=reviews_path, split_from=split_source,
+        fractions=fractions if random else None, seed=seed if random else None, votes_scheme=votes_scheme,
+        max_level=max_level, max_regions_per_image=max_regions_per_image, max_regions_per_item=max_regions_per_item,
+    )
     raw = RawDataset(
-        source={
-            "format": "mrhp-jsonl",
-            "path": str(products_path.parent),
-            "products": str(products_path),
-            "reviews": str(reviews_path),
-            "split_from": split_source,
-            "fractions": list(fractions) if split_source == "random" else None,
-            "seed": seed if split_source == "random" else None,
-            "votes_scheme": votes_scheme,
-            "max_level": max_level,
-            "max_regions_per_image": max_regions_per_image,
-            "max_regions_per_item": max_regions_per_item,
-        },
+        source,
         splits={name: s for name, s in by_split.items() if s.products},
         max_missing_image_rate=max_missing_image_rate,
         notes={"labels_from": label_source},

@@ -37,6 +37,7 @@ from mrhp.data.records import (
     RawReview,
     RawSplit,
     cap_regions,
+    describe_source,
     unique_ids,
 )
 from mrhp.errors import DataError
@@ -45,6 +46,8 @@ logger = logging.getLogger(__name__)
 
 PRODUCT_TEXT_CHOICES = ("name+description", "name")
 MAX_LABEL = 4
+# The reference implementation keeps the first 32 regions of each image.
+DEFAULT_MAX_REGIONS_PER_IMAGE = 32
 
 _MISSING = object()
 
@@ -169,7 +172,8 @@ class PthFeatures(FeatureSource):
     ``max_regions_per_item`` regions in all (reference: 32 and 128).
     """
 
-    def __init__(self, path: Path, max_regions_per_image: int | None = 32, max_regions_per_item: int | None = 128):
+    def __init__(self, path: Path, max_regions_per_image: int | None = DEFAULT_MAX_REGIONS_PER_IMAGE,
+                 max_regions_per_item: int | None = 128):
         self.path = path
         self.max_regions_per_image = max_regions_per_image
         self.max_regions_per_item = max_regions_per_item
@@ -290,7 +294,7 @@ def read_official(
     review_features: str | Path | None = None,
     splits: Sequence[str] = SPLIT_NAMES,
     product_text: str = "name+description",
-    max_regions_per_image: int | None = 32,
+    max_regions_per_image: int | None = DEFAULT_MAX_REGIONS_PER_IMAGE,
     max_regions_per_item: int | None = 128,
     max_missing_image_rate: float = 0.05,
 ) -> RawDataset:
@@ -349,20 +353,12 @@ def read_official(
             if n:
                 logger.warning("%s: %d %ss have image URLs but no %s feature folder was given: read as text-only",
                                split, n, kind, kind)
-    raw = RawDataset(
-        source={
-            "format": "mrhp-official",
-            "path": str(data_dir),
-            "category": category,
-            **{f"{kind}_features": str(f.root) if f.root is not None else None for kind, f in folders.items()},
-            "product_text": product_text,
-            "max_regions_per_image": max_regions_per_image,
-            "max_regions_per_item": max_regions_per_item,
-        },
-        splits=raw_splits,
-        max_missing_image_rate=max_missing_image_rate,
-        notes=notes,
+    source = describe_source(
+        "mrhp-official", data_dir, category=category, product_features=folders["product"].root,
+        review_features=folders["review"].root, product_text=product_text,
+        max_regions_per_image=max_regions_per_image, max_regions_per_item=max_regions_per_item,
     )
+    raw = RawDataset(source, raw_splits, max_missing_image_rate=max_missing_image_rate, notes=notes)
     raw.check_feature_files()
     logger.info("read %s/%s: %s", data_dir, category,
                 ", ".join(f"{n} {len(s.products)} products / {len(s.reviews)} reviews" for n, s in raw_splits.items()))

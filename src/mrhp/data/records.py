@@ -138,8 +138,8 @@ class RawDataset:
     """What the readers produce and :func:`prepare_dataset` consumes.
 
     Attributes:
-        source: a JSON-serialisable description of where the data came from (format, paths, options); saved in
-            ``dataset.json``.
+        source: a JSON-serialisable description of where the data came from (format, paths, options; see
+            :func:`describe_source`); saved in ``dataset.json``.
         splits: split name -> split, in order (``train`` first by convention).
         max_missing_image_rate: the largest tolerated fraction, per split and kind, of items that should have
             images but whose feature files are missing or unreadable.
@@ -191,6 +191,18 @@ class RawDataset:
                 summary[name][kind] = {"expected": expected, "missing": len(missing)}
                 check_missing_rate(name, kind, len(missing), expected, self.max_missing_image_rate, missing)
         return summary
+
+
+def describe_source(fmt: str, path: str | Path, **options: object) -> dict:
+    """:attr:`RawDataset.source` of a reader: its format, its input path and the options it read with, paths written
+    as strings and tuples as lists, as JSON will hold them."""
+
+    def plain(value: object) -> object:
+        if isinstance(value, Path):
+            return str(value)
+        return list(value) if isinstance(value, tuple) else value
+
+    return {"format": fmt, "path": str(path), **{name: plain(value) for name, value in options.items()}}
 
 
 def check_missing_rate(
