@@ -33,14 +33,13 @@ split and kind (products / reviews) exceeds ``RawDataset.max_missing_image_rate`
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 
 from mrhp.data.records import KINDS
-from mrhp.data.store import NO_IMAGE, FeatureStore
+from mrhp.data.store import NO_IMAGE, FeatureStore, load_json, read_meta
 from mrhp.data.text import PAD_ID, Vocabulary
 from mrhp.errors import DataError
 
@@ -53,13 +52,6 @@ def _load_npy(path: Path, *, mmap: bool = False) -> np.ndarray:
         return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise DataError(f"cannot read array ({exc})", file=path) from None
-
-
-def _load_json(path: Path) -> object:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(f"cannot read JSON ({exc})", file=path) from None
 
 
 class PreparedSplit:
@@ -88,7 +80,7 @@ class PreparedSplit:
         self._text_store = text_store
         ids = {}
         for kind in KINDS:
-            value = _load_json(path / f"{kind}_ids.json")
+            value = load_json(path / f"{kind}_ids.json")
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise DataError("expected a JSON list of strings", file=path / f"{kind}_ids.json")
             ids[kind] = value
@@ -190,7 +182,7 @@ class PreparedSplit:
         path = self.path / f"{kind}_image_refs.json"
         if not path.exists():
             return None
-        refs = _load_json(path)
+        refs = load_json(path)
         size = self.num_products if kind == "product" else self.num_reviews
         if not isinstance(refs, list) or len(refs) != size:
             raise DataError(f"expected a JSON list of {size} lists of URLs", file=path)
@@ -231,17 +223,7 @@ class PreparedDataset:
         """Open a prepared dataset; ``DataError`` naming the path if it is missing or of another format/version."""
         path = Path(path)
         meta_path = path / "dataset.json"
-        if not meta_path.is_file():
-            raise DataError("not a prepared dataset (no dataset.json); run `mrhp prepare` first", file=path)
-        meta = _load_json(meta_path)
-        if not isinstance(meta, dict) or meta.get("format") != PREPARED_FORMAT:
-            raise DataError(f"not a prepared dataset (format is not {PREPARED_FORMAT!r})", file=meta_path)
-        if meta.get("version") != PREPARED_VERSION:
-            raise DataError(
-                f"prepared dataset version {meta.get('version')!r} is not supported (expected {PREPARED_VERSION}); "
-                "prepare it again with this version",
-                file=meta_path,
-            )
+        meta = read_meta(meta_path, "prepared dataset", PREPARED_FORMAT, PREPARED_VERSION)
         for key, kind in (("feature_dim", int), ("relevance_threshold", int), ("splits", list)):
             if not isinstance(meta.get(key), kind) or isinstance(meta.get(key), bool):
                 raise DataError(f"missing or invalid value {meta.get(key)!r}", file=meta_path, field=key)

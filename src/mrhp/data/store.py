@@ -11,6 +11,9 @@ Layout of a store directory:
 
 Items are addressed by the integer row returned by :meth:`FeatureStoreWriter.add`; row ``-1`` means "no image"
 everywhere in the project. Nothing in a store is pickled, so opening one never runs code.
+
+:func:`read_meta` checks the format and version of ``store.json`` and, for :mod:`mrhp.data.prepared`, of the
+prepared dataset's ``dataset.json``, the other folder that ``mrhp prepare`` writes.
 """
 
 from __future__ import annotations
@@ -34,6 +37,28 @@ STORE_VERSION = 1
 NO_IMAGE = -1
 
 _DTYPES = {"float16": np.dtype("<f2"), "float32": np.dtype("<f4")}
+
+
+def load_json(path: Path) -> object:
+    """The content of a JSON file; ``DataError`` naming the file when it cannot be read or parsed."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"cannot read JSON ({exc})", file=path) from None
+
+
+def read_meta(path: Path, what: str, fmt: str, version: int) -> dict:
+    """The metadata file of a folder that ``mrhp prepare`` writes (a feature store, a prepared dataset), of format
+    ``fmt`` and ``version``; ``DataError`` when it is missing, unreadable, or of another format or version."""
+    if not path.is_file():
+        raise DataError(f"not a {what} (no {path.name}); run `mrhp prepare` first", file=path.parent)
+    meta = load_json(path)
+    if not isinstance(meta, dict) or meta.get("format") != fmt:
+        raise DataError(f"not a {what} (format is not {fmt!r})", file=path)
+    if meta.get("version") != version:
+        raise DataError(f"{what} version {meta.get('version')!r} is not supported (expected {version}); prepare the "
+                        "dataset again with this version", file=path)
+    return meta
 
 
 class FeatureStoreWriter:
@@ -159,16 +184,7 @@ class FeatureStore:
         """Open a store, memory-mapping its regions; a missing or inconsistent store is a ``DataError``."""
         path = Path(path)
         meta_path = path / "store.json"
-        if not meta_path.is_file():
-            raise DataError("not a feature store (no store.json)", file=path)
-        try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise DataError(f"unreadable store metadata ({exc})", file=meta_path) from None
-        if not isinstance(meta, dict) or meta.get("format") != STORE_FORMAT:
-            raise DataError(f"not a feature store (format is not {STORE_FORMAT!r})", file=meta_path)
-        if meta.get("version") != STORE_VERSION:
-            raise DataError(f"unsupported feature store version {meta.get('version')!r}", file=meta_path)
+        meta = read_meta(meta_path, "feature store", STORE_FORMAT, STORE_VERSION)
         dtype = meta.get("dtype")
         if dtype not in _DTYPES:
             raise DataError(f"unknown dtype {dtype!r}", file=meta_path, field="dtype")
