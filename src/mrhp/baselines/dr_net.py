@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from mrhp.baselines.layers import BiLSTM, ImageEncoder, Ranker, region_masks, scorer
+from mrhp.baselines.layers import SharedEncoderRanker, region_masks, scorer
 from mrhp.config import ModelConfig
 from mrhp.data.batching import Batch
 from mrhp.model import MaskedAttention, ModelOutput, masked_mean
@@ -56,20 +56,17 @@ class Relation(nn.Module):
         return masked_mean(related, x_mask) * y_mask.any(dim=1, keepdim=True).to(related.dtype)
 
 
-class DRNet(Ranker):
+class DRNet(SharedEncoderRanker):
     """f(p, r) of DR-Net; see the module docstring."""
 
     def __init__(self, config: ModelConfig):
-        super().__init__(config.vocab_size, config.embedding_dim, config.dropout)
-        d, heads, drop = 2 * (config.hidden_size // 2), config.num_heads, config.dropout
-        self.use_images = config.use_images and config.image_dim > 0
-        self.text_encoder = BiLSTM(config.embedding_dim, d // 2)
-        self.image_encoder = ImageEncoder(config.image_dim, d, 1, heads, config.feedforward_size, drop)
+        super().__init__(config)
+        d = self.dim
         self.decomposition = Decomposition(d)
         self.relations = nn.ModuleDict(
-            {name: Relation(d, heads) for name in ("review", "review_product", "product_review")}
+            {name: Relation(d, config.num_heads) for name in ("review", "review_product", "product_review")}
         )
-        self.scorer = scorer(9 * d, (d,), drop)
+        self.scorer = scorer(9 * d, (d,), config.dropout)
 
     def forward(self, batch: Batch) -> ModelOutput:
         rows = batch.review_product

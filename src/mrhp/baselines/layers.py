@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mrhp.config import ModelConfig
 from mrhp.data.batching import Batch
 from mrhp.model import MaskedAttention, ModelOutput, SelfAttentionBlock, masked_mean
 
@@ -148,6 +149,20 @@ class CrossAttention(nn.Module):
     def forward(self, x: Tensor, x_mask: Tensor, context: Tensor, context_mask: Tensor) -> Tensor:
         mixed = self.attention(self.norm(x), context, context_mask)  # [X, Lx, d]
         return (x + self.dropout(mixed)) * x_mask[..., None].to(x.dtype)
+
+
+class SharedEncoderRanker(Ranker):
+    """Base of the baselines that encode product and review alike (DR-Net, SSE-Cross): one text encoder (a BiLSTM,
+    `d / 2` units per direction) and one image encoder (Linear(F -> d) + one self-attention block) shared by both
+    sides; `dim` is d."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__(config.vocab_size, config.embedding_dim, config.dropout)
+        self.dim = 2 * (config.hidden_size // 2)
+        self.use_images = config.use_images and config.image_dim > 0
+        self.text_encoder = BiLSTM(config.embedding_dim, self.dim // 2)
+        self.image_encoder = ImageEncoder(config.image_dim, self.dim, 1, config.num_heads, config.feedforward_size,
+                                          config.dropout)
 
 
 class ProductAwareAttention(nn.Module):

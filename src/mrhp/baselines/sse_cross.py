@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mrhp.baselines.layers import BiLSTM, CrossAttention, ImageEncoder, Ranker, region_masks, scorer
+from mrhp.baselines.layers import CrossAttention, SharedEncoderRanker, region_masks, scorer
 from mrhp.config import ModelConfig
 from mrhp.data.batching import Batch
 from mrhp.model import ModelOutput, masked_mean
@@ -28,15 +28,12 @@ from mrhp.model import ModelOutput, masked_mean
 SHARE_PROBABILITY = 0.25
 
 
-class SSECross(Ranker):
+class SSECross(SharedEncoderRanker):
     """f(p, r) of SSE-Cross; see the module docstring."""
 
     def __init__(self, config: ModelConfig):
-        super().__init__(config.vocab_size, config.embedding_dim, config.dropout)
-        d, heads, drop = 2 * (config.hidden_size // 2), config.num_heads, config.dropout
-        self.use_images = config.use_images and config.image_dim > 0
-        self.text_encoder = BiLSTM(config.embedding_dim, d // 2)
-        self.image_encoder = ImageEncoder(config.image_dim, d, 1, heads, config.feedforward_size, drop)
+        super().__init__(config)
+        d, heads, drop = self.dim, config.num_heads, config.dropout
         self.text_to_image = CrossAttention(d, heads, drop)
         self.image_to_text = CrossAttention(d, heads, drop)
         self.scorer = scorer(6 * d, (d,), drop)
