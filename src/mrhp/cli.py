@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from mrhp import __version__
 from mrhp.config import MODEL_NAMES
 from mrhp.data.dumps import DUMP_FORMATS
-from mrhp.data.official import PRODUCT_TEXT_CHOICES
+from mrhp.data.official import DEFAULT_MAX_REGIONS_PER_IMAGE, PRODUCT_TEXT_CHOICES
 from mrhp.errors import MrhpError
 from mrhp.floors import FLOOR_METHODS, TEXT_FEATURES
 from mrhp.images import DEFAULT_BATCH_SIZE, DEFAULT_INPUT_SIZE, DEFAULT_MAX_PIXELS, DEFAULT_MAX_REGIONS
@@ -63,7 +63,8 @@ def _prepare(args: argparse.Namespace) -> int:
             product_features=args.product_features or args.features,
             review_features=args.review_features or args.features,
             product_text=args.product_text,
-            max_regions_per_image=32 if args.max_regions_per_image is None else args.max_regions_per_image,
+            max_regions_per_image=DEFAULT_MAX_REGIONS_PER_IMAGE if args.max_regions_per_image is None
+            else args.max_regions_per_image,
             max_regions_per_item=args.max_regions_per_item,
             max_missing_image_rate=args.max_missing_image_rate,
         )
@@ -165,48 +166,56 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluate(args: argparse.Namespace) -> int:
-    from mrhp.checkpoint import load_checkpoint
+def _evaluation_data(args: argparse.Namespace):
+    """The prepared dataset of `evaluate` / `floor` and the relevance threshold (--threshold, else the dataset's)."""
     from mrhp.data.prepared import PreparedDataset
-    from mrhp.evaluate import evaluate_split, format_metrics, write_per_product
 
-    checkpoint = load_checkpoint(args.checkpoint)
     dataset = PreparedDataset.open(args.data)
-    if checkpoint.config.model.vocab_size != len(dataset.vocab):
-        raise MrhpError(
-            f"{args.data} was prepared with another vocabulary ({len(dataset.vocab)} words) than the checkpoint "
-            f"({checkpoint.config.model.vocab_size}): evaluate on the dataset the model was trained on"
-        )
-    threshold = dataset.relevance_threshold if args.threshold is None else args.threshold
-    ties = args.ties or checkpoint.config.train.ties
-    summary, product_ids, values, _ = evaluate_split(
-        checkpoint.model, dataset.split(args.split), data=checkpoint.config.data, feature_dim=dataset.feature_dim,
-        threshold=threshold, ties=ties, progress=not args.no_progress,
-    )
-    print(f"{args.split}: {format_metrics(summary)}  ({len(product_ids)} products, ties={ties}, threshold={threshold})")
-    if args.per_product:
-        write_per_product(args.per_product, product_ids, values, args.split)
-        print(f"per-product values written to {args.per_product}")
-    return 0
+    return dataset, dataset.relevance_threshold if args.threshold is None else args.threshold
 
 
-def _floor(args: argparse.Namespace) -> int:
-    from mrhp.data.prepared import PreparedDataset
+def _report_split(args: argparse.Namespace, summary: dict, product_ids: list, values: dict, *, system: str,
+                  ties: str, threshold: int) -> int:
+    """Print the metrics of `evaluate` / `floor` on the split, and write its per-product values if asked."""
     from mrhp.evaluate import format_metrics, write_per_product
-    from mrhp.floors import evaluate_floor
 
-    dataset = PreparedDataset.open(args.data)
-    threshold = dataset.relevance_threshold if args.threshold is None else args.threshold
-    summary, product_ids, values = evaluate_floor(
-        dataset, args.method, args.split, threshold=threshold, ties=args.ties, seed=args.seed, shuffles=args.shuffles,
-        text_features=args.text_features, threads=args.threads,
-    )
-    print(f"{args.split}: {format_metrics(summary)}  ({args.method} floor, {len(product_ids)} products, ties={args.ties}, "
+    print(f"{args.split}: {format_metrics(summary)}  ({system}{len(product_ids)} products, ties={ties}, "
           f"threshold={threshold})")
     if args.per_product:
         write_per_product(args.per_product, product_ids, values, args.split)
         print(f"per-product values written to {args.per_product}")
     return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from mrhp.checkpoint import load_checkpoint
+    from mrhp.evaluate import evaluate_split
+
+    checkpoint = load_checkpoint(args.checkpoint)
+    dataset, threshold = _evaluation_data(args)
+    if checkpoint.config.model.vocab_size != len(dataset.vocab):
+        raise MrhpError(
+            f"{args.data} was prepared with another vocabulary ({len(dataset.vocab)} words) than the checkpoint "
+            f"({checkpoint.config.model.vocab_size}): evaluate on the dataset the model was trained on"
+        )
+    ties = args.ties or checkpoint.config.train.ties
+    summary, product_ids, values, _ = evaluate_split(
+        checkpoint.model, dataset.split(args.split), data=checkpoint.config.data, feature_dim=dataset.feature_dim,
+        threshold=threshold, ties=ties, progress=not args.no_progress,
+    )
+    return _report_split(args, summary, product_ids, values, system="", ties=ties, threshold=threshold)
+
+
+def _floor(args: argparse.Namespace) -> int:
+    from mrhp.floors import evaluate_floor
+
+    dataset, threshold = _evaluation_data(args)
+    summary, product_ids, values = evaluate_floor(
+        dataset, args.method, args.split, threshold=threshold, ties=args.ties, seed=args.seed, shuffles=args.shuffles,
+        text_features=args.text_features, threads=args.threads,
+    )
+    return _report_split(args, summary, product_ids, values, system=f"{args.method} floor, ", ties=args.ties,
+                         threshold=threshold)
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -270,6 +279,14 @@ def build_parser() -> argparse.ArgumentParser:
     def common(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("--no-progress", action="store_true", help="no progress bars")
 
+    def split_options(sub: argparse.ArgumentParser, ties_default: str | None, ties_help: str) -> None:
+        """What `evaluate` and `floor` evaluate on, and how."""
+        sub.add_argument("--data", type=Path, required=True, help="prepared dataset folder")
+        sub.add_argument("--split", default="test")
+        sub.add_argument("--per-product", type=Path, help="write per-product metric values (JSON lines) here")
+        sub.add_argument("--ties", choices=TIES, default=ties_default, help=ties_help)
+        sub.add_argument("--threshold", type=int, help="relevance threshold (default: the dataset's)")
+
     def image_options(group: argparse._ActionsContainer) -> None:
         group.add_argument("--input-size", type=int, default=DEFAULT_INPUT_SIZE, help="image side in pixels fed to EfficientNet-Lite0 (grid ceil(N/32))")
         group.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="images per forward pass")
@@ -285,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--relevance-threshold", type=int, default=1, help="a review is relevant iff label > this (Amazon 1, Lazada 0)")
     prepare.add_argument("--max-regions-per-item", type=int, default=128)
     prepare.add_argument("--max-missing-image-rate", type=float, default=0.05, help="fail when more items miss their image features")
-    prepare.add_argument("--max-regions-per-image", type=int, help=f"mrhp: first N regions per image (default 32); jsonl: cap per .npy image, and regions per image file (default {DEFAULT_MAX_REGIONS})")
+    prepare.add_argument("--max-regions-per-image", type=int, help=f"mrhp: first N regions per image (default {DEFAULT_MAX_REGIONS_PER_IMAGE}); jsonl: cap per .npy image, and regions per image file (default {DEFAULT_MAX_REGIONS})")
     prepare.add_argument("--config", type=Path, help="the training config (TOML/JSON): prepare takes model.text_encoder, model.text_tuned_layers and data.max_tokens from it")
     prepare.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override one config setting; repeatable")
     prepare.add_argument("--text-encoder", choices=TEXT_ENCODERS, help="store the token states of this pretrained text encoder (= --set model.text_encoder=NAME; needs the text extra)")
@@ -336,21 +353,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("evaluate", help="MAP / NDCG@3 / NDCG@5 of a checkpoint on a split")
     evaluate.add_argument("--checkpoint", type=Path, required=True)
-    evaluate.add_argument("--data", type=Path, required=True, help="prepared dataset folder")
-    evaluate.add_argument("--split", default="test")
-    evaluate.add_argument("--per-product", type=Path, help="write per-product metric values (JSON lines) here")
-    evaluate.add_argument("--ties", choices=TIES, help="tie order (default: the checkpoint's)")
-    evaluate.add_argument("--threshold", type=int, help="relevance threshold (default: the dataset's)")
+    split_options(evaluate, ties_default=None, ties_help="tie order (default: the checkpoint's)")
     common(evaluate)
     evaluate.set_defaults(handler=_evaluate)
 
     floor = commands.add_parser("floor", help="a floor (random, review length, LightGBM LambdaMART) on a split, evaluated like a model")
-    floor.add_argument("--data", type=Path, required=True, help="prepared dataset folder")
     floor.add_argument("--method", choices=FLOOR_METHODS, required=True)
-    floor.add_argument("--split", default="test")
-    floor.add_argument("--per-product", type=Path, help="write per-product metric values (JSON lines) here")
-    floor.add_argument("--ties", choices=TIES, default="pessimistic")
-    floor.add_argument("--threshold", type=int, help="relevance threshold (default: the dataset's)")
+    split_options(floor, ties_default="pessimistic", ties_help="tie order (default pessimistic)")
     floor.add_argument("--seed", type=int, default=0, help="seed of the random shuffles / LightGBM")
     floor.add_argument("--shuffles", type=int, default=20, help="random: metrics are averaged over this many shuffles")
     floor.add_argument("--text-features", choices=TEXT_FEATURES, default="tfidf", help="lambdamart: text summary features")
