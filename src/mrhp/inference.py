@@ -65,7 +65,7 @@ from mrhp.images import (
 )
 from mrhp.models import reads_images
 
-_HASH_CHUNK = 1 << 20  # bytes read at a time when hashing files
+HASH_CHUNK = 1 << 20  # bytes read at a time when hashing files
 _MISSING = object()
 
 Group = tuple[int, np.ndarray]
@@ -79,7 +79,7 @@ def file_sha256(path: Path) -> str:
     """SHA-256 (hex) of a file's bytes: the identity of a checkpoint for `predict`'s resume and `/v1/model`."""
     digest = hashlib.sha256()
     with Path(path).open("rb") as handle:
-        while chunk := handle.read(_HASH_CHUNK):
+        while chunk := handle.read(HASH_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
 

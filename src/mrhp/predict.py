@@ -35,14 +35,13 @@ from typing import BinaryIO
 
 from mrhp.data.records import parse_object_line
 from mrhp.errors import MrhpError
-from mrhp.inference import RankedReviews, Ranker, RankingRequest, file_sha256, load_ranker
+from mrhp.inference import HASH_CHUNK, RankedReviews, Ranker, RankingRequest, file_sha256, load_ranker
 from mrhp.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
 PROGRESS_FORMAT = "mrhp-predict-progress"
 PROGRESS_VERSION = 1
-_HASH_CHUNK = 1 << 20  # bytes read at a time when hashing the ranked prefix of the input
 _Digest = type(hashlib.sha256())  # hashlib does not name its hash object type publicly
 
 
@@ -96,7 +95,7 @@ def _resume_point(
         )
     prefix = hashlib.sha256()
     remaining = progress.input_offset
-    while remaining > 0 and (chunk := source.read(min(_HASH_CHUNK, remaining))):
+    while remaining > 0 and (chunk := source.read(min(HASH_CHUNK, remaining))):
         prefix.update(chunk)
         remaining -= len(chunk)
     if remaining or prefix.hexdigest() != progress.input_prefix_sha256:
