@@ -45,9 +45,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from mrhp.errors import MrhpError
+from mrhp.progress import progress_bar
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -251,7 +251,7 @@ def encode_texts(encoder: PretrainedText, texts: Sequence[str], max_tokens: int 
     results: dict[int, np.ndarray] = {}
     batches = range(0, len(order), batch_size)
     with torch.inference_mode():
-        for start in tqdm(batches, desc=f"text states ({spec.name})", unit="batch", disable=not progress):
+        for start in progress_bar(batches, show=progress, desc=f"text states ({spec.name})", unit="batch"):
             rows = order[start: start + batch_size]
             lengths = [len(ids[i]) for i in rows]
             tokens = torch.full((len(rows), lengths[0]), pad, dtype=torch.int64)  # [b, L]

@@ -23,7 +23,6 @@ from typing import Protocol
 
 import numpy as np
 from numpy.lib import format as npy_format
-from tqdm import tqdm
 
 from mrhp.data.prepared import PREPARED_FORMAT, PREPARED_VERSION
 from mrhp.data.records import (
@@ -38,6 +37,7 @@ from mrhp.data.records import (
 from mrhp.data.store import NO_IMAGE, FeatureStoreWriter
 from mrhp.data.text import UNK_ID, Vocabulary, count_tokens, match_word_vectors
 from mrhp.errors import DataError, MrhpError
+from mrhp.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -120,8 +120,7 @@ class _StoreSink:
 
 
 def _progress(items: Sequence, desc: str) -> Iterable:
-    # disable=None: tqdm shows the bar only on a terminal (logs of batch jobs stay clean).
-    return tqdm(items, desc=desc, unit="item", disable=None, leave=False)
+    return progress_bar(items, desc=desc, unit="item", leave=False)
 
 
 def _tokens_of(split: RawSplit) -> Iterator[str]:
@@ -223,8 +222,8 @@ def _write_prepared(
     states: _StoreSink,
 ) -> dict:
     train = source.splits["train"]
-    counts = count_tokens(tqdm(_tokens_of(train), desc="counting train tokens", unit="text", disable=None,
-                               leave=False, total=len(train.products) + len(train.reviews)))
+    counts = count_tokens(progress_bar(_tokens_of(train), desc="counting train tokens", unit="text", leave=False,
+                                       total=len(train.products) + len(train.reviews)))
     vocab = Vocabulary.from_counts(counts, min_count=min_count, max_size=max_vocab_size)
     train_tokens = sum(counts.values())
     in_vocab = sum(n for token, n in counts.items() if token in vocab)
@@ -308,7 +307,7 @@ def _write_text_states(source: RawDataset, tmp: Path, encoder: TextStateEncoder,
         for kind, items in (("product", split.products), ("review", split.reviews)):
             rows = np.zeros(len(items), dtype=np.int64)
             chunks = range(0, len(items), TEXT_CHUNK)
-            for start in tqdm(chunks, desc=f"{name} {kind} text states", unit="chunk", disable=None, leave=False):
+            for start in progress_bar(chunks, desc=f"{name} {kind} text states", unit="chunk", leave=False):
                 chunk = items[start:start + TEXT_CHUNK]
                 for i, (item, encoded) in enumerate(zip(chunk, encoder.encode([item.text for item in chunk]))):
                     rows[start + i] = sink.add(np.asarray(encoded), f"{name} {kind} {item.id}", "text encoder")

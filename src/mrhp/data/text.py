@@ -20,9 +20,9 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from mrhp.errors import DataError, MrhpError
+from mrhp.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -288,8 +288,8 @@ def _match_text_file(path: Path, vocab: Vocabulary) -> tuple[np.ndarray, np.ndar
     declared_rows: int | None = None
     lines_read = 0
     try:
-        lines = tqdm(_open_lines(path), desc=f"reading {path.name}", unit="line", unit_scale=True, disable=None,
-                     leave=False)
+        lines = progress_bar(_open_lines(path), desc=f"reading {path.name}", unit="line", unit_scale=True,
+                             leave=False)
         for line_no, raw in enumerate(lines, start=1):
             try:
                 line = raw.decode("utf-8")
