@@ -3,11 +3,10 @@
 
 from __future__ import annotations
 
-import gzip
-import json
 from pathlib import Path
 
 import pytest
+from conftest import write_lines
 
 from mrhp.cli import main
 from mrhp.data.dumps import read_dump
@@ -21,16 +20,6 @@ def review(parent: str, user: str, text: str, votes: object = 0, asin: str | Non
     return {"rating": 4.0, "title": f"title of {user}", "text": text, "images": [], "asin": asin or parent,
             "parent_asin": parent, "user_id": user, "timestamp": 1470972512000, "helpful_vote": votes,
             "verified_purchase": True, **extra}
-
-
-def write_lines(path: Path, rows: list, compress: bool = False) -> Path:
-    text = "".join((row if isinstance(row, str) else json.dumps(row)) + "\n" for row in rows)
-    if compress:
-        with gzip.open(path, "wt", encoding="utf-8") as out:
-            out.write(text)
-    else:
-        path.write_text(text, encoding="utf-8")
-    return path
 
 
 def reviews_rows() -> list:

@@ -8,34 +8,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TINY_TRAIN_ARGS, prepare_tiny_dataset
 
 from mrhp.checkpoint import load_checkpoint
 from mrhp.cli import main
-from mrhp.synthetic import SyntheticSpec, write_official_dataset
-
-TINY = [
-    "--set", "model.hidden_size=16", "--set", "model.embedding_dim=8", "--set", "model.num_heads=2",
-    "--set", "model.interaction_layers=2", "--set", "model.feedforward_size=16", "--set", "train.lr=0.003",
-    "--set", "data.batch_rows=16", "--set", "train.threads=1", "--no-progress",
-]
+from mrhp.synthetic import SyntheticSpec
 
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("e2e")
     spec = SyntheticSpec(products=(12, 4, 4), reviews_per_product=(3, 6), num_topics=4, feature_dim=8)
-    features = write_official_dataset(root / "official", "tiny", spec)
-    status = main([
-        "prepare", "--format", "mrhp", "--data-dir", str(root / "official"), "--category", "tiny",
-        "--features", str(features), "--min-count", "1", "--out", str(root / "prepared"),
-    ])
-    assert status == 0
-    return root / "prepared"
+    return prepare_tiny_dataset(tmp_path_factory.mktemp("e2e"), spec)
 
 
 def test_prepare_train_resume_evaluate_predict(prepared: Path, tmp_path: Path, capsys):
     run = tmp_path / "run"
-    assert main(["train", "--data", str(prepared), "--out", str(run), "--set", "train.epochs=2", *TINY]) == 0
+    assert main(["train", "--data", str(prepared), "--out", str(run), "--set", "train.epochs=2", *TINY_TRAIN_ARGS]) == 0
     log = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [row["epoch"] for row in log] == [1, 2]
     assert {"loss_ranking", "loss_contrastive", "dev_map", "dev_ndcg@3", "dev_ndcg@5"} <= set(log[0])
@@ -96,7 +84,7 @@ def test_prepare_train_resume_evaluate_predict(prepared: Path, tmp_path: Path, c
 
 
 def test_resume_repeats_an_uninterrupted_run(prepared: Path, tmp_path: Path):
-    args = ["--data", str(prepared), *TINY]
+    args = ["--data", str(prepared), *TINY_TRAIN_ARGS]
     assert main(["train", "--out", str(tmp_path / "straight"), "--set", "train.epochs=3", *args]) == 0
     # A run stopped after epoch 1, resumed with the full number of epochs.
     assert main(["train", "--out", str(tmp_path / "resumed"), "--set", "train.epochs=1", *args]) == 0
