@@ -59,6 +59,15 @@ def ranking(rng: np.random.Generator, reviews: int, tokens: int = 5, regions: in
     )
 
 
+def without_images(original: RankingList) -> RankingList:
+    """`original` with every image region removed (texts, labels and order kept)."""
+    return RankingList(
+        Item(original.product.tokens, original.product.regions[:0]),
+        [Item(r.tokens, r.regions[:0]) for r in original.reviews],
+        original.labels, original.review_indices, original.group,
+    )
+
+
 def scores_of(model: torch.nn.Module, lists: list[RankingList]) -> torch.Tensor:
     with torch.no_grad():
         return model(collate(lists, max_tokens=32, max_regions=32, feature_dim=FEATURES)).row_scores

@@ -15,14 +15,23 @@ from mrhp.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from mrhp.cli import main
 from mrhp.compare import compare_systems, format_comparison, read_per_product, system_name
 from mrhp.config import Config, ModelConfig, load_config
-from mrhp.data.batching import Item, RankingList, collate
+from mrhp.data.batching import Item, collate
 from mrhp.data.text import Vocabulary
 from mrhp.errors import MrhpError
 from mrhp.models import MODEL_NAMES, TEXT_ONLY, build_model, initialise_from_data, reads_images
 from mrhp.synthetic import SyntheticSpec
 from mrhp.train import joint_loss
 
-from conftest import FEATURES, TINY_TRAIN_ARGS, VOCAB, prepare_tiny_dataset, ranking, scores_of, tiny_model_config
+from conftest import (
+    FEATURES,
+    TINY_TRAIN_ARGS,
+    VOCAB,
+    prepare_tiny_dataset,
+    ranking,
+    scores_of,
+    tiny_model_config,
+    without_images,
+)
 
 TOKENS = ["<pad>", "<unk>"] + [f"w{i}" for i in range(VOCAB - 2)]
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -75,11 +84,7 @@ def test_absent_images_and_empty_texts_give_finite_scores_and_gradients(name):
 def test_images_are_read_only_by_multimodal_models(name):
     rng = np.random.default_rng(3)
     with_images = ranking(rng, 3, regions=4)
-    without = RankingList(
-        Item(with_images.product.tokens, with_images.product.regions[:0]),
-        [Item(r.tokens, r.regions[:0]) for r in with_images.reviews],
-        with_images.labels, with_images.review_indices, 0,
-    )
+    without = without_images(with_images)
     model = tiny_model(name)
     same = torch.allclose(scores_of(model, [with_images]), scores_of(model, [without]), atol=1e-6)
     assert same == (name in TEXT_ONLY) and reads_images(tiny_config(name)) == (name not in TEXT_ONLY)

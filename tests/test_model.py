@@ -10,7 +10,7 @@ import torch
 from mrhp.data.batching import Item, RankingList, collate, pack_groups
 from mrhp.model import HelpfulnessModel, masked_max, masked_mean, pack_left
 
-from conftest import FEATURES, ranking, scores_of, tiny_model_config
+from conftest import FEATURES, ranking, scores_of, tiny_model_config, without_images
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -59,11 +59,7 @@ def test_review_order_is_equivariant():
 def test_ignoring_images_equals_removing_them():
     rng = np.random.default_rng(3)
     with_images = ranking(rng, 3, regions=4)
-    without = RankingList(
-        Item(with_images.product.tokens, with_images.product.regions[:0]),
-        [Item(r.tokens, r.regions[:0]) for r in with_images.reviews],
-        with_images.labels, with_images.review_indices, 0,
-    )
+    without = without_images(with_images)
     model = small_model()
     text_only = small_model(use_images=False)
     assert torch.allclose(scores_of(text_only, [with_images]), scores_of(model, [without]), atol=1e-6)
