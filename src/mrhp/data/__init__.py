@@ -1,1 +1,2 @@
-"""Data: reading the official and user formats, text, word vectors, the feature store, prepared datasets."""
+"""Data: readers of the official, JSON-lines and public dump formats, text and word vectors, the feature store,
+prepared datasets and batches."""

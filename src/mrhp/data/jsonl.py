@@ -11,7 +11,7 @@
 ``images``         optional list of images, one entry per image, paths relative to the folder of the ``.jsonl``
                    file (or absolute): region feature files (``.npy`` arrays ``[n_regions, F]``, numbers, no
                    pickles) or image files (``.jpg``, ``.jpeg``, ``.png``, ``.webp``, ``.gif``, ``.bmp``, ``.tif``,
-                   ``.tiff``), whose features come from :mod:`mrhp.images` (``mrhp features``; the ``images``
+                   ``.tiff``), whose features come from :mod:`mrhp.image_folder` (``mrhp features``; the ``images``
                    extra) through the ``image_features`` argument of :func:`read_jsonl`. Without it image files
                    are refused with a message saying so.
 ``split``          optional ``"train"``, ``"dev"`` or ``"test"``. Either every product has it or none; without
@@ -298,7 +298,7 @@ def read_jsonl(
         image_features: what turns image files into feature files, called once after both files are read
             (so bad records fail before any extraction) with every image file listed, in order of appearance:
             returns each file's ``.npy`` features or the :class:`FeatureProblem` that masks it (e.g.
-            :meth:`mrhp.images.ImageFeatureFolder.resolve`). None = image files are refused.
+            :meth:`mrhp.image_folder.ImageFeatureFolder.resolve`). None = image files are refused.
 
     Returns:
         The raw dataset with the splits that have products, in the order train, dev, test; products and reviews
