@@ -25,8 +25,10 @@ from torch.utils.checkpoint import checkpoint
 
 from mrhp.config import ModelConfig
 from mrhp.data.batching import SIDE_FEATURES, Batch
+from mrhp.losses import MODALITY_KEYS
 
-COMPONENTS = ("product_text", "review_text", "product_image", "review_image")
+# The four components of eqs. 5-14, named as the contrastive loss (eqs. 30-33) names the pooled vectors.
+COMPONENTS = MODALITY_KEYS
 
 
 @dataclass
