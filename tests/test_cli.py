@@ -120,6 +120,8 @@ def test_every_shipped_config_loads():
     from mrhp.config import load_config
 
     configs = sorted((Path(__file__).parent.parent / "configs").glob("*.toml"))
-    assert len(configs) == 6
+    assert len(configs) == 7  # the paper's six dataset-category settings and real-data.toml
     for path in configs:
         load_config(path)
+    real = load_config(Path(__file__).parent.parent / "configs" / "real-data.toml")
+    assert (real.model.text_encoder, real.model.side_features) == ("minilm", True)
