@@ -107,7 +107,9 @@ def test_prepare_stores_states_and_batches_read_them(tmp_path):
     assert data.text_encoder == FakeEncoder().describe()
     split = data.split("train")
     assert split.review_states(0)[:, 0].tolist() == [ord(c) for c in "hell"]
-    assert split.product_states(1)[:, 0].tolist() == [ord(" ")]  # an empty text still has a state
+    assert split.product_states(1)[:, 0].tolist() == [ord(" ")]  # an empty text still has a state...
+    empty = collate(split_item_lists(split, [(1, split.reviews_of(1))]), max_tokens=3, max_regions=4, feature_dim=0)
+    assert not empty.product_state_mask.any()  # ...which is masked: an absent product text, as for the LSTM
     lists = split_item_lists(split, [(0, split.reviews_of(0))])
     batch = collate(lists, max_tokens=3, max_regions=4, feature_dim=0)
     assert batch.review_states.shape == (2, 3, STATE_DIM)

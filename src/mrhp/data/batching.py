@@ -175,7 +175,10 @@ def _pad_states(items: Sequence[Item], max_tokens: int) -> tuple[torch.Tensor, t
     if len(present) not in (0, len(items)):
         raise ValueError("some items have text states and others not")
     dim = present[0].shape[1] if present else 1
-    counts = [min(len(item.states), max_tokens) if item.states is not None else 0 for item in items]
+    # An empty text (no token) is an absent modality, as for the LSTM: its encoder's special-token states are
+    # masked out, so they never pose as a product text in the contrastive loss.
+    counts = [min(len(item.states), max_tokens) if item.states is not None and len(item.tokens) else 0
+              for item in items]
     width = max(max(counts, default=0), 1)
     states = np.zeros((len(items), width, dim), dtype=np.float32)
     for i, (item, count) in enumerate(zip(items, counts)):
