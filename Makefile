@@ -13,7 +13,7 @@ $(BIN)/python:
 
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install torch==2.13.0
-	$(BIN)/python -m pip install -e '.[test,glove,images,serve,floors,text]'
+	$(BIN)/python -m pip install -e '.[test,glove,images,fetch,serve,floors,text]'
 	touch $(STAMP)
 
 demo: $(STAMP)

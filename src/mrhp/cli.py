@@ -1,4 +1,4 @@
-"""The `mrhp` command line: prepare, features, train, evaluate, predict, serve, compare, demo. `main(argv)` returns the exit status."""
+"""The `mrhp` command line: prepare, features, fetch-images, train, evaluate, predict, serve, compare, demo. `main(argv)` returns the exit status."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from mrhp.config import MODEL_NAMES
 from mrhp.data.dumps import DUMP_FORMATS
 from mrhp.data.official import DEFAULT_MAX_REGIONS_PER_IMAGE, PRODUCT_TEXT_CHOICES
 from mrhp.errors import MrhpError
+from mrhp.fetch_images import FetchSettings
 from mrhp.floors import FLOOR_METHODS, TEXT_FEATURES
 from mrhp.images import DEFAULT_BATCH_SIZE, DEFAULT_INPUT_SIZE, DEFAULT_MAX_PIXELS, DEFAULT_MAX_REGIONS
 from mrhp.metrics import PAIRED_TESTS, TIES
@@ -52,9 +53,14 @@ def _prepare(args: argparse.Namespace) -> int:
             drop_single_level=args.drop_single_level,
             relevance_threshold=args.relevance_threshold,
         )
+        if args.fetched is not None:
+            _attach_fetched(args, raw)
     elif args.format == "mrhp":
         from mrhp.data.official import read_official
 
+        if args.fetched is not None:
+            raise MrhpError("--fetched is for --format jsonl and the dump formats (the official files come with "
+                            "region features)")
         if args.data_dir is None or args.category is None:
             raise MrhpError("prepare --format mrhp needs --data-dir and --category")
         raw = read_official(
@@ -75,6 +81,7 @@ def _prepare(args: argparse.Namespace) -> int:
 
         if args.products is None or args.reviews is None:
             raise MrhpError("prepare --format jsonl needs --products and --reviews")
+        fetched = _fetched(args)
         # Image files in the data are extracted into (or resumed from) the feature folder; without the images
         # extra, read_jsonl refuses them with a message that says how to install it.
         folder = _image_folder(args, args.image_features, progress=True) if images_available() else None
@@ -88,6 +95,7 @@ def _prepare(args: argparse.Namespace) -> int:
             max_regions_per_item=args.max_regions_per_item,
             max_missing_image_rate=args.max_missing_image_rate,
             image_features=folder.resolve if folder is not None else None,
+            fetched=fetched.resolve if fetched is not None else None,
         )
         if folder is not None and folder.last_report is not None:
             print(format_folder_report(folder.last_report))
@@ -103,6 +111,31 @@ def _prepare(args: argparse.Namespace) -> int:
     print(format_report(report))
     print(f"prepared dataset written to {args.out}")
     return 0
+
+
+def _fetched(args: argparse.Namespace):
+    """The downloaded images of `prepare --fetched DIR` (a FetchedImages), or None without the option."""
+    if args.fetched is None:
+        return None
+    from mrhp.fetch_images import FetchedImages
+
+    return FetchedImages(args.fetched)
+
+
+def _attach_fetched(args: argparse.Namespace, raw) -> None:
+    """Dumps: the image URLs of `raw` become the features of their downloaded files (`prepare --fetched`); the
+    feature folder defaults to image-features inside the fetch folder."""
+    from mrhp.fetch_images import attach_fetched_images
+    from mrhp.image_folder import format_folder_report
+    from mrhp.images import require_images_extra
+
+    require_images_extra()
+    folder = _image_folder(args, args.image_features or args.fetched / "image-features", progress=True)
+    attach_fetched_images(raw, _fetched(args), folder.resolve, args.max_regions_per_item)
+    raw.max_missing_image_rate = args.max_missing_image_rate
+    if folder.last_report is not None:
+        print(format_folder_report(folder.last_report))
+    raw.check_feature_files()
 
 
 def _state_encoder(args: argparse.Namespace):
@@ -152,6 +185,27 @@ def _features(args: argparse.Namespace) -> int:
         return 0
     print(format_folder_report(folder.last_report))
     print(f"features in {folder.path}; `mrhp prepare --format jsonl --image-features {folder.path} ...` uses them")
+    return 0
+
+
+def _fetch_images(args: argparse.Namespace) -> int:
+    from mrhp.fetch_images import fetch_images, format_fetch_report, read_prepared_image_urls
+
+    if (args.prepared is None) == (args.products is None and args.reviews is None):
+        raise MrhpError("give either --products and --reviews (JSON lines) or --prepared (a prepared dataset's image "
+                        "references)")
+    if args.prepared is not None:
+        urls = read_prepared_image_urls(args.prepared)
+    else:
+        from mrhp.data.jsonl import read_image_urls
+
+        if args.products is None or args.reviews is None:
+            raise MrhpError("fetch-images needs both --products and --reviews")
+        urls = read_image_urls(args.products, args.reviews)
+    settings = FetchSettings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(FetchSettings)})
+    report = fetch_images(urls, args.out, settings, retry_failed=args.retry_failed, progress=not args.no_progress)
+    print(format_fetch_report(report))
+    print(f"manifest: {args.out / 'manifest.jsonl'}; `mrhp prepare ... --fetched {args.out}` uses the files")
     return 0
 
 
@@ -319,7 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
     jsonl.add_argument("--split-fractions", type=float, nargs=3, default=(0.8, 0.1, 0.1), metavar=("TRAIN", "DEV", "TEST"))
     jsonl.add_argument("--seed", type=int, default=0, help="seed of the split by product")
     jsonl.add_argument("--votes-scheme", default="log2", help="votes -> level mapping (log2, linear-cap)")
-    jsonl.add_argument("--image-features", type=Path, help="feature folder of the image files (default: image-features beside --products); resumed")
+    jsonl.add_argument("--image-features", type=Path, help="feature folder of the image files (default: image-features beside --products, or inside --fetched for a dump); resumed")
+    jsonl.add_argument("--fetched", type=Path, help="folder of `mrhp fetch-images`: image URLs (jsonl `images`, a dump's image URLs) become its downloaded files; failed downloads mask their image")
     image_options(jsonl)
     dump = prepare.add_argument_group("--format amazon2018|amazon2014|amazon2023|finefood|yelp|csv (also --split-fractions, --seed, --votes-scheme)")
     dump.add_argument("--input", type=Path, help="the reviews file (.gz read transparently)")
@@ -340,6 +395,16 @@ def build_parser() -> argparse.ArgumentParser:
     image_options(features)
     common(features)
     features.set_defaults(handler=_features)
+
+    fetch = commands.add_parser("fetch-images", help="download the images of a dataset's URLs into a content-addressed folder (resumable; see src/mrhp/fetch_images.py)")
+    fetch.add_argument("--products", type=Path, help="products.jsonl (URL entries of images)")
+    fetch.add_argument("--reviews", type=Path, help="reviews.jsonl (URL entries of images)")
+    fetch.add_argument("--prepared", type=Path, help="a prepared dataset whose {split}/{kind}_image_refs.json hold image URLs (from a dump)")
+    fetch.add_argument("--out", type=Path, required=True, help="download folder: files/ and manifest.jsonl; an existing one is resumed")
+    fetch.add_argument("--retry-failed", action="store_true", help="also retry URLs whose last failure is final (404, not an image, ...)")
+    settings_options(fetch, FetchSettings)
+    common(fetch)
+    fetch.set_defaults(handler=_fetch_images)
 
     train = commands.add_parser("train", help="train on a prepared dataset, selecting on its dev split")
     train.add_argument("--data", type=Path, required=True, help="prepared dataset folder")

@@ -28,7 +28,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -62,7 +62,7 @@ FOLDER_VERSION = 1
 _TEMP_PATTERN = re.compile(r"^\..+\.tmp-(\d+)-[0-9a-f]{8}$")
 
 
-def _write_atomic(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
+def write_atomic(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
     """Write ``path`` through a temporary file in the same folder and rename it into place.
 
     A process killed while writing leaves only ``.{name}.tmp-{pid}-{id}``, never a partial ``path``.
@@ -79,12 +79,12 @@ def _write_atomic(path: Path, write: Callable[[io.BufferedWriter], None]) -> Non
 
 def _write_json_atomic(path: Path, value: object) -> None:
     text = json.dumps(value, indent=1, ensure_ascii=False) + "\n"
-    _write_atomic(path, lambda handle: handle.write(text.encode("utf-8")))
+    write_atomic(path, lambda handle: handle.write(text.encode("utf-8")))
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
     path.parent.mkdir(exist_ok=True)
-    _write_atomic(path, lambda handle: np.save(handle, array, allow_pickle=False))
+    write_atomic(path, lambda handle: np.save(handle, array, allow_pickle=False))
 
 
 def _process_alive(pid: int) -> bool:
@@ -95,6 +95,16 @@ def _process_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def remove_stale_temporaries(candidates: Iterable[Path]) -> None:
+    """Delete the temporary files of :func:`write_atomic` among ``candidates`` whose process is gone (left by
+    killed runs; they are never read)."""
+    for tmp in candidates:
+        match = _TEMP_PATTERN.match(tmp.name)
+        if match and not _process_alive(int(match.group(1))):
+            tmp.unlink(missing_ok=True)
+            logger.debug("removed %s (left by an interrupted run)", tmp)
 
 
 class ImageFeatureFolder:
@@ -171,15 +181,9 @@ class ImageFeatureFolder:
         else:
             (self.path / "regions").mkdir(parents=True, exist_ok=True)
             _write_json_atomic(manifest, self.settings)
-        self._remove_stale_temporaries()
+        remove_stale_temporaries(itertools.chain(self.path.glob(".*.tmp-*"),
+                                                 (self.path / "regions").glob("*/.*.tmp-*")))
 
-    def _remove_stale_temporaries(self) -> None:
-        """Delete temporary files left by killed runs (their process is gone); they are never read."""
-        for tmp in itertools.chain(self.path.glob(".*.tmp-*"), (self.path / "regions").glob("*/.*.tmp-*")):
-            match = _TEMP_PATTERN.match(tmp.name)
-            if match and not _process_alive(int(match.group(1))):
-                tmp.unlink(missing_ok=True)
-                logger.debug("removed %s (left by an interrupted run)", tmp)
 
     def _has_features(self, path: Path) -> bool:
         """A feature file that exists and has the right header (reads the header only)."""
@@ -303,7 +307,7 @@ class ImageFeatureFolder:
                 "features": None if problem else str(value.relative_to(self.path)),
                 "error": value.reason if problem else None,
             }, ensure_ascii=False) + "\n")
-        _write_atomic(self.path / "index.jsonl", lambda handle: handle.write("".join(lines).encode("utf-8")))
+        write_atomic(self.path / "index.jsonl", lambda handle: handle.write("".join(lines).encode("utf-8")))
         _write_json_atomic(self.path / "report.json", report)
         self.last_report = report
         logger.info("image features in %s: %d images, %d extracted, %d already there, %d failed (%.1f s)",

@@ -13,7 +13,10 @@
                    pickles) or image files (``.jpg``, ``.jpeg``, ``.png``, ``.webp``, ``.gif``, ``.bmp``, ``.tif``,
                    ``.tiff``), whose features come from :mod:`mrhp.image_folder` (``mrhp features``; the ``images``
                    extra) through the ``image_features`` argument of :func:`read_jsonl`. Without it image files
-                   are refused with a message saying so.
+                   are refused with a message saying so. An entry may also be an ``http(s)://`` URL: it stands
+                   for the file that ``mrhp fetch-images`` downloaded from it (:mod:`mrhp.fetch_images`), found
+                   through the ``fetched`` argument (``mrhp prepare --fetched DIR``); a URL whose download failed
+                   masks that image like a missing file.
 ``split``          optional ``"train"``, ``"dev"`` or ``"test"``. Either every product has it or none; without
                    it products are split at random by :func:`split_products` (default 80/10/10, seeded).
 =================  ==========================================================================================
@@ -50,7 +53,8 @@ For prediction, :meth:`mrhp.inference.Ranker.parse` reads one product with its r
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection, Mapping, Sequence
+import re
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +83,8 @@ logger = logging.getLogger(__name__)
 
 RAW_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 FEATURE_SUFFIX = ".npy"
+# "scheme://...": an image given by URL (only http/https are ever fetched; mrhp.fetch_images says why others fail).
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 class _Fields(Fields):
@@ -99,17 +105,34 @@ class _Fields(Fields):
             raise self.error("missing required field (or 'name' and/or 'description')", "text", "missing text")
         return " ".join(part for part in (name, description) if part is not None)
 
-    def image_paths(self, base_dir: Path, *, image_files: bool = False) -> list[Path]:
-        """The ``images`` entries as paths; image files (by suffix) are accepted only when ``image_files``."""
+    def image_entries(self) -> list[str]:
+        """The ``images`` entries as given (paths or URLs), checked to be non-empty strings."""
         value = self.get("images")
         if value is None:
             return []
         if not isinstance(value, list):
             raise self.error(f"expected a list of feature file paths, got {type(value).__name__}", "images")
-        paths = []
         for k, entry in enumerate(value):
             if not isinstance(entry, str) or not entry.strip():
                 raise self.error(f"entry {k} is not a non-empty path string: {entry!r}", "images")
+        return value
+
+    def image_paths(self, base_dir: Path, *, image_files: bool = False,
+                    fetched: Callable[[str], Path | FeatureProblem] | None = None) -> list[Path | FeatureProblem]:
+        """The ``images`` entries as paths; image files (by suffix) are accepted only when ``image_files``. URL
+        entries become their downloaded file through ``fetched``, or the problem of their download."""
+        paths: list[Path | FeatureProblem] = []
+        for k, entry in enumerate(self.image_entries()):
+            if _URL.match(entry):
+                if fetched is None:
+                    raise self.error(
+                        f"entry {k} ({entry}) is a URL: download the images with `mrhp fetch-images --products ... "
+                        "--reviews ... --out DIR`, then prepare with --fetched DIR", "images")
+                found = fetched(entry)
+                if isinstance(found, FeatureProblem):
+                    paths.append(found)
+                    continue
+                entry = str(found)
             suffix = Path(entry).suffix.lower()
             if suffix in RAW_IMAGE_SUFFIXES and not image_files:
                 raise self.error(
@@ -204,32 +227,59 @@ class NpyFeatures(FeatureSource):
         return LoadedFeatures(regions, problems)
 
 
+ImageFeatures = Callable[[list[Path]], Mapping[Path, Path | FeatureProblem]]
+
+
+def link_image_files(items: Iterable[tuple[RawProduct | RawReview, Sequence[Path | FeatureProblem]]],
+                     image_features: ImageFeatures, max_regions_per_image: int | None,
+                     max_regions_per_item: int | None) -> None:
+    """Give each item the features of its images (``.npy`` files, image files, or problems that mask an image),
+    running ``image_features`` once over every image file of all the items."""
+    items = list(items)
+    resolved = image_features([p for _, found in items for p in found if isinstance(p, Path) and _is_image_file(p)])
+    for item, found in items:
+        linked = [resolved[p] if isinstance(p, Path) and _is_image_file(p) else p for p in found]
+        item.features = NpyFeatures([p for p in linked if isinstance(p, Path)], max_regions_per_image,
+                                    max_regions_per_item, problems=[p for p in linked if isinstance(p, FeatureProblem)])
+
+
 class _ImageLinks:
     """Gives items their features: lists of ``.npy`` files at once; lists with image files after both files are
     read (so bad records fail before any extraction), from one extraction run over all the image files."""
 
     def __init__(self, max_regions_per_image: int | None, max_regions_per_item: int | None,
-                 image_features: Callable[[list[Path]], Mapping[Path, Path | FeatureProblem]] | None) -> None:
+                 image_features: ImageFeatures | None,
+                 fetched: Callable[[str], Path | FeatureProblem] | None) -> None:
         self.caps = (max_regions_per_image, max_regions_per_item)
         self.image_features = image_features
-        self.deferred: list[tuple[RawProduct | RawReview, list[Path]]] = []
+        self.fetched = fetched
+        self.deferred: list[tuple[RawProduct | RawReview, list[Path | FeatureProblem]]] = []
 
     def attach(self, item: RawProduct | RawReview, fields: _Fields, base_dir: Path) -> None:
-        paths = fields.image_paths(base_dir, image_files=self.image_features is not None)
-        if any(_is_image_file(p) for p in paths):
-            self.deferred.append((item, paths))
-        elif paths:
-            item.features = NpyFeatures(paths, *self.caps)
+        found = fields.image_paths(base_dir, image_files=self.image_features is not None, fetched=self.fetched)
+        if any(isinstance(p, Path) and _is_image_file(p) for p in found):
+            self.deferred.append((item, found))
+        elif found:
+            item.features = NpyFeatures([p for p in found if isinstance(p, Path)], *self.caps,
+                                        problems=[p for p in found if isinstance(p, FeatureProblem)])
 
     def resolve(self) -> None:
         if not self.deferred:
             return
         assert self.image_features is not None, "image files are refused while reading without image_features"
-        resolved = self.image_features([p for _, paths in self.deferred for p in paths if _is_image_file(p)])
-        for item, paths in self.deferred:
-            found = [resolved[p] if _is_image_file(p) else p for p in paths]
-            item.features = NpyFeatures([p for p in found if isinstance(p, Path)], *self.caps,
-                                        problems=[p for p in found if isinstance(p, FeatureProblem)])
+        link_image_files(self.deferred, self.image_features, *self.caps)
+
+
+def read_image_urls(products_path: str | Path, reviews_path: str | Path) -> dict[str, list[str]]:
+    """The URL entries of ``images`` in both files (other entries are left out), each with the items that list it
+    (``"product ID"`` / ``"review ID"``), in order of first appearance; only ids and ``images`` are checked."""
+    urls: dict[str, list[str]] = {}
+    for kind, path in (("product", Path(products_path)), ("review", Path(reviews_path))):
+        for f, item_id in unique_ids(_read_records(path), kind):
+            for entry in f.image_entries():
+                if _URL.match(entry):
+                    urls.setdefault(entry, []).append(f"{kind} {item_id}")
+    return urls
 
 
 def _read_products(path: Path, images: _ImageLinks) -> list[tuple[RawProduct, str | None]]:
@@ -281,7 +331,8 @@ def read_jsonl(
     max_regions_per_image: int | None = None,
     max_regions_per_item: int | None = 128,
     max_missing_image_rate: float = 0.05,
-    image_features: Callable[[list[Path]], Mapping[Path, Path | FeatureProblem]] | None = None,
+    image_features: ImageFeatures | None = None,
+    fetched: Callable[[str], Path | FeatureProblem] | None = None,
 ) -> RawDataset:
     """Read a dataset in the user format (see the module docstring).
 
@@ -299,6 +350,8 @@ def read_jsonl(
             (so bad records fail before any extraction) with every image file listed, in order of appearance:
             returns each file's ``.npy`` features or the :class:`FeatureProblem` that masks it (e.g.
             :meth:`mrhp.image_folder.ImageFeatureFolder.resolve`). None = image files are refused.
+        fetched: what gives a URL entry its downloaded image file, or the :class:`FeatureProblem` of its download
+            (e.g. :meth:`mrhp.fetch_images.FetchedImages.resolve`). None = URL entries are refused.
 
     Returns:
         The raw dataset with the splits that have products, in the order train, dev, test; products and reviews
@@ -312,7 +365,7 @@ def read_jsonl(
     if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1.0) > 1e-6:
         raise MrhpError(f"split fractions must be three non-negative numbers summing to 1, got {tuple(fractions)}")
     products_path, reviews_path = Path(products_path), Path(reviews_path)
-    images = _ImageLinks(max_regions_per_image, max_regions_per_item, image_features)
+    images = _ImageLinks(max_regions_per_image, max_regions_per_item, image_features, fetched)
     products = _read_products(products_path, images)
     if any(split is not None for _, split in products):
         assignment = {p.id: split for p, split in products}
