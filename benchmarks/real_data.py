@@ -261,6 +261,30 @@ def set_report(key: str, outcome: dict, seeds: list[int]) -> str:
     return "\n".join(lines)
 
 
+def paired_tests_from_files(out: Path, key: str, seeds: list[int]) -> str:
+    """The paired tests of a finished run, from its per-product files (each seed's own split): every model
+    against the length and the LambdaMART floor."""
+    from mrhp.compare import read_per_product
+
+    systems_ = ["paper model", "pretrained encoder", "real-data config"]
+    values = {
+        system: [read_per_product(run_folder(out / key / f"seed{seed}", system) / per_product_name("test"))
+                 for seed in seeds]
+        for system in ["length floor", "LambdaMART floor", *systems_]
+    }
+    lines = ["| system | floor | metric | system - floor | pairs | paired t p | randomization p |",
+             "|---|---|---|---|---|---|---|"]
+    for system in systems_:
+        for floor in ("length floor", "LambdaMART floor"):
+            for name in METRICS:
+                a = np.concatenate([run.values[name] for run in values[system]])
+                b = np.concatenate([run.values[name] for run in values[floor]])
+                assert all(x.product_ids == y.product_ids for x, y in zip(values[system], values[floor]))
+                lines.append(f"| {system} | {floor} | {name.upper()} | {100 * (a.mean() - b.mean()):+.2f} | {a.size} | "
+                             f"{paired_test(a, b, 't'):.3g} | {paired_test(a, b, 'randomization', seed=0):.3g} |")
+    return "\n".join(lines)
+
+
 def plot(key: str, results: dict, path: Path) -> None:
     import matplotlib
 
@@ -327,6 +351,8 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("runs/real-data"))
     parser.add_argument("--quick", action="store_true", help="1 seed, 1 epoch: a smoke run, not a result")
     parser.add_argument("--dev-study", action="store_true", help="train the DEV_STUDY variants, report dev only")
+    parser.add_argument("--tests-only", action="store_true",
+                        help="print the paired tests of a finished run in --out from its per-product files")
     args = parser.parse_args()
     keys = [key for key in args.datasets if (args.shared / SETS[key].reviews).is_file()]
     for key in args.datasets:
@@ -337,6 +363,10 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     seeds = args.seeds or ([0] if args.quick else [0, 1, 2, 3, 4])
     epochs = 1 if args.quick else None
+    if args.tests_only:
+        for key in keys:
+            print(f"## {SETS[key].title} (`{key}`)\n\n{paired_tests_from_files(args.out, key, seeds)}\n")
+        return 0
     states = CachedStates(MODEL_OVERRIDES["data"]["max_tokens"])
     command = "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
     started = time.perf_counter()
