@@ -421,3 +421,66 @@ def test_predict_refuses_to_resume_with_another_checkpoint_or_input(checkpoint_p
     assert "changed since the interrupted run" in capsys.readouterr().err
     assert main([*args, "--checkpoint", str(checkpoint_path), "--restart"]) == 0
     assert json.loads(output.read_text().splitlines()[0])["product_id"] == "x0"
+
+
+@pytest.mark.parametrize("case", ["same", "relative", "symlink", "checkpoint", "partial"])
+def test_predict_refuses_an_output_that_is_an_input(checkpoint_path: Path, batch_input: Path, tmp_path: Path,
+                                                    case: str, monkeypatch, capsys):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "link.jsonl").symlink_to(batch_input)
+    monkeypatch.chdir(tmp_path / "sub")
+    if case == "partial":  # the input is the partial file of the output
+        batch_input = batch_input.rename(tmp_path / ".out.jsonl.partial")
+    output = {"same": batch_input, "relative": Path("..") / "sub" / ".." / batch_input.name,
+              "symlink": tmp_path / "link.jsonl", "checkpoint": checkpoint_path, "partial": tmp_path / "out.jsonl"}
+    before = batch_input.read_bytes(), checkpoint_path.read_bytes()
+    assert main(["predict", "--checkpoint", str(checkpoint_path), "--input", str(batch_input), "--output",
+                 str(output[case]), "--no-progress"]) == 2
+    assert "would overwrite the input" in capsys.readouterr().err
+    assert (batch_input.read_bytes(), checkpoint_path.read_bytes()) == before
+
+
+def test_a_checkpoint_with_non_finite_weights_is_refused(tmp_path: Path, batch_input: Path, capsys):
+    path = tiny_checkpoint(tmp_path / "nan.safetensors", image_dim=F)
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata()
+    tensors = load_file(str(path))
+    name = next(name for name in tensors if name.startswith("model.") and tensors[name].is_floating_point())
+    tensors[name][..., 0] = float("nan")
+    save_file(tensors, str(path), metadata=metadata)
+    with pytest.raises(MrhpError, match=f"nan.safetensors: weight tensor {name} holds NaN"):
+        load_checkpoint(path)
+    assert main(["predict", "--checkpoint", str(path), "--input", str(batch_input), "--output",
+                 str(tmp_path / "out.jsonl"), "--no-progress"]) == 2
+    assert f"weight tensor {name}" in capsys.readouterr().err and not (tmp_path / "out.jsonl").exists()
+
+
+def overflowing_loader(monkeypatch, owner: object) -> None:
+    """Make `owner.load_checkpoint` give a model whose finite weights overflow to infinite scores."""
+    def load(path: Path) -> Checkpoint:
+        checkpoint = load_checkpoint(path)
+        with torch.no_grad():
+            for parameter in checkpoint.model.parameters():
+                parameter.fill_(1e30)
+        return checkpoint
+
+    monkeypatch.setattr(owner, "load_checkpoint", load)
+
+
+def test_non_finite_scores_are_an_error_not_json_nan(checkpoint_path: Path, batch_input: Path, tmp_path: Path,
+                                                     monkeypatch, capsys):
+    from mrhp import inference
+    from mrhp.serve import app as app_module
+
+    overflowing_loader(monkeypatch, inference)
+    output = tmp_path / "out.jsonl"
+    assert main(["predict", "--checkpoint", str(checkpoint_path), "--input", str(batch_input), "--output",
+                 str(output), "--no-progress"]) == 2
+    assert f"{checkpoint_path}: the model computed NaN or infinite scores" in capsys.readouterr().err
+    assert not output.exists()
+
+    overflowing_loader(monkeypatch, app_module)
+    with serving(create_app(checkpoint_path, ServeSettings(batch_wait_ms=1))) as url:
+        response = httpx.post(f"{url}/v1/rank", json=request("p1", seed=1))
+    assert response.status_code == 500
+    assert "the model computed NaN or infinite scores" in response.json()["message"]

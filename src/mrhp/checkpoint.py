@@ -36,6 +36,7 @@ class Checkpoint:
     optimizer: dict[str, Any] | None = None  # torch optimizer state_dict, when saved for resuming
     rng: torch.Tensor | None = None
     mrhp_version: str = __version__  # of the mrhp that wrote the file (this one for a checkpoint not yet saved)
+    source: Path | None = None  # the file it was loaded from, named by errors about what the model computes
 
 
 def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -117,6 +118,10 @@ def load_checkpoint(path: Path) -> Checkpoint:
         )
     model = build_model(config.model)
     weights = {name[len("model."):]: value for name, value in tensors.items() if name.startswith("model.")}
+    for name, value in weights.items():
+        # A diverged run saves NaN/inf weights; its scores would be NaN, which no JSON answer can carry.
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise MrhpError(f"{path}: weight tensor model.{name} holds NaN or infinite values (a diverged run?)")
     try:
         model.load_state_dict(weights)
     except RuntimeError as error:
@@ -133,4 +138,5 @@ def load_checkpoint(path: Path) -> Checkpoint:
         optimizer=optimizer,
         rng=tensors.get("rng.torch"),
         mrhp_version=header.get("mrhp_version", "unknown"),
+        source=path,
     )

@@ -164,6 +164,10 @@ class ImageFilesUnavailable(RequestError):
     """An image file in a request that this model or installation cannot turn into region features."""
 
 
+class NonFiniteScores(MrhpError):
+    """The model computed NaN or infinite scores: they cannot be ranked nor written as JSON."""
+
+
 @dataclass(frozen=True)
 class RequestLimits:
     """What one request may hold (None = no limit); the service sets them, `predict` and the Python API do not."""
@@ -522,6 +526,9 @@ class Ranker:
             for index, rows in groups:
                 parts[index].append(scores[start:start + len(rows)])
                 start += len(rows)
+        if not all(np.isfinite(scores).all() for part in parts for scores in part):
+            raise NonFiniteScores(f"{self.checkpoint.source or 'the checkpoint'}: the model computed NaN or infinite "
+                                  "scores (its weights are finite: an overflow?); nothing was ranked")
         return [np.concatenate(part) if part else np.zeros(0) for part in parts]
 
     def rank(self, product: str | Mapping[str, object], reviews: Sequence[str | Mapping[str, object]]

@@ -124,6 +124,16 @@ def _parse_line(raw: bytes, number: int, path: Path, ranker: Ranker) -> RankingR
     return ranker.parse(request, where=f"{path} line {number}", base_dir=path.parent)
 
 
+def _refuse_overwriting_inputs(output_path: Path, *inputs: Path) -> None:
+    """Refuse, before any work, an output (or its partial and progress files) that is one of the inputs: the
+    rename at the end would replace the input with its own ranking. Resolved paths see through symlinks and `..`."""
+    read = {path.resolve(): path for path in inputs}
+    for written in (output_path, *_partial_paths(output_path)):
+        if written.resolve() in read:
+            raise MrhpError(f"--output {output_path}: writing {written} would overwrite the input "
+                            f"{read[written.resolve()]}; choose another output path")
+
+
 def predict_file(
     checkpoint_path: Path,
     input_path: Path,
@@ -145,6 +155,7 @@ def predict_file(
     input_path, output_path = Path(input_path), Path(output_path)
     if not input_path.is_file():
         raise MrhpError(f"input file not found: {input_path}")
+    _refuse_overwriting_inputs(output_path, input_path, Path(checkpoint_path))
     ranker = load_ranker(checkpoint_path, batch_rows=batch_rows)
     checkpoint_sha256 = file_sha256(checkpoint_path)
     partial_path, progress_path = _partial_paths(output_path)

@@ -30,7 +30,8 @@ Limits (each answered with a clear status and message; the settings and their de
 * regions: each item keeps its first `data.max_regions` regions, as in training (`truncated_*` does not cover
   regions);
 * malformed JSON, a wrong type, a missing or unknown field -> 422 whose `message` names the field;
-* at most `max_queued` requests waiting for the model -> 503 with `Retry-After`.
+* at most `max_queued` requests waiting for the model -> 503 with `Retry-After`;
+* NaN or infinite scores (a model that overflows) -> 500 whose `message` names the checkpoint, never a 200.
 
 Concurrency and batching: one scorer thread owns the model and runs every forward pass under `torch.no_grad`;
 requests wait in a bounded queue. The scorer takes the oldest request, gathers the requests that arrive within

@@ -33,6 +33,7 @@ from mrhp.errors import MrhpError
 from mrhp.inference import (
     ImageFiles,
     ImageFilesUnavailable,
+    NonFiniteScores,
     RankedReviews,
     Ranker,
     RequestError,
@@ -311,6 +312,7 @@ def _add_routes(app: FastAPI, ranker: Ranker, scorer: BatchScorer, settings: Ser
         415: {"model": ErrorResponse, "description": "a body that is not declared as application/json"},
         422: {"model": ErrorResponse, "description": "malformed JSON, wrong type, missing/unknown field, or a "
                                                      "limit exceeded; `message` names the field"},
+        500: {"model": ErrorResponse, "description": "the model computed NaN or infinite scores"},
         501: {"model": ErrorResponse, "description": "a base64 image file, when they cannot be used: "
                                                      f"{ranker.image_files.note}"},
         503: {"model": ErrorResponse, "description": f"more than {settings.max_queued} requests waiting; retry"},
@@ -328,7 +330,11 @@ def _add_routes(app: FastAPI, ranker: Ranker, scorer: BatchScorer, settings: Ser
         except ServiceBusy:
             raise HTTPException(503, f"more than {settings.max_queued} requests are waiting for the model; retry "
                                      "later", headers={"Retry-After": "1"}) from None
-        ranked = RankedReviews.of(parsed.review_ids, await asyncio.wrap_future(future))
+        try:
+            scores = await asyncio.wrap_future(future)
+        except NonFiniteScores as error:
+            raise HTTPException(500, str(error)) from None
+        ranked = RankedReviews.of(parsed.review_ids, scores)
         return RankResponse(
             product_id=parsed.product_id,
             reviews=[RankedReview(**review) for review in ranked.in_rank_order()],
