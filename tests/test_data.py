@@ -108,12 +108,12 @@ def write_official(root: Path, layout: str = "records", data: dict | None = None
         def pth(folder: str, item: str, images: list) -> None:
             path = root / folder / "train" / item / f"{item}.pth"
             path.parent.mkdir(parents=True, exist_ok=True)
-            torch.save([{"x": x, "boxes": None} for x in images], path)
+            torch.save([{"x": torch.as_tensor(x), "boxes": None} for x in images], path)
 
         pth("feat_prd", "P1", [_regions(40, k) for k in range(5)])  # 5 x 40 regions: caps 32/image, 128/item
         pth("feat_prd", "P3", [_regions(3, 0)])
         pth("feat_rvw", "R1", [_regions(10, 0), _regions(10, 1)])
-        pth("feat_rvw", "R2", [torch.from_numpy(_regions(5, 0))])  # a tensor, and img_url is empty
+        pth("feat_rvw", "R2", [_regions(5, 0)])  # img_url is empty
         pth("feat_rvw", "R4", [_regions(4, 0)])
         corrupt = root / "feat_rvw" / "train" / "R3" / "R3.pth"
         corrupt.parent.mkdir(parents=True, exist_ok=True)
@@ -414,6 +414,35 @@ def test_official_unreadable_rate_fails_when_preparing(tmp_path: Path) -> None:
     assert "R3" in str(err.value) and "1 of 4 reviews" in str(err.value)
     assert not (tmp_path / "out").exists()
     assert not any(p.name.startswith(".out") for p in tmp_path.iterdir())
+
+
+class _Payload:
+    """Unpickling it creates the file `marker`: code run from a feature file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return open, (str(self.marker), "w")
+
+
+@pytest.mark.parametrize("payload", ["object", "numpy"])
+def test_official_features_are_not_unpickled_without_the_unsafe_flag(tmp_path: Path, capsys, payload: str) -> None:
+    from mrhp.cli import main
+
+    write_official(tmp_path)
+    marker = tmp_path / "marker"
+    x = _Payload(marker) if payload == "object" else _regions(3, 0)  # numpy arrays need full unpickling too
+    torch.save([{"x": x}], tmp_path / "feat_rvw" / "train" / "R1" / "R1.pth")
+    args = ["prepare", "--format", "mrhp", "--data-dir", str(tmp_path / "data"), "--category", "clothing",
+            "--product-features", str(tmp_path / "feat_prd"), "--review-features", str(tmp_path / "feat_rvw"),
+            "--max-missing-image-rate", "0.5", "--min-count", "1"]
+    assert main([*args, "--out", str(tmp_path / "refused")]) == 2
+    err = capsys.readouterr().err
+    assert "R1.pth: holds objects other than tensors" in err and "--unsafe-unpickle-features" in err
+    assert not marker.exists() and not (tmp_path / "refused").exists()
+    assert main([*args, "--out", str(tmp_path / "trusted"), "--unsafe-unpickle-features"]) == 0
+    assert marker.exists() == (payload == "object")  # the flag does unpickle: the payload ran
 
 
 def _mutated(change) -> dict:

@@ -73,6 +73,7 @@ def _prepare(args: argparse.Namespace) -> int:
             else args.max_regions_per_image,
             max_regions_per_item=args.max_regions_per_item,
             max_missing_image_rate=args.max_missing_image_rate,
+            unsafe_unpickle_features=args.unsafe_unpickle_features,
         )
     else:
         from mrhp.data.jsonl import read_jsonl
@@ -367,6 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
     official.add_argument("--product-features", type=Path, help="product features folder (default --features)")
     official.add_argument("--review-features", type=Path, help="review features folder (default --features)")
     official.add_argument("--product-text", choices=PRODUCT_TEXT_CHOICES, default="name+description")
+    official.add_argument("--unsafe-unpickle-features", action="store_true",
+                          help="UNSAFE: fully unpickle .pth feature files (can run code from them); only for trusted "
+                               "files holding more than tensors")
     jsonl = prepare.add_argument_group("--format jsonl")
     jsonl.add_argument("--products", type=Path, help="products.jsonl")
     jsonl.add_argument("--reviews", type=Path, help="reviews.jsonl")

@@ -76,7 +76,7 @@ def write_official_dataset(out_dir: Path, category: str = "demo", spec: Syntheti
         folder = features / split / item_id
         folder.mkdir(parents=True, exist_ok=True)
         # The official files are torch.save'd lists of {"x": regions} dicts; write them the same way.
-        torch.save([{"x": regions} for regions in images], folder / f"{item_id}.pth")
+        torch.save([{"x": torch.from_numpy(regions)} for regions in images], folder / f"{item_id}.pth")
 
     for split, num_products in zip(SPLIT_NAMES, spec.products):
         products, reviews, relations = [], [], []

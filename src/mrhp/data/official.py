@@ -20,6 +20,7 @@ from __future__ import annotations
 import ast
 import json
 import logging
+import pickle
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,16 +166,17 @@ class PthFeatures(FeatureSource):
     """Region features of one item from an official ``.pth`` file.
 
     The file is a ``torch.save``d list with one dict per image whose key ``"x"`` holds that image's region
-    features ``[n_regions, 2048]`` (a numpy array or a tensor). Reading it needs ``torch.load(...,
-    weights_only=False)``, i.e. unpickling, which can run code from the file: it is done only here, for feature
-    files the user points at when preparing a dataset, and the result is converted once into the pickle-free
-    feature store. Keeps the first ``max_regions_per_image`` regions of each image and at most
+    features ``[n_regions, 2048]`` (a tensor). It is read with ``torch.load(..., weights_only=True)``, which
+    unpickles tensors and plain containers only; a file holding anything else (numpy arrays, classes) is refused,
+    because unpickling it can run code from the file, unless ``unsafe_unpickle`` (``--unsafe-unpickle-features``)
+    says the files are trusted. Keeps the first ``max_regions_per_image`` regions of each image and at most
     ``max_regions_per_item`` regions in all (reference: 32 and 128).
     """
 
     def __init__(self, path: Path, max_regions_per_image: int | None = DEFAULT_MAX_REGIONS_PER_IMAGE,
-                 max_regions_per_item: int | None = 128):
+                 max_regions_per_item: int | None = 128, unsafe_unpickle: bool = False):
         self.path = path
+        self.unsafe_unpickle = unsafe_unpickle
         self.max_regions_per_image = max_regions_per_image
         self.max_regions_per_item = max_regions_per_item
 
@@ -191,7 +193,13 @@ class PthFeatures(FeatureSource):
             return LoadedFeatures(np.zeros((0, 0), dtype=np.float32), [FeatureProblem(str(self.path),
                                                                                       "file not found")])
         try:
-            content = torch.load(self.path, map_location="cpu", weights_only=False)
+            content = torch.load(self.path, map_location="cpu", weights_only=not self.unsafe_unpickle)
+        except pickle.UnpicklingError as exc:
+            if not self.unsafe_unpickle and str(exc).startswith("Weights only load failed"):
+                raise DataError("holds objects other than tensors, lists and dicts; loading it would unpickle them, "
+                                "which can run code from the file. Rerun with --unsafe-unpickle-features only if you "
+                                "trust the feature files", file=self.path) from None
+            return self._problem(f"unreadable ({type(exc).__name__}: {str(exc)[:200]})")
         except Exception as exc:  # noqa: BLE001 (any failure to unpickle means an unreadable file: masked, listed)
             return self._problem(f"unreadable ({type(exc).__name__}: {str(exc)[:200]})")
         if not isinstance(content, (list, tuple)):
@@ -224,6 +232,7 @@ class _FeatureFolder:
     root: Path | None
     max_regions_per_image: int | None
     max_regions_per_item: int | None
+    unsafe_unpickle: bool
 
     def source(self, split: str, fields: Fields, kind: str, item_id: str, has_urls: bool) -> PthFeatures | None:
         """The item's feature source, or None when it has no image (no URL and no feature file)."""
@@ -234,7 +243,7 @@ class _FeatureFolder:
         path = self.root / split / item_id / f"{item_id}.pth"
         # A feature file is used even when img_url is empty; an item with URLs but no file is a missing image.
         if has_urls or path.is_file():
-            return PthFeatures(path, self.max_regions_per_image, self.max_regions_per_item)
+            return PthFeatures(path, self.max_regions_per_image, self.max_regions_per_item, self.unsafe_unpickle)
         return None
 
 
@@ -297,6 +306,7 @@ def read_official(
     max_regions_per_image: int | None = DEFAULT_MAX_REGIONS_PER_IMAGE,
     max_regions_per_item: int | None = 128,
     max_missing_image_rate: float = 0.05,
+    unsafe_unpickle_features: bool = False,
 ) -> RawDataset:
     """Read one category of Amazon-MRHP / Lazada-MRHP.
 
@@ -312,6 +322,8 @@ def read_official(
         max_missing_image_rate: largest tolerated fraction, per split and kind, of items that should have images
             (non-empty ``img_url`` or an existing feature file) whose feature file is missing or unreadable.
             Missing files are checked here already (fails early); unreadable ones when preparing.
+        unsafe_unpickle_features: load feature files with full unpickling, which can run code from them (see
+            `PthFeatures`); only for trusted files that hold more than tensors.
 
     Returns:
         The raw dataset; reviews of a product keep the order of the relation file.
@@ -322,7 +334,8 @@ def read_official(
         raise ValueError(f"max_missing_image_rate must be in [0, 1], got {max_missing_image_rate}")
     data_dir = Path(data_dir)
     folders = {
-        kind: _FeatureFolder(Path(root) if root is not None else None, max_regions_per_image, max_regions_per_item)
+        kind: _FeatureFolder(Path(root) if root is not None else None, max_regions_per_image, max_regions_per_item,
+                             unsafe_unpickle_features)
         for kind, root in (("product", product_features), ("review", review_features))
     }
     product_fields = ("name", "description") if product_text == "name+description" else ("name",)
