@@ -484,3 +484,20 @@ def test_non_finite_scores_are_an_error_not_json_nan(checkpoint_path: Path, batc
         response = httpx.post(f"{url}/v1/rank", json=request("p1", seed=1))
     assert response.status_code == 500
     assert "the model computed NaN or infinite scores" in response.json()["message"]
+
+
+@pytest.mark.parametrize("case", ["output-is-a-folder", "parent-is-a-file", "deep-json"])
+def test_predict_failures_are_errors_not_tracebacks(checkpoint_path: Path, batch_input: Path, tmp_path: Path,
+                                                    case: str, capsys):
+    output = tmp_path / "out" / "ranked.jsonl"
+    if case == "output-is-a-folder":
+        output.mkdir(parents=True)
+    elif case == "parent-is-a-file":
+        output.parent.write_text("")
+    else:
+        batch_input.write_text("[" * 100_000 + "]" * 100_000 + "\n")
+    assert main(["predict", "--checkpoint", str(checkpoint_path), "--input", str(batch_input), "--output",
+                 str(output), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mrhp predict: error: ") and "Traceback" not in err
+    assert ("nests JSON" in err) if case == "deep-json" else (str(output.parent) in err)

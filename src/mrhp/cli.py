@@ -501,6 +501,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MrhpError as error:
         print(f"mrhp {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # a read-only output, a folder where a file is expected, a full disk: name the path
+        print(f"mrhp {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except RecursionError:
+        print(f"mrhp {args.command}: error: an input nests JSON arrays or objects too deeply to read", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"mrhp {args.command}: interrupted", file=sys.stderr)
         return 130
