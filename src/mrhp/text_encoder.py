@@ -501,12 +501,8 @@ class StateEncoder:
     """
 
     def __init__(self, name: str, tuned_layers: int = 0, max_tokens: int = 128, batch_size: int = 16) -> None:
+        self.layer = pretrained_layer(name, tuned_layers)  # checked before the weights are loaded
         self.encoder = load_pretrained(name)
-        spec = self.encoder.spec
-        if not 0 <= tuned_layers <= spec.num_layers:
-            raise MrhpError(f"text encoder '{name}' has {spec.num_layers} layers; cannot fine-tune the top "
-                            f"{tuned_layers}")
-        self.layer = spec.num_layers - tuned_layers
         self.max_tokens = max_tokens
         self.batch_size = batch_size
 
@@ -523,4 +519,7 @@ def pretrained_layer(name: str, tuned_layers: int) -> int:
     """The hidden layer whose states a model with ``tuned_layers`` trained top layers of ``name`` reads."""
     if name not in PRETRAINED:
         raise MrhpError(f"unknown text encoder {name!r}; expected one of {', '.join(TEXT_ENCODERS)}")
-    return PRETRAINED[name].num_layers - tuned_layers
+    layers = PRETRAINED[name].num_layers
+    if not 0 <= tuned_layers <= layers:
+        raise MrhpError(f"text encoder '{name}' has {layers} layers; cannot fine-tune the top {tuned_layers}")
+    return layers - tuned_layers
