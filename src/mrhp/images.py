@@ -166,7 +166,8 @@ def load_image(data: bytes, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> 
     except Image.DecompressionBombError as exc:
         raise ImageError(f"too many pixels (decompression bomb guard): {exc}") from None
     except Image.UnidentifiedImageError:
-        raise ImageError(f"not a recognised image format ({len(data)} bytes, starts {data[:8]!r})") from None
+        # The file's own bytes are never echoed: a path may point at a secret (a symlink to /etc/passwd).
+        raise ImageError(f"not a recognised image format ({len(data)} bytes)") from None
     except Exception as exc:  # noqa: BLE001 (PIL plugins raise many types on bad headers: all mean a bad file)
         raise ImageError(f"unreadable image header ({type(exc).__name__}: {str(exc)[:200]})") from None
     with image:

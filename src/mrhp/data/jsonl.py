@@ -183,6 +183,10 @@ def load_npy_regions(path: Path) -> np.ndarray:
 
     Raises ``OSError`` / ``ValueError`` when the file is missing, unreadable or not a numeric 2-D array.
     """
+    with open(path, "rb") as handle:
+        # numpy calls any other file "pickled data", and some of its errors quote the file's first bytes.
+        if handle.read(6) != b"\x93NUMPY":
+            raise ValueError("not a .npy file (no NumPy header)")
     array = np.load(path, mmap_mode="r", allow_pickle=False)
     if array.ndim != 2 or not np.issubdtype(array.dtype, np.number):
         raise ValueError(f"expected a numeric [n_regions, F] array, got shape {array.shape} dtype {array.dtype}")
