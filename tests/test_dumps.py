@@ -247,7 +247,11 @@ def test_cli_prepare_dump_report_and_errors(tmp_path: Path, capsys):
     assert "converted amazon2018: 6 review records read" in printed
     assert "[train] 2 products (1 rankable" in printed and "cannot be fetched offline" in printed
     assert "rankable" in (out / "report.txt").read_text()
-    status = main(["prepare", "--format", "finefood", "--input", str(tmp_path / "none.csv"), "--out", str(out)])
-    assert status == 2 and "mrhp prepare: error: " in capsys.readouterr().err
-    status = main(["prepare", "--format", "csv", "--input", str(path), "--out", str(out)])
+    fresh = tmp_path / "fresh"
+    status = main(["prepare", "--format", "finefood", "--input", str(tmp_path / "none.csv"), "--out", str(fresh)])
+    assert status == 2 and "none.csv" in capsys.readouterr().err
+    status = main(["prepare", "--format", "csv", "--input", str(path), "--out", str(fresh)])
     assert status == 2 and "--columns is required" in capsys.readouterr().err
+    # The output is checked before anything is read: an existing dataset is named, and kept.
+    status = main(["prepare", "--format", "finefood", "--input", str(tmp_path / "none.csv"), "--out", str(out)])
+    assert status == 2 and "is not empty" in capsys.readouterr().err and (out / "report.txt").exists()

@@ -119,6 +119,9 @@ def csv_records(path: Path, skips: SkipLog, required: Sequence[str]) -> Iterator
     record with a different number of fields than the header, or holding a line that is not UTF-8, is an error
     or a counted skip.
     """
+    # Review texts can be long: csv's default limit (131,072 characters per field) would call them malformed. An
+    # unmatched quote still ends at the end of the file, so memory stays bounded by the file's size.
+    csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
     bad_lines: set[int] = set()
     lines = _text_lines(path, skips, bad_lines)
     reader = csv.reader((line for _, line in lines), delimiter="\t" if ".tsv" in path.suffixes else ",")

@@ -37,6 +37,7 @@ from mrhp.data.records import (
 from mrhp.data.store import NO_IMAGE, FeatureStoreWriter
 from mrhp.data.text import UNK_ID, Vocabulary, count_tokens, match_word_vectors
 from mrhp.errors import DataError, MrhpError
+from mrhp.outputs import check_output_dir, remove_stale_temporaries
 from mrhp.progress import progress_bar
 
 logger = logging.getLogger(__name__)
@@ -166,11 +167,7 @@ def prepare_dataset(
         MrhpError: ``out_dir`` exists and is not empty, and ``overwrite`` is False.
     """
     out_dir = Path(out_dir)
-    if out_dir.exists():
-        if not out_dir.is_dir():
-            raise MrhpError(f"{out_dir}: output path exists and is not a directory")
-        if any(out_dir.iterdir()) and not overwrite:
-            raise MrhpError(f"{out_dir}: output directory exists and is not empty (use overwrite to replace it)")
+    check_prepare_out(out_dir, overwrite)
     source.validate()
     train = source.splits.get("train")
     if train is None or not train.products:
@@ -179,6 +176,9 @@ def prepare_dataset(
             "is built from the train split",
             file=source.source.get("path"),
         )
+    if not train.reviews:
+        raise DataError("the train split has no reviews: nothing to learn a ranking from (is the reviews file "
+                        "empty?)", file=source.source.get("reviews") or source.source.get("path"))
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
     sink = _StoreSink(tmp / "features", feature_dtype)
@@ -198,7 +198,7 @@ def prepare_dataset(
         raise
     if out_dir.exists():
         # Move the old directory aside first, so that at every moment out_dir is either the old or the new one.
-        trash = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
+        trash = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         os.replace(out_dir, trash)
         os.replace(tmp, out_dir)
         shutil.rmtree(trash, ignore_errors=True)
@@ -206,6 +206,16 @@ def prepare_dataset(
         os.replace(tmp, out_dir)
     logger.info("prepared dataset written to %s", out_dir)
     return report
+
+
+def check_prepare_out(out_dir: Path, overwrite: bool) -> None:
+    """Before any work: `out_dir` can be written and, unless `overwrite`, is empty or absent. Removes what a killed
+    earlier run left beside it (its temporary folder)."""
+    check_output_dir(out_dir, "--out")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise MrhpError(f"{out_dir}: output directory exists and is not empty (use overwrite to replace it)")
+    for stale in remove_stale_temporaries(out_dir):
+        logger.info("removed %s, left behind by a killed run", stale)
 
 
 def _write_prepared(
