@@ -29,10 +29,26 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mrhp")
 
+# Where each command writes: checked before it does any work (a read-only or wrong-kind path is an error at once).
+_OUTPUT_FOLDERS = {"prepare": "out", "features": "out", "fetch-images": "out", "train": "out", "demo": "out"}
+_OUTPUT_FILES = {"evaluate": "per_product", "floor": "per_product", "predict": "output"}
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    from mrhp.outputs import check_output_dir, check_output_file
+
+    folder = getattr(args, _OUTPUT_FOLDERS.get(args.command, ""), None)
+    if folder is not None:
+        check_output_dir(folder, "--out")
+    file = getattr(args, _OUTPUT_FILES.get(args.command, ""), None)
+    if file is not None:
+        check_output_file(file, f"--{_OUTPUT_FILES[args.command].replace('_', '-')}")
+
 
 def _prepare(args: argparse.Namespace) -> int:
-    from mrhp.data.prepare import format_report, prepare_dataset
+    from mrhp.data.prepare import check_prepare_out, format_report, prepare_dataset
 
+    check_prepare_out(args.out, args.overwrite)
     if args.format in DUMP_FORMATS:
         from mrhp.data.dumps import parse_column_mapping, read_dump
 
@@ -266,15 +282,11 @@ def _report_split(args: argparse.Namespace, summary: dict, product_ids: list, va
 
 def _evaluate(args: argparse.Namespace) -> int:
     from mrhp.checkpoint import load_checkpoint
-    from mrhp.evaluate import evaluate_split
+    from mrhp.evaluate import check_fits, evaluate_split
 
     checkpoint = load_checkpoint(args.checkpoint)
     dataset, threshold = _evaluation_data(args)
-    if checkpoint.config.model.vocab_size != len(dataset.vocab):
-        raise MrhpError(
-            f"{args.data} was prepared with another vocabulary ({len(dataset.vocab)} words) than the checkpoint "
-            f"({checkpoint.config.model.vocab_size}): evaluate on the dataset the model was trained on"
-        )
+    check_fits(checkpoint, dataset)
     ties = args.ties or checkpoint.config.train.ties
     summary, product_ids, values, _ = evaluate_split(
         checkpoint.model, dataset.split(args.split), data=checkpoint.config.data, feature_dim=dataset.feature_dim,
@@ -497,12 +509,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         datefmt="%H:%M:%S",
     )
     try:
+        _check_outputs(args)
         return args.handler(args)
     except MrhpError as error:
         print(f"mrhp {args.command}: error: {error}", file=sys.stderr)
         return 2
     except OSError as error:  # a read-only output, a folder where a file is expected, a full disk: name the path
         print(f"mrhp {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except UnicodeError as error:  # a text that cannot be encoded or decoded that no reader caught first
+        print(f"mrhp {args.command}: error: an input holds text that is not valid Unicode ({error})", file=sys.stderr)
         return 2
     except RecursionError:
         print(f"mrhp {args.command}: error: an input nests JSON arrays or objects too deeply to read", file=sys.stderr)

@@ -52,7 +52,7 @@ from mrhp.checkpoint import Checkpoint, load_checkpoint
 from mrhp.config import DataConfig
 from mrhp.data.batching import Item, RankingList, collate, pack_groups
 from mrhp.data.jsonl import RAW_IMAGE_SUFFIXES, load_npy_regions
-from mrhp.data.records import cap_regions
+from mrhp.data.records import cap_regions, not_unicode
 from mrhp.errors import DataError, MrhpError
 from mrhp.images import (
     DEFAULT_INPUT_SIZE,
@@ -342,10 +342,15 @@ class _RequestReader:
         if value is _MISSING:
             raise self.error((*loc, name), "missing required field")
         if isinstance(value, str) and value.strip():
-            return value
+            return self.unicode(value, (*loc, name))
         if isinstance(value, int) and not isinstance(value, bool):
             return str(value)
         raise self.error((*loc, name), f"expected a non-empty string or an integer, got {_shown(value)}")
+
+    def unicode(self, value: str, loc: Loc) -> str:
+        if (problem := not_unicode(value)) is not None:
+            raise self.error(loc, problem)
+        return value
 
     def string(self, item: Mapping, name: str, loc: Loc, *, required: bool) -> str | None:
         value = item.get(name, _MISSING)
@@ -358,7 +363,7 @@ class _RequestReader:
         if self.limits.max_text_chars is not None and len(value) > self.limits.max_text_chars:
             raise self.error((*loc, name), f"text of {len(value)} characters exceeds the limit of "
                                            f"{self.limits.max_text_chars}")
-        return value
+        return self.unicode(value, (*loc, name))
 
     def rating(self, item: Mapping, loc: Loc) -> float:
         """The review's star rating, NaN when absent or null."""
@@ -404,7 +409,7 @@ class _RequestReader:
                 return self.inline(image["regions"], (*loc, "regions"))
             return self.encoded(image["data"], (*loc, "data"))
         if isinstance(image, str | os.PathLike) and self.base_dir is not None:
-            return self.file(Path(image), loc)
+            return self.file(Path(self.unicode(image, loc) if isinstance(image, str) else image), loc)
         files = " or a file path" if self.base_dir is not None else ""
         raise self.error(loc, f"expected an image {{'regions': ...}} or {{'data': ...}}{files}, got {_shown(image)}")
 

@@ -287,6 +287,26 @@ def parse_object_line(raw: bytes, path: Path, line_no: int) -> dict | None:
     return obj
 
 
+def not_unicode(value: object) -> str | None:
+    """Why ``value`` (a string, or strings inside lists and objects) is not Unicode text, or None when it is.
+
+    JSON's ``"\\ud800"`` escape decodes to a lone UTF-16 surrogate: Python holds it in a str, but it is no
+    character and cannot be written as UTF-8, so every writer downstream (the vocabulary, a response) would fail."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as error:
+            return (f"holds a lone UTF-16 surrogate (\\u{ord(value[error.start]):04x}) at character {error.start}, "
+                    "which is not Unicode text")
+        return None
+    if isinstance(value, list | tuple):
+        return next((problem for item in value if (problem := not_unicode(item)) is not None), None)
+    if isinstance(value, Mapping):
+        return next((problem for key, item in value.items()
+                     if (problem := not_unicode(key) or not_unicode(item)) is not None), None)
+    return None
+
+
 class RecordError(DataError):
     """A bad input record or field; ``reason`` is the short category under which lenient readers count skips."""
 
@@ -343,7 +363,11 @@ class Fields:
 
     def _value(self, name: str) -> object:
         value = self.values.get(name, _ABSENT)
-        return _ABSENT if value is None and self.null_is_absent else value
+        if value is None and self.null_is_absent:
+            return _ABSENT
+        if (problem := not_unicode(value)) is not None:
+            raise self.error(problem, name)
+        return value
 
     def has(self, name: str) -> bool:
         return self._value(name) is not _ABSENT
