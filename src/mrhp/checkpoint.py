@@ -88,6 +88,41 @@ def save_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
     os.replace(temporary, path)
 
 
+# What a checkpoint header holds: key -> (JSON types allowed, required). Anything else is refused by name.
+_HEADER: dict[str, tuple[tuple[type, ...], bool]] = {
+    "format": ((str,), True),
+    "version": ((int,), True),
+    "mrhp_version": ((str,), False),
+    "model_name": ((str,), False),
+    "config": ((dict,), True),
+    "vocab": ((list,), True),
+    "relevance_threshold": ((int,), True),
+    "metrics": ((dict,), False),
+    "state": ((dict,), False),
+    "optimizer": ((dict,), False),
+}
+
+
+def _check_header(header: dict, path: Path) -> None:
+    """Every key the loader reads is there with the right JSON type, so a damaged or hand-edited header is an
+    error naming the key rather than a crash somewhere later."""
+    for key, (types, required) in _HEADER.items():
+        if key not in header:
+            if required:
+                raise MrhpError(f"{path}: the checkpoint header lacks '{key}'")
+            continue
+        value = header[key]
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            raise MrhpError(f"{path}: checkpoint header '{key}' is a {type(value).__name__}, expected "
+                            f"{' or '.join(t.__name__ for t in types)}")
+    if not all(isinstance(token, str) for token in header["vocab"]):
+        raise MrhpError(f"{path}: checkpoint header 'vocab' must be a list of strings")
+    optimizer = header.get("optimizer")
+    if optimizer is not None and not (isinstance(optimizer.get("param_groups"), list)
+                                      and isinstance(optimizer.get("scalars"), dict)):
+        raise MrhpError(f"{path}: checkpoint header 'optimizer' lacks its 'param_groups' list or 'scalars' object")
+
+
 def load_checkpoint(path: Path) -> Checkpoint:
     """Rebuild the model, config and vocabulary from a checkpoint file alone (no pickle)."""
     path = Path(path)
@@ -103,6 +138,8 @@ def load_checkpoint(path: Path) -> Checkpoint:
         header = json.loads(metadata["mrhp"])
     except (KeyError, ValueError):
         raise MrhpError(f"{path}: not an mrhp checkpoint (no 'mrhp' header)") from None
+    if not isinstance(header, dict):
+        raise MrhpError(f"{path}: the checkpoint header is a {type(header).__name__}, not a JSON object")
     if header.get("format") != FORMAT:
         raise MrhpError(f"{path}: not an mrhp checkpoint (format {header.get('format')!r})")
     if header.get("version") != VERSION:
@@ -110,13 +147,23 @@ def load_checkpoint(path: Path) -> Checkpoint:
             f"{path}: checkpoint format version {header.get('version')} is not supported by this mrhp "
             f"({__version__}, reads version {VERSION})"
         )
-    config = config_from_dict(header["config"], source=str(path))
-    vocab = Vocabulary(header["vocab"])
+    _check_header(header, path)
+    config = config_from_dict(header["config"], source=f"{path}: header 'config'")
+    try:
+        vocab = Vocabulary(header["vocab"])
+    except ValueError as error:
+        raise MrhpError(f"{path}: header 'vocab': {error}") from None
     if header.get("model_name", config.model.name) != config.model.name:
         raise MrhpError(
             f"{path}: header says model {header['model_name']!r} but its config says {config.model.name!r}"
         )
-    model = build_model(config.model)
+    if len(vocab) != config.model.vocab_size:
+        raise MrhpError(f"{path}: the vocabulary has {len(vocab)} words but the config's model.vocab_size is "
+                        f"{config.model.vocab_size}")
+    try:
+        model = build_model(config.model)
+    except (ValueError, RuntimeError) as error:
+        raise MrhpError(f"{path}: its config builds no model ({error})") from None
     weights = {name[len("model."):]: value for name, value in tensors.items() if name.startswith("model.")}
     for name, value in weights.items():
         # A diverged run saves NaN/inf weights; its scores would be NaN, which no JSON answer can carry.
@@ -127,7 +174,10 @@ def load_checkpoint(path: Path) -> Checkpoint:
     except RuntimeError as error:
         raise MrhpError(f"{path}: weights do not match the saved config: {error}") from None
     model.eval()
-    optimizer = _unflatten_optimizer(tensors, header["optimizer"]) if "optimizer" in header else None
+    try:
+        optimizer = _unflatten_optimizer(tensors, header["optimizer"]) if "optimizer" in header else None
+    except (KeyError, ValueError, TypeError, AttributeError) as error:
+        raise MrhpError(f"{path}: the saved optimizer state is damaged ({type(error).__name__}: {error})") from None
     return Checkpoint(
         model=model,
         config=config,

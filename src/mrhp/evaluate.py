@@ -12,9 +12,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from mrhp.checkpoint import Checkpoint
 from mrhp.config import DataConfig
 from mrhp.data.batching import chunk_product_reviews, split_item_lists
-from mrhp.data.prepared import PreparedSplit
+from mrhp.data.prepared import PreparedDataset, PreparedSplit
+from mrhp.errors import MrhpError
 from mrhp.inference import score_groups
 from mrhp.metrics import METRICS, ranking_metrics, summarize
 from mrhp.progress import progress_bar
@@ -39,6 +41,27 @@ def score_split(
     if np.isnan(scores).any():
         raise RuntimeError(f"{int(np.isnan(scores).sum())} reviews of split '{split.name}' got no finite score")
     return scores
+
+
+def check_fits(checkpoint: Checkpoint, dataset: PreparedDataset) -> None:
+    """`MrhpError` unless `dataset` was prepared as the checkpoint's training data was: the same vocabulary (token
+    ids mean the same words), the same region feature width and, for a pretrained text encoder, its token states.
+    A model scored on another vocabulary gives numbers, but meaningless ones."""
+    where = f"{dataset.path} and the checkpoint {checkpoint.source or ''}".rstrip()
+    if checkpoint.vocab.tokens != dataset.vocab.tokens:
+        differ = next((i for i, (a, b) in enumerate(zip(checkpoint.vocab.tokens, dataset.vocab.tokens)) if a != b),
+                      min(len(checkpoint.vocab), len(dataset.vocab)))
+        raise MrhpError(f"{where} have different vocabularies ({len(dataset.vocab)} and {len(checkpoint.vocab)} "
+                        f"words, first difference at id {differ}): evaluate on the dataset the model was trained on")
+    model = checkpoint.config.model
+    if model.image_dim != dataset.feature_dim:
+        raise MrhpError(f"{where}: region features are {dataset.feature_dim}-d in the data, the model takes "
+                        f"{model.image_dim}")
+    stored = dataset.text_encoder
+    if model.text_encoder != "lstm" and (stored is None or stored.get("name") != model.text_encoder
+                                         or int(stored.get("dim", -1)) != model.text_state_dim):
+        raise MrhpError(f"{where}: the model reads {model.text_encoder!r} token states of width "
+                        f"{model.text_state_dim}; the data holds {stored or 'none'}")
 
 
 def per_product_metrics(

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import time
 from pathlib import Path
 
@@ -95,6 +96,25 @@ def joint_loss(output: ModelOutput, batch: Batch, config: Config) -> tuple[torch
     return total, parts
 
 
+def _keep_metrics_through(path: Path, epoch: int) -> None:
+    """Drop the lines of epochs after `epoch` (and a torn last line) from a run's metrics file: a run killed after
+    writing an epoch's line but before saving `last.safetensors` repeats that epoch on resume."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            break
+        if not line.endswith("\n") or int(record.get("epoch", 0)) > epoch:
+            break
+        kept.append(line)
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text("".join(kept), encoding="utf-8")
+    os.replace(temporary, path)  # a kill during the rewrite leaves the old file whole
+
+
 def train(
     config: Config, data_path: Path, run_dir: Path, resume: bool = False, progress: bool = True
 ) -> dict[str, object]:
@@ -119,6 +139,11 @@ def train(
     state: dict[str, object] = {"epoch": 0, "best_metric": -math.inf, "best_epoch": 0, "best": None}
     if resume and last_path.exists():
         saved = load_checkpoint(last_path)
+        missing = [key for key in ("epoch", "best_metric", "best_epoch", "best", "scheduler") if key not in saved.state]
+        missing += [name for name, value in (("optimizer", saved.optimizer), ("rng", saved.rng)) if value is None]
+        if missing:
+            raise MrhpError(f"--resume: {last_path} holds no complete training state (missing: {', '.join(missing)}); "
+                            "use a new run folder")
         if dataclasses.replace(saved.config.train, epochs=0) != dataclasses.replace(config.train, epochs=0) or (
             (saved.config.model, saved.config.loss, saved.config.data) != (config.model, config.loss, config.data)
         ):
@@ -131,6 +156,7 @@ def train(
         scheduler.load_state_dict(saved.state["scheduler"])
         torch.set_rng_state(saved.rng)
         state = saved.state
+        _keep_metrics_through(run_dir / "metrics.jsonl", int(state["epoch"]))
         log.info("resuming %s after epoch %d", run_dir, state["epoch"])
     else:
         if resume:
