@@ -214,4 +214,13 @@ def group_runs(paths: list[Path], systems: list[str], split: str = "test") -> di
         runs[name.strip()] = [read_per_product(member, split) for member in members]
     if not runs:
         raise MrhpError("nothing to compare: give per-product files or run folders, or --system NAME=FILE,...")
+    # One file counted twice would pass for two seeds (and shrink every standard deviation).
+    given: dict[Path, str] = {}
+    for system, members in runs.items():
+        for run in members:
+            resolved = run.path.resolve()
+            if resolved in given:
+                raise MrhpError(f"{run.path} is given twice (system {given[resolved]!r} and {system!r}): each run "
+                                "may count once")
+            given[resolved] = system
     return runs
