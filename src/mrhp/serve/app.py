@@ -137,8 +137,9 @@ class BatchScorer:
 
 
 class _BodyLimit:
-    """ASGI middleware: answers 413 to a request body over `max_bytes` (declared or streamed) before any parsing,
-    so a client can never make the server hold more than that per request."""
+    """ASGI middleware, before any parsing: answers 413 to a request body over `max_bytes` (declared or streamed),
+    so a client can never make the server hold more than that per request; and, for a POST, 415 to a body not
+    declared as JSON (also when no Content-Type is given) and 422 to one that is not UTF-8 (RFC 8259 JSON)."""
 
     def __init__(self, app: Any, max_bytes: int) -> None:
         self.app = app
@@ -164,6 +165,11 @@ class _BodyLimit:
                 await self._too_large(size, scope, receive, send)
                 return
         body, replayed = b"".join(chunks), False
+        if scope.get("method") == "POST":
+            refusal = _refused_body(dict(scope.get("headers", [])).get(b"content-type", b""), body)
+            if refusal is not None:
+                await refusal(scope, receive, send)
+                return
 
         async def replay() -> dict:
             nonlocal replayed
@@ -176,18 +182,45 @@ class _BodyLimit:
 
     async def _too_large(self, size: int, scope: dict, receive: Any, send: Any) -> None:
         message = f"request body of {size} bytes or more exceeds the limit of {self.max_bytes} bytes"
-        await JSONResponse({"message": message, "detail": None}, status_code=413)(scope, receive, send)
+        await _error(413, message)(scope, receive, send)
+
+
+def _refused_body(content_type: bytes, body: bytes) -> JSONResponse | None:
+    """The answer to a POST body that is not JSON text, or None when it may go on to the parser."""
+    media = content_type.decode("latin-1").split(";")[0].strip().lower()
+    if media != "application/json" and not media.endswith("+json"):
+        shown = repr(media[:60]) if media else "none"
+        return _error(415, f"send the body as JSON (Content-Type: application/json); got {shown}")
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as error:
+        return _error(422, f"body: not UTF-8 text ({error.reason} at byte {error.start}); JSON must be UTF-8")
+    return None
 
 
 # ---- errors ----------------------------------------------------------------------------------------------------
 
 
+def _error(status: int, message: str, detail: object = None, headers: dict | None = None) -> JSONResponse:
+    """Every error answer: `{"message", "detail"}` as ASCII JSON, so that no text a client sent (a lone surrogate
+    in a field name, say) can make the answer itself fail to encode."""
+    return _AsciiJSONResponse({"message": message, "detail": detail}, status_code=status, headers=headers)
+
+
+class _AsciiJSONResponse(JSONResponse):
+    def render(self, content: object) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
+async def _internal_error(_: Request, error: Exception) -> JSONResponse:
+    """A failure nobody foresaw is still the documented JSON 500, never a plain-text page; the log has the trace."""
+    log.error("unhandled error answering a request", exc_info=error)
+    return _error(500, f"internal error ({type(error).__name__}); the server log has the details")
+
+
 async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
-    """422 naming each field at fault (the first five in `message`), or 415 for a body that is not JSON."""
-    content_type = request.headers.get("content-type", "")
-    if content_type.split(";")[0].strip().lower() not in ("application/json", ""):
-        return JSONResponse({"message": f"send the body as JSON (Content-Type: application/json), got "
-                                        f"{content_type[:60]!r}", "detail": None}, status_code=415)
+    """422 naming each field at fault (the first five in `message`); a body not declared as JSON never gets here
+    (415 from `_BodyLimit`)."""
     errors = []
     for item in error.errors():
         loc = list(item.get("loc", ()))
@@ -201,13 +234,16 @@ async def _validation_error(request: Request, error: RequestValidationError) -> 
     message = "; ".join(f"{e['field']}: {e['msg']}" for e in errors[:5])
     if len(errors) > 5:
         message += f" (and {len(errors) - 5} more)"
-    return JSONResponse({"message": message, "detail": errors}, status_code=422)
+    return _error(422, message, errors)
 
 
 async def _http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
     """Every other error (also 404/405 raised by the router) in the same `{"message", "detail"}` form."""
-    return JSONResponse({"message": str(error.detail), "detail": None}, status_code=error.status_code,
-                        headers=error.headers)
+    if error.status_code == 400:
+        # FastAPI's only 400: a body json.loads gave up on for another reason than a syntax error (in practice
+        # RecursionError on arrays nested thousands deep). It is malformed JSON to the client: 422, as documented.
+        return _error(422, "body: the JSON cannot be read (nested too deeply?)")
+    return _error(error.status_code, str(error.detail), headers=error.headers)
 
 
 def _answered(error: RequestError) -> Exception:
@@ -300,6 +336,7 @@ def create_app(checkpoint_path: Path, settings: ServeSettings | None = None) -> 
     app.add_middleware(_BodyLimit, max_bytes=settings.max_request_bytes)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _internal_error)
     _add_routes(app, ranker, scorer, settings, description)
     return app
 
