@@ -500,4 +500,4 @@ def test_predict_failures_are_errors_not_tracebacks(checkpoint_path: Path, batch
                  str(output), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("mrhp predict: error: ") and "Traceback" not in err
-    assert ("nests JSON" in err) if case == "deep-json" else (str(output.parent) in err)
+    assert ("line 1: JSON nested too deeply" in err) if case == "deep-json" else (str(output.parent) in err)

@@ -232,5 +232,9 @@ def load_config(path: Path | None = None, sets: typing.Sequence[str] = (), base:
 
 
 def config_from_dict(values: dict[str, Any], source: str = "checkpoint") -> Config:
-    """Rebuild a resolved config saved by `Config.to_dict`."""
-    return apply_overrides(Config(), values, source).validate()
+    """Rebuild a resolved config saved by `Config.to_dict`; errors name `source`."""
+    config = apply_overrides(Config(), values, source)
+    try:
+        return config.validate()
+    except MrhpError as error:
+        raise MrhpError(f"{source}: {error}") from None

@@ -94,6 +94,9 @@ def json_objects(path: Path, skips: SkipLog, python_literals: bool = False) -> I
             continue
         try:
             obj = json.loads(line)
+        except RecursionError:
+            skips.skip(RecordError("JSON nested too deeply to read", "invalid JSON", file=path, line=line_no))
+            continue
         except json.JSONDecodeError as exc:
             obj = None
             if python_literals and line.lstrip().startswith("{'"):

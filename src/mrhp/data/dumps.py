@@ -194,7 +194,7 @@ class _DumpFields(Fields):
                 return tuple(part.strip() for part in text.split("|") if part.strip())
             try:
                 value = json.loads(text)
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, RecursionError):
                 raise self.error("not a JSON list of image references", name) from None
         if isinstance(value, list) and all(isinstance(v, str) for v in value):
             return tuple(v.strip() for v in value if v.strip())

@@ -70,10 +70,12 @@ def parse_image_urls(value: object) -> list[str]:
         if text[0] in "[{":
             try:
                 decoded = json.loads(text)
+            except RecursionError:
+                raise ValueError("img_url is a JSON list nested too deeply to read") from None
             except json.JSONDecodeError:
                 try:
                     decoded = ast.literal_eval(text)
-                except (ValueError, SyntaxError):
+                except (ValueError, SyntaxError, MemoryError, RecursionError):
                     raise ValueError(f"img_url starts like a list but is neither JSON nor a literal: {text[:80]!r}")
             return parse_image_urls(decoded if isinstance(decoded, list) else [decoded])
         return [text]
@@ -111,6 +113,8 @@ def read_json_document(path: Path) -> list[tuple[str, dict]]:
         raise DataError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", file=path) from None
     except json.JSONDecodeError as exc:
         raise DataError(f"invalid JSON ({exc.msg}, column {exc.colno})", file=path, line=exc.lineno) from None
+    except RecursionError:
+        raise DataError("JSON nested too deeply to read", file=path) from None
     if isinstance(data, list):
         records = []
         for k, record in enumerate(data):

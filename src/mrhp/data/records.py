@@ -282,6 +282,8 @@ def parse_object_line(raw: bytes, path: Path, line_no: int) -> dict | None:
         obj = json.loads(line)
     except json.JSONDecodeError as exc:
         raise DataError(f"invalid JSON ({exc.msg}, column {exc.colno})", file=path, line=line_no) from None
+    except RecursionError:
+        raise DataError("JSON nested too deeply to read", file=path, line=line_no) from None
     if not isinstance(obj, dict):
         raise DataError(f"expected a JSON object, got {type(obj).__name__}", file=path, line=line_no)
     return obj
