@@ -6,17 +6,29 @@ from __future__ import annotations
 
 import gzip
 import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from mrhp.config import ModelConfig
+from mrhp.checkpoint import Checkpoint, save_checkpoint
+from mrhp.config import Config, DataConfig, ModelConfig
 from mrhp.data.batching import Item, RankingList, collate
+from mrhp.data.text import Vocabulary
+from mrhp.models import build_model
 from mrhp.synthetic import SyntheticSpec, write_official_dataset
 
 VOCAB, FEATURES = 40, 6  # vocabulary size and image region width of the tiny models
+# The vocabulary of `tiny_checkpoint_file`: real words first, so requests can be written in words.
+WORDS = ["<pad>", "<unk>", "great", "pot", "lid", "steel", "bad", "handle", "cheap", "heavy", "ok", "love", "it",
+         "the", "is", "a", "and", "broke", "after", "week"]
+WORDS += [f"w{k}" for k in range(VOCAB - len(WORDS))]
 
 # `mrhp train` options for a model small enough to train in seconds on one thread.
 TINY_TRAIN_ARGS = [
@@ -95,4 +107,37 @@ def write_lines(path: Path, rows: list, compress: bool = False) -> Path:
             out.write(text)
     else:
         path.write_text(text, encoding="utf-8")
+    return path
+
+
+@contextmanager
+def serving(app) -> Iterator[str]:
+    """Run `app` under uvicorn on 127.0.0.1 with a free port (a socket bound here, so no race) in a thread."""
+    import uvicorn  # the serve extra: only the tests that serve need it
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=20)
+        sock.close()
+
+
+def tiny_checkpoint_file(path: Path, seed: int = 0, **overrides) -> Path:
+    """A tiny untrained model of `tiny_model_config(**overrides)` saved as a checkpoint whose vocabulary is `WORDS`
+    (scores arbitrary but deterministic)."""
+    torch.manual_seed(seed)
+    config = Config(data=DataConfig(max_tokens=12, max_regions=8, eval_batch_rows=8),
+                    model=tiny_model_config(**overrides)).validate()
+    save_checkpoint(path, Checkpoint(model=build_model(config.model), config=config, vocab=Vocabulary(WORDS),
+                                     relevance_threshold=1, metrics={}, state={"epoch": 1}))
     return path

@@ -9,16 +9,13 @@ import io
 import json
 import socket
 import threading
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 import torch
-import uvicorn
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -33,6 +30,8 @@ from mrhp.models import build_model
 from mrhp.predict import predict_file
 from mrhp.serve.app import BatchScorer, ServiceBusy, create_app
 from mrhp.serve.settings import ServeSettings
+
+from conftest import serving
 
 WORDS = ["<pad>", "<unk>", "great", "pot", "lid", "steel", "bad", "handle", "cheap", "heavy", "ok", "love", "it"]
 F = 4  # image feature size of the tiny model
@@ -85,26 +84,6 @@ def as_jsonl_request(body: dict, folder: Path) -> dict:
         "reviews": [{"review_id": r["review_id"], "text": r["text"], "images": files(r, r["review_id"])}
                     for r in body["reviews"]],
     }
-
-
-@contextmanager
-def serving(app) -> Iterator[str]:
-    """Run `app` under uvicorn on 127.0.0.1 with a free port (a socket bound here, so no race) in a thread."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=20)
-        sock.close()
 
 
 @pytest.fixture(scope="module")
@@ -187,7 +166,8 @@ def test_scorer_groups_queued_requests_into_one_forward_and_refuses_when_full(ch
     scorer.start()
     results = [future.result(timeout=20) for future in futures]
     scorer.stop()
-    assert [len(r) for r in results] == [1, 2, 3, 4]
+    assert [len(scores) for scores, _ in results] == [1, 2, 3, 4]
+    assert all(split is None for _, split in results)  # no request asked for explanations
     assert (scorer.forwards, scorer.requests) == (2, 4)  # 1 + 2 + 3 rows, then 4 (it would overflow 6)
 
 

@@ -311,7 +311,7 @@ def _predict(args: argparse.Namespace) -> int:
     from mrhp.predict import predict_file
 
     count = predict_file(args.checkpoint, args.input, args.output, progress=not args.no_progress,
-                         restart=args.restart, batch_rows=args.batch_rows)
+                         restart=args.restart, batch_rows=args.batch_rows, explain=args.explain)
     print(f"ranked the reviews of {count} products into {args.output}")
     return 0
 
@@ -475,6 +475,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--output", type=Path, required=True)
     predict.add_argument("--restart", action="store_true", help="discard an interrupted run's progress instead of resuming it")
     predict.add_argument("--batch-rows", type=int, help="review rows per forward pass (default: the checkpoint's eval_batch_rows)")
+    predict.add_argument("--explain", action="store_true",
+                         help="add each review's explanation: its score split into fusion paths, top words and regions "
+                              "(the paper's model only)")
     common(predict)
     predict.set_defaults(handler=_predict)
 

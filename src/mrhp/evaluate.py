@@ -32,7 +32,7 @@ def score_split(
     scores = np.full(split.num_reviews, np.nan)
     groups = chunk_product_reviews(split, data.max_list_size, rng=None)
     bar = progress_bar(total=split.num_reviews, desc=f"scoring {split.name}", unit="review", show=progress, leave=False)
-    for batch, row_scores in score_groups(model, groups, partial(split_item_lists, split),
+    for batch, row_scores, _ in score_groups(model, groups, partial(split_item_lists, split),
                                           batch_rows=data.eval_batch_rows, data=data, feature_dim=feature_dim):
         rows = np.concatenate([reviews for _, reviews in batch])
         scores[rows] = row_scores

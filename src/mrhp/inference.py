@@ -12,7 +12,8 @@ or the arguments of `Ranker.rank`::
 `product_id` is optional (a non-empty string or an integer); the product text is `text`, or `name` and/or
 `description` joined by a space; each review has a `review_id` (a non-empty string or an integer, unique in the
 request), a `text` (may be empty) and optionally its star `rating` (a finite number; read by models with
-`model.side_features`, unknown when absent); `images` is optional everywhere. An IMAGE is one of
+`model.side_features`, unknown when absent); `images` is optional everywhere; `"explain": true` (optional) asks
+for each review's explanation (below). An IMAGE is one of
 
 * `{"regions": [[...], ...]}`: region features [n_regions, F] inline (a list of lists, or a numpy array in
   Python), F being the model's image feature size;
@@ -25,6 +26,14 @@ Each item keeps its first `data.max_regions` regions and each text its first `da
 training. A model with a pretrained text encoder (`model.text_encoder`) reads the token states of each text,
 computed here by the same encoder and layer that `mrhp prepare` stored them with (`TextStates`). A model without an image side ignores images once their form is checked (a `.npy` file is read, an
 image file is not decoded). Every error is a `RequestError` naming the field, e.g. `reviews[2].images[0]`.
+
+Explanations (the paper's model only, `mrhp.models.EXPLAINED`; `mrhp.model.Explanation` has the maths): each
+review's answer gains `"explanation": {"bias", "side" (models with side features), "paths": {PATH: x},
+"parts": {PART: x}, "sources": {COMPONENT: x}, "words": [...], "regions": [...]}`, where bias + side + the paths
+(or the parts, or the sources) add up to the score; `words` are the review's `TOP_WORDS` tokens (word pieces for a
+pretrained encoder) and `regions` its `TOP_REGIONS` image regions of largest share in absolute value,
+`{"word", "position", "weight"}` and `{"image", "region", "weight"}` (0-based positions among the tokens the model
+read, and image / region within that image as given).
 
 Scores: a review's score depends only on its product and itself. Batches of different composition pad
 differently, which changes scores only by float32 rounding (about 1e-7 relative), so the service, `predict` and
@@ -43,6 +52,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -53,6 +63,7 @@ from mrhp.config import DataConfig
 from mrhp.data.batching import Item, RankingList, collate, pack_groups
 from mrhp.data.jsonl import RAW_IMAGE_SUFFIXES, load_npy_regions
 from mrhp.data.records import cap_regions, not_unicode
+from mrhp.data.text import tokenize
 from mrhp.errors import DataError, MrhpError
 from mrhp.images import (
     DEFAULT_INPUT_SIZE,
@@ -63,9 +74,15 @@ from mrhp.images import (
     ImageFeatureExtractor,
     images_available,
 )
-from mrhp.models import reads_images
+from mrhp.model import COMPONENTS, PARTS, PATHS, Explanation
+from mrhp.models import explains, reads_images
+
+if TYPE_CHECKING:
+    from mrhp.text_encoder import StateEncoder
 
 HASH_CHUNK = 1 << 20  # bytes read at a time when hashing files
+TOP_WORDS = 10  # words and regions an explanation lists, by largest share in absolute value
+TOP_REGIONS = 5
 _MISSING = object()
 
 Group = tuple[int, np.ndarray]
@@ -96,14 +113,17 @@ def score_groups(
     batch_rows: int,
     data: DataConfig,
     feature_dim: int,
-) -> Iterator[tuple[list[Group], np.ndarray]]:
+    explain: bool = False,
+) -> Iterator[tuple[list[Group], np.ndarray, Explanation | None]]:
     """Score `groups` in order, packed into forward passes of at most `batch_rows` review rows (`pack_groups`; a
     larger group is a pass of its own). `lists_of` turns one pass's groups into ranking lists, so only one pass is
-    ever held in memory. Yields each pass's groups with the float64 scores of their reviews, in order."""
+    ever held in memory. Yields each pass's groups with the float64 scores of their reviews, in order, and with
+    `explain` (a model of `mrhp.models.EXPLAINED`) the split of those scores, else None."""
     model.eval()
     for batch in pack_groups(groups, batch_rows):
         inputs = collate(lists_of(batch), data.max_tokens, data.max_regions, feature_dim)
-        yield batch, model(inputs).row_scores.double().numpy()
+        output = model(inputs, explain=True) if explain else model(inputs)
+        yield batch, output.row_scores.double().numpy(), output.explanation
 
 
 # ---- ranks and answers -----------------------------------------------------------------------------------------
@@ -122,21 +142,65 @@ class RankedReviews:
     """The reviews of one product with their scores and ranks, in the order they were given.
 
     `scores`: float64 [n], higher is more helpful (comparable within one model only); `ranks`: int64 [n],
-    1 = most helpful, equal scores keep the given order."""
+    1 = most helpful, equal scores keep the given order; `explanations`: one per review when asked for (the
+    module docstring)."""
 
     review_ids: list[str]
     scores: np.ndarray
     ranks: np.ndarray
+    explanations: list[dict[str, object]] | None = None
 
     @classmethod
-    def of(cls, review_ids: Sequence[str], scores: np.ndarray) -> RankedReviews:
-        return cls(list(review_ids), scores, rank_reviews(scores))
+    def of(cls, review_ids: Sequence[str], scores: np.ndarray,
+           explanations: list[dict[str, object]] | None = None) -> RankedReviews:
+        return cls(list(review_ids), scores, rank_reviews(scores), explanations)
 
     def in_rank_order(self) -> list[dict[str, object]]:
-        """`[{"review_id", "score", "rank"}, ...]` sorted by rank: the answer of `predict` and the service."""
+        """`[{"review_id", "score", "rank"[, "explanation"]}, ...]` sorted by rank: the answer of `predict` and the
+        service."""
         order = np.argsort(self.ranks, kind="stable")
-        return [{"review_id": self.review_ids[j], "score": float(self.scores[j]), "rank": int(self.ranks[j])}
-                for j in order]
+        ranked = [{"review_id": self.review_ids[j], "score": float(self.scores[j]), "rank": int(self.ranks[j])}
+                  for j in order]
+        if self.explanations is not None:
+            for review, j in zip(ranked, order):
+                review["explanation"] = self.explanations[j]
+        return ranked
+
+
+@dataclass(frozen=True)
+class ScoreSplit:
+    """The exact split of the scores of one list's reviews (`mrhp.model.Explanation`), float64, a row per review:
+    `bias + side + parts.sum(1) == scores` (side 0 when None) up to float rounding, and `sources.sum(1) == parts.sum(1)`."""
+
+    bias: float
+    side: np.ndarray | None  # [n], None for a model without side features
+    parts: np.ndarray  # [n, len(PARTS)]
+    sources: np.ndarray  # [n, len(COMPONENTS)]: each component's positions' shares added up
+    review_text: list[np.ndarray]  # per review, each token position's share (0 beyond its tokens)
+    review_regions: list[np.ndarray]  # per review, each region's share (0 beyond its regions)
+
+    @classmethod
+    def of_rows(cls, explanation: Explanation, rows: slice) -> ScoreSplit:
+        shares = {name: value[rows].double().numpy() for name, value in explanation.shares.items()}
+        return cls(
+            bias=explanation.bias,
+            side=None if explanation.side is None else explanation.side[rows].double().numpy(),
+            parts=explanation.parts[rows].double().numpy(),
+            sources=np.stack([shares[name].sum(axis=1) for name in COMPONENTS], axis=1),
+            review_text=list(shares["review_text"]),
+            review_regions=list(shares["review_image"]),
+        )
+
+    @classmethod
+    def joined(cls, pieces: Sequence[ScoreSplit]) -> ScoreSplit:
+        return cls(
+            bias=pieces[0].bias,
+            side=None if pieces[0].side is None else np.concatenate([piece.side for piece in pieces]),
+            parts=np.concatenate([piece.parts for piece in pieces]),
+            sources=np.concatenate([piece.sources for piece in pieces]),
+            review_text=[row for piece in pieces for row in piece.review_text],
+            review_regions=[row for piece in pieces for row in piece.review_regions],
+        )
 
 
 # ---- requests --------------------------------------------------------------------------------------------------
@@ -185,6 +249,9 @@ class RankingRequest:
     ranking: RankingList
     product_truncated: bool  # the product text is longer than the model's max_tokens (cut as in training)
     truncated_reviews: list[str]  # ids of the reviews whose text is cut
+    review_texts: list[str]  # what explanations name words with
+    review_region_images: list[np.ndarray]  # per review, the image of each region it keeps, int64 [m]
+    explain: bool = False  # explanations are asked for
 
 
 class TextStates:
@@ -196,7 +263,7 @@ class TextStates:
         self.name = model.text_encoder if model.name == "mrhp" else "lstm"
         self.tuned_layers = model.text_tuned_layers
         self.max_tokens = data.max_tokens
-        self._encoder = None
+        self._encoder: StateEncoder | None = None
         self._lock = threading.Lock()
 
     @property
@@ -207,13 +274,28 @@ class TextStates:
         """float32 [S_i, H] per text, or None per text for a model that reads token ids."""
         if not self.needed:
             return [None] * len(texts)
-        from mrhp.text_encoder import StateEncoder
-
         with self._lock:
-            if self._encoder is None:
-                self._encoder = StateEncoder(self.name, self.tuned_layers, self.max_tokens)
-            states = self._encoder.encode(list(texts))
+            states = self._loaded().encode(list(texts))
         return [np.asarray(s, dtype=np.float32) for s in states]
+
+    def words(self, text: str, max_tokens: int) -> list[str]:
+        """The tokens of `text` whose positions a model reads (`mrhp.data.batching.collate`): the vocabulary's
+        tokens, or for a pretrained encoder its word pieces with the special tokens (none for an empty text)."""
+        tokens = tokenize(text)
+        if not self.needed:
+            return tokens[:max_tokens]
+        if not tokens:
+            return []
+        with self._lock:
+            return self._loaded().pieces([text])[0][:max_tokens]
+
+    def _loaded(self) -> StateEncoder:
+        """The encoder, loaded on first use (call with the lock held)."""
+        if self._encoder is None:
+            from mrhp.text_encoder import StateEncoder
+
+            self._encoder = StateEncoder(self.name, self.tuned_layers, self.max_tokens)
+        return self._encoder
 
 
 class ImageFiles:
@@ -300,10 +382,12 @@ class _RequestReader:
         if self.limits.max_reviews is not None and len(reviews) > self.limits.max_reviews:
             raise self.error(("reviews",), f"{len(reviews)} reviews exceed the limit of {self.limits.max_reviews} "
                                            "per request")
-        product_regions = self.regions(request, ())
+        explain = self.explain(request)
+        product_regions, _ = self.regions(request, ())
         review_ids: list[str] = []
         texts: list[str] = []
         regions: list[np.ndarray] = []
+        region_images: list[np.ndarray] = []
         ratings: list[float] = []
         seen: set[str] = set()
         for k, review in enumerate(reviews):
@@ -316,13 +400,25 @@ class _RequestReader:
             seen.add(review_id)
             review_ids.append(review_id)
             texts.append(self.string(review, "text", loc, required=True))
-            regions.append(self.regions(review, loc))
+            review_regions, images_of_regions = self.regions(review, loc)
+            regions.append(review_regions)
+            region_images.append(images_of_regions)
             ratings.append(self.rating(review, loc))
-        return self.tokenized(product_id, product_text, product_regions, review_ids, texts, regions, ratings)
+        return self.tokenized(product_id, product_text, product_regions, review_ids, texts, regions, region_images,
+                              ratings, explain)
+
+    def explain(self, request: Mapping) -> bool:
+        value = request.get("explain", False)
+        if not isinstance(value, bool):
+            raise self.error(("explain",), f"expected true or false, got {_shown(value)}")
+        if value and not self.ranker.explains:
+            raise self.error(("explain",), f"model '{self.ranker.checkpoint.config.model.name}' does not support "
+                                           "explanations: only the paper's model (mrhp) does")
+        return value
 
     def tokenized(self, product_id: str | None, product_text: str, product_regions: np.ndarray,
-                  review_ids: list[str], texts: list[str], regions: list[np.ndarray], ratings: list[float]
-                  ) -> RankingRequest:
+                  review_ids: list[str], texts: list[str], regions: list[np.ndarray],
+                  region_images: list[np.ndarray], ratings: list[float], explain: bool) -> RankingRequest:
         vocab, max_tokens = self.ranker.checkpoint.vocab, self.ranker.checkpoint.config.data.max_tokens
         product_states, *review_states = self.ranker.text_states.encode([product_text, *texts])
         product = Item(np.asarray(vocab.encode(product_text), dtype=np.int64), product_regions, product_states)
@@ -335,6 +431,9 @@ class _RequestReader:
                                 review_indices=list(range(len(items))), group=0),
             product_truncated=len(product.tokens) > max_tokens,
             truncated_reviews=[rid for rid, item in zip(review_ids, items) if len(item.tokens) > max_tokens],
+            review_texts=texts,
+            review_region_images=region_images,
+            explain=explain,
         )
 
     def id(self, item: Mapping, name: str, loc: Loc) -> str:
@@ -385,20 +484,22 @@ class _RequestReader:
             raise self.error(("text",), "missing product text: give 'text' (or 'name' and/or 'description')")
         return " ".join(part for part in (name, description) if part is not None)
 
-    def regions(self, item: Mapping, loc: Loc) -> np.ndarray:
+    def regions(self, item: Mapping, loc: Loc) -> tuple[np.ndarray, np.ndarray]:
         """float32 [m, F] of an item's images, its first `max_regions` regions ([0, F] without image; [0, 0]
-        when the model reads no images)."""
+        when the model reads no images), and the index of the image of each of them, int64 [m]."""
         images = item.get("images")
         if images is None:
             images = []
         if not isinstance(images, list | tuple):
             raise self.error((*loc, "images"), f"expected a list of images, got {type(images).__name__}")
-        arrays = [array for k, image in enumerate(images)
-                  if (array := self.image(image, (*loc, "images", k))) is not None and len(array)]
-        if not self.uses_images or not arrays:
-            return np.zeros((0, self.feature_dim if self.uses_images else 0), dtype=np.float32)
-        return cap_regions(arrays, None, self.ranker.checkpoint.config.data.max_regions,
-                           where=field_name((*loc, "images")))
+        found = [(k, array) for k, image in enumerate(images)
+                 if (array := self.image(image, (*loc, "images", k))) is not None and len(array)]
+        if not self.uses_images or not found:
+            return np.zeros((0, self.feature_dim if self.uses_images else 0), dtype=np.float32), np.zeros(0, np.int64)
+        max_regions = self.ranker.checkpoint.config.data.max_regions
+        kept = cap_regions([array for _, array in found], None, max_regions, where=field_name((*loc, "images")))
+        image_of_region = np.concatenate([np.full(len(array), k) for k, array in found])[:max_regions]
+        return kept, image_of_region.astype(np.int64)
 
     def image(self, image: object, loc: Loc) -> np.ndarray | None:
         """One image's region features; None for an image without regions or one the model ignores."""
@@ -508,6 +609,7 @@ class Ranker:
         self.image_files = image_files if image_files is not None else ImageFiles(checkpoint)
         self.text_states = TextStates(checkpoint)
         self.uses_images = reads_images(checkpoint.config.model)
+        self.explains = explains(checkpoint.config.model)
 
     def parse(self, request: object, *, where: str | None = None, base_dir: Path | None = None,
               limits: RequestLimits = RequestLimits()) -> RankingRequest:
@@ -517,6 +619,15 @@ class Ranker:
 
     def score(self, lists: Sequence[RankingList]) -> list[np.ndarray]:
         """Scores of every review of every list, as one float64 array [len(list.reviews)] per list."""
+        return [scores for scores, _ in self._scored(lists, explain=False)]
+
+    def score_explained(self, lists: Sequence[RankingList]) -> list[tuple[np.ndarray, ScoreSplit]]:
+        """`score`, with the exact split of each list's scores (a model of `mrhp.models.EXPLAINED`)."""
+        if not self.explains:
+            raise MrhpError(f"model '{self.checkpoint.config.model.name}' does not support explanations")
+        return self._scored(lists, explain=True)
+
+    def _scored(self, lists: Sequence[RankingList], explain: bool) -> list[tuple[np.ndarray, ScoreSplit | None]]:
         pieces = [(index, np.arange(start, min(start + self.batch_rows, len(ranking.reviews))))
                   for index, ranking in enumerate(lists) for start in range(0, len(ranking.reviews), self.batch_rows)]
 
@@ -524,20 +635,37 @@ class Ranker:
             return [_piece(lists[index], rows) for index, rows in groups]
 
         parts: list[list[np.ndarray]] = [[] for _ in lists]
+        splits: list[list[ScoreSplit]] = [[] for _ in lists]
         config = self.checkpoint.config
-        for groups, scores in score_groups(self.checkpoint.model, pieces, lists_of, batch_rows=self.batch_rows,
-                                           data=config.data, feature_dim=config.model.image_dim):
+        for groups, scores, explanation in score_groups(
+            self.checkpoint.model, pieces, lists_of, batch_rows=self.batch_rows, data=config.data,
+            feature_dim=config.model.image_dim, explain=explain,
+        ):
             start = 0
             for index, rows in groups:
                 parts[index].append(scores[start:start + len(rows)])
+                if explanation is not None:
+                    splits[index].append(ScoreSplit.of_rows(explanation, slice(start, start + len(rows))))
                 start += len(rows)
         if not all(np.isfinite(scores).all() for part in parts for scores in part):
             raise NonFiniteScores(f"{self.checkpoint.source or 'the checkpoint'}: the model computed NaN or infinite "
                                   "scores (its weights are finite: an overflow?); nothing was ranked")
-        return [np.concatenate(part) if part else np.zeros(0) for part in parts]
+        return [(np.concatenate(part) if part else np.zeros(0), ScoreSplit.joined(split) if split else None)
+                for part, split in zip(parts, splits)]
 
-    def rank(self, product: str | Mapping[str, object], reviews: Sequence[str | Mapping[str, object]]
-             ) -> RankedReviews:
+    def ranked(self, request: RankingRequest, scores: np.ndarray, split: ScoreSplit | None = None) -> RankedReviews:
+        """The answer to `request` from its scores and, when it asks for explanations, their split."""
+        if not request.explain or split is None:
+            return RankedReviews.of(request.review_ids, scores)
+        max_tokens = self.checkpoint.config.data.max_tokens
+        explanations = [
+            _explanation(split, j, self.text_states.words(text, max_tokens), images)
+            for j, (text, images) in enumerate(zip(request.review_texts, request.review_region_images))
+        ]
+        return RankedReviews.of(request.review_ids, scores, explanations)
+
+    def rank(self, product: str | Mapping[str, object], reviews: Sequence[str | Mapping[str, object]], *,
+             explain: bool = False) -> RankedReviews:
         """Rank the `reviews` of `product`, as `mrhp predict` and the service do.
 
         Args:
@@ -545,6 +673,7 @@ class Ranker:
                 `"product_id"`.
             reviews: texts (their ids are their positions, "0", "1", ...), or `{"review_id": ..., "text": ...}`
                 with optional `"images"`.
+            explain: add each review's explanation (`RankedReviews.explanations`; the paper's model only).
 
         Images are as in the module docstring; paths are relative to the current folder. Raises `RequestError`
         naming the field at fault.
@@ -558,8 +687,40 @@ class Ranker:
         if isinstance(reviews, list | tuple):
             reviews = [{"review_id": str(k), "text": review} if isinstance(review, str) else review
                        for k, review in enumerate(reviews)]
-        parsed = self.parse({**product, "reviews": reviews}, base_dir=Path())
-        return RankedReviews.of(parsed.review_ids, self.score([parsed.ranking])[0])
+        request = {**product, "reviews": reviews, **({"explain": True} if explain else {})}
+        parsed = self.parse(request, base_dir=Path())
+        if parsed.explain:
+            scores, split = self.score_explained([parsed.ranking])[0]
+            return self.ranked(parsed, scores, split)
+        return self.ranked(parsed, self.score([parsed.ranking])[0])
+
+
+def _top(shares: np.ndarray, count: int) -> list[int]:
+    """Positions of the `count` largest shares in absolute value, largest first (ties: earlier first)."""
+    return [int(j) for j in np.argsort(-np.abs(shares), kind="stable")[:count]]
+
+
+def _explanation(split: ScoreSplit, j: int, words: list[str], region_images: np.ndarray) -> dict[str, object]:
+    """The JSON explanation of review `j` of `split` (module docstring), whose model read `words` and the regions
+    of the images `region_images`."""
+    parts = dict(zip(PARTS, split.parts[j].tolist()))
+    text = split.review_text[j][:len(words)]
+    regions = split.review_regions[j][:len(region_images)]
+    first_region = {}  # image -> position of its first kept region
+    for position, image in enumerate(region_images.tolist()):
+        first_region.setdefault(image, position)
+    explanation: dict[str, object] = {"bias": split.bias}
+    if split.side is not None:
+        explanation["side"] = float(split.side[j])
+    explanation.update(
+        paths={path: sum(value for part, value in parts.items() if PARTS[part] == path) for path in PATHS},
+        parts=parts,
+        sources=dict(zip(COMPONENTS, split.sources[j].tolist())),
+        words=[{"word": words[k], "position": k, "weight": float(text[k])} for k in _top(text, TOP_WORDS)],
+        regions=[{"image": int(region_images[k]), "region": k - first_region[int(region_images[k])],
+                  "weight": float(regions[k])} for k in _top(regions, TOP_REGIONS)],
+    )
+    return explanation
 
 
 def _piece(ranking: RankingList, rows: np.ndarray) -> RankingList:

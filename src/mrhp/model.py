@@ -12,6 +12,15 @@ so no padding value ever enters a softmax, a max or a mean, and nothing becomes 
 
 Efficiency that changes no result (SPEC 3.5): the product's text and image encoders do not depend on the
 review, so each product is encoded once per batch and its encodings are gathered for its reviews' rows.
+
+Explanations (`forward(batch, explain=True)`): the scorer (eq. 29) is linear in `z_final`, so a score is exactly
+the bias plus the contributions `w_part . z_part` of the five d-sized parts of eqs. 17, 22 and 27 (three fusion
+paths), plus the side scorer's output when the model has one. The score is also linear (mean pools, eqs. 20-27)
+or piecewise linear (the max of eq. 17: each channel's value is that of one position) in the fused sequences, so
+each part splits further, exactly, over the positions it pools: a position's share is `w_part . x_i / n` for a
+mean and, for the max, the terms `w_k z_k` of the channels whose maximum is at that position. This is gradient x
+input taken at the fusion outputs, where it is exact: the shares of every word and region of product and review
+add up to the score minus bias and side (`Explanation`).
 """
 
 from __future__ import annotations
@@ -29,6 +38,28 @@ from mrhp.losses import MODALITY_KEYS
 
 # The four components of eqs. 5-14, named as the contrastive loss (eqs. 30-33) names the pooled vectors.
 COMPONENTS = MODALITY_KEYS
+# The three fusion paths of z_final (eq. 28) and their five d-sized parts, in the scorer's input order, each part
+# with the path it belongs to: eq. 17; eqs. 18-22 (product text with review image, product image with review
+# text); eqs. 23-27 (product text with product image, review text with review image).
+PATHS = ("intra_modal", "inter_modal", "intra_review")
+PARTS = {
+    "intra_modal": "intra_modal",
+    "product_text_review_image": "inter_modal",
+    "product_image_review_text": "inter_modal",
+    "product_text_product_image": "intra_review",
+    "review_text_review_image": "intra_review",
+}
+
+
+@dataclass
+class Explanation:
+    """Every row's score split exactly (up to float rounding) as `bias + side + parts.sum(1)`, and the parts
+    over the positions of the four components: `sum over components of shares[c].sum(1) == parts.sum(1)`."""
+
+    bias: float  # the scorer's bias (eq. 29)
+    side: Tensor | None  # [N] the side scorer's output (model.side_features); None without one
+    parts: Tensor  # [N, len(PARTS)] w_part . z_part, in PARTS order
+    shares: dict[str, Tensor]  # per component, [N, L_component]: each token's / region's share, 0 at padding
 
 
 @dataclass
@@ -37,6 +68,7 @@ class ModelOutput:
     row_scores: Tensor  # [N]
     pooled: dict[str, Tensor]  # eqs. 30-31: h^p, h^r, v^p, v^r per row, each [N, d]
     present: dict[str, Tensor]  # [N] bool: the row has that modality (at least one token / region)
+    explanation: Explanation | None = None  # forward(batch, explain=True) only
 
 
 def masked_max(x: Tensor, mask: Tensor) -> Tensor:
@@ -52,13 +84,18 @@ def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
     return (x * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
 
 
+def left_order(mask: Tensor) -> Tensor:
+    """mask [N, L] -> [N, L]: the positions of each row, unmasked ones first, each group in its order."""
+    return torch.sort((~mask).to(torch.int8), dim=1, stable=True).indices
+
+
 def pack_left(x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
     """Move the unmasked positions of each row to the front, keeping their order. -> ([N, L, d], [N, L])
 
     A convolution over a concatenation of padded sequences would otherwise see interior padding, and its result
     would depend on how much padding the batch happened to need.
     """
-    order = torch.sort((~mask).to(torch.int8), dim=1, stable=True).indices  # [N, L]
+    order = left_order(mask)  # [N, L]
     packed = torch.gather(x, 1, order[..., None].expand_as(x))  # [N, L, d]
     packed_mask = torch.gather(mask, 1, order)  # [N, L]
     return packed * packed_mask[..., None], packed_mask
@@ -243,7 +280,8 @@ class HelpfulnessModel(nn.Module):
             x = block(x, mask)  # [X, M, d]
         return x * mask[..., None].to(x.dtype)
 
-    def forward(self, batch: Batch) -> ModelOutput:
+    def forward(self, batch: Batch, explain: bool = False) -> ModelOutput:
+        """Scores of every row; with `explain`, also their exact split (`Explanation`)."""
         rows = batch.review_product  # [N]
         if self.reads_states:
             product_token_mask, review_token_mask = batch.product_state_mask, batch.review_state_mask
@@ -325,10 +363,59 @@ class HelpfulnessModel(nn.Module):
 
         z_final = torch.cat([z_intra_modal, z_inter_modal, z_intra_review], dim=1)  # [N, 5d] eq. 28
         row_scores = self.scorer(z_final).squeeze(1)  # [N] eq. 29
+        side = None
         if self.side_scorer is not None:
-            row_scores = row_scores + self.side_scorer(batch.review_side).squeeze(1)  # [N]
+            side = self.side_scorer(batch.review_side).squeeze(1)  # [N]
+            row_scores = row_scores + side  # [N]
         scores = row_scores[batch.list_rows] * batch.list_mask.to(row_scores.dtype)  # [B, R]
 
         pooled = {name: masked_max(out[name], mask[name]) for name in COMPONENTS}  # eqs. 30-31, each [N, d]
         present = {name: mask[name].any(dim=1) for name in COMPONENTS}  # each [N]
-        return ModelOutput(scores=scores, row_scores=row_scores, pooled=pooled, present=present)
+        explanation = None
+        if explain:
+            # Each mean-pooled part: its fused sequence, that sequence's mask, and whose positions it holds.
+            means = {
+                "product_text_review_image": (text_image, text_image_mask, ("product_text", "review_image")),
+                "product_image_review_text": (image_text, image_text_mask, ("product_image", "review_text")),
+                "product_text_product_image": (product_pair, product_pair_mask, ("product_text", "product_image")),
+                "review_text_review_image": (review_pair, review_pair_mask, ("review_text", "review_image")),
+            }
+            explanation = self.explain(conv, packed_mask, torch.cat([h_intra_mask, v_intra_mask], dim=1), means,
+                                       side, mask)
+        return ModelOutput(scores=scores, row_scores=row_scores, pooled=pooled, present=present,
+                           explanation=explanation)
+
+    def explain(self, conv: Tensor, packed_mask: Tensor, intra_mask: Tensor,
+                means: dict[str, tuple[Tensor, Tensor, tuple[str, str]]], side: Tensor | None,
+                mask: dict[str, Tensor]) -> Explanation:
+        """The exact split of eq. 29 (module docstring): parts, and their shares per position of each component.
+
+        conv [N, Lt, d] and packed_mask [N, Lt]: the intra-modal CNN's output over the packed positions of
+        `[h_p, h_r, v_p, v_r]`, whose unpacked mask is intra_mask [N, Lt]; means: the four mean-pooled parts."""
+        d = conv.shape[2]
+        weights = dict(zip(PARTS, self.scorer.weight[0].split(d)))  # each [d]
+        lengths = [mask[name].shape[1] for name in COMPONENTS]
+        shares = {name: torch.zeros_like(mask[name], dtype=conv.dtype) for name in COMPONENTS}  # each [N, L_c]
+        parts = []
+
+        # Eq. 17: each channel's term w_k z_k goes to the position holding its maximum (none: z_k = 0).
+        filled = conv.masked_fill(~packed_mask[..., None], float("-inf"))  # [N, Lt, d]
+        winner = filled.argmax(dim=1)  # [N, d]
+        terms = weights["intra_modal"] * masked_max(conv, packed_mask)  # [N, d]
+        packed_shares = torch.zeros_like(packed_mask, dtype=conv.dtype).scatter_add(1, winner, terms)  # [N, Lt]
+        # Packed position j holds unpacked position left_order(intra_mask)[:, j], as in pack_left.
+        unpacked = torch.zeros_like(packed_shares).scatter_add(1, left_order(intra_mask), packed_shares)  # [N, Lt]
+        for name, piece in zip(COMPONENTS, unpacked.split(lengths, dim=1)):
+            shares[name] = shares[name] + piece  # [N, L_c]
+        parts.append(terms.sum(dim=1))  # [N]
+
+        # Eqs. 20-27: a mean pool is the sum of w . x_i / n over its n real positions.
+        for part, (sequence, sequence_mask, (first, second)) in means.items():
+            count = sequence_mask.sum(dim=1, keepdim=True).clamp(min=1).to(sequence.dtype)  # [N, 1]
+            position = (sequence @ weights[part]) * sequence_mask.to(sequence.dtype) / count  # [N, L1 + L2]
+            first_share, second_share = position.split([mask[first].shape[1], mask[second].shape[1]], dim=1)
+            shares[first] = shares[first] + first_share  # [N, L1]
+            shares[second] = shares[second] + second_share  # [N, L2]
+            parts.append(position.sum(dim=1))  # [N]
+        return Explanation(bias=float(self.scorer.bias[0]), side=side, parts=torch.stack(parts, dim=1),
+                           shares=shares)

@@ -26,10 +26,13 @@ MODELS: dict[str, type[nn.Module]] = {
 }
 TEXT_ONLY = frozenset({"conv-knrm", "prh-net", "bimpm", "eg-cnn"})
 """Models that never read an image: they ignore the region inputs by construction."""
+EXPLAINED = frozenset({"mrhp"})
+"""Models whose scores split exactly into fusion paths, words and regions (`forward(batch, explain=True)`)."""
 
 assert tuple(MODELS) == MODEL_NAMES, "mrhp.config.MODEL_NAMES and the registry must list the same models"
 
-__all__ = ["MODEL_NAMES", "MODELS", "TEXT_ONLY", "build_model", "initialise_from_data", "reads_images"]
+__all__ = ["EXPLAINED", "MODEL_NAMES", "MODELS", "TEXT_ONLY", "build_model", "explains", "initialise_from_data",
+           "reads_images"]
 
 
 def build_model(config: ModelConfig) -> nn.Module:
@@ -54,3 +57,8 @@ def initialise_from_data(model: nn.Module, vectors: Tensor | None, tokens: list[
 def reads_images(config: ModelConfig) -> bool:
     """Whether a model built from `config` looks at image regions at all."""
     return config.use_images and config.image_dim > 0 and config.name not in TEXT_ONLY
+
+
+def explains(config: ModelConfig) -> bool:
+    """Whether a model built from `config` can explain its scores (`mrhp.model.Explanation`)."""
+    return config.name in EXPLAINED

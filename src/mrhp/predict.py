@@ -10,6 +10,9 @@ Output: JSON lines in input order, one per product, its reviews sorted by rank (
 
     {"product_id": "p1", "reviews": [{"review_id": "r1", "score": 1.23, "rank": 1}, ...]}
 
+With `explain` (`mrhp predict --explain`), or for a line with `"explain": true`, each review also carries its
+`"explanation"` (`mrhp.inference`); only the paper's model explains its scores.
+
 Streaming and resuming. The input is read line by line and scored in batches of about `batch_rows` reviews, so
 memory is bounded by one batch (and the longest line), whatever the file size. Complete output lines are
 appended to a partial file beside the output (`.NAME.partial`); after each batch the partial file is flushed to
@@ -35,7 +38,7 @@ from typing import BinaryIO
 
 from mrhp.data.records import parse_object_line
 from mrhp.errors import MrhpError
-from mrhp.inference import HASH_CHUNK, RankedReviews, Ranker, RankingRequest, file_sha256, load_ranker
+from mrhp.inference import HASH_CHUNK, Ranker, RankingRequest, file_sha256, load_ranker
 from mrhp.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -56,6 +59,7 @@ class _Progress:
     input_prefix_sha256: str
     output_bytes: int
     products: int
+    explain: bool = False  # --explain: a resumed run must write the same kind of lines
 
 
 def _partial_paths(output_path: Path) -> tuple[Path, Path]:
@@ -82,12 +86,15 @@ def _read_progress(path: Path) -> _Progress:
 
 
 def _resume_point(
-    progress_path: Path, partial_path: Path, source: BinaryIO, checkpoint_sha256: str
+    progress_path: Path, partial_path: Path, source: BinaryIO, checkpoint_sha256: str, explain: bool
 ) -> tuple[_Progress, _Digest]:
     """Check that the run recorded in `progress_path` can be continued with this checkpoint and input; repair the
     partial output's tail. Returns the record and the running SHA-256 of the input prefix it covers (`source`
     is left positioned after that prefix)."""
     progress = _read_progress(progress_path)
+    if progress.explain != explain:
+        raise MrhpError(f"{progress_path}: the interrupted run was {'' if progress.explain else 'not '}run with "
+                        "--explain; rerun with the same options, or with --restart to start over")
     if progress.checkpoint_sha256 != checkpoint_sha256:
         raise MrhpError(
             f"{progress_path}: the interrupted run used another checkpoint (SHA-256 {progress.checkpoint_sha256[:12]}, "
@@ -141,6 +148,7 @@ def predict_file(
     progress: bool = True,
     restart: bool = False,
     batch_rows: int | None = None,
+    explain: bool = False,
 ) -> int:
     """Rank the reviews of every product of `input_path` into `output_path`, resuming an interrupted run.
 
@@ -148,6 +156,7 @@ def predict_file(
         restart: discard the progress of an interrupted run instead of continuing it.
         batch_rows: review rows per forward pass (default: the checkpoint's `data.eval_batch_rows`): consecutive
             products are packed up to it, a product with more reviews is scored in pieces of that many.
+        explain: add each review's explanation (the paper's model only; `MrhpError` for another).
 
     Returns:
         The number of products in the output (those ranked by an interrupted earlier run included).
@@ -157,16 +166,20 @@ def predict_file(
         raise MrhpError(f"input file not found: {input_path}")
     _refuse_overwriting_inputs(output_path, input_path, Path(checkpoint_path))
     ranker = load_ranker(checkpoint_path, batch_rows=batch_rows)
+    if explain and not ranker.explains:
+        raise MrhpError(f"--explain: model '{ranker.checkpoint.config.model.name}' of {checkpoint_path} does not "
+                        "support explanations; only the paper's model (mrhp) does")
     checkpoint_sha256 = file_sha256(checkpoint_path)
     partial_path, progress_path = _partial_paths(output_path)
     output_path.parent.mkdir(parents=True, exist_ok=True)
     with input_path.open("rb") as source:
         if progress_path.is_file() and not restart:
-            state, prefix = _resume_point(progress_path, partial_path, source, checkpoint_sha256)
+            state, prefix = _resume_point(progress_path, partial_path, source, checkpoint_sha256, explain)
             log.info("resuming after input line %d (%d products already ranked in %s)", state.input_lines,
                      state.products, partial_path)
         else:
-            state, prefix = _Progress(checkpoint_sha256, 0, 0, hashlib.sha256().hexdigest(), 0, 0), hashlib.sha256()
+            state = _Progress(checkpoint_sha256, 0, 0, hashlib.sha256().hexdigest(), 0, 0, explain)
+            prefix = hashlib.sha256()
             partial_path.write_bytes(b"")
             _write_progress(progress_path, state)
         _rank_stream(ranker, source, input_path, partial_path, progress_path, state, prefix, progress)
@@ -196,9 +209,13 @@ def _rank_stream(
     with partial_path.open("ab") as out:
 
         def flush() -> None:
-            scores = ranker.score([request.ranking for request in pending])
-            for request, values in zip(pending, scores):
-                ranked = RankedReviews.of(request.review_ids, values)
+            lists = [request.ranking for request in pending]
+            if any(request.explain for request in pending):
+                scored = ranker.score_explained(lists)
+            else:
+                scored = [(scores, None) for scores in ranker.score(lists)]
+            for request, (values, split) in zip(pending, scored):
+                ranked = ranker.ranked(request, values, split)
                 line = {"product_id": request.product_id, "reviews": ranked.in_rank_order()}
                 out.write((json.dumps(line) + "\n").encode("utf-8"))
             out.flush()
@@ -212,6 +229,8 @@ def _rank_stream(
         for raw in source:  # binary lines keep exact byte offsets for the resume point
             number += 1
             request = _parse_line(raw, number, input_path, ranker)
+            if request is not None and state.explain:
+                request.explain = True
             offset += len(raw)
             prefix.update(raw)
             bar.update(len(raw))

@@ -514,6 +514,11 @@ class StateEncoder:
         """float16 ``[S_i, H]`` token states of each text (see :func:`encode_texts`)."""
         return encode_texts(self.encoder, texts, self.max_tokens, self.layer, self.batch_size)
 
+    def pieces(self, texts: Sequence[str]) -> list[list[str]]:
+        """The word pieces whose states :meth:`encode` gives, one per state row (special tokens included)."""
+        tokenizer = self.encoder.tokenizer
+        return [tokenizer.convert_ids_to_tokens(ids) for ids in self.encoder.token_ids(texts, self.max_tokens)]
+
 
 def pretrained_layer(name: str, tuned_layers: int) -> int:
     """The hidden layer whose states a model with ``tuned_layers`` trained top layers of ``name`` reads."""

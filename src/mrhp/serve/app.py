@@ -34,7 +34,6 @@ from mrhp.inference import (
     ImageFiles,
     ImageFilesUnavailable,
     NonFiniteScores,
-    RankedReviews,
     Ranker,
     RequestError,
     RequestLimits,
@@ -59,9 +58,10 @@ class ServiceBusy(Exception):
 class BatchScorer:
     """Runs every forward pass on one thread; concurrent requests are grouped into micro-batches.
 
-    `submit` puts a ranking list in a bounded queue and returns a future of its scores [len(reviews)]. The thread
-    takes the oldest request, then adds queued ones and those arriving within `wait_s` while the batch holds
-    fewer than the ranker's `batch_rows` review rows, and scores them with `Ranker.score` in one forward pass.
+    `submit` puts a ranking list in a bounded queue and returns a future of its scores [len(reviews)] and, when
+    `explain`, their split (`ScoreSplit`, else None). The thread takes the oldest request, then adds queued ones
+    and those arriving within `wait_s` while the batch holds fewer than the ranker's `batch_rows` review rows, and
+    scores them with `Ranker.score` (`Ranker.score_explained` when one of them asks) in one forward pass.
     """
 
     def __init__(self, ranker: Ranker, wait_s: float, max_queued: int) -> None:
@@ -70,7 +70,7 @@ class BatchScorer:
         self.wait_s = wait_s
         self.forwards = 0
         self.requests = 0
-        self._queue: queue.Queue[tuple[RankingList, Future] | None] = queue.Queue(maxsize=max_queued)
+        self._queue: queue.Queue[tuple[RankingList, Future, bool] | None] = queue.Queue(maxsize=max_queued)
         self._thread = threading.Thread(target=self._run, name="mrhp-scorer", daemon=True)
 
     def start(self) -> None:
@@ -84,16 +84,16 @@ class BatchScorer:
     def queued(self) -> int:
         return self._queue.qsize()
 
-    def submit(self, ranking: RankingList) -> Future:
+    def submit(self, ranking: RankingList, explain: bool = False) -> Future:
         future: Future = Future()
         try:
-            self._queue.put_nowait((ranking, future))
+            self._queue.put_nowait((ranking, future, explain))
         except queue.Full:
             raise ServiceBusy from None
         return future
 
     def _run(self) -> None:
-        carry: tuple[RankingList, Future] | None = None
+        carry: tuple[RankingList, Future, bool] | None = None
         while True:
             first = carry if carry is not None else self._queue.get()
             carry = None
@@ -119,21 +119,26 @@ class BatchScorer:
             if stopping:
                 return
 
-    def _score(self, batch: Sequence[tuple[RankingList, Future]]) -> None:
-        live = [(ranking, future) for ranking, future in batch if future.set_running_or_notify_cancel()]
+    def _score(self, batch: Sequence[tuple[RankingList, Future, bool]]) -> None:
+        live = [(ranking, future, explain) for ranking, future, explain in batch
+                if future.set_running_or_notify_cancel()]
         if not live:  # every client of this batch went away
             return
+        lists = [ranking for ranking, _, _ in live]
         try:
-            scores = self.ranker.score([ranking for ranking, _ in live])
+            if any(explain for _, _, explain in live):
+                scored = self.ranker.score_explained(lists)
+            else:
+                scored = [(scores, None) for scores in self.ranker.score(lists)]
         except Exception as error:  # answered as a 500 for these requests; the thread keeps serving
             log.exception("scoring a batch of %d requests failed", len(live))
-            for _, future in live:
+            for _, future, _ in live:
                 future.set_exception(error)
             return
         self.forwards += 1
         self.requests += len(live)
-        for (_, future), values in zip(live, scores):
-            future.set_result(values)
+        for (_, future, explain), (values, split) in zip(live, scored):
+            future.set_result((values, split if explain else None))
 
 
 class _BodyLimit:
@@ -355,7 +360,9 @@ def _add_routes(app: FastAPI, ranker: Ranker, scorer: BatchScorer, settings: Ser
         503: {"model": ErrorResponse, "description": f"more than {settings.max_queued} requests waiting; retry"},
     }
 
-    @app.post("/v1/rank", response_model=RankResponse, responses=errors, summary="Rank the reviews of a product")
+    # Unset fields are left out: a review's `explanation` appears only when asked for.
+    @app.post("/v1/rank", response_model=RankResponse, response_model_exclude_unset=True, responses=errors,
+              summary="Rank the reviews of a product")
     async def rank(request: RankRequest) -> RankResponse:
         # The schema has checked the shape; null stands for an absent field. Parsing runs off the event loop.
         try:
@@ -363,15 +370,15 @@ def _add_routes(app: FastAPI, ranker: Ranker, scorer: BatchScorer, settings: Ser
         except RequestError as error:
             raise _answered(error) from None
         try:
-            future = scorer.submit(parsed.ranking)
+            future = scorer.submit(parsed.ranking, parsed.explain)
         except ServiceBusy:
             raise HTTPException(503, f"more than {settings.max_queued} requests are waiting for the model; retry "
                                      "later", headers={"Retry-After": "1"}) from None
         try:
-            scores = await asyncio.wrap_future(future)
+            scores, split = await asyncio.wrap_future(future)
         except NonFiniteScores as error:
             raise HTTPException(500, str(error)) from None
-        ranked = RankedReviews.of(parsed.review_ids, scores)
+        ranked = ranker.ranked(parsed, scores, split)
         return RankResponse(
             product_id=parsed.product_id,
             reviews=[RankedReview(**review) for review in ranked.in_rank_order()],

@@ -57,12 +57,38 @@ class RankRequest(BaseModel):
     description: str | None = None
     images: list[ImageInput] = Field(default_factory=list)
     reviews: list[ReviewInput]
+    explain: bool = Field(default=False, description="add each review's explanation (the paper's model only)")
+
+
+class WordWeight(BaseModel):
+    word: str = Field(description="a token the model read (a word piece for a pretrained text encoder)")
+    position: int = Field(description="its position among the review's tokens, from 0")
+    weight: float = Field(description="its share of the score")
+
+
+class RegionWeight(BaseModel):
+    image: int = Field(description="the review image, as its index in the request's images")
+    region: int = Field(description="the region within that image, from 0")
+    weight: float = Field(description="its share of the score")
+
+
+class Explanation(BaseModel):
+    """bias + side + the paths (or the parts, or the sources) = the score, up to float rounding."""
+
+    bias: float = Field(description="the scorer's bias (eq. 29)")
+    side: float | None = Field(default=None, description="the side features' term (model.side_features)")
+    paths: dict[str, float] = Field(description="the three fusion paths of eq. 28 (mrhp.model.PATHS)")
+    parts: dict[str, float] = Field(description="their five d-sized parts (mrhp.model.PARTS)")
+    sources: dict[str, float] = Field(description="the same total by input: product/review text/image")
+    words: list[WordWeight] = Field(description="the review's tokens of largest share in absolute value")
+    regions: list[RegionWeight] = Field(description="the review's image regions of largest share in absolute value")
 
 
 class RankedReview(BaseModel):
     review_id: str
     score: float = Field(description="f(p, r): higher is more helpful; comparable within one model only")
     rank: int = Field(description="1 = most helpful; equal scores keep request order")
+    explanation: Explanation | None = Field(default=None, description="when the request asks for it")
 
 
 class RankResponse(BaseModel):
