@@ -27,13 +27,8 @@ training. A model with a pretrained text encoder (`model.text_encoder`) reads th
 computed here by the same encoder and layer that `mrhp prepare` stored them with (`TextStates`). A model without an image side ignores images once their form is checked (a `.npy` file is read, an
 image file is not decoded). Every error is a `RequestError` naming the field, e.g. `reviews[2].images[0]`.
 
-Explanations (the paper's model only, `mrhp.models.EXPLAINED`; `mrhp.model.Explanation` has the maths): each
-review's answer gains `"explanation": {"bias", "side" (models with side features), "paths": {PATH: x},
-"parts": {PART: x}, "sources": {COMPONENT: x}, "words": [...], "regions": [...]}`, where bias + side + the paths
-(or the parts, or the sources) add up to the score; `words` are the review's `TOP_WORDS` tokens (word pieces for a
-pretrained encoder) and `regions` its `TOP_REGIONS` image regions of largest share in absolute value,
-`{"word", "position", "weight"}` and `{"image", "region", "weight"}` (0-based positions among the tokens the model
-read, and image / region within that image as given).
+Explanations (the paper's model only, `mrhp.models.EXPLAINED`): with `"explain": true` each review of the answer
+gains its `"explanation"` (`mrhp.explain` has the format, `mrhp.model.Explanation` the maths).
 
 Scores: a review's score depends only on its product and itself. Batches of different composition pad
 differently, which changes scores only by float32 rounding (about 1e-7 relative), so the service, `predict` and
@@ -74,15 +69,14 @@ from mrhp.images import (
     ImageFeatureExtractor,
     images_available,
 )
-from mrhp.model import COMPONENTS, PARTS, PATHS, Explanation
+from mrhp.explain import ScoreSplit, explanation_json
+from mrhp.model import Explanation
 from mrhp.models import explains, reads_images
 
 if TYPE_CHECKING:
     from mrhp.text_encoder import StateEncoder
 
 HASH_CHUNK = 1 << 20  # bytes read at a time when hashing files
-TOP_WORDS = 10  # words and regions an explanation lists, by largest share in absolute value
-TOP_REGIONS = 5
 _MISSING = object()
 
 Group = tuple[int, np.ndarray]
@@ -165,42 +159,6 @@ class RankedReviews:
             for review, j in zip(ranked, order):
                 review["explanation"] = self.explanations[j]
         return ranked
-
-
-@dataclass(frozen=True)
-class ScoreSplit:
-    """The exact split of the scores of one list's reviews (`mrhp.model.Explanation`), float64, a row per review:
-    `bias + side + parts.sum(1) == scores` (side 0 when None) up to float rounding, and `sources.sum(1) == parts.sum(1)`."""
-
-    bias: float
-    side: np.ndarray | None  # [n], None for a model without side features
-    parts: np.ndarray  # [n, len(PARTS)]
-    sources: np.ndarray  # [n, len(COMPONENTS)]: each component's positions' shares added up
-    review_text: list[np.ndarray]  # per review, each token position's share (0 beyond its tokens)
-    review_regions: list[np.ndarray]  # per review, each region's share (0 beyond its regions)
-
-    @classmethod
-    def of_rows(cls, explanation: Explanation, rows: slice) -> ScoreSplit:
-        shares = {name: value[rows].double().numpy() for name, value in explanation.shares.items()}
-        return cls(
-            bias=explanation.bias,
-            side=None if explanation.side is None else explanation.side[rows].double().numpy(),
-            parts=explanation.parts[rows].double().numpy(),
-            sources=np.stack([shares[name].sum(axis=1) for name in COMPONENTS], axis=1),
-            review_text=list(shares["review_text"]),
-            review_regions=list(shares["review_image"]),
-        )
-
-    @classmethod
-    def joined(cls, pieces: Sequence[ScoreSplit]) -> ScoreSplit:
-        return cls(
-            bias=pieces[0].bias,
-            side=None if pieces[0].side is None else np.concatenate([piece.side for piece in pieces]),
-            parts=np.concatenate([piece.parts for piece in pieces]),
-            sources=np.concatenate([piece.sources for piece in pieces]),
-            review_text=[row for piece in pieces for row in piece.review_text],
-            review_regions=[row for piece in pieces for row in piece.review_regions],
-        )
 
 
 # ---- requests --------------------------------------------------------------------------------------------------
@@ -659,7 +617,7 @@ class Ranker:
             return RankedReviews.of(request.review_ids, scores)
         max_tokens = self.checkpoint.config.data.max_tokens
         explanations = [
-            _explanation(split, j, self.text_states.words(text, max_tokens), images)
+            explanation_json(split, j, self.text_states.words(text, max_tokens), images)
             for j, (text, images) in enumerate(zip(request.review_texts, request.review_region_images))
         ]
         return RankedReviews.of(request.review_ids, scores, explanations)
@@ -693,34 +651,6 @@ class Ranker:
             scores, split = self.score_explained([parsed.ranking])[0]
             return self.ranked(parsed, scores, split)
         return self.ranked(parsed, self.score([parsed.ranking])[0])
-
-
-def _top(shares: np.ndarray, count: int) -> list[int]:
-    """Positions of the `count` largest shares in absolute value, largest first (ties: earlier first)."""
-    return [int(j) for j in np.argsort(-np.abs(shares), kind="stable")[:count]]
-
-
-def _explanation(split: ScoreSplit, j: int, words: list[str], region_images: np.ndarray) -> dict[str, object]:
-    """The JSON explanation of review `j` of `split` (module docstring), whose model read `words` and the regions
-    of the images `region_images`."""
-    parts = dict(zip(PARTS, split.parts[j].tolist()))
-    text = split.review_text[j][:len(words)]
-    regions = split.review_regions[j][:len(region_images)]
-    first_region = {}  # image -> position of its first kept region
-    for position, image in enumerate(region_images.tolist()):
-        first_region.setdefault(image, position)
-    explanation: dict[str, object] = {"bias": split.bias}
-    if split.side is not None:
-        explanation["side"] = float(split.side[j])
-    explanation.update(
-        paths={path: sum(value for part, value in parts.items() if PARTS[part] == path) for path in PATHS},
-        parts=parts,
-        sources=dict(zip(COMPONENTS, split.sources[j].tolist())),
-        words=[{"word": words[k], "position": k, "weight": float(text[k])} for k in _top(text, TOP_WORDS)],
-        regions=[{"image": int(region_images[k]), "region": k - first_region[int(region_images[k])],
-                  "weight": float(regions[k])} for k in _top(regions, TOP_REGIONS)],
-    )
-    return explanation
 
 
 def _piece(ranking: RankingList, rows: np.ndarray) -> RankingList:

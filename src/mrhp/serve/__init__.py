@@ -1,12 +1,15 @@
 """HTTP scoring service (`mrhp serve`): a FastAPI application that ranks the reviews of one product per request.
 
-Modules: `schema` (request and response models), `settings` (`ServeSettings`, every setting of the service) and
-`app` (`create_app`, `run_server`). Requests are parsed and scored by `mrhp.inference.Ranker`, as in `mrhp predict`.
+Modules: `schema` (request and response models), `settings` (`ServeSettings`, every setting of the service),
+`page` (the web page at `/`, files in `static/`) and `app` (`create_app`, `run_server`). Requests are parsed and scored by `mrhp.inference.Ranker`, as in `mrhp predict`.
 
 Endpoints (OpenAPI schema with examples at `/docs` and `/openapi.json`):
 
 * `POST /v1/rank`: a product (text, optional images) and its reviews (id, text, optional images) -> the reviews
-  with score and rank (1 = most helpful), sorted by rank; the same scores as `mrhp predict`.
+  with score and rank (1 = most helpful), sorted by rank; the same scores as `mrhp predict`. With
+  `"explain": true`, each review also carries its explanation (`mrhp.explain`; 422 at `explain` for a model
+  that cannot explain its scores).
+* `GET /`: a page to rank reviews typed into a form and read their explanations (`mrhp.serve.page`).
 * `GET /healthz`: liveness, with the scorer's queue length and counters.
 * `GET /v1/model`: model name and class, checkpoint identity (SHA-256, format version, writing mrhp version),
   resolved config, training metrics, input sizes and the limits below.

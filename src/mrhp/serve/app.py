@@ -40,6 +40,7 @@ from mrhp.inference import (
     field_name,
     file_sha256,
 )
+from mrhp.serve.page import add_page_routes
 from mrhp.serve.schema import ErrorResponse, RankedReview, RankRequest, RankResponse
 from mrhp.serve.settings import ServeSettings
 
@@ -284,6 +285,7 @@ def describe(ranker: Ranker, checkpoint_path: Path, settings: ServeSettings) -> 
         "inputs": {
             "vocabulary_size": len(checkpoint.vocab),
             "uses_images": ranker.uses_images,
+            "explains": ranker.explains,
             "image_feature_size": config.model.image_dim,
             "image_files": ranker.image_files.unusable is None,
             "image_files_note": ranker.image_files.note,
@@ -343,6 +345,7 @@ def create_app(checkpoint_path: Path, settings: ServeSettings | None = None) -> 
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _internal_error)
     _add_routes(app, ranker, scorer, settings, description)
+    add_page_routes(app)
     return app
 
 
