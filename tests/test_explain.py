@@ -65,7 +65,8 @@ def test_removed_images_leave_exactly_zero_image_terms_where_the_equations_say()
     text = rng.integers(2, 40, size=6)
     with_images = RankingList(
         Item(rng.integers(2, 40, size=5), rng.standard_normal((3, FEATURES)).astype(np.float32)),
-        [Item(text, rng.standard_normal((4, FEATURES)).astype(np.float32)), Item(text, np.zeros((0, FEATURES), np.float32))],
+        [Item(text, rng.standard_normal((4, FEATURES)).astype(np.float32)),
+         Item(text, np.zeros((0, FEATURES), np.float32))],
         [0, 0], [0, 1], 0,
     )
     _, explanation = explained(model, [with_images])

@@ -150,7 +150,8 @@ def test_errors_are_shown_next_to_their_field(url: str, browser):
     # Chromium reports the refused request itself on the console (which shows that the console is read);
     # nothing else may be there.
     errors = console_errors(browser)
-    refused = [e for e in errors if "/v1/rank - Failed to load resource: the server responded with a status of 422" in e]
+    refused = [e for e in errors
+               if "/v1/rank - Failed to load resource: the server responded with a status of 422" in e]
     assert len(refused) == 1 and errors == refused
 
 

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from torch import Tensor
 
 from mrhp.model import COMPONENTS, PARTS, PATHS, Explanation
 
@@ -31,7 +32,8 @@ TOP_REGIONS = 5
 @dataclass(frozen=True)
 class ScoreSplit:
     """The exact split of the scores of one list's reviews (`mrhp.model.Explanation`), float64, a row per review:
-    `bias + side + parts.sum(1) == scores` (side 0 when None) up to float rounding, and `sources.sum(1) == parts.sum(1)`."""
+    `bias + side + parts.sum(1) == scores` (side 0 when None) up to float rounding, and
+    `sources.sum(1) == parts.sum(1)`."""
 
     bias: float
     side: np.ndarray | None  # [n], None for a model without side features
@@ -42,11 +44,14 @@ class ScoreSplit:
 
     @classmethod
     def of_rows(cls, explanation: Explanation, rows: slice) -> ScoreSplit:
-        shares = {name: value[rows].double().numpy() for name, value in explanation.shares.items()}
+        def numpy(values: Tensor) -> np.ndarray:
+            return values[rows].cpu().double().numpy()
+
+        shares = {name: numpy(value) for name, value in explanation.shares.items()}
         return cls(
             bias=explanation.bias,
-            side=None if explanation.side is None else explanation.side[rows].double().numpy(),
-            parts=explanation.parts[rows].double().numpy(),
+            side=None if explanation.side is None else numpy(explanation.side),
+            parts=numpy(explanation.parts),
             sources=np.stack([shares[name].sum(axis=1) for name in COMPONENTS], axis=1),
             review_text=list(shares["review_text"]),
             review_regions=list(shares["review_image"]),

@@ -1,7 +1,8 @@
 """HTTP scoring service (`mrhp serve`): a FastAPI application that ranks the reviews of one product per request.
 
 Modules: `schema` (request and response models), `settings` (`ServeSettings`, every setting of the service),
-`page` (the web page at `/`, files in `static/`) and `app` (`create_app`, `run_server`). Requests are parsed and scored by `mrhp.inference.Ranker`, as in `mrhp predict`.
+`page` (the web page at `/`, files in `static/`) and `app` (`create_app`, `run_server`). Requests are parsed and
+scored by `mrhp.inference.Ranker`, as in `mrhp predict`.
 
 Endpoints (OpenAPI schema with examples at `/docs` and `/openapi.json`):
 

@@ -223,7 +223,8 @@ function explanationOf(explanation) {
     box.append(element("h4", "", "Most influential image regions"));
     const regions = element("ul", "regions");
     for (const region of explanation.regions) {
-      regions.append(element("li", "", `image ${region.image + 1}, region ${region.region + 1}: ${signed(region.weight)}`));
+      const where = `image ${region.image + 1}, region ${region.region + 1}`;
+      regions.append(element("li", "", `${where}: ${signed(region.weight)}`));
     }
     box.append(regions);
   }
