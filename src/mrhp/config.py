@@ -88,6 +88,9 @@ class LossConfig:
     helpful_level: int = 2  # rows with label >= this take part in the contrastive loss
     circle_margin: float = 0.25
     circle_scale: float = 256.0
+    # Not in the paper (its Limitation 2; 0 reproduces it): weight of the set-level contrastive loss, eq. 33 over
+    # sets of reviews and of product information (mrhp.losses.set_contrastive_loss), added to eq. 35.
+    set_contrastive_weight: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -148,7 +151,8 @@ class Config:
                       "text_tuned_layers": 0, "side_hidden_size": 1, "vocab_size": 0, "image_dim": 0,
                       "text_state_dim": 0},
             "loss": {"margin": 0.0, "min_gap": 1, "contrastive_weight": 0.0, "helpful_level": 0,
-                     "circle_margin": 0.0, "circle_scale": 0.0, "o_p": (-big, big), "o_n": (-big, big)},
+                     "circle_margin": 0.0, "circle_scale": 0.0, "o_p": (-big, big), "o_n": (-big, big),
+                     "set_contrastive_weight": 0.0},
             "train": {"epochs": 1, "lr": 0.0, "weight_decay": 0.0, "grad_clip": 0.0, "lr_factor": (0.0, 1.0),
                       "lr_patience": 0, "early_stopping_patience": 0, "threads": 0},
         }

@@ -7,6 +7,8 @@ Pure functions over tensors with explicit masks; the trainer adds them up (eq. 3
 * :func:`cross_modal_contrastive_loss`: the cross-modal contrastive loss of eqs. 32-33 over the max-pooled
   (eqs. 30-31) text and image vectors of the helpful rows of a batch, with the adaptive weighting of eq. 33
   (default), no weighting (eq. 32) or the Circle-loss variant of the authors' code.
+* :func:`set_contrastive_loss`: not in the paper (its Limitation 2): eq. 33 over sets of reviews and sets of
+  product information rather than single pairs (eqs. S1-S4, README "Set-level contrastive learning").
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ __all__ = [
     "WEIGHTINGS",
     "pairwise_ranking_loss",
     "cross_modal_contrastive_loss",
+    "set_contrastive_loss",
 ]
 
 MODALITY_KEYS = ("product_text", "review_text", "product_image", "review_image")
@@ -114,8 +117,9 @@ def _pair_masks(
 
 
 def _weighted_pair_loss(
-    sim: Tensor,
+    sim_pos: Tensor,
     positive: Tensor,
+    sim_neg: Tensor,
     negative: Tensor,
     weighting: str,
     o_p: float,
@@ -123,15 +127,16 @@ def _weighted_pair_loss(
     detach_weights: bool,
     reduction: str,
 ) -> Tensor:
-    sim_pos = sim.diagonal()
+    """Eq. 33 (or eq. 32 with ``weighting="none"``) over the similarities ``sim_pos`` where ``positive`` and
+    ``sim_neg`` where ``negative`` (each mask the shape of its similarities)."""
     if weighting == "adaptive":
         eps_p = torch.relu(o_p - sim_pos)
-        eps_n = torch.relu(sim - o_n)
+        eps_n = torch.relu(sim_neg - o_n)
         if detach_weights:
             eps_p, eps_n = eps_p.detach(), eps_n.detach()
-        pos_terms, neg_terms = eps_p * sim_pos, eps_n * sim
+        pos_terms, neg_terms = eps_p * sim_pos, eps_n * sim_neg
     else:
-        pos_terms, neg_terms = sim_pos, sim
+        pos_terms, neg_terms = sim_pos, sim_neg
     pos_sum = torch.where(positive, pos_terms, 0.0).sum()
     neg_sum = torch.where(negative, neg_terms, 0.0).sum()
     if reduction == "mean":
@@ -235,6 +240,106 @@ def cross_modal_contrastive_loss(
             losses.append(_circle_pair_loss(sim, positive, negative, circle_margin, circle_scale))
         else:
             losses.append(
-                _weighted_pair_loss(sim, positive, negative, weighting, o_p, o_n, detach_weights, reduction)
+                _weighted_pair_loss(
+                    sim.diagonal(), positive, sim, negative, weighting, o_p, o_n, detach_weights, reduction
+                )
             )
     return torch.stack(losses).sum()
+
+
+def _set_means(members: Tensor, present: Tensor) -> tuple[Tensor, Tensor]:
+    """Eq. S1 for ``X`` sets at once: the mean of the unit vectors of each set's present members.
+
+    ``members [X, M, d]``, ``present [X, M]`` -> (``[X, d]``, ``[X]`` bool: the set has a member). Absent
+    members are zeroed before normalising and weighted 0, so they reach neither the mean nor its gradient."""
+    x, m, d = members.shape
+    units = _unit_rows(members.reshape(x * m, d), present.reshape(x * m)).reshape(x, m, d)  # [X, M, d]
+    weights = present.to(units.dtype)[..., None]  # [X, M, 1]
+    means = (units * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)  # [X, d]
+    return means, present.any(dim=1)
+
+
+def set_contrastive_loss(
+    product_vectors: Tensor,
+    product_present: Tensor,
+    review_vectors: Tensor,
+    review_present: Tensor,
+    helpful: Tensor,
+    group: Tensor,
+    o_p: float = 2.0,
+    o_n: float = 0.0,
+    detach_weights: bool = False,
+    reduction: str = "mean",
+) -> Tensor:
+    """Set-level contrastive loss (not in the paper: its Limitation 2, section 7; eqs. S1-S4 in README).
+
+    Sets, per list ``b`` of the batch (a product ``g_b = group[b]`` with some of its reviews): its product
+    information ``P_b`` (the present pooled product vectors ``h^p``, ``v^p`` of every review row of the list: after
+    the interaction module each row sees the product alongside its own review), its helpful reviews ``H_b`` (the
+    present ``h^r``, ``v^r`` of its reviews with ``helpful``) and its less helpful reviews ``U_b`` (those of the
+    others). Then, with ``x^ = x / ||x||``:
+
+    * (S1) ``sigma(S) = (1 / |S|) sum_{x in S} x^``, the masked mean of a set's unit vectors; an empty set takes
+      part in no pair.
+    * (S2) classes: ``c(P_b) = c(H_b) = (g_b, helpful)``, ``c(U_b) = (g_b, less helpful)``: a product's information
+      goes with its helpful reviews (the paper's hypothesis that a helpful review is coherent with its product).
+    * (S3) over the ``3B`` sets ``Z``, for ``j < k``: ``S_jk = cos(sigma(Z_j), sigma(Z_k))``, a positive pair when
+      ``c(Z_j) = c(Z_k)``, a negative pair otherwise. So ``(P_b, H_b)`` is positive; ``(P_b, U_b)`` and
+      ``(H_b, U_b)`` (one product's helpful against its less helpful reviews) and every pair of sets of two
+      different products are negative.
+    * (S4) the weighting of eq. 33 over those pairs: ``-sum_pos eps_p * S_jk + sum_neg eps_n * S_jk`` with
+      ``eps_p = [o_p - S]_+``, ``eps_n = [S - o_n]_+``; with ``reduction="mean"`` the positive sum is divided by
+      the number of positive pairs and the negative sum by the number of negative pairs.
+
+    Args:
+        product_vectors: ``[B, R, Kp, d]`` the pooled product vectors of each review row, in list layout.
+        product_present: ``[B, R, Kp]`` bool: a real row (not padding) whose product has that modality.
+        review_vectors: ``[B, R, Kr, d]`` the pooled review vectors in list layout.
+        review_present: ``[B, R, Kr]`` bool: a real review (not padding) that has that modality. Vectors of
+            either kind where their mask is False are ignored, even if non-finite.
+        helpful: ``[B, R]`` bool, the review is helpful (its value in padded slots does not matter).
+        group: ``[B]`` int, the product of each list (lists cut from one product share it).
+        o_p, o_n, detach_weights: as in eq. 33 (:func:`cross_modal_contrastive_loss`).
+        reduction: ``"mean"`` (per positive / negative pair, as above) or ``"sum"``.
+
+    Returns:
+        A scalar tensor; a zero still attached to the inputs when there is no positive and no negative pair.
+    """
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"unknown reduction {reduction!r}; expected one of {REDUCTIONS}")
+    if product_vectors.dim() != 4 or review_vectors.dim() != 4:
+        raise ValueError(
+            "product_vectors must be [B, R, Kp, d] and review_vectors [B, R, Kr, d], got "
+            f"{tuple(product_vectors.shape)} and {tuple(review_vectors.shape)}"
+        )
+    b, r, k, d = review_vectors.shape
+    kp = product_vectors.shape[2]
+    if product_vectors.shape != (b, r, kp, d):
+        raise ValueError(f"product_vectors must be [B={b}, R={r}, Kp, d={d}], got {tuple(product_vectors.shape)}")
+    for name, mask, shape in (("product_present", product_present, (b, r, kp)),
+                              ("review_present", review_present, (b, r, k)), ("helpful", helpful, (b, r))):
+        if mask.shape != shape or mask.dtype != torch.bool:
+            raise ValueError(f"{name} must be a bool {tuple(shape)} tensor, got {mask.dtype} {tuple(mask.shape)}")
+    if group.shape != (b,):
+        raise ValueError(f"group must be [B={b}], got shape {tuple(group.shape)}")
+
+    members = review_vectors.reshape(b, r * k, d)  # [B, R*Kr, d]: a list's reviews' vectors, one set per list
+    in_helpful = (review_present & helpful[:, :, None]).reshape(b, r * k)  # [B, R*Kr]
+    in_less = (review_present & ~helpful[:, :, None]).reshape(b, r * k)  # [B, R*Kr]
+    product_means, product_ok = _set_means(
+        product_vectors.reshape(b, r * kp, d), product_present.reshape(b, r * kp)
+    )  # [B, d], [B]
+    helpful_means, helpful_ok = _set_means(members, in_helpful)  # [B, d], [B]
+    less_means, less_ok = _set_means(members, in_less)  # [B, d], [B]
+    means = torch.cat([product_means, helpful_means, less_means])  # [3B, d]: P_1..P_B, H_1..H_B, U_1..U_B
+    nonempty = torch.cat([product_ok, helpful_ok, less_ok])  # [3B]
+    units = _unit_rows(means, nonempty)  # [3B, d]
+    sim = units @ units.T  # [3B, 3B] cosine of eq. S3
+
+    product = group.repeat(3)  # [3B]
+    is_helpful_class = torch.arange(3 * b, device=group.device) < 2 * b  # [3B]: P and H sets, not U
+    same_class = (product[:, None] == product[None, :]) & (is_helpful_class[:, None] == is_helpful_class[None, :])
+    pair = nonempty[:, None] & nonempty[None, :]
+    pair = pair & torch.ones_like(pair).triu(diagonal=1)  # each unordered pair of two distinct sets once
+    positive, negative = pair & same_class, pair & ~same_class
+    return _weighted_pair_loss(sim, positive, sim, negative, "adaptive", o_p, o_n, detach_weights, reduction)

@@ -24,7 +24,13 @@ from mrhp.data.batching import Batch, iterate_split, training_batches
 from mrhp.data.prepared import PreparedDataset
 from mrhp.errors import MrhpError
 from mrhp.evaluate import evaluate_split, format_metrics
-from mrhp.losses import cross_modal_contrastive_loss, pairwise_ranking_loss
+from mrhp.losses import (
+    MODALITY_KEYS,
+    PRODUCT_KEYS,
+    cross_modal_contrastive_loss,
+    pairwise_ranking_loss,
+    set_contrastive_loss,
+)
 from mrhp.model import ModelOutput
 from mrhp.models import build_model, initialise_from_data
 from mrhp.progress import progress_bar
@@ -62,7 +68,8 @@ def resolve_config(config: Config, dataset: PreparedDataset) -> Config:
 
 
 def joint_loss(output: ModelOutput, batch: Batch, config: Config) -> tuple[torch.Tensor, dict[str, float]]:
-    """Eq. 35: L = weight * L_contrastive (eqs. 30-33, over the helpful rows) + L_ranking (eq. 34).
+    """Eq. 35: L = weight * L_contrastive (eqs. 30-33, over the helpful rows) + L_ranking (eq. 34), plus
+    `loss.set_contrastive_weight` * L_set (eqs. S1-S4, not in the paper) when that weight is above 0.
 
     The contrastive term belongs to the paper's model: a baseline's output has no pooled vectors, and it trains
     with the ranking loss alone."""
@@ -93,7 +100,31 @@ def joint_loss(output: ModelOutput, batch: Batch, config: Config) -> tuple[torch
         )
         total = total + loss_config.contrastive_weight * contrastive
         parts["contrastive"] = float(contrastive.detach())
+    if loss_config.set_contrastive_weight > 0 and output.pooled:
+        set_level = set_contrastive_loss(*set_inputs(output, batch, loss_config.helpful_level),
+                                         o_p=loss_config.o_p, o_n=loss_config.o_n,
+                                         detach_weights=loss_config.detach_weights,
+                                         reduction=loss_config.contrastive_reduction)
+        total = total + loss_config.set_contrastive_weight * set_level
+        parts["set_contrastive"] = float(set_level.detach())
     return total, parts
+
+
+def set_inputs(output: ModelOutput, batch: Batch, helpful_level: int) -> tuple[torch.Tensor, ...]:
+    """The arguments of `set_contrastive_loss` from the pooled row vectors: the product and review vectors of
+    each list's rows in list layout, with their masks (padded slots point at row 0: they are in no set), the
+    helpful flags and the product groups."""
+    rows, slot = batch.list_rows, batch.list_mask[:, :, None]  # [B, R], [B, R, 1]
+
+    def in_lists(keys: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        vectors = torch.stack([output.pooled[key][rows] for key in keys], dim=2)  # [B, R, 2, d]
+        present = torch.stack([output.present[key][rows] for key in keys], dim=2)  # [B, R, 2]
+        return vectors, present & slot
+
+    product_vectors, product_present = in_lists([key for key in MODALITY_KEYS if key in PRODUCT_KEYS])  # h^p, v^p
+    review_vectors, review_present = in_lists([key for key in MODALITY_KEYS if key not in PRODUCT_KEYS])  # h^r, v^r
+    helpful = batch.labels >= helpful_level  # [B, R]
+    return product_vectors, product_present, review_vectors, review_present, helpful, batch.list_group
 
 
 def _keep_metrics_through(path: Path, epoch: int) -> None:
