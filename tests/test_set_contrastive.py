@@ -11,13 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import FEATURES, ranking, tiny_model_config
 from mrhp.config import Config, LossConfig, load_config
 from mrhp.data.batching import collate
 from mrhp.errors import MrhpError
 from mrhp.losses import cross_modal_contrastive_loss, pairwise_ranking_loss, set_contrastive_loss
 from mrhp.models import build_model
 from mrhp.train import joint_loss, set_inputs
+
+from conftest import FEATURES, ranking, tiny_model_config
 
 # Two lists (products 0 and 1), d = 2, one product modality and one review modality, two reviews each (the product
 # vector of each review row: after the interaction module they differ from row to row):
@@ -155,10 +156,12 @@ def test_weight_zero_is_the_papers_objective_bit_for_bit(one_thread) -> None:
     total, parts = joint_loss(output, batch, config)
     loss = config.loss
     helpful = batch.review_labels >= loss.helpful_level
-    paper = pairwise_ranking_loss(output.scores, batch.labels, batch.list_mask, margin=loss.margin,
-                                  min_gap=loss.min_gap, reduction=loss.ranking_reduction) + cross_modal_contrastive_loss(
+    ranking = pairwise_ranking_loss(output.scores, batch.labels, batch.list_mask, margin=loss.margin,
+                                    min_gap=loss.min_gap, reduction=loss.ranking_reduction)
+    contrastive = cross_modal_contrastive_loss(
         {k: v[helpful] for k, v in output.pooled.items()}, {k: v[helpful] for k, v in output.present.items()},
         batch.list_group[batch.review_product][helpful], reduction=loss.contrastive_reduction)
+    paper = ranking + contrastive
     assert set(parts) == {"ranking", "contrastive"}
     assert torch.equal(total, paper)
     grads = torch.autograd.grad(total, list(model.parameters()), retain_graph=True, allow_unused=True)
@@ -170,7 +173,7 @@ def test_weight_zero_is_the_papers_objective_bit_for_bit(one_thread) -> None:
     set_level = set_contrastive_loss(*set_inputs(output, batch, loss.helpful_level),
                                      reduction=loss.contrastive_reduction)
     assert set_parts["set_contrastive"] == float(set_level.detach()) != 0.0
-    assert float(with_set) == pytest.approx(float(paper + 0.5 * set_level), abs=1e-6)
+    assert float(with_set.detach()) == pytest.approx(float((paper + 0.5 * set_level).detach()), abs=1e-6)
 
 
 def test_set_inputs_follow_the_lists(one_thread) -> None:

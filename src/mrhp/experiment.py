@@ -49,17 +49,27 @@ def run_system(
     run_dir = run_folder(out_dir, name)
     log.info("training %s", name)
     best = train(config, dataset.path, run_dir, progress=progress)
+    summary, product_ids, values, scores = evaluate_best(run_dir, dataset, "test", progress=progress)
+    seconds = time.perf_counter() - began
+    log.info("%s: test %s (%.0f s)", name, format_metrics(summary), seconds)
+    return SystemResult(name, run_dir, summary, product_ids, values, scores, best, seconds)
+
+
+def evaluate_best(
+    run_dir: Path, dataset: PreparedDataset, split: str, *, progress: bool = True
+) -> tuple[dict[str, float], list[str], dict[str, np.ndarray], np.ndarray]:
+    """Evaluate a trained run's best dev checkpoint once on `split` and write its per-product values in the run
+    folder; returns what `evaluate_split` returns. A benchmark that selects among trained runs on dev calls this
+    for `test` on the selected runs only."""
     checkpoint = load_checkpoint(run_dir / "best.safetensors")
     summary, product_ids, values, scores = evaluate_split(
         checkpoint.model,
-        dataset.split("test"),
+        dataset.split(split),
         data=checkpoint.config.data,
         feature_dim=dataset.feature_dim,
         threshold=dataset.relevance_threshold,
         ties=checkpoint.config.train.ties,
         progress=progress,
     )
-    write_per_product(run_dir / per_product_name("test"), product_ids, values, "test")
-    seconds = time.perf_counter() - began
-    log.info("%s: test %s (%.0f s)", name, format_metrics(summary), seconds)
-    return SystemResult(name, run_dir, summary, product_ids, values, scores, best, seconds)
+    write_per_product(run_dir / per_product_name(split), product_ids, values, split)
+    return summary, product_ids, values, scores
