@@ -11,8 +11,9 @@ Sets of data (one prepared dataset each, the same for every seed, so that per-pr
 
 Per set and training seed: the baseline (`paper loss`) and, for each weight of ``--weights``, the same config with
 ``loss.set_contrastive_weight`` at that weight; every run is selected on dev MAP (early stopping on dev). The
-weight is chosen by the mean dev MAP over the seeds; the test split is then evaluated once, for the baseline and
-the chosen weight only (the other weights never see test). The table has dev and test MAP / NDCG@3 / NDCG@5 (x100,
+weight is chosen by the mean dev MAP over the seeds (or over ``--select-seeds`` only; the other seeds then train
+the baseline and the chosen weight alone); the test split is then evaluated once, for the baseline and the chosen
+weight only (the other weights never see test). The table has dev and test MAP / NDCG@3 / NDCG@5 (x100,
 mean ± sd over seeds) and the paired tests of `mrhp.compare` (each product's value averaged over seeds; paired t
 and randomization) of the chosen weight against the baseline, on dev and on test.
 
@@ -84,7 +85,8 @@ def open_dataset(key: str, shared: Path, out: Path) -> tuple[PreparedDataset, Co
 
 def train_runs(key: str, dataset: PreparedDataset, base: Config, weights: list[float], seeds: list[int],
                out: Path) -> None:
-    """Train every system and seed that has no result yet (dev only: the test split is not read here)."""
+    """Train the baseline and each weight for every seed that has no result yet (dev only: the test split is not
+    read here)."""
     systems = {BASELINE: base, **{system_name(w): apply_overrides(
         base, {"loss": {"set_contrastive_weight": w}}, "set-level") for w in weights}}
     for seed in seeds:
@@ -107,10 +109,8 @@ def mean_sd(values: list[float]) -> str:
     return f"{statistics.mean(values):.2f} ± {sd:.2f}"
 
 
-def report(key: str, dataset: PreparedDataset, weights: list[float], seeds: list[int], out: Path) -> str | None:
-    """Choose the weight on dev, evaluate the baseline and the chosen weight once on test, and format the
-    table and paired tests; None while some run is missing."""
-    systems = [BASELINE, *(system_name(w) for w in weights)]
+def results_of(out: Path, key: str, systems: list[str], seeds: list[int]) -> dict[str, list[dict]] | None:
+    """The saved results of `systems` x `seeds`; None (with a message) while one is missing."""
     results: dict[str, list[dict]] = {}
     for system in systems:
         for seed in seeds:
@@ -119,12 +119,30 @@ def report(key: str, dataset: PreparedDataset, weights: list[float], seeds: list
                 print(f"{key}: {system} seed {seed} not trained yet; rerun to train it")
                 return None
             results.setdefault(system, []).append(json.loads(path.read_text()))
+    return results
+
+
+def choose_weight(out: Path, key: str, weights: list[float], select_seeds: list[int]) -> tuple[float, str] | None:
+    """The weight with the highest mean dev MAP over `select_seeds` (never test), and a line saying so."""
+    results = results_of(out, key, [BASELINE, *(system_name(w) for w in weights)], select_seeds)
+    if results is None:
+        return None
     dev_map = {system: statistics.mean(r["best"]["dev_map"] for r in runs) for system, runs in results.items()}
-    chosen = max(systems[1:], key=lambda system: dev_map[system])
-    dev_products, test_products = dataset.split("dev").num_products, dataset.split("test").num_products
+    chosen = max(weights, key=lambda w: dev_map[system_name(w)])
     choice = ", ".join(f"{system} {value:.2f}" for system, value in dev_map.items())
+    seeds = " ".join(map(str, select_seeds))
+    return chosen, f"Mean dev MAP over seeds {seeds} (the choice of weight): {choice} -> **{system_name(chosen)}**"
+
+
+def report(key: str, dataset: PreparedDataset, chosen: str, choice: str, seeds: list[int], out: Path) -> str | None:
+    """Evaluate the baseline and the chosen weight once on test, and format the table and paired tests; None
+    while some run is missing."""
+    results = results_of(out, key, [BASELINE, chosen], seeds)
+    if results is None:
+        return None
+    dev_products, test_products = dataset.split("dev").num_products, dataset.split("test").num_products
     lines = [f"### {key}: {dev_products} dev and {test_products} test products, seeds {' '.join(map(str, seeds))}",
-             "", f"Mean dev MAP over seeds (the choice of weight): {choice} -> **{chosen}**", "",
+             "", choice, "",
              "| system | split | MAP | NDCG@3 | NDCG@5 | best epochs | train s / run |",
              "|---|---|---|---|---|---|---|"]
     runs: dict[str, dict[str, list]] = {}
@@ -156,6 +174,9 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds")
     parser.add_argument("--all-seeds", type=int, nargs="+", default=[0, 1, 2],
                         help="the seeds of the report (a run with fewer --seeds trains only those)")
+    parser.add_argument("--select-seeds", type=int, nargs="+",
+                        help="the seeds on whose dev split every weight is trained and the weight chosen (default: "
+                             "all); the other seeds train only the baseline and the chosen weight")
     parser.add_argument("--weights", type=float, nargs="+", default=[0.1, 1.0],
                         help="candidate loss.set_contrastive_weight values, chosen on dev")
     parser.add_argument("--out", type=Path, default=Path("runs/set-contrastive"))
@@ -169,8 +190,14 @@ def main() -> int:
             print(f"set_contrastive: {key} skipped: {args.shared / REAL_SET} not found")
             continue
         dataset, base = open_dataset(key, args.shared, args.out)
-        train_runs(key, dataset, base, args.weights, args.seeds, args.out)
-        section = report(key, dataset, args.weights, args.all_seeds, args.out)
+        select_seeds = args.select_seeds or args.all_seeds
+        train_runs(key, dataset, base, args.weights, [s for s in args.seeds if s in select_seeds], args.out)
+        selected = choose_weight(args.out, key, args.weights, select_seeds)
+        if selected is None:
+            continue
+        weight, choice = selected
+        train_runs(key, dataset, base, [weight], [s for s in args.seeds if s not in select_seeds], args.out)
+        section = report(key, dataset, system_name(weight), choice, args.all_seeds, args.out)
         if section is not None:
             sections.append(section)
     command = "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
