@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mrhp.devices import DEVICE_FORMS, PRECISIONS, is_device_name
 from mrhp.errors import MrhpError
 from mrhp.losses import REDUCTIONS, WEIGHTINGS
 from mrhp.metrics import METRICS, TIES
@@ -106,6 +107,9 @@ class TrainConfig:
     ties: str = "pessimistic"
     seed: int = 0
     threads: int = 0  # 0 = torch's default
+    device: str = "auto"  # mrhp.devices.DEVICE_FORMS: auto = the GPU when CUDA is usable, else the CPU
+    precision: str = "fp32"  # mrhp.devices.PRECISIONS: bf16 / fp16 autocast (fp16 with a gradient scaler)
+    loader_workers: int = 0  # processes assembling batches (mrhp.data.loader); 0 = in the training process
 
 
 @dataclass(frozen=True)
@@ -125,6 +129,8 @@ class Config:
         _check(self.loss.ranking_reduction in REDUCTIONS, f"loss.ranking_reduction must be one of {REDUCTIONS}")
         _check(self.loss.contrastive_reduction in REDUCTIONS, f"loss.contrastive_reduction must be one of {REDUCTIONS}")
         _check(self.model.hidden_size % self.model.num_heads == 0, "model.hidden_size must be divisible by model.num_heads")
+        _check(is_device_name(self.train.device), f"train.device must be one of {DEVICE_FORMS}, got {self.train.device!r}")
+        _check(self.train.precision in PRECISIONS, f"train.precision must be one of {PRECISIONS}")
         _check(self.model.name in MODEL_NAMES, f"model.name must be one of {MODEL_NAMES}, got {self.model.name!r}")
         for name, (value, low, high) in self._ranges().items():
             # NaN fails every comparison, so it is out of any range; inf is refused explicitly.
@@ -154,7 +160,8 @@ class Config:
                      "circle_margin": 0.0, "circle_scale": 0.0, "o_p": (-big, big), "o_n": (-big, big),
                      "set_contrastive_weight": 0.0},
             "train": {"epochs": 1, "lr": 0.0, "weight_decay": 0.0, "grad_clip": 0.0, "lr_factor": (0.0, 1.0),
-                      "lr_patience": 0, "early_stopping_patience": 0, "threads": 0},
+                      "lr_patience": 0, "early_stopping_patience": 0, "threads": 0,
+                      "loader_workers": 0},
         }
         return {f"{section}.{key}": (getattr(getattr(self, section), key), *(bound if isinstance(bound, tuple)
                                                                               else (bound, big)))

@@ -16,6 +16,7 @@ from mrhp.checkpoint import Checkpoint
 from mrhp.config import DataConfig
 from mrhp.data.batching import chunk_product_reviews, split_item_lists
 from mrhp.data.prepared import PreparedDataset, PreparedSplit
+from mrhp.distributed import Runtime, combine_scores, shard_lists
 from mrhp.errors import MrhpError
 from mrhp.inference import score_groups
 from mrhp.metrics import METRICS, ranking_metrics, summarize
@@ -25,19 +26,23 @@ log = logging.getLogger(__name__)
 
 
 def score_split(
-    model: nn.Module, split: PreparedSplit, data: DataConfig, feature_dim: int, progress: bool = True
+    model: nn.Module, split: PreparedSplit, data: DataConfig, feature_dim: int, progress: bool = True,
+    runtime: Runtime = Runtime(),
 ) -> np.ndarray:
     """Score every review of `split`. Returns float64 scores [num_reviews] in split order. Scores depend only on
-    the product and the review, so how reviews are grouped into batches changes nothing."""
+    the product and the review, so how reviews are grouped into batches changes nothing; under torchrun each rank
+    scores its share of the lists (`mrhp.distributed.shard_lists`) and every rank gets all the scores."""
     scores = np.full(split.num_reviews, np.nan)
-    groups = chunk_product_reviews(split, data.max_list_size, rng=None)
-    bar = progress_bar(total=split.num_reviews, desc=f"scoring {split.name}", unit="review", show=progress, leave=False)
+    groups = shard_lists(chunk_product_reviews(split, data.max_list_size, rng=None), runtime)
+    bar = progress_bar(total=sum(len(reviews) for _, reviews in groups), desc=f"scoring {split.name}", unit="review",
+                       show=progress, leave=False)
     for batch, row_scores, _ in score_groups(model, groups, partial(split_item_lists, split),
                                           batch_rows=data.eval_batch_rows, data=data, feature_dim=feature_dim):
         rows = np.concatenate([reviews for _, reviews in batch])
         scores[rows] = row_scores
         bar.update(len(rows))
     bar.close()
+    scores = combine_scores(scores, runtime, f"split '{split.name}'")
     if np.isnan(scores).any():
         raise RuntimeError(f"{int(np.isnan(scores).sum())} reviews of split '{split.name}' got no finite score")
     return scores
@@ -102,6 +107,7 @@ def evaluate_split(
     threshold: int,
     ties: str,
     progress: bool = True,
+    runtime: Runtime = Runtime(),
 ) -> SplitEvaluation:
     """Score a split and compute its metrics.
 
@@ -110,8 +116,9 @@ def evaluate_split(
         feature_dim: the dataset's region feature size.
         threshold: a review is relevant iff its label is above it (the dataset's `relevance_threshold`).
         ties: order of equal scores, `"pessimistic"` or `"stable"` (`mrhp.metrics.TIES`).
+        runtime: this process's place under torchrun (`mrhp.distributed`); one process by default.
     """
-    scores = score_split(model, split, data, feature_dim, progress)
+    scores = score_split(model, split, data, feature_dim, progress, runtime)
     product_ids, values = per_product_metrics(split, scores, threshold, ties)
     return SplitEvaluation(summarize(values), product_ids, values, scores)
 

@@ -112,12 +112,14 @@ def score_groups(
     """Score `groups` in order, packed into forward passes of at most `batch_rows` review rows (`pack_groups`; a
     larger group is a pass of its own). `lists_of` turns one pass's groups into ranking lists, so only one pass is
     ever held in memory. Yields each pass's groups with the float64 scores of their reviews, in order, and with
-    `explain` (a model of `mrhp.models.EXPLAINED`) the split of those scores, else None."""
+    `explain` (a model of `mrhp.models.EXPLAINED`) the split of those scores, else None. The inputs go to the
+    model's device."""
     model.eval()
+    device = next(model.parameters()).device
     for batch in pack_groups(groups, batch_rows):
-        inputs = collate(lists_of(batch), data.max_tokens, data.max_regions, feature_dim)
+        inputs = collate(lists_of(batch), data.max_tokens, data.max_regions, feature_dim).to(device)
         output = model(inputs, explain=True) if explain else model(inputs)
-        yield batch, output.row_scores.double().numpy(), output.explanation
+        yield batch, output.row_scores.double().cpu().numpy(), output.explanation
 
 
 # ---- ranks and answers -----------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@ of product-review rows (paper 4.2: 32 rows per step), and every valid pair insid
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,8 +48,13 @@ class Batch:
         """Labels in list layout `[B, R]` (0 in padded slots)."""
         return self.review_labels[self.list_rows] * self.list_mask
 
-    def to(self, device: torch.device | str) -> Batch:
-        return Batch(**{name: value.to(device) for name, value in vars(self).items()})
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
+        """The batch on `device`; `non_blocking` lets a copy from pinned memory overlap the host's work."""
+        return Batch(**{name: value.to(device, non_blocking=non_blocking) for name, value in vars(self).items()})
+
+    def pin_memory(self) -> Batch:
+        """The batch in page-locked memory (what `DataLoader(pin_memory=True)` calls)."""
+        return Batch(**{name: value.pin_memory() for name, value in vars(self).items()})
 
 
 @dataclass
@@ -225,16 +230,3 @@ def collate(lists: Sequence[RankingList], max_tokens: int, max_regions: int, fea
         review_state_mask=review_state_mask,
         review_side=torch.from_numpy(side),
     )
-
-
-def iterate_split(
-    split: PreparedSplit,
-    batches: Sequence[Sequence[tuple[int, np.ndarray]]],
-    max_tokens: int,
-    max_regions: int,
-    feature_dim: int,
-) -> Iterator[tuple[list[RankingList], Batch]]:
-    """Yield `(lists, batch)` for precomputed batches of (product, reviews) groups of a split."""
-    for groups in batches:
-        lists = split_item_lists(split, groups)
-        yield lists, collate(lists, max_tokens, max_regions, feature_dim)

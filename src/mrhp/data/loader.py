@@ -1,0 +1,47 @@
+"""Training batches through a `torch.utils.data.DataLoader`: `loader_workers` processes assemble the batches of
+an epoch plan (`mrhp.data.batching.training_batches`) from the memory-mapped prepared dataset while the model
+computes, in plan order. With 0 workers the batches are assembled in this process, between steps; on a GPU they
+come in pinned memory, so that copying them to the device does not block the host."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from mrhp.data.batching import Batch, collate, split_item_lists
+from mrhp.data.prepared import PreparedDataset, PreparedSplit
+
+
+class PlannedBatches(Dataset):
+    """Item i is the collated i-th batch of `plan`, a sequence of (product index, review indices) groups.
+
+    A worker process gets the dataset's path, not its arrays: it maps the files itself (copying a memory map
+    into each worker would read the whole split)."""
+
+    def __init__(self, dataset: PreparedDataset, split: str, plan: Sequence[Sequence[tuple[int, np.ndarray]]], *,
+                 max_tokens: int, max_regions: int) -> None:
+        self.path, self.split_name, self.plan = dataset.path, split, plan
+        self.max_tokens, self.max_regions, self.feature_dim = max_tokens, max_regions, dataset.feature_dim
+        self._split: PreparedSplit | None = dataset.split(split)
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def __getitem__(self, index: int) -> Batch:
+        if self._split is None:
+            self._split = PreparedDataset.open(self.path).split(self.split_name)
+        lists = split_item_lists(self._split, self.plan[index])
+        return collate(lists, self.max_tokens, self.max_regions, self.feature_dim)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_split": None}
+
+
+def batch_loader(batches: PlannedBatches, *, workers: int, pin_memory: bool) -> DataLoader:
+    """The batches in plan order. The loader draws its worker seeds from a generator of its own, so that iterating
+    it leaves torch's global random stream (dropout) as it was."""
+    return DataLoader(batches, batch_size=None, shuffle=False, num_workers=workers, pin_memory=pin_memory,
+                      generator=torch.Generator(), prefetch_factor=4 if workers else None)
