@@ -230,7 +230,8 @@ def _train(args: argparse.Namespace) -> int:
     from mrhp.config import load_config
     from mrhp.train import train
 
-    sets = (args.set or []) + ([f"model.name={args.model}"] if args.model else [])
+    sets = ((args.set or []) + ([f"model.name={args.model}"] if args.model else [])
+            + ([f"train.device={args.device}"] if args.device else []))
     config = load_config(args.config, sets)
     best = train(config, args.data, args.out, resume=args.resume, progress=not args.no_progress)
     print(json.dumps({"best": best, "checkpoint": str(args.out / "best.safetensors")}, indent=2))
@@ -282,9 +283,11 @@ def _report_split(args: argparse.Namespace, summary: dict, product_ids: list, va
 
 def _evaluate(args: argparse.Namespace) -> int:
     from mrhp.checkpoint import load_checkpoint
+    from mrhp.devices import resolve_device
     from mrhp.evaluate import check_fits, evaluate_split
 
     checkpoint = load_checkpoint(args.checkpoint)
+    checkpoint.model.to(resolve_device(args.device))
     dataset, threshold = _evaluation_data(args)
     check_fits(checkpoint, dataset)
     ties = args.ties or checkpoint.config.train.ties
@@ -311,7 +314,8 @@ def _predict(args: argparse.Namespace) -> int:
     from mrhp.predict import predict_file
 
     count = predict_file(args.checkpoint, args.input, args.output, progress=not args.no_progress,
-                         restart=args.restart, batch_rows=args.batch_rows, explain=args.explain)
+                         restart=args.restart, batch_rows=args.batch_rows, explain=args.explain,
+                         device=args.device)
     print(f"ranked the reviews of {count} products into {args.output}")
     return 0
 
@@ -451,11 +455,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override one setting; repeatable")
     train.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
     train.add_argument("--model", choices=MODEL_NAMES, help="the paper's model (mrhp, default) or a baseline (= --set model.name=NAME)")
+    train.add_argument("--device", help="auto, cpu, cuda or cuda:N (= --set train.device=DEVICE; default: the config's, auto)")
     common(train)
     train.set_defaults(handler=_train)
 
     evaluate = commands.add_parser("evaluate", help="MAP / NDCG@3 / NDCG@5 of a checkpoint on a split")
     evaluate.add_argument("--checkpoint", type=Path, required=True)
+    evaluate.add_argument("--device", default="auto", help="where the model scores: auto (default), cpu, cuda or cuda:N")
     split_options(evaluate, ties_default=None, ties_help="tie order (default: the checkpoint's)")
     common(evaluate)
     evaluate.set_defaults(handler=_evaluate)
@@ -478,6 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--explain", action="store_true",
                          help="add each review's explanation: its score split into fusion paths, top words and regions "
                               "(the paper's model only)")
+    predict.add_argument("--device", default="auto", help="where the model scores: auto (default), cpu, cuda or cuda:N")
     common(predict)
     predict.set_defaults(handler=_predict)
 

@@ -3,8 +3,8 @@
 
 A device is `auto` (the GPU when CUDA is usable, else the CPU), `cpu`, `cuda` (under torchrun: the GPU of the
 rank's `LOCAL_RANK`, else the current one) or `cuda:N`. Mixed precision is autocast: `bf16` and `fp16` run the
-matrix products in 16 bits with float32 weights and optimizer state; `fp16` also scales the loss (a gradient
-scaler) so that small gradients do not flush to zero.
+matrix products in 16 bits with float32 weights and optimizer state; `fp16` (CUDA only) also scales the loss (a
+gradient scaler) so that small gradients do not flush to zero.
 """
 
 from __future__ import annotations
@@ -61,5 +61,8 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 
 def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
     """A loss scaler, enabled for fp16 only: disabled, its `scale`, `unscale_`, `step` and `update` are the plain
-    backward and optimizer step, bit for bit."""
+    backward and optimizer step, bit for bit. fp16 on the CPU is refused (`MrhpError`): oneDNN has no fp16 LSTM
+    there, and bf16 is the CPU's 16-bit format."""
+    if precision == "fp16" and device.type == "cpu":
+        raise MrhpError("train.precision = 'fp16' is for CUDA devices; use bf16 on the CPU")
     return torch.amp.GradScaler(device.type, enabled=precision == "fp16")

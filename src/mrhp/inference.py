@@ -59,6 +59,7 @@ from mrhp.data.batching import Item, RankingList, collate, pack_groups
 from mrhp.data.jsonl import RAW_IMAGE_SUFFIXES, load_npy_regions
 from mrhp.data.records import cap_regions, not_unicode
 from mrhp.data.text import tokenize
+from mrhp.devices import resolve_device
 from mrhp.errors import DataError, MrhpError
 from mrhp.images import (
     DEFAULT_INPUT_SIZE,
@@ -666,6 +667,10 @@ def _piece(ranking: RankingList, rows: np.ndarray) -> RankingList:
     )
 
 
-def load_ranker(checkpoint_path: str | os.PathLike[str], *, batch_rows: int | None = None) -> Ranker:
-    """Load a checkpoint (`MrhpError` when it is missing, unreadable or incompatible) as a `Ranker`."""
-    return Ranker(load_checkpoint(Path(checkpoint_path)), batch_rows=batch_rows)
+def load_ranker(checkpoint_path: str | os.PathLike[str], *, batch_rows: int | None = None,
+                device: str = "auto") -> Ranker:
+    """Load a checkpoint (`MrhpError` when it is missing, unreadable or incompatible) as a `Ranker` whose model
+    scores on `device` (`mrhp.devices.DEVICE_FORMS`)."""
+    checkpoint = load_checkpoint(Path(checkpoint_path))
+    checkpoint.model.to(resolve_device(device))
+    return Ranker(checkpoint, batch_rows=batch_rows)

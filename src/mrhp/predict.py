@@ -149,6 +149,7 @@ def predict_file(
     restart: bool = False,
     batch_rows: int | None = None,
     explain: bool = False,
+    device: str = "auto",
 ) -> int:
     """Rank the reviews of every product of `input_path` into `output_path`, resuming an interrupted run.
 
@@ -157,6 +158,7 @@ def predict_file(
         batch_rows: review rows per forward pass (default: the checkpoint's `data.eval_batch_rows`): consecutive
             products are packed up to it, a product with more reviews is scored in pieces of that many.
         explain: add each review's explanation (the paper's model only; `MrhpError` for another).
+        device: where the model scores (`mrhp.devices.DEVICE_FORMS`).
 
     Returns:
         The number of products in the output (those ranked by an interrupted earlier run included).
@@ -165,7 +167,7 @@ def predict_file(
     if not input_path.is_file():
         raise MrhpError(f"input file not found: {input_path}")
     _refuse_overwriting_inputs(output_path, input_path, Path(checkpoint_path))
-    ranker = load_ranker(checkpoint_path, batch_rows=batch_rows)
+    ranker = load_ranker(checkpoint_path, batch_rows=batch_rows, device=device)
     if explain and not ranker.explains:
         raise MrhpError(f"--explain: model '{ranker.checkpoint.config.model.name}' of {checkpoint_path} does not "
                         "support explanations; only the paper's model (mrhp) does")

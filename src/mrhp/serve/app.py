@@ -29,6 +29,7 @@ from mrhp import __version__
 from mrhp.checkpoint import VERSION as CHECKPOINT_VERSION
 from mrhp.checkpoint import load_checkpoint
 from mrhp.data.batching import RankingList
+from mrhp.devices import resolve_device
 from mrhp.errors import MrhpError
 from mrhp.inference import (
     ImageFiles,
@@ -308,6 +309,7 @@ def create_app(checkpoint_path: Path, settings: ServeSettings | None = None) -> 
     settings = settings or ServeSettings()
     checkpoint_path = Path(checkpoint_path)
     checkpoint = load_checkpoint(checkpoint_path)
+    checkpoint.model.to(resolve_device(settings.device))
     if settings.threads is not None:
         torch.set_num_threads(settings.threads)
     image_files = ImageFiles(checkpoint, input_size=settings.image_input_size,

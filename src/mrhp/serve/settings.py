@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 
+from mrhp.devices import DEVICE_FORMS, is_device_name
 from mrhp.errors import MrhpError
 from mrhp.images import DEFAULT_INPUT_SIZE, DEFAULT_MAX_REGIONS
 
@@ -29,6 +30,7 @@ class ServeSettings:
         "help": "image files: input size of the feature extractor, as the training images were extracted"})
     image_max_regions: int = field(default=DEFAULT_MAX_REGIONS, metadata={
         "help": "image files: regions per image, as the training images were extracted"})
+    device: str = field(default="auto", metadata={"help": "where the model scores: auto, cpu, cuda or cuda:N"})
 
     def __post_init__(self) -> None:
         for setting in fields(self):
@@ -36,6 +38,8 @@ class ServeSettings:
             # Every count and size is positive; port 0 means any free port.
             if isinstance(value, int) and setting.name != "port" and value < 1:
                 raise MrhpError(f"{setting.name} must be >= 1, got {value}")
+        if not is_device_name(self.device):
+            raise MrhpError(f"device must be one of {', '.join(DEVICE_FORMS)}, got {self.device!r}")
         if not 0 <= self.port <= 65535:
             raise MrhpError(f"port must be within [0, 65535], got {self.port}")
         if self.batch_wait_ms < 0:

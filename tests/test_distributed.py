@@ -1,0 +1,187 @@
+"""Devices, mixed precision and data-parallel training (`mrhp.devices`, `mrhp.distributed`): 2 gloo processes
+started by torchrun on a tiny dataset, compared with one process doing the same global steps."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_TRAIN_ARGS, prepare_tiny_dataset
+
+from mrhp.checkpoint import load_checkpoint
+from mrhp.cli import main
+from mrhp.config import load_config
+from mrhp.data.batching import collate, split_item_lists, training_batches
+from mrhp.data.prepared import PreparedDataset
+from mrhp.distributed import Runtime, combine_scores, shard_lists, shard_steps
+from mrhp.evaluate import evaluate_split
+from mrhp.models import build_model, initialise_from_data
+from mrhp.synthetic import SyntheticSpec
+from mrhp.train import joint_loss, resolve_config
+
+# Dropout off: the ranks draw their own masks, which one process cannot repeat.
+DDP_ARGS = [*TINY_TRAIN_ARGS, "--set", "data.batch_rows=8", "--set", "model.dropout=0"]
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> Path:
+    spec = SyntheticSpec(products=(12, 4, 4), reviews_per_product=(3, 6), num_topics=4, feature_dim=8)
+    return prepare_tiny_dataset(tmp_path_factory.mktemp("distributed"), spec)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def torchrun_train(prepared: Path, out: Path, *args: str, processes: int = 2) -> None:
+    """`torchrun --nproc-per-node 2 -m mrhp.cli train ...` on 127.0.0.1; the whole process group is killed when
+    it does not finish in time."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(processes),
+               "--master-addr", "127.0.0.1", "--master-port", str(free_port()),
+               "-m", "mrhp.cli", "train", "--data", str(prepared), "--out", str(out), *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    child = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             start_new_session=True)
+    try:
+        output, _ = child.communicate(timeout=180)
+    finally:
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+    assert child.returncode == 0, output[-3000:]
+
+
+def metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_two_processes_match_one_process_accumulating_the_same_global_batches(prepared: Path, tmp_path: Path):
+    torchrun_train(prepared, tmp_path / "ddp", "--set", "train.epochs=1", *DDP_ARGS)
+    ddp = load_checkpoint(tmp_path / "ddp" / "last.safetensors").model.state_dict()
+
+    # One process, the same seed and epoch order: each step accumulates batches 2k and 2k + 1, each loss halved
+    # (DDP averages the two ranks' gradients).
+    dataset = PreparedDataset.open(prepared)
+    sets = [DDP_ARGS[k + 1] for k, flag in enumerate(DDP_ARGS) if flag == "--set"] + ["train.epochs=1"]
+    config = resolve_config(load_config(None, sets), dataset)
+    torch.manual_seed(config.train.seed)
+    model = build_model(config.model)
+    initialise_from_data(model, None, dataset.vocab.tokens)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.train.lr, fused=True)
+    split, data = dataset.split("train"), config.data
+    batches = training_batches(split, data.batch_rows, data.max_list_size, config.train.seed, 1)
+    assert len(batches) >= 4
+    model.train()
+    for step in range(len(batches) // 2):
+        optimizer.zero_grad()
+        for groups in batches[2 * step:2 * step + 2]:
+            batch = collate(split_item_lists(split, groups), data.max_tokens, data.max_regions, dataset.feature_dim)
+            (joint_loss(model(batch), batch, config)[0] / 2).backward()
+        optimizer.step()
+    initial = build_model(config.model).state_dict()
+    moved = 0
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(ddp[name], value, rtol=1e-4, atol=1e-5, msg=name)
+        moved += not torch.equal(value, initial[name])
+    assert moved > 10  # the steps changed the weights, so agreeing above says something
+
+
+def test_resume_under_ddp_repeats_an_uninterrupted_ddp_run_and_dev_is_scored_once(prepared: Path, tmp_path: Path,
+                                                                                   capsys):
+    args = [*DDP_ARGS, "--set", "model.dropout=0.2"]  # each rank's dropout stream is seeded per epoch
+    torchrun_train(prepared, tmp_path / "straight", "--set", "train.epochs=2", *args)
+    torchrun_train(prepared, tmp_path / "resumed", "--set", "train.epochs=1", *args)
+    torchrun_train(prepared, tmp_path / "resumed", "--resume", "--set", "train.epochs=2", *args)
+    straight, resumed = metrics(tmp_path / "straight"), metrics(tmp_path / "resumed")
+    assert [row["epoch"] for row in resumed] == [1, 2]
+    for a, b in zip(straight, resumed):
+        assert a["dev_map"] == b["dev_map"] and a["loss_ranking"] == b["loss_ranking"]
+    weights = [load_checkpoint(tmp_path / name / "last.safetensors").model.state_dict()
+               for name in ("straight", "resumed")]
+    assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
+    # The two ranks' dev scores together are one process's scores of every dev review.
+    best = load_checkpoint(tmp_path / "straight" / "best.safetensors")
+    dataset = PreparedDataset.open(prepared)
+    single = evaluate_split(best.model, dataset.split("dev"), data=best.config.data, feature_dim=dataset.feature_dim,
+                            threshold=dataset.relevance_threshold, ties=best.config.train.ties, progress=False)
+    assert best.metrics["dev"] == pytest.approx(single.summary, abs=1e-9)
+    # Another number of processes would change the global batch: refused.
+    capsys.readouterr()
+    assert main(["train", "--data", str(prepared), "--out", str(tmp_path / "resumed"), "--resume", *args,
+                 "--set", "train.epochs=3"]) == 2
+    assert "was trained by 2 processes, not 1" in capsys.readouterr().err
+
+
+def test_ranks_take_disjoint_shards_of_one_epoch_order_and_score_every_list_once():
+    batches = list(range(7))
+    shards = [shard_steps(batches, Runtime(rank, 2)) for rank in range(2)]
+    assert shards == [[0, 2, 4], [1, 3, 5]]  # global step k = batches 2k, 2k + 1; the odd last batch is left out
+    assert shard_steps(batches, Runtime()) == batches
+    lists = [shard_lists(batches, Runtime(rank, 3)) for rank in range(3)]
+    assert sorted(sum(lists, [])) == batches
+
+
+def fake_rank(other: np.ndarray) -> SimpleNamespace:
+    """Rank 0 of 2, where rank 1 contributes the scores `other` (NaN where it scored nothing)."""
+    scored = ~np.isnan(other)
+    return SimpleNamespace(distributed=True, sum=lambda values: values + np.stack([np.where(scored, other, 0), scored]))
+
+
+def test_combined_scores_hold_every_review_once_else_fail():
+    mine = np.array([0.5, np.nan, -1.0, np.nan])
+    assert combine_scores(mine, fake_rank(np.array([np.nan, 2.0, np.nan, 0.0])), "dev").tolist() == [0.5, 2.0, -1.0, 0.0]
+    with pytest.raises(RuntimeError, match="1 reviews were not scored by exactly one rank"):
+        combine_scores(mine, fake_rank(np.array([np.nan, 2.0, 3.0, 0.0])), "dev")  # review 2 scored twice
+    with pytest.raises(RuntimeError, match="1 reviews"):
+        combine_scores(mine, fake_rank(np.array([np.nan, 2.0, np.nan, np.nan])), "dev")  # review 3 never
+
+
+def test_bf16_autocast_on_cpu_trains_with_finite_losses_and_fp16_is_refused_there(prepared: Path, tmp_path: Path,
+                                                                                  capsys):
+    run = tmp_path / "bf16"
+    assert main(["train", "--data", str(prepared), "--out", str(run), "--set", "train.epochs=2", "--set",
+                 "train.precision=bf16", "--device", "cpu", *TINY_TRAIN_ARGS]) == 0
+    rows = metrics(run)
+    assert all(np.isfinite(row[key]) for row in rows for key in ("loss_ranking", "loss_contrastive", "dev_map"))
+    fp32 = tmp_path / "fp32"
+    assert main(["train", "--data", str(prepared), "--out", str(fp32), "--set", "train.epochs=1", "--device", "cpu",
+                 *TINY_TRAIN_ARGS]) == 0
+    # autocast really ran in 16 bits: the first epoch's loss differs from fp32's, though only a little
+    assert rows[0]["loss_ranking"] != metrics(fp32)[0]["loss_ranking"]
+    assert rows[0]["loss_ranking"] == pytest.approx(metrics(fp32)[0]["loss_ranking"], rel=0.1)
+    capsys.readouterr()
+    assert main(["train", "--data", str(prepared), "--out", str(tmp_path / "fp16"), "--set", "train.precision=fp16",
+                 "--device", "cpu", *TINY_TRAIN_ARGS]) == 2
+    assert "mrhp train: error: train.precision = 'fp16' is for CUDA devices; use bf16 on the CPU" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+@pytest.mark.parametrize("command", ["train", "evaluate", "predict"])
+def test_cuda_without_cuda_is_a_clear_error(prepared: Path, tmp_path: Path, capsys, command: str):
+    checkpoint = tmp_path / "none.safetensors"
+    argv = {
+        "train": ["train", "--data", str(prepared), "--out", str(tmp_path / "run"), *TINY_TRAIN_ARGS],
+        "evaluate": ["evaluate", "--checkpoint", str(checkpoint), "--data", str(prepared)],
+        "predict": ["predict", "--checkpoint", str(checkpoint), "--input", str(tmp_path / "in.jsonl"),
+                    "--output", str(tmp_path / "out.jsonl")],
+    }[command]
+    if command != "train":
+        assert main(["train", "--data", str(prepared), "--out", str(tmp_path / "run"), "--set", "train.epochs=1",
+                     "--device", "cpu", *TINY_TRAIN_ARGS]) == 0
+        (tmp_path / "run" / "best.safetensors").rename(checkpoint)
+        (tmp_path / "in.jsonl").write_text(json.dumps({"text": "x", "reviews": [{"review_id": "a", "text": "y"}]}))
+    capsys.readouterr()
+    assert main([*argv, "--device", "cuda"]) == 2
+    assert f"mrhp {command}: error: device 'cuda': CUDA is not available" in capsys.readouterr().err
+    assert not (tmp_path / "out.jsonl").exists()
