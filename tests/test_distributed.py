@@ -129,7 +129,7 @@ def test_ranks_take_disjoint_shards_of_one_epoch_order_and_score_every_list_once
     assert shards == [[0, 2, 4], [1, 3, 5]]  # global step k = batches 2k, 2k + 1; the odd last batch is left out
     assert shard_steps(batches, Runtime()) == batches
     lists = [shard_lists(batches, Runtime(rank, 3)) for rank in range(3)]
-    assert sorted(sum(lists, [])) == batches
+    assert sorted(item for shard in lists for item in shard) == batches
 
 
 def fake_rank(other: np.ndarray) -> SimpleNamespace:

@@ -74,6 +74,9 @@ class Runtime:
         return tensor.cpu().numpy()
 
 
+ONE_PROCESS = Runtime()
+
+
 def _environment_int(name: str, default: int) -> int:
     text = os.environ.get(name)
     try:

@@ -16,7 +16,7 @@ from mrhp.checkpoint import Checkpoint
 from mrhp.config import DataConfig
 from mrhp.data.batching import chunk_product_reviews, split_item_lists
 from mrhp.data.prepared import PreparedDataset, PreparedSplit
-from mrhp.distributed import Runtime, combine_scores, shard_lists
+from mrhp.distributed import ONE_PROCESS, Runtime, combine_scores, shard_lists
 from mrhp.errors import MrhpError
 from mrhp.inference import score_groups
 from mrhp.metrics import METRICS, ranking_metrics, summarize
@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 def score_split(
     model: nn.Module, split: PreparedSplit, data: DataConfig, feature_dim: int, progress: bool = True,
-    runtime: Runtime = Runtime(),
+    runtime: Runtime = ONE_PROCESS,
 ) -> np.ndarray:
     """Score every review of `split`. Returns float64 scores [num_reviews] in split order. Scores depend only on
     the product and the review, so how reviews are grouped into batches changes nothing; under torchrun each rank
@@ -107,7 +107,7 @@ def evaluate_split(
     threshold: int,
     ties: str,
     progress: bool = True,
-    runtime: Runtime = Runtime(),
+    runtime: Runtime = ONE_PROCESS,
 ) -> SplitEvaluation:
     """Score a split and compute its metrics.
 

@@ -18,9 +18,8 @@ import logging
 import math
 import os
 import time
-from pathlib import Path
-
 from collections.abc import Iterable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -202,7 +201,7 @@ def _resume_from(last_path: Path, config: Config, runtime: Runtime) -> Checkpoin
     """The checkpoint to resume from, when it was written by the same config (epochs, device and loader workers
     may change) and world size."""
     saved = load_checkpoint(last_path)
-    free = dict(epochs=0, device="", loader_workers=0)
+    free = {"epochs": 0, "device": "", "loader_workers": 0}
     if dataclasses.replace(saved.config.train, **free) != dataclasses.replace(config.train, **free) or (
         (saved.config.model, saved.config.loss, saved.config.data) != (config.model, config.loss, config.data)
     ):
