@@ -280,7 +280,7 @@ def _train(config: Config, dataset: PreparedDataset, run_dir: Path, resume: bool
         loader = batch_loader(batches, workers=config.train.loader_workers, pin_memory=runtime.device.type == "cuda")
         sums, steps, waited = train_epoch(net, optimizer, scaler, loader, config, runtime.device, bar)
         bar.close()
-        seconds = time.perf_counter() - started
+        train_seconds = time.perf_counter() - started
         totals = runtime.sum(np.array([steps, *sums.values()], dtype=np.float64))  # same keys on every rank
         dev = runtime.from_main(evaluate_split(model, dev_split, data=data, feature_dim=dataset.feature_dim,
                                                threshold=threshold, ties=config.train.ties, progress=progress,
@@ -289,7 +289,7 @@ def _train(config: Config, dataset: PreparedDataset, run_dir: Path, resume: bool
         record = {
             "epoch": epoch,
             "seconds": round(time.perf_counter() - started, 2),
-            "data_wait_share": round(waited / max(seconds, 1e-9), 4),
+            "data_wait_share": round(waited / max(train_seconds, 1e-9), 4),
             "lr": optimizer.param_groups[0]["lr"],
             **{f"loss_{key}": value / max(totals[0], 1) for key, value in zip(sums, totals[1:])},
             **{f"dev_{key}": value for key, value in dev.items()},
