@@ -185,3 +185,14 @@ def test_cuda_without_cuda_is_a_clear_error(prepared: Path, tmp_path: Path, caps
     assert main([*argv, "--device", "cuda"]) == 2
     assert f"mrhp {command}: error: device 'cuda': CUDA is not available" in capsys.readouterr().err
     assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_loader_workers_assemble_the_same_batches(prepared: Path, tmp_path: Path):
+    runs = {}
+    for workers in (0, 2):
+        run = tmp_path / f"workers{workers}"
+        assert main(["train", "--data", str(prepared), "--out", str(run), "--set", "train.epochs=1", "--device", "cpu",
+                     "--set", f"train.loader_workers={workers}", *TINY_TRAIN_ARGS]) == 0
+        runs[workers] = load_checkpoint(run / "last.safetensors").model.state_dict()
+        assert 0 <= metrics(run)[0]["data_wait_share"] < 1
+    assert all(torch.equal(runs[0][name], runs[2][name]) for name in runs[0])
