@@ -258,7 +258,8 @@ def report(name: str, result: dict) -> float:
     gpu = f", GPU peak {max(result['gpu_gb']):.1f} GB" if max(result["gpu_gb"]) else ""
     print(f"{name:<34} {rows_per_s:8.1f} rows/s  epoch {SIZES['reviews'] / rows_per_s / 3600:7.2f} h "
           f"(extrapolated from {result['steps']} timed steps x {result['ranks']} ranks, {result['rows']:.0f} rows)  "
-          f"data wait {100 * result['wait_share']:4.1f}%  peak RSS {' + '.join(f'{g:.2f}' for g in result['peak_gb'])} GB"
+          f"data wait {100 * result['wait_share']:4.1f}%  "
+          f"peak RSS {' + '.join(f'{g:.2f}' for g in result['peak_gb'])} GB"
           f"{gpu}")
     return rows_per_s
 

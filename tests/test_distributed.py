@@ -140,7 +140,8 @@ def fake_rank(other: np.ndarray) -> SimpleNamespace:
 
 def test_combined_scores_hold_every_review_once_else_fail():
     mine = np.array([0.5, np.nan, -1.0, np.nan])
-    assert combine_scores(mine, fake_rank(np.array([np.nan, 2.0, np.nan, 0.0])), "dev").tolist() == [0.5, 2.0, -1.0, 0.0]
+    combined = combine_scores(mine, fake_rank(np.array([np.nan, 2.0, np.nan, 0.0])), "dev")
+    assert combined.tolist() == [0.5, 2.0, -1.0, 0.0]
     with pytest.raises(RuntimeError, match="1 reviews were not scored by exactly one rank"):
         combine_scores(mine, fake_rank(np.array([np.nan, 2.0, 3.0, 0.0])), "dev")  # review 2 scored twice
     with pytest.raises(RuntimeError, match="1 reviews"):
@@ -163,7 +164,8 @@ def test_bf16_autocast_on_cpu_trains_with_finite_losses_and_fp16_is_refused_ther
     capsys.readouterr()
     assert main(["train", "--data", str(prepared), "--out", str(tmp_path / "fp16"), "--set", "train.precision=fp16",
                  "--device", "cpu", *TINY_TRAIN_ARGS]) == 2
-    assert "mrhp train: error: train.precision = 'fp16' is for CUDA devices; use bf16 on the CPU" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert "mrhp train: error: train.precision = 'fp16' is for CUDA devices; use bf16 on the CPU" in error
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")

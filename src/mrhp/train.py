@@ -158,7 +158,8 @@ def _keep_metrics_through(path: Path, epoch: int) -> None:
 
 
 def train_epoch(net: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-                batches: Iterable[Batch], config: Config, device: torch.device, bar) -> tuple[dict[str, float], int, float]:
+                batches: Iterable[Batch], config: Config, device: torch.device,
+                bar) -> tuple[dict[str, float], int, float]:
     """One pass over `batches`: (loss sums, steps, seconds spent waiting for a batch and copying it to `device`)."""
     net.train()
     sums, steps, waited, iterator = {}, 0, 0.0, iter(batches)
@@ -271,7 +272,8 @@ def _train(config: Config, dataset: PreparedDataset, run_dir: Path, resume: bool
             log.info("early stop: no dev %s improvement for %d epochs", select, config.train.early_stopping_patience)
             break
         if runtime.distributed or runtime.device.type != "cpu":
-            torch.manual_seed(int(np.random.SeedSequence([config.train.seed, epoch, runtime.rank]).generate_state(1)[0]))
+            seed = np.random.SeedSequence([config.train.seed, epoch, runtime.rank]).generate_state(1)[0]
+            torch.manual_seed(int(seed))
         started = time.perf_counter()
         plan = distributed.shard_steps(training_batches(dataset.split("train"), data.batch_rows, data.max_list_size,
                                                         config.train.seed, epoch), runtime)
