@@ -169,7 +169,7 @@ def test_bf16_autocast_on_cpu_trains_with_finite_losses_and_fp16_is_refused_ther
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
-@pytest.mark.parametrize("command", ["train", "evaluate", "predict"])
+@pytest.mark.parametrize("command", ["train", "evaluate", "predict", "serve"])
 def test_cuda_without_cuda_is_a_clear_error(prepared: Path, tmp_path: Path, capsys, command: str):
     checkpoint = tmp_path / "none.safetensors"
     argv = {
@@ -177,6 +177,7 @@ def test_cuda_without_cuda_is_a_clear_error(prepared: Path, tmp_path: Path, caps
         "evaluate": ["evaluate", "--checkpoint", str(checkpoint), "--data", str(prepared)],
         "predict": ["predict", "--checkpoint", str(checkpoint), "--input", str(tmp_path / "in.jsonl"),
                     "--output", str(tmp_path / "out.jsonl")],
+        "serve": ["serve", "--checkpoint", str(checkpoint), "--port", "0"],
     }[command]
     if command != "train":
         assert main(["train", "--data", str(prepared), "--out", str(tmp_path / "run"), "--set", "train.epochs=1",
