@@ -51,7 +51,7 @@ class ModelConfig:
     name: str = "mrhp"  # which model: the paper's ("mrhp") or a baseline of MODEL_NAMES (`mrhp train --model`)
     hidden_size: int = 128  # d
     embedding_dim: int = 300  # replaced by the word vectors' width when vectors are given
-    num_heads: int = 4  # 1 head is eq. 8 literally
+    num_heads: int = 4  # 1 head: eq. 8 plus projection biases and an output projection
     interaction_layers: int = 5  # D
     image_encoder_layers: int = 1
     feedforward_size: int = 256  # inside every self-attention block

@@ -58,7 +58,7 @@ from mrhp.config import DataConfig
 from mrhp.data.batching import Item, RankingList, collate, pack_groups
 from mrhp.data.jsonl import RAW_IMAGE_SUFFIXES, load_npy_regions
 from mrhp.data.records import cap_regions, not_unicode
-from mrhp.data.text import tokenize
+from mrhp.data.text import spell, tokenize
 from mrhp.devices import resolve_device
 from mrhp.errors import DataError, MrhpError
 from mrhp.images import (
@@ -383,7 +383,8 @@ class _RequestReader:
         vocab, max_tokens = self.ranker.checkpoint.vocab, self.ranker.checkpoint.config.data.max_tokens
         product_states, *review_states = self.ranker.text_states.encode([product_text, *texts])
         product = Item(np.asarray(vocab.encode(product_text), dtype=np.int64), product_regions, product_states)
-        items = [Item(np.asarray(vocab.encode(text), dtype=np.int64), item_regions, states, rating)
+        items = [Item(np.asarray(vocab.encode(text), dtype=np.int64), item_regions, states, rating,
+                      spell(tokenize(text)))
                  for text, item_regions, states, rating in zip(texts, regions, review_states, ratings)]
         return RankingRequest(
             product_id=product_id,

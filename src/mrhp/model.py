@@ -102,8 +102,9 @@ def pack_left(x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
 
 
 class MaskedAttention(nn.Module):
-    """Multi-head scaled dot-product attention from queries to the unmasked keys (eq. 8; 1 head is eq. 8 as
-    printed). Queries whose key set is empty get a zero output instead of a softmax over nothing.
+    """Multi-head scaled dot-product attention from queries to the unmasked keys (eq. 8). With 1 head it is eq. 8
+    plus what eq. 8 does not print: biases on the Q, K, V projections and an output projection (as in MulT and
+    every transformer). Queries whose key set is empty get a zero output instead of a softmax over nothing.
 
     No dropout on the attention weights: with it, PyTorch's CPU flash-attention kernel is unavailable and every
     layer would keep its full [N, heads, Lq, Lk] weights for the backward pass (4x slower, GBs of memory).

@@ -42,16 +42,14 @@ def build_model(config: ModelConfig) -> nn.Module:
     return MODELS[config.name](config)
 
 
-def initialise_from_data(model: nn.Module, vectors: Tensor | None, tokens: list[str]) -> None:
+def initialise_from_data(model: nn.Module, vectors: Tensor | None) -> None:
     """What a new model takes from the prepared dataset and the packages before training: its word vectors [V, E]
-    (every model, when the dataset has them), for EG-CNN the spelling of every vocabulary word, and for the
-    paper's model with a pretrained text encoder the weights of the top layers it fine-tunes."""
+    (every model, when the dataset has them), and for the paper's model with a pretrained text encoder the weights
+    of the top layers it fine-tunes."""
     if vectors is not None:
         model.load_word_vectors(vectors)
     if isinstance(model, HelpfulnessModel):
         model.load_pretrained_text()
-    if isinstance(model, EGCNN):
-        model.load_spelling(tokens)
 
 
 def reads_images(config: ModelConfig) -> bool:

@@ -245,7 +245,7 @@ def _train(config: Config, dataset: PreparedDataset, run_dir: Path, resume: bool
             log.warning("--resume: no %s yet, starting from scratch", last_path)
         embeddings = dataset.embeddings()
         vectors = None if embeddings is None else torch.from_numpy(np.asarray(embeddings, dtype=np.float32))
-        initialise_from_data(model, vectors, dataset.vocab.tokens)
+        initialise_from_data(model, vectors)
         if runtime.main:
             (run_dir / "metrics.jsonl").unlink(missing_ok=True)
     model.to(runtime.device)

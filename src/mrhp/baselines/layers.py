@@ -168,9 +168,10 @@ class SharedEncoderRanker(Ranker):
 class ProductAwareAttention(nn.Module):
     """Product-aware review representation (Fan et al. 2019, PRH-Net; reused by MCR's intra-modal perspective).
 
-    `G = softmax over product positions of (ReLU(P W + b) R^T)` `[Lp, Lr]`: for every review token, how much it
-    relates to each product position; `H = G R` `[Lp, d]` gathers, at each product position, the review
-    tokens that relate to it; the output is the masked mean of `H` over the product positions."""
+    `G = softmax over product positions of (ReLU(P W + b) R^T)` `[Lp, Lr]`: for every review token, a
+    distribution over the product's tokens; `H = R + G^T P` `[Lr, d]` adds to each review token the product
+    tokens it relates to; the output is the masked mean of `H` over the review tokens (as the PRH-Net family's
+    code does). A review without a product text keeps its own mean; an empty review gives zeros."""
 
     def __init__(self, dim: int):
         super().__init__()
@@ -179,11 +180,9 @@ class ProductAwareAttention(nn.Module):
     def forward(self, product: Tensor, product_mask: Tensor, review: Tensor, review_mask: Tensor) -> Tensor:
         """product [X, Lp, d], product_mask [X, Lp], review [X, Lr, d] (zero at padding) -> [X, d]"""
         affinity = torch.relu(self.transform(product)) @ review.transpose(1, 2)  # [X, Lp, Lr]
-        weights = masked_softmax(affinity, product_mask[:, :, None], dim=1)  # softmax over Lp
-        weights = weights * review_mask[:, None, :].to(weights.dtype)  # padded review tokens take no part
-        gathered = weights @ review  # [X, Lp, d]
-        present = (product_mask.any(dim=1) & review_mask.any(dim=1))[:, None].to(review.dtype)
-        return masked_mean(gathered, product_mask) * present
+        weights = masked_softmax(affinity, product_mask[:, :, None], dim=1)  # [X, Lp, Lr], softmax over Lp
+        gathered = weights.transpose(1, 2) @ product  # [X, Lr, d]: the product tokens each review token selects
+        return masked_mean(review + gathered, review_mask)  # [X, d]
 
 
 def scorer(in_dim: int, hidden: tuple[int, ...], dropout: float) -> nn.Sequential:

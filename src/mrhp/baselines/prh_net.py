@@ -2,8 +2,9 @@
 of the paper's Tables 3-4.
 
 BiLSTM encodings of the review text and of the product text; a product-aware attention of the review tokens
-over the product (`G = softmax over product positions of ReLU(P W + b) R^T`, `H = G R`, mean over product
-positions; `mrhp.baselines.layers.ProductAwareAttention`); the review's own mean-pooled encoding next to it;
+over the product (`G = softmax over product positions of ReLU(P W + b) R^T`, `H = R + G^T P`: each review token
+plus the product tokens it attends to, mean over review positions; `mrhp.baselines.layers.ProductAwareAttention`);
+the review's own mean-pooled encoding next to it;
 an MLP -> score, trained with the pairwise hinge loss (eq. 34).
 
 Decided here, where the description is silent for this benchmark: the product metadata branch of the paper

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from mrhp.data.prepared import PreparedSplit
+from mrhp.data.text import MAX_WORD_CHARS
 
 
 @dataclass
@@ -42,6 +43,7 @@ class Batch:
     review_states: Tensor  # [N, Sr, H] float32
     review_state_mask: Tensor  # [N, Sr] bool
     review_side: Tensor  # [N, SIDE_FEATURES] float32: side_features() of each review (model.side_features)
+    review_chars: Tensor  # [N, Lr, MAX_WORD_CHARS] int32 code points of each review word (0 = none; EG-CNN)
 
     @property
     def labels(self) -> Tensor:
@@ -60,13 +62,15 @@ class Batch:
 @dataclass
 class Item:
     """One product or review: token ids [L], image region features [M, F] (M = 0 without image), token states
-    [S, H] of a pretrained text encoder (None when the dataset stores none) and, for a review, its star rating
-    (NaN = unknown)."""
+    [S, H] of a pretrained text encoder (None when the dataset stores none), for a review its star rating
+    (NaN = unknown), and the code points of its words [L, MAX_WORD_CHARS] (`mrhp.data.text.spell`; None = unknown,
+    read as no characters)."""
 
     tokens: np.ndarray
     regions: np.ndarray
     states: np.ndarray | None = None
     rating: float = float("nan")
+    chars: np.ndarray | None = None
 
 
 # Side features of a review (model.side_features): log(1 + words), whether a star rating is known, and the
@@ -99,7 +103,7 @@ def split_item_lists(split: PreparedSplit, groups: Sequence[tuple[int, Sequence[
                 product=Item(split.product_tokens(product), split.product_regions(product),
                              split.product_states(product)),
                 reviews=[Item(split.review_tokens(j), split.review_regions(j), split.review_states(j),
-                              float(split.review_rating[j])) for j in reviews],
+                              float(split.review_rating[j]), split.review_chars(j)) for j in reviews],
                 labels=[int(split.labels[j]) for j in reviews],
                 review_indices=[int(j) for j in reviews],
                 group=int(product),
@@ -193,6 +197,15 @@ def _pad_states(items: Sequence[Item], max_tokens: int) -> tuple[torch.Tensor, t
     return torch.from_numpy(states), torch.from_numpy(mask)
 
 
+def _pad_chars(items: Sequence[Item], max_tokens: int) -> torch.Tensor:
+    lengths = [min(len(item.tokens), max_tokens) for item in items]
+    chars = np.zeros((len(items), max(max(lengths, default=0), 1), MAX_WORD_CHARS), dtype=np.int32)
+    for i, (item, length) in enumerate(zip(items, lengths)):
+        if item.chars is not None:
+            chars[i, :length] = item.chars[:length]
+    return torch.from_numpy(chars)
+
+
 def collate(lists: Sequence[RankingList], max_tokens: int, max_regions: int, feature_dim: int) -> Batch:
     """Pad a sequence of ranking lists into a `Batch` (B = len(lists), N = total reviews)."""
     products = [ranking.product for ranking in lists]
@@ -229,4 +242,5 @@ def collate(lists: Sequence[RankingList], max_tokens: int, max_regions: int, fea
         review_states=review_states,
         review_state_mask=review_state_mask,
         review_side=torch.from_numpy(side),
+        review_chars=_pad_chars(reviews, max_tokens),
     )

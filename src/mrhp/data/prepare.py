@@ -35,7 +35,7 @@ from mrhp.data.records import (
     check_missing_rate,
 )
 from mrhp.data.store import NO_IMAGE, FeatureStoreWriter
-from mrhp.data.text import UNK_ID, Vocabulary, count_tokens, match_word_vectors
+from mrhp.data.text import UNK_ID, Vocabulary, count_tokens, match_word_vectors, tokenize
 from mrhp.errors import DataError, MrhpError
 from mrhp.outputs import check_output_dir, remove_stale_temporaries
 from mrhp.progress import progress_bar
@@ -348,6 +348,9 @@ def _write_split(
         ids: list[str] = []
         tokens = _ArrayWriter(split_dir / f"{kind}_tokens.npy", "<i4")
         offsets = [0]
+        # The words that became <unk>, in token order, so character-level models still read their spelling.
+        unk_words: list[str] = []
+        unk_offsets = [0]
         rows = np.full(len(items), NO_IMAGE, dtype=np.int64)
         expected = missing = missing_files = regions_total = empty_texts = unk = 0
         examples: list[tuple[str, FeatureProblem]] = []
@@ -355,9 +358,12 @@ def _write_split(
         try:
             for i, item in enumerate(_progress(items, f"{split.name} {kind}s")):
                 ids.append(item.id)
-                encoded = vocab.encode(item.text)
+                words = tokenize(item.text)
+                encoded = [vocab.id(word) for word in words]
                 tokens.append(encoded)
                 offsets.append(offsets[-1] + len(encoded))
+                unk_words.extend(word for word, token in zip(words, encoded) if token == UNK_ID)
+                unk_offsets.append(len(unk_words))
                 empty_texts += not encoded
                 unk += encoded.count(UNK_ID)
                 if item.features is None:
@@ -383,6 +389,8 @@ def _write_split(
         finally:
             tokens.close()
         np.save(split_dir / f"{kind}_token_offsets.npy", np.asarray(offsets, dtype=np.int64), allow_pickle=False)
+        (split_dir / f"{kind}_unk_words.txt").write_text("".join(w + "\n" for w in unk_words), encoding="utf-8")
+        np.save(split_dir / f"{kind}_unk_offsets.npy", np.asarray(unk_offsets, dtype=np.int64), allow_pickle=False)
         np.save(split_dir / f"{kind}_image.npy", rows, allow_pickle=False)
         (split_dir / f"{kind}_ids.json").write_text(json.dumps(ids, ensure_ascii=False), encoding="utf-8")
         refs = [list(item.image_refs) for item in items]

@@ -15,6 +15,9 @@ Layout of a prepared dataset directory::
         product_ids.json, review_ids.json            lists of str, in file order
         product_tokens.npy   int32 flat token ids    product_token_offsets.npy  int64 [P + 1]
         review_tokens.npy    int32 flat token ids    review_token_offsets.npy   int64 [N + 1]
+        {kind}_unk_words.txt the words that became "<unk>", one a line, in token order (character-level models
+                             read their spelling; older datasets lack it, and then "<unk>" has no characters)
+        {kind}_unk_offsets.npy int64 [P + 1] / [N + 1] offsets of each item's words in {kind}_unk_words.txt
         review_product.npy   int64 [N]  index of the review's product within the split
         labels.npy           int64 [N]  helpfulness level (0..4 in the benchmarks)
         product_image.npy    int64 [P]  feature store row, -1 = no image
@@ -40,7 +43,7 @@ import numpy as np
 
 from mrhp.data.records import KINDS
 from mrhp.data.store import NO_IMAGE, FeatureStore, load_json, read_meta
-from mrhp.data.text import PAD_ID, Vocabulary
+from mrhp.data.text import PAD_ID, UNK_ID, Vocabulary, spell
 from mrhp.errors import DataError
 
 PREPARED_FORMAT = "mrhp-prepared"
@@ -71,10 +74,11 @@ class PreparedSplit:
 
     def __init__(
         self, path: Path, name: str, store: FeatureStore | None, feature_dim: int,
-        text_store: FeatureStore | None = None,
+        text_store: FeatureStore | None = None, spelling: np.ndarray | None = None,
     ) -> None:
         self.path = path
         self.name = name
+        self._spelling = spelling
         self._store = store
         self._feature_dim = feature_dim
         self._text_store = text_store
@@ -99,6 +103,21 @@ class PreparedSplit:
                     offsets[-1] != tokens.shape[0] or np.any(np.diff(offsets) < 0):
                 raise DataError("token offsets do not match the tokens", file=path / f"{kind}_token_offsets.npy")
             self._tokens[kind], self._offsets[kind] = tokens, offsets
+        self._unk_words: dict[str, list[str]] = {}
+        self._unk_offsets: dict[str, np.ndarray] = {}
+        for kind in KINDS:
+            words_path, offsets_path = path / f"{kind}_unk_words.txt", path / f"{kind}_unk_offsets.npy"
+            if not words_path.exists():
+                continue
+            try:
+                words = words_path.read_text(encoding="utf-8").split("\n")[:-1]
+            except (OSError, UnicodeDecodeError) as exc:
+                raise DataError(f"cannot read the unknown words ({exc})", file=words_path) from None
+            offsets = _load_npy(offsets_path)
+            if offsets.shape != (sizes[kind] + 1,) or offsets[0] != 0 or offsets[-1] != len(words) or \
+                    np.any(np.diff(offsets) < 0):
+                raise DataError("unknown-word offsets do not match the unknown words", file=offsets_path)
+            self._unk_words[kind], self._unk_offsets[kind] = words, offsets
             rows = _load_npy(path / f"{kind}_image.npy")
             limit = store.num_items if store is not None else 0
             if rows.shape != (sizes[kind],) or (rows.size and (rows.min() < -1 or rows.max() >= limit)):
@@ -146,6 +165,28 @@ class PreparedSplit:
         """Token ids of review ``j``: int64 ``[L]`` (L may be 0)."""
         offsets = self._offsets["review"]
         return np.asarray(self._tokens["review"][offsets[j]:offsets[j + 1]], dtype=np.int64)
+
+    def _chars(self, kind: str, i: int, tokens: np.ndarray) -> np.ndarray | None:
+        if self._spelling is None:
+            return None
+        chars = self._spelling[tokens]  # [L, C]
+        if kind in self._unk_offsets:
+            start, end = self._unk_offsets[kind][i], self._unk_offsets[kind][i + 1]
+            unknown = tokens == UNK_ID
+            if int(unknown.sum()) != end - start:
+                raise DataError(f"{kind} {i}: {int(unknown.sum())} <unk> tokens but {end - start} unknown words",
+                                file=self.path / f"{kind}_unk_offsets.npy")
+            chars[unknown] = spell(self._unk_words[kind][start:end])
+        return chars
+
+    def product_chars(self, i: int) -> np.ndarray | None:
+        """Code points of product ``i``'s words (the spelling of words that became ``<unk>`` included): int32
+        ``[L, MAX_WORD_CHARS]``; None when the split was opened without the vocabulary's spelling."""
+        return self._chars("product", i, self.product_tokens(i))
+
+    def review_chars(self, j: int) -> np.ndarray | None:
+        """Code points of review ``j``'s words, as :meth:`product_chars`."""
+        return self._chars("review", j, self.review_tokens(j))
 
     def _regions(self, row: int) -> np.ndarray:
         if self._store is None or row == NO_IMAGE:
@@ -217,6 +258,9 @@ class PreparedDataset:
         self._text_store = text_store
         self.text_encoder: dict | None = meta.get("text_encoder")
         self._split_cache: dict[str, PreparedSplit] = {}
+        # Code points of every vocabulary word; "<unk>" has none (its words' own spelling is stored per split).
+        self._spelling = spell(vocab.tokens)
+        self._spelling[UNK_ID] = 0
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> PreparedDataset:
@@ -279,5 +323,5 @@ class PreparedDataset:
             raise DataError(f"no split {name!r} (available: {', '.join(self.splits)})", file=self.path)
         if name not in self._split_cache:
             self._split_cache[name] = PreparedSplit(self.path / name, name, self._store, self.feature_dim,
-                                                    self._text_store)
+                                                    self._text_store, self._spelling)
         return self._split_cache[name]

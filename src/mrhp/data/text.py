@@ -16,7 +16,7 @@ import logging
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +55,20 @@ def tokenize(text: str) -> list[str]:
     """
     normalised = unicodedata.normalize("NFKC", text).translate(_FOLD).lower()
     return _TOKEN_RE.findall(normalised)
+
+
+# Characters of a word kept for character-level models (EG-CNN's embedding gates): the first MAX_WORD_CHARS.
+MAX_WORD_CHARS = 16
+
+
+def spell(words: Sequence[str]) -> np.ndarray:
+    """The Unicode code points of each word's first :data:`MAX_WORD_CHARS` characters: int32
+    ``[len(words), MAX_WORD_CHARS]``, 0 after a word's end."""
+    chars = np.zeros((len(words), MAX_WORD_CHARS), dtype=np.int32)
+    for i, word in enumerate(words):
+        codes = [ord(char) for char in word[:MAX_WORD_CHARS]]
+        chars[i, : len(codes)] = codes
+    return chars
 
 
 def count_tokens(texts: Iterable[str]) -> Counter[str]:
