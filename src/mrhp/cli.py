@@ -353,6 +353,13 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from mrhp.report import write_report
+
+    print(write_report(args.runs, args.data, args.out, args.split, args.title))
+    return 0
+
+
 def settings_options(parser: argparse.ArgumentParser, settings: type) -> None:
     """One option per field of a settings dataclass, with the field's type, default and `help` metadata."""
     hints = typing.get_type_hints(settings)
@@ -501,6 +508,15 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--test", choices=PAIRED_TESTS, default="t", help="paired test (default t)")
     compare.add_argument("--split", default="test", help="run folders are read as FOLDER/{split}_per_product.jsonl")
     compare.set_defaults(handler=_compare)
+
+    report = commands.add_parser("report", help="the paper's tables (3-8 and the case study) from runs, as Markdown with plots")
+    report.add_argument("runs", nargs="+", type=Path, metavar="RUN",
+                        help="run folders (best.safetensors + {split}_per_product.jsonl); grouped as mrhp compare groups them")
+    report.add_argument("--data", type=Path, required=True, help="the prepared dataset the runs were trained on")
+    report.add_argument("--out", type=Path, required=True, help="folder for report.md and its PNG plots")
+    report.add_argument("--split", default="test", help="the evaluated split (default test)")
+    report.add_argument("--title", help="the report's title")
+    report.set_defaults(handler=_report)
 
     demo = commands.add_parser("demo", help="synthetic data -> prepare -> train 3 systems -> test table")
     demo.add_argument("--out", type=Path, default=Path("demo-run"))
