@@ -109,6 +109,8 @@ def read_systems(paths: list[Path], split: str) -> dict[str, System]:
 
 
 def _fmt(mean: float, sd: float, digits: int = 2) -> str:
+    if math.isnan(mean):
+        return "n/a"
     return f"{mean:.{digits}f} ± {'-' if math.isnan(sd) else f'{sd:.{digits}f}'}"
 
 
@@ -170,7 +172,8 @@ def significance_table(systems: dict[str, System], comparison: Comparison) -> st
 def ablation_table(systems: dict[str, System]) -> tuple[dict[str, dict], str]:
     """Table 6: the paper's model and its ablations, with the difference to the full model."""
     full = next((s for s in systems.values() if s.model == PAPER_MODEL and s.ablation is None), None)
-    ablated = sorted((s for s in systems.values() if s.ablation is not None), key=lambda s: ABLATION_ORDER.index(s.ablation))
+    ablated = sorted((s for s in systems.values() if s.ablation is not None),
+                     key=lambda s: ABLATION_ORDER.index(s.ablation))
     if full is None or not ablated:
         return {}, "_needs runs of the paper's model and of at least one ablation._"
     comparison = compare_systems({full.name: full.runs, **{s.name: s.runs for s in ablated}}, reference=full.name)
@@ -179,7 +182,8 @@ def ablation_table(systems: dict[str, System]) -> tuple[dict[str, dict], str]:
     for system in ablated:
         row = comparison.rows[system.name]
         delta = ", ".join(f"{row.mean[m] - comparison.rows[full.name].mean[m]:+.2f}" for m in METRICS)
-        rows.append([f"{system.name} ({system.ablation})", str(row.seeds), *(_fmt(row.mean[m], row.sd[m]) for m in METRICS),
+        rows.append([f"{system.name} ({system.ablation})", str(row.seeds),
+                     *(_fmt(row.mean[m], row.sd[m]) for m in METRICS),
                      delta, ", ".join(f"{row.p_value[m]:.3g}" for m in METRICS)])
     header = ["system", "seeds", *(m.upper() for m in METRICS), "- full (MAP, N@3, N@5)", "p vs full"]
     return {name: vars(row) for name, row in comparison.rows.items()}, _table(header, rows)
@@ -242,14 +246,17 @@ def distance_tables(systems: dict[str, System], dataset: PreparedDataset, split:
     for system in sorted(chosen, key=lambda s: PAPER_ORDER.index(s.model)):
         per_seed = [distances(*component_vectors(load_checkpoint(path), dataset.split(split), dataset.feature_dim))
                     for path in system.checkpoints]
-        results[system.name] = {key: (float(np.mean([d[key] for d in per_seed])),
-                                      float(np.std([d[key] for d in per_seed], ddof=1)) if len(per_seed) > 1 else math.nan)
-                                for key in per_seed[0]}
+        results[system.name] = {
+            key: (float(np.mean([d[key] for d in per_seed])),
+                  float(np.std([d[key] for d in per_seed], ddof=1)) if len(per_seed) > 1 else math.nan)
+            for key in per_seed[0]
+        }
     labels = sorted({key[0] for values in results.values() for key in values})
     grouped, detailed = [], []
     for label in labels:
         for name, values in results.items():
-            grouped.append([str(label), name, *(_fmt(*values[(label, g, k)], 3) for g in DISTANCE_GROUPS for k in ("cs", "l2"))])
+            grouped.append([str(label), name,
+                            *(_fmt(*values[(label, g, k)], 3) for g in DISTANCE_GROUPS for k in ("cs", "l2"))])
             pairs = [f"{a}-{b}" for g in DISTANCE_GROUPS.values() for a, b in g]
             detailed.append([str(label), name, *(_fmt(*values[(label, p, "cs")], 3) for p in pairs)])
     header = ["label", "system", *(f"{g} {k.upper()}" for g in DISTANCE_GROUPS for k in ("cs", "l2"))]
@@ -315,8 +322,8 @@ def _plots(out: Path, comparison: Comparison, ablations: dict, distance_results:
         width = 0.8 / len(METRICS)
         for k, metric in enumerate(METRICS):
             x = np.arange(len(rows)) + k * width
-            ax.bar(x, [r[0][metric] for r in rows.values()], width, yerr=[np.nan_to_num(r[1][metric]) for r in rows.values()],
-                   label=metric.upper(), capsize=2)
+            ax.bar(x, [r[0][metric] for r in rows.values()], width, label=metric.upper(), capsize=2,
+                   yerr=[np.nan_to_num(r[1][metric]) for r in rows.values()])
         ax.set_xticks(np.arange(len(rows)) + width * (len(METRICS) - 1) / 2, list(rows), rotation=30, ha="right")
         ax.set_ylabel("x100 (mean ± sd over seeds)")
         ax.set_title(title)
@@ -367,7 +374,9 @@ def write_report(paths: list[Path], data: Path, out: Path, split: str = "test", 
         "## Table 6: ablations\n\n" + ablation_text,
         "## Tables 7-8: distances between components, by label\n\n"
         "Cosine distance (CS, `1 - cos`) and L2 between the max-pooled component vectors of each review (paper "
-        "section 4.7), averaged over the reviews of a label that have both components, mean ± sd over seeds.\n\n"
+        "section 4.7), averaged over the reviews of a label that have both components, mean ± sd over seeds; n/a "
+        "where no review of the label has both (a set without images has only the product text - review text "
+        "pair).\n\n"
         + distance_text,
         "## Table 1: case study\n\n" + case_study(systems, dataset, split),
     ]

@@ -10,8 +10,9 @@ Decided here: the auxiliary domain discriminator of the paper is left out (it on
 categories; every benchmark here is trained per category); characters are the first
 `mrhp.data.text.MAX_WORD_CHARS` code points of the word as written in the text (`Batch.review_chars`), so a word
 outside the vocabulary (`<unk>`, the very case the gates exist for) keeps its spelling, hashed into
-`CHAR_BUCKETS` buckets; character embeddings of `CHAR_DIM` and a width-3 character convolution; `model.hidden_size` filters per n-gram width. The product is not read (the ranking is
-within one product) and images are ignored by construction.
+`CHAR_BUCKETS` buckets; character embeddings of `CHAR_DIM` and a width-3 character convolution;
+`model.hidden_size` filters per n-gram width. The product is not read (the ranking is within one product) and
+images are ignored by construction.
 """
 
 from __future__ import annotations
