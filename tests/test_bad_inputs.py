@@ -556,6 +556,7 @@ OUTPUT_COMMANDS = {  # command -> (option, wants a folder, the rest of the argum
                                                          "r.jsonl"]),
     "train": ("--out", True, lambda data, ckpt, req: ["--data", str(data), "--no-progress"]),
     "demo": ("--out", True, lambda data, ckpt, req: ["--no-progress"]),
+    "report": ("--out", True, lambda data, ckpt, req: [str(ckpt.parent), "--data", str(data)]),
     "fetch-images": ("--out", True, lambda data, ckpt, req: ["--prepared", str(data)]),
     "evaluate": ("--per-product", False, lambda data, ckpt, req: ["--checkpoint", str(ckpt), "--data", str(data),
                                                                    "--no-progress"]),

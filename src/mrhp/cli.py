@@ -30,7 +30,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("mrhp")
 
 # Where each command writes: checked before it does any work (a read-only or wrong-kind path is an error at once).
-_OUTPUT_FOLDERS = {"prepare": "out", "features": "out", "fetch-images": "out", "train": "out", "demo": "out"}
+_OUTPUT_FOLDERS = {"prepare": "out", "features": "out", "fetch-images": "out", "train": "out", "demo": "out",
+                   "report": "out"}
 _OUTPUT_FILES = {"evaluate": "per_product", "floor": "per_product", "predict": "output"}
 
 
