@@ -190,7 +190,9 @@ def ablation_table(systems: dict[str, System]) -> tuple[dict[str, dict], str]:
 
 
 @torch.no_grad()
-def component_vectors(checkpoint: Checkpoint, split: PreparedSplit, feature_dim: int):
+def component_vectors(
+    checkpoint: Checkpoint, split: PreparedSplit, feature_dim: int
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor]:
     """Per test review: the pooled component vectors {name: [N, d]}, their presence {name: [N]} and labels [N],
     in split order. The paper's model gives them in its output; MCR through `modality_vectors`."""
     model, data = checkpoint.model.eval(), checkpoint.config.data
