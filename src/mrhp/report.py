@@ -37,7 +37,7 @@ import torch
 from mrhp.checkpoint import Checkpoint, load_checkpoint
 from mrhp.compare import Comparison, PerProductRun, compare_systems, read_per_product, system_name
 from mrhp.config import Config
-from mrhp.data.batching import chunk_product_reviews, iterate_split, pack_groups
+from mrhp.data.batching import chunk_product_reviews, collate, pack_groups, split_item_lists
 from mrhp.data.prepared import PreparedDataset, PreparedSplit
 from mrhp.errors import MrhpError
 from mrhp.evaluate import score_split
@@ -200,8 +200,8 @@ def component_vectors(
     vectors: dict[str, list[torch.Tensor]] = {k: [] for k in MODALITY_KEYS}
     present: dict[str, list[torch.Tensor]] = {k: [] for k in MODALITY_KEYS}
     labels = []
-    batches = pack_groups(groups, data.eval_batch_rows)
-    for _, batch in iterate_split(split, batches, data.max_tokens, data.max_regions, feature_dim):
+    for packed in pack_groups(groups, data.eval_batch_rows):
+        batch = collate(split_item_lists(split, packed), data.max_tokens, data.max_regions, feature_dim)
         if hasattr(model, "modality_vectors"):
             pooled, has = model.modality_vectors(batch)
         else:
