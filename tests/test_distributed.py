@@ -77,7 +77,7 @@ def test_two_processes_match_one_process_accumulating_the_same_global_batches(pr
     config = resolve_config(load_config(None, sets), dataset)
     torch.manual_seed(config.train.seed)
     model = build_model(config.model)
-    initialise_from_data(model, None, dataset.vocab.tokens)
+    initialise_from_data(model, None)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.train.lr, fused=True)
     split, data = dataset.split("train"), config.data
     batches = training_batches(split, data.batch_rows, data.max_list_size, config.train.seed, 1)
