@@ -26,7 +26,8 @@ from mrhp.cli import main
 from mrhp.data.batching import Item, RankingList, collate
 from mrhp.data.text import tokenize
 from mrhp.explain import TOP_REGIONS, TOP_WORDS
-from mrhp.inference import RequestError, load_ranker
+from mrhp.inference import load_ranker
+from mrhp.request import RequestError
 from mrhp.model import COMPONENTS, PARTS, PATHS, HelpfulnessModel
 from mrhp.serve.app import create_app
 from mrhp.serve.settings import ServeSettings

@@ -19,6 +19,7 @@ The Python API runs what the command line runs (`mrhp prepare --format jsonl`, `
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import types
@@ -31,14 +32,14 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 __all__ = ["RankedReviews", "Ranker", "RequestError", "__version__", "load_ranker", "prepare", "train"]
 
-_FROM_INFERENCE = ("RankedReviews", "Ranker", "RequestError", "load_ranker")
+# The API's names and the module each lives in, imported on first use (so `import mrhp` imports no torch).
+_LAZY = {"RankedReviews": "mrhp.inference", "Ranker": "mrhp.inference", "load_ranker": "mrhp.inference",
+         "RequestError": "mrhp.request"}
 
 
 def __getattr__(name: str) -> Any:
-    if name in _FROM_INFERENCE:
-        from mrhp import inference
-
-        return getattr(inference, name)
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'mrhp' has no attribute {name!r}")
 
 

@@ -38,8 +38,9 @@ from typing import BinaryIO
 
 from mrhp.data.records import parse_object_line
 from mrhp.errors import MrhpError
-from mrhp.inference import HASH_CHUNK, Ranker, RankingRequest, file_sha256, load_ranker
+from mrhp.inference import HASH_CHUNK, Ranker, file_sha256, load_ranker
 from mrhp.progress import progress_bar
+from mrhp.request import RankingRequest
 
 log = logging.getLogger(__name__)
 

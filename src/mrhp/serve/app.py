@@ -31,16 +31,8 @@ from mrhp.checkpoint import load_checkpoint
 from mrhp.data.batching import RankingList
 from mrhp.devices import resolve_device
 from mrhp.errors import MrhpError
-from mrhp.inference import (
-    ImageFiles,
-    ImageFilesUnavailable,
-    NonFiniteScores,
-    Ranker,
-    RequestError,
-    RequestLimits,
-    field_name,
-    file_sha256,
-)
+from mrhp.inference import NonFiniteScores, Ranker, file_sha256
+from mrhp.request import ImageFiles, ImageFilesUnavailable, RequestError, RequestLimits, field_name
 from mrhp.serve.page import add_page_routes
 from mrhp.serve.schema import ErrorResponse, RankedReview, RankRequest, RankResponse
 from mrhp.serve.settings import ServeSettings
