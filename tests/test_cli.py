@@ -160,3 +160,16 @@ def test_settings_out_of_range_are_named(prepared: Path, tmp_path: Path, capsys,
     err = capsys.readouterr().err
     assert f"mrhp {command}: error: " in err and named in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_topic_words_are_the_words_the_generator_draws_product_names_from(tmp_path: Path):
+    """`topic_words` must be the generator's own lists (benchmarks/explain_demo.py checks explanations with them):
+    every product name is three words of one topic, so a list of other words would fail here."""
+    from mrhp.synthetic import topic_words, write_official_dataset
+
+    spec = SyntheticSpec(products=(6, 2, 2), num_topics=3, seed=4)
+    write_official_dataset(tmp_path, "t", spec)
+    topics = [set(words) for words in topic_words(spec)]
+    assert len(topics) == 3 and all(len(words) == spec.words_per_topic for words in topics)
+    for product in json.loads((tmp_path / "t.prd.train").read_text()):
+        assert any(set(product["name"].split()) <= words for words in topics), product["name"]

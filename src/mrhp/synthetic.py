@@ -57,6 +57,18 @@ def _pseudo_words(rng: np.random.Generator, count: int, taken: set[str]) -> list
     return words
 
 
+def _draw_words(rng: np.random.Generator, spec: SyntheticSpec) -> tuple[list[list[str]], list[str]]:
+    """Step 1's words, the generator's first draws: each topic's words, then the filler words."""
+    taken: set[str] = set()
+    topics = [_pseudo_words(rng, spec.words_per_topic, taken) for _ in range(spec.num_topics)]
+    return topics, _pseudo_words(rng, spec.num_filler, taken)
+
+
+def topic_words(spec: SyntheticSpec = SyntheticSpec()) -> list[list[str]]:
+    """The words of each topic of the data `spec` generates (what a helpful review's text shares with its product)."""
+    return _draw_words(np.random.default_rng(spec.seed), spec)[0]
+
+
 def _regions(rng: np.random.Generator, centres: np.ndarray, noise: float) -> np.ndarray:
     return (centres + noise * rng.standard_normal(centres.shape)).astype(np.float32)
 
@@ -65,9 +77,7 @@ def write_official_dataset(out_dir: Path, category: str = "demo", spec: Syntheti
     """Write `{category}.{prd,rvw,rel}.{split}` JSON files and `features/{split}/{id}/{id}.pth` region features
     under `out_dir`; returns the features folder."""
     rng = np.random.default_rng(spec.seed)
-    taken: set[str] = set()
-    topic_words = [_pseudo_words(rng, spec.words_per_topic, taken) for _ in range(spec.num_topics)]
-    filler = _pseudo_words(rng, spec.num_filler, taken)
+    words_of_topic, filler = _draw_words(rng, spec)
     prototypes = rng.standard_normal((spec.num_topics, spec.feature_dim))
     features = out_dir / "features"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -83,7 +93,7 @@ def write_official_dataset(out_dir: Path, category: str = "demo", spec: Syntheti
         for p in range(num_products):
             product_id = f"{split}-p{p}"
             topic = int(rng.integers(spec.num_topics))
-            own = topic_words[topic]
+            own = words_of_topic[topic]
             name = " ".join(rng.choice(own, size=3))
             description = " ".join(rng.choice(own) if rng.random() < 0.7 else rng.choice(filler) for _ in range(12))
             images = [
@@ -105,7 +115,7 @@ def write_official_dataset(out_dir: Path, category: str = "demo", spec: Syntheti
                         words.append(rng.choice(own))
                     elif rng.random() < 0.5:
                         other = (topic + int(rng.integers(1, spec.num_topics))) % spec.num_topics
-                        words.append(rng.choice(topic_words[other]))
+                        words.append(rng.choice(words_of_topic[other]))
                     else:
                         words.append(rng.choice(filler))
                 img_url: list[str] = []
