@@ -76,7 +76,7 @@ def parse_image_urls(value: object) -> list[str]:
                 try:
                     decoded = ast.literal_eval(text)
                 except (ValueError, SyntaxError, MemoryError, RecursionError):
-                    raise ValueError(f"img_url starts like a list but is neither JSON nor a literal: {text[:80]!r}")
+                    raise ValueError(f"img_url starts like a list but is neither JSON nor a literal: {text[:80]!r}") from None
             return parse_image_urls(decoded if isinstance(decoded, list) else [decoded])
         return [text]
     if isinstance(value, (list, tuple)):
