@@ -1,6 +1,6 @@
 """Every model of the registry on the synthetic demo data, with the same data, pairs, seeds and metrics.
 
-The data and settings are those of `mrhp demo` (`mrhp.synthetic`, `mrhp.demo.demo_config`: width 64, 8 epochs,
+The data and settings are those of `mrhp demo` (`mrhp.studies.synthetic`, `mrhp.studies.demo.demo_config`: width 64, 8 epochs,
 learning rate 2e-3, selection on dev by MAP); each model is trained once per seed, evaluated once on test, and
 its per-product values are written to `OUT/runs/{model}-seed{seed}/test_per_product.jsonl`. The table is that
 of `mrhp compare` over those files (mean +/- sd over seeds, paired t-test against the reference), plus the
@@ -16,10 +16,10 @@ import argparse
 import logging
 from pathlib import Path
 
-from mrhp.compare import compare_systems, format_comparison, group_runs
 from mrhp.config import MODEL_NAMES, apply_overrides, parse_set
-from mrhp.demo import demo_config, prepare_demo_data
-from mrhp.experiment import run_system
+from mrhp.studies.compare import compare_systems, format_comparison, group_runs
+from mrhp.studies.demo import demo_config, prepare_demo_data
+from mrhp.studies.experiment import run_system
 
 
 def main() -> None:

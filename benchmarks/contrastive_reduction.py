@@ -15,10 +15,10 @@ import tempfile
 from pathlib import Path
 
 from mrhp.config import apply_overrides
-from mrhp.demo import demo_config, prepare_demo_data
-from mrhp.losses import REDUCTIONS
-from mrhp.metrics import METRICS
-from mrhp.train import train
+from mrhp.objectives.losses import REDUCTIONS
+from mrhp.objectives.metrics import METRICS
+from mrhp.studies.demo import demo_config, prepare_demo_data
+from mrhp.training.loop import train
 
 
 def main() -> None:

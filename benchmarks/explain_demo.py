@@ -1,6 +1,6 @@
 """Do the explanations of a trained demo model point at what makes a review helpful? (issue 15)
 
-The demo's generator (`mrhp.synthetic`) makes a review helpful when its words come from its product's topic and
+The demo's generator (`mrhp.studies.synthetic`) makes a review helpful when its words come from its product's topic and
 its image regions from its product's prototype. With a trained full model of `mrhp demo`, this explains the score
 of every test review (`score_groups(..., explain=True)`, the split `mrhp predict --explain` answers with) and asks
 two questions of the review-text shares:
@@ -26,11 +26,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mrhp.checkpoint import load_checkpoint
 from mrhp.data.batching import chunk_product_reviews, split_item_lists
 from mrhp.data.prepared import PreparedDataset
-from mrhp.inference import score_groups
-from mrhp.synthetic import SyntheticSpec, topic_words
+from mrhp.models.checkpoint import load_checkpoint
+from mrhp.scoring.loop import score_groups
+from mrhp.studies.synthetic import SyntheticSpec, topic_words
 
 
 def main() -> None:

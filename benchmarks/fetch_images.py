@@ -1,12 +1,12 @@
-"""Download throughput of ``mrhp fetch-images`` (mrhp.fetch_images) next to the image feature extractor's rate.
+"""Download throughput of ``mrhp fetch-images`` (mrhp.features.fetch_images) next to the image feature extractor's rate.
 
 Generates ``--images`` photo-like JPEGs (``--width`` x ``--height``, as ``benchmarks/image_features.py`` makes
 them) and serves them from a local HTTP server on 127.0.0.1 in a separate process (so that it does not share the
 interpreter lock with the client), each response delayed by ``--latency`` seconds to stand in for the round trips
 and server time of a real image host. For each ``--concurrency`` setting, a fresh folder is filled by
-:func:`mrhp.fetch_images.fetch_images` (no per-host rate limit, so that the client is measured): images per second
+:func:`mrhp.features.fetch_images.fetch_images` (no per-host rate limit, so that the client is measured): images per second
 and bytes per second. Then the downloaded files go through the feature folder of ``mrhp features``
-(:class:`mrhp.image_folder.ImageFeatureFolder`, ``--threads`` threads) in the same run: images per second. The
+(:class:`mrhp.features.image_folder.ImageFeatureFolder`, ``--threads`` threads) in the same run: images per second. The
 download step is not the bottleneck when its rate at a usual concurrency is above the extractor's.
 
     python benchmarks/fetch_images.py [--images 64] [--latency 0.05] [--concurrency 1 4 16 64] [--threads 1]
@@ -27,7 +27,7 @@ from pathlib import Path
 
 from image_features import make_images
 
-from mrhp.fetch_images import FetchSettings, fetch_images
+from mrhp.features.fetch_images import FetchSettings, fetch_images
 
 
 def serve(folder: Path, latency: float) -> None:
@@ -74,7 +74,7 @@ def main() -> None:
         serve(args.serve, args.latency)
         return
 
-    from mrhp.image_folder import ImageFeatureFolder
+    from mrhp.features.image_folder import ImageFeatureFolder
 
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     with tempfile.TemporaryDirectory() as tmp:

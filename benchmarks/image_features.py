@@ -1,4 +1,4 @@
-"""Throughput and peak memory of the image feature extractor (mrhp.images, EfficientNet-Lite0) on CPU.
+"""Throughput and peak memory of the image feature extractor (mrhp.features.images, EfficientNet-Lite0) on CPU.
 
 Generates ``--images`` photo-like JPEGs (``--width`` x ``--height``: gradients, blocks and noise, quality 90) in a
 temporary folder, then for each batch size, in a fresh subprocess so that its peak resident memory (ru_maxrss) is
@@ -6,7 +6,7 @@ its own, measures after one warm-up batch:
 
 * end to end: ``ImageFeatureExtractor.extract_files`` (read, decode, EXIF, resize in ``--threads`` threads while
   the network runs on the previous batch), images per second;
-* decode only: :func:`mrhp.images.load_image` on one thread, images per second;
+* decode only: :func:`mrhp.features.images.load_image` on one thread, images per second;
 * network only: ``ImageFeatureExtractor.forward`` on decoded pixels, images per second;
 * peak resident memory of the subprocess.
 
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mrhp.images import DEFAULT_INPUT_SIZE
+from mrhp.features.images import DEFAULT_INPUT_SIZE
 
 
 def make_images(folder: Path, count: int, width: int, height: int, seed: int = 0) -> list[Path]:
@@ -57,7 +57,7 @@ def make_images(folder: Path, count: int, width: int, height: int, seed: int = 0
 
 def measure(args: argparse.Namespace) -> dict:
     """Run in a child process for one batch size."""
-    from mrhp.images import ImageFeatureExtractor, load_image
+    from mrhp.features.images import ImageFeatureExtractor, load_image
 
     paths = sorted(Path(args.folder).glob("*.jpg"))
     extractor = ImageFeatureExtractor(input_size=args.input_size, threads=args.threads, batch_size=args.batch_size)

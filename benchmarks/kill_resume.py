@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from mrhp.synthetic import SyntheticSpec, write_official_dataset
+from mrhp.studies.synthetic import SyntheticSpec, write_official_dataset
 
 TRAIN_SETTINGS = [
     "--set", "model.hidden_size=16", "--set", "model.embedding_dim=8", "--set", "model.num_heads=2",

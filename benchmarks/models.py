@@ -26,15 +26,14 @@ import sys
 import time
 
 import torch
-
 from speed import make_batch
 
 
 def measure(name: str, tokens: int, regions: int, args: argparse.Namespace) -> dict[str, float]:
     """In a child process: `args.steps` timed steps after one warm-up step, inference first, then training."""
     from mrhp.config import Config, ModelConfig
-    from mrhp.models import build_model
-    from mrhp.train import joint_loss
+    from mrhp.models.registry import build_model
+    from mrhp.training.loop import joint_loss
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -44,7 +43,7 @@ def measure(name: str, tokens: int, regions: int, args: argparse.Namespace) -> d
     products = args.rows // args.reviews_per_product
     batch = make_batch(products, args.reviews_per_product, tokens, regions, args.feature_dim, args.vocab)
     rows = products * args.reviews_per_product
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)  # as mrhp.train does
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)  # as mrhp.training.loop does
 
     def timed(step) -> float:
         times = []

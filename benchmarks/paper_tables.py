@@ -7,7 +7,7 @@ with several seeds on one prepared dataset, selected on dev and tested once, the
         --out runs/paper-tables-amazon2023 [--seeds 0 1 2] [--set train.epochs=3]
 
 `--demo` writes and prepares the synthetic data of `mrhp demo` (under OUT) and starts from the demo's settings
-(`mrhp.demo.demo_config`); `--data` takes a prepared dataset and starts from the defaults, or `--config FILE`.
+(`mrhp.studies.demo.demo_config`); `--data` takes a prepared dataset and starts from the defaults, or `--config FILE`.
 `--set` applies to every system. Baselines ignore the settings they have no use for (the contrastive loss, the
 side channel, a pretrained text encoder's states). A run whose folder already holds its per-product file and
 best checkpoint is not trained again, so an interrupted benchmark continues where it stopped. Prints the training
@@ -24,12 +24,12 @@ from pathlib import Path
 
 import torch
 
-from mrhp.compare import per_product_name
 from mrhp.config import MODEL_NAMES, Config, apply_overrides, load_config, parse_set
 from mrhp.data.prepared import PreparedDataset
-from mrhp.demo import demo_config, prepare_demo_data
-from mrhp.experiment import run_folder, run_system
-from mrhp.report import ABLATIONS, PAPER_MODEL, write_report
+from mrhp.studies.compare import per_product_name
+from mrhp.studies.demo import demo_config, prepare_demo_data
+from mrhp.studies.experiment import run_folder, run_system
+from mrhp.studies.report import ABLATIONS, PAPER_MODEL, write_report
 
 
 def systems(models: list[str], ablations: list[str]) -> dict[str, dict]:

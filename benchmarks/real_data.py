@@ -47,17 +47,17 @@ from pathlib import Path
 
 import numpy as np
 
-from mrhp.compare import per_product_name
 from mrhp.config import Config, apply_overrides, load_config
 from mrhp.data.dumps import read_dump
 from mrhp.data.prepare import prepare_dataset
 from mrhp.data.prepared import PreparedDataset
-from mrhp.evaluate import evaluate_split, write_per_product
-from mrhp.experiment import run_folder, run_system
-from mrhp.floors import evaluate_floor
-from mrhp.metrics import METRICS, paired_test
-from mrhp.text_encoder import StateEncoder
-from mrhp.train import train
+from mrhp.features.text_encoder import StateEncoder
+from mrhp.objectives.metrics import METRICS, paired_test
+from mrhp.scoring.evaluate import evaluate_split, write_per_product
+from mrhp.studies.compare import per_product_name
+from mrhp.studies.experiment import run_folder, run_system
+from mrhp.studies.floors import evaluate_floor
+from mrhp.training.loop import train
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_DATA_CONFIG = REPO / "configs" / "real-data.toml"
@@ -169,7 +169,7 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 def dev_diagnostics(run_dir: Path, dataset: PreparedDataset) -> dict:
     """What the dev split and the training log say about a trained system (never the test split)."""
-    from mrhp.checkpoint import load_checkpoint
+    from mrhp.models.checkpoint import load_checkpoint
 
     log = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     best = max(log, key=lambda line: line["dev_map"])
@@ -264,7 +264,7 @@ def set_report(key: str, outcome: dict, seeds: list[int]) -> str:
 def paired_tests_from_files(out: Path, key: str, seeds: list[int]) -> str:
     """The paired tests of a finished run, from its per-product files (each seed's own split): every model
     against the length and the LambdaMART floor."""
-    from mrhp.compare import read_per_product
+    from mrhp.studies.compare import read_per_product
 
     systems_ = ["paper model", "pretrained encoder", "real-data config"]
     values = {

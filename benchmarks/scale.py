@@ -1,5 +1,5 @@
 """Training at the paper's scale: a prepared dataset of Amazon-MRHP Home's size, trained through the project's own
-path (mrhp.data.loader batches from the memory-mapped store, mrhp.train.train_epoch, mrhp.distributed).
+path (mrhp.data.loader batches from the memory-mapped store, mrhp.training.loop.train_epoch, mrhp.compute.distributed).
 
 The dataset (written once into --out, reused while its sizes match) has 18,000 training products and 462,000
 training reviews, 128 tokens per text from a 50,000-word vocabulary, 128 image regions of 2048-d per product and
@@ -105,15 +105,15 @@ def build_dataset(path: Path, pool: int) -> None:
 
 
 def measure(args: argparse.Namespace) -> None:
-    from mrhp import distributed
+    from mrhp.compute import distributed
+    from mrhp.compute.devices import grad_scaler
     from mrhp.config import Config, TrainConfig
     from mrhp.data.batching import training_batches
     from mrhp.data.loader import PlannedBatches, batch_loader
     from mrhp.data.prepared import PreparedDataset
-    from mrhp.devices import grad_scaler
-    from mrhp.models import build_model
+    from mrhp.models.registry import build_model
     from mrhp.progress import progress_bar
-    from mrhp.train import resolve_config, train_epoch
+    from mrhp.training.loop import resolve_config, train_epoch
 
     torch.set_num_threads(args.threads)
     dataset = PreparedDataset.open(args.out)
@@ -170,8 +170,8 @@ def profile(args: argparse.Namespace) -> None:
     from mrhp.data.batching import training_batches
     from mrhp.data.loader import PlannedBatches
     from mrhp.data.prepared import PreparedDataset
-    from mrhp.models import build_model
-    from mrhp.train import joint_loss, resolve_config
+    from mrhp.models.registry import build_model
+    from mrhp.training.loop import joint_loss, resolve_config
 
     class Traffic(TorchDispatchMode):
         """Bytes of the tensors every aten operator reads and writes; views move nothing and are skipped."""

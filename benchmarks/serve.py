@@ -5,7 +5,7 @@ feature size below) unless `--checkpoint` is given, starts `mrhp serve` on 127.0
 `--requests` ranking requests (a product with `--reviews` reviews, texts of `--words` words, `--regions` inline
 image regions per item) from `--clients` concurrent clients, stopping after `--max-seconds` at most. Printed:
 throughput (requests/s and reviews/s), p50/p99 latency, the server's mean requests per forward pass (from
-/healthz), then the in-process rate of the same requests scored with `mrhp.inference.Ranker.score` (one forward
+/healthz), then the in-process rate of the same requests scored with `mrhp.ranking.ranker.Ranker.score` (one forward
 per request, as a lone request is served; and packed like `mrhp predict`; on the first `--in-process-requests`
 requests), measured before the server starts
 and after it stops, and the ratio service / in-process (their mean).
@@ -37,11 +37,11 @@ import httpx
 import numpy as np
 import torch
 
-from mrhp.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from mrhp.config import Config, ModelConfig
 from mrhp.data.text import PAD, UNK, Vocabulary
-from mrhp.inference import Ranker
-from mrhp.models import build_model
+from mrhp.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from mrhp.models.registry import build_model
+from mrhp.ranking.ranker import Ranker
 
 
 def paper_size_checkpoint(path: Path, vocab: int, image_dim: int) -> None:

@@ -1,10 +1,10 @@
 """Set-level contrastive learning (issue 15, the paper's Limitation 2): the paper's loss alone against the paper's
-loss plus the set-level loss of `mrhp.losses.set_contrastive_loss` (eqs. S1-S4, `loss.set_contrastive_weight`).
+loss plus the set-level loss of `mrhp.objectives.losses.set_contrastive_loss` (eqs. S1-S4, `loss.set_contrastive_weight`).
 
 Sets of data (one prepared dataset each, the same for every seed, so that per-product values pair up):
 
-* ``demo``: the demo's synthetic multimodal data (`mrhp.demo.prepare_demo_data`, data seed 0) with the demo's
-  settings (`mrhp.demo.demo_config`);
+* ``demo``: the demo's synthetic multimodal data (`mrhp.studies.demo.prepare_demo_data`, data seed 0) with the demo's
+  settings (`mrhp.studies.demo.demo_config`);
 * ``amazon2023-magazine``: the Amazon Reviews'23 Magazine sample with product title and description, converted
   and prepared as `benchmarks/real_data.py` does (split by product 60/20/20 with split seed 0, single-level
   products dropped, all-MiniLM-L6-v2 token states), trained with `configs/real-data.toml` as a user runs it.
@@ -14,7 +14,7 @@ Per set and training seed: the baseline (`paper loss`) and, for each weight of `
 weight is chosen by the mean dev MAP over the seeds (or over ``--select-seeds`` only; the other seeds then train
 the baseline and the chosen weight alone); the test split is then evaluated once, for the baseline and the chosen
 weight only (the other weights never see test). The table has dev and test MAP / NDCG@3 / NDCG@5 (x100,
-mean ± sd over seeds) and the paired tests of `mrhp.compare` (each product's value averaged over seeds; paired t
+mean ± sd over seeds) and the paired tests of `mrhp.studies.compare` (each product's value averaged over seeds; paired t
 and randomization) of the chosen weight against the baseline, on dev and on test.
 
 Resumable: a finished run keeps its result in its folder (``OUT/{set}/{system}-seed{N}/``), and a rerun skips it,
@@ -40,13 +40,13 @@ from pathlib import Path
 
 import torch
 
-from mrhp.compare import compare_systems, format_comparison, read_per_product
 from mrhp.config import Config, apply_overrides, load_config
 from mrhp.data.prepared import PreparedDataset
-from mrhp.demo import demo_config, prepare_demo_data
-from mrhp.experiment import evaluate_best
-from mrhp.metrics import METRICS
-from mrhp.train import train
+from mrhp.objectives.metrics import METRICS
+from mrhp.studies.compare import compare_systems, format_comparison, read_per_product
+from mrhp.studies.demo import demo_config, prepare_demo_data
+from mrhp.studies.experiment import evaluate_best
+from mrhp.training.loop import train
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_SET = "amazon2023-magazine"

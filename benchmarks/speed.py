@@ -58,8 +58,8 @@ def measure(mode: str, args: argparse.Namespace) -> dict[str, float]:
     from torch.utils.flop_counter import FlopCounterMode
 
     from mrhp.config import Config, ModelConfig
-    from mrhp.model import HelpfulnessModel
-    from mrhp.train import joint_loss
+    from mrhp.models.paper import HelpfulnessModel
+    from mrhp.training.loop import joint_loss
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -80,7 +80,7 @@ def measure(mode: str, args: argparse.Namespace) -> dict[str, float]:
             a @ b
             times.append(time.perf_counter() - started)
         return {"gflops": 2 * 2048**3 / statistics.median(times[1:]) / 1e9}
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)  # as mrhp.train does
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)  # as mrhp.training.loop does
 
     def step() -> None:
         if mode == "train":

@@ -1,4 +1,4 @@
-"""Speed and disk cost of the pretrained text encoders (mrhp.text_encoder) on CPU.
+"""Speed and disk cost of the pretrained text encoders (mrhp.features.text_encoder) on CPU.
 
 For each encoder and batch size, after a warm-up: seconds to turn 1,000 reviews into float16 token states with
 ``encode_texts`` (tokenisation included, and also timed alone) at ``--max-tokens``, with torch and the tokenizer on
@@ -59,7 +59,7 @@ def load_reviews(data: Path, count: int) -> tuple[list[str], str]:
 
 
 def measure(name: str, texts: list[str], batch_sizes: list[int], max_tokens: int) -> None:
-    from mrhp.text_encoder import encode_texts, load_pretrained
+    from mrhp.features.text_encoder import encode_texts, load_pretrained
 
     started = time.perf_counter()
     encoder = load_pretrained(name)
@@ -86,7 +86,7 @@ def measure(name: str, texts: list[str], batch_sizes: list[int], max_tokens: int
 
 
 def show_indonesian(max_tokens: int) -> None:
-    from mrhp.text_encoder import encode_texts, load_pretrained
+    from mrhp.features.text_encoder import encode_texts, load_pretrained
 
     encoder = load_pretrained("multilingual-e5")
     print("\nmultilingual-e5 on Indonesian (the last line is English):")

@@ -17,12 +17,12 @@ import numpy as np
 import pytest
 import torch
 
-from mrhp.checkpoint import Checkpoint, save_checkpoint
 from mrhp.config import Config, DataConfig, ModelConfig
 from mrhp.data.batching import Item, RankingList, collate
 from mrhp.data.text import Vocabulary
-from mrhp.models import build_model
-from mrhp.synthetic import SyntheticSpec, write_official_dataset
+from mrhp.models.checkpoint import Checkpoint, save_checkpoint
+from mrhp.models.registry import build_model
+from mrhp.studies.synthetic import SyntheticSpec, write_official_dataset
 
 VOCAB, FEATURES = 40, 6  # vocabulary size and image region width of the tiny models
 # The vocabulary of `tiny_checkpoint_file`: real words first, so requests can be written in words.
@@ -88,7 +88,9 @@ def scores_of(model: torch.nn.Module, lists: list[RankingList]) -> torch.Tensor:
 def prepare_tiny_dataset(root: Path, spec: SyntheticSpec) -> Path:
     """The synthetic generator's official-format files for `spec` under `root/official`, prepared by
     `mrhp prepare` (every word kept) into `root/prepared`, which is returned."""
-    from mrhp.cli import main  # here, so that only the tests that prepare data depend on the CLI
+    from mrhp.cli import (
+        main,  # here, so that only the tests that prepare data depend on the CLI
+    )
 
     features = write_official_dataset(root / "official", "tiny", spec)
     status = main([

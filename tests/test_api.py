@@ -14,7 +14,7 @@ import pytest
 import mrhp
 from mrhp.cli import main
 from mrhp.errors import DataError
-from mrhp.request import RequestError
+from mrhp.ranking.request import RequestError
 
 WORDS = ["great", "pot", "lid", "steel", "bad", "handle", "cheap", "heavy", "ok", "love", "it", "rust"]
 F = 6  # region feature size of the dataset

@@ -21,7 +21,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from mrhp.cli import main
-from mrhp.synthetic import SyntheticSpec
+from mrhp.studies.synthetic import SyntheticSpec
 
 SURROGATE = "bad \ud800 text"  # valid JSON ("\ud800" escape), not Unicode text
 DEEP = object()  # a value nested 100,000 arrays deep (written as raw text: json.dumps would recurse)
@@ -336,8 +336,8 @@ def test_predict_request_errors_name_line_and_field(case: str, trained: tuple[Pa
 def client(trained: tuple[Path, Path]):
     from fastapi.testclient import TestClient
 
-    from mrhp.serve.app import create_app
-    from mrhp.serve.settings import ServeSettings
+    from mrhp.ranking.serve.app import create_app
+    from mrhp.ranking.serve.settings import ServeSettings
 
     app = create_app(trained[1], ServeSettings(max_request_bytes=1_000_000, threads=1))
     # raise_server_exceptions=False: a server error must show as the answer a client gets, never be re-raised here.
@@ -385,8 +385,8 @@ def test_service_bodies_get_the_documented_status(case: str, client):
 def test_the_service_answers_an_unforeseen_failure_with_json_500(trained: tuple[Path, Path], monkeypatch):
     from fastapi.testclient import TestClient
 
-    from mrhp.inference import Ranker
-    from mrhp.serve.app import create_app
+    from mrhp.ranking.ranker import Ranker
+    from mrhp.ranking.serve.app import create_app
 
     def broken(*args, **kwargs):
         raise ZeroDivisionError("a bug")
@@ -610,9 +610,9 @@ def test_resume_after_a_kill_between_the_metrics_line_and_the_checkpoint(trained
                                                                          monkeypatch):
     """The run dies after writing epoch 2's metrics line but before `last.safetensors` (fault injected into
     save_checkpoint); resuming must repeat epoch 2 once, leaving the metrics and weights of an uninterrupted run."""
-    from mrhp.checkpoint import load_checkpoint
+    from mrhp.models.checkpoint import load_checkpoint
 
-    train_module = importlib.import_module("mrhp.train")  # `mrhp.train` the attribute is the API function
+    train_module = importlib.import_module("mrhp.training.loop")  # `mrhp.training.loop` the attribute is the API function
 
     args = ["--data", str(trained[0]), "--set", "train.epochs=2", *TINY_TRAIN_ARGS]
     assert main(["train", "--out", str(tmp_path / "whole"), *args]) == 0
@@ -644,7 +644,7 @@ def test_resume_after_a_kill_between_the_metrics_line_and_the_checkpoint(trained
 
 def test_image_and_feature_errors_do_not_echo_file_contents(tmp_path: Path):
     from mrhp.data.jsonl import load_npy_regions
-    from mrhp.images import ImageError, load_image
+    from mrhp.features.images import ImageError, load_image
 
     secret = b"root:x:0:0:root:/root:/bin/bash\n"
     with pytest.raises(ImageError) as image_error:

@@ -9,23 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from scipy import stats
-
-from mrhp.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from mrhp.cli import main
-from mrhp.compare import compare_systems, format_comparison, read_per_product, system_name
-from mrhp.config import Config, ModelConfig, load_config
-from mrhp.baselines.layers import ProductAwareAttention
-from mrhp.baselines.mcr import KernelMaxPooling, similarity_channels
-from mrhp.baselines.sse_cross import share_embeddings
-from mrhp.data.batching import Item, RankingList, collate
-from mrhp.data.prepared import PreparedDataset
-from mrhp.data.text import UNK_ID, Vocabulary, spell
-from mrhp.errors import MrhpError
-from mrhp.models import MODEL_NAMES, TEXT_ONLY, build_model, initialise_from_data, reads_images
-from mrhp.synthetic import SyntheticSpec
-from mrhp.train import joint_loss
-
 from conftest import (
     FEATURES,
     TINY_TRAIN_ARGS,
@@ -38,6 +21,33 @@ from conftest import (
     without_images,
     write_lines,
 )
+from scipy import stats
+
+from mrhp.cli import main
+from mrhp.config import Config, ModelConfig, load_config
+from mrhp.data.batching import Item, RankingList, collate
+from mrhp.data.prepared import PreparedDataset
+from mrhp.data.text import UNK_ID, Vocabulary, spell
+from mrhp.errors import MrhpError
+from mrhp.models.baselines.layers import ProductAwareAttention
+from mrhp.models.baselines.mcr import KernelMaxPooling, similarity_channels
+from mrhp.models.baselines.sse_cross import share_embeddings
+from mrhp.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from mrhp.models.registry import (
+    MODEL_NAMES,
+    TEXT_ONLY,
+    build_model,
+    initialise_from_data,
+    reads_images,
+)
+from mrhp.studies.compare import (
+    compare_systems,
+    format_comparison,
+    read_per_product,
+    system_name,
+)
+from mrhp.studies.synthetic import SyntheticSpec
+from mrhp.training.loop import joint_loss
 
 TOKENS = ["<pad>", "<unk>"] + [f"w{i}" for i in range(VOCAB - 2)]
 pytestmark = pytest.mark.usefixtures("one_thread")

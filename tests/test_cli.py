@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from conftest import TINY_TRAIN_ARGS, prepare_tiny_dataset
 
-from mrhp.checkpoint import load_checkpoint
 from mrhp.cli import main
-from mrhp.synthetic import SyntheticSpec
+from mrhp.models.checkpoint import load_checkpoint
+from mrhp.studies.synthetic import SyntheticSpec
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +165,7 @@ def test_settings_out_of_range_are_named(prepared: Path, tmp_path: Path, capsys,
 def test_topic_words_are_the_words_the_generator_draws_product_names_from(tmp_path: Path):
     """`topic_words` must be the generator's own lists (benchmarks/explain_demo.py checks explanations with them):
     every product name is three words of one topic, so a list of other words would fail here."""
-    from mrhp.synthetic import topic_words, write_official_dataset
+    from mrhp.studies.synthetic import topic_words, write_official_dataset
 
     spec = SyntheticSpec(products=(6, 2, 2), num_topics=3, seed=4)
     write_official_dataset(tmp_path, "t", spec)

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import write_lines
 
 from mrhp.data.jsonl import read_jsonl
 from mrhp.data.official import parse_image_urls, read_official
@@ -22,8 +23,6 @@ from mrhp.data.records import split_products, votes_to_level
 from mrhp.data.store import FeatureStore, FeatureStoreWriter
 from mrhp.data.text import PAD_ID, UNK_ID, Vocabulary, load_word_vectors, tokenize
 from mrhp.errors import DataError, MrhpError
-
-from conftest import write_lines
 
 F = 8  # region feature size of the fixtures (the benchmarks use 2048)
 

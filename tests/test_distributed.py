@@ -1,4 +1,4 @@
-"""Devices, mixed precision and data-parallel training (`mrhp.devices`, `mrhp.distributed`): 2 gloo processes
+"""Devices, mixed precision and data-parallel training (`mrhp.compute.devices`, `mrhp.compute.distributed`): 2 gloo processes
 started by torchrun on a tiny dataset, compared with one process doing the same global steps."""
 
 from __future__ import annotations
@@ -17,16 +17,16 @@ import pytest
 import torch
 from conftest import TINY_TRAIN_ARGS, prepare_tiny_dataset
 
-from mrhp.checkpoint import load_checkpoint
 from mrhp.cli import main
+from mrhp.compute.distributed import Runtime, combine_scores, shard_lists, shard_steps
 from mrhp.config import load_config
 from mrhp.data.batching import collate, split_item_lists, training_batches
 from mrhp.data.prepared import PreparedDataset
-from mrhp.distributed import Runtime, combine_scores, shard_lists, shard_steps
-from mrhp.evaluate import evaluate_split
-from mrhp.models import build_model, initialise_from_data
-from mrhp.synthetic import SyntheticSpec
-from mrhp.train import joint_loss, resolve_config
+from mrhp.models.checkpoint import load_checkpoint
+from mrhp.models.registry import build_model, initialise_from_data
+from mrhp.scoring.evaluate import evaluate_split
+from mrhp.studies.synthetic import SyntheticSpec
+from mrhp.training.loop import joint_loss, resolve_config
 
 # Dropout off: the ranks draw their own masks, which one process cannot repeat.
 DDP_ARGS = [*TINY_TRAIN_ARGS, "--set", "data.batch_rows=8", "--set", "model.dropout=0"]

@@ -8,15 +8,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import write_lines
 
 from mrhp.cli import main
-from mrhp.data.dumps import _parse_votes, merge_variants, parse_column_mapping, read_dump
+from mrhp.data.dumps import (
+    _parse_votes,
+    merge_variants,
+    parse_column_mapping,
+    read_dump,
+)
 from mrhp.data.prepare import prepare_dataset
 from mrhp.data.prepared import PreparedDataset
 from mrhp.data.records import votes_to_level
 from mrhp.errors import DataError, MrhpError
-
-from conftest import write_lines
 
 ALL_TRAIN = (1.0, 0.0, 0.0)
 

@@ -11,7 +11,6 @@ import httpx
 import numpy as np
 import pytest
 import torch
-
 from conftest import (
     FEATURES,
     WORDS,
@@ -22,15 +21,16 @@ from conftest import (
     tiny_model_config,
     without_images,
 )
+
 from mrhp.cli import main
 from mrhp.data.batching import Item, RankingList, collate
 from mrhp.data.text import tokenize
-from mrhp.explain import TOP_REGIONS, TOP_WORDS
-from mrhp.inference import load_ranker
-from mrhp.request import RequestError
-from mrhp.model import COMPONENTS, PARTS, PATHS, HelpfulnessModel
-from mrhp.serve.app import create_app
-from mrhp.serve.settings import ServeSettings
+from mrhp.models.explain import TOP_REGIONS, TOP_WORDS
+from mrhp.models.paper import COMPONENTS, PARTS, PATHS, HelpfulnessModel
+from mrhp.ranking.ranker import load_ranker
+from mrhp.ranking.request import RequestError
+from mrhp.ranking.serve.app import create_app
+from mrhp.ranking.serve.settings import ServeSettings
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -257,7 +257,7 @@ def test_a_pretrained_encoder_model_explains_over_its_word_pieces_with_the_side_
 
 def test_an_interrupted_prediction_resumes_only_with_the_same_explain(checkpoint_path: Path, tmp_path: Path,
                                                                      monkeypatch, capsys):
-    from mrhp import predict as predict_module
+    from mrhp.ranking import predict as predict_module
 
     requests = write_requests(tmp_path)
     output = tmp_path / "ranked.jsonl"

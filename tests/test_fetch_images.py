@@ -22,16 +22,21 @@ import pytest
 pytest.importorskip("httpx")
 pytest.importorskip("PIL")
 
+from conftest import write_lines  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from mrhp.cli import main  # noqa: E402
 from mrhp.data.jsonl import read_jsonl  # noqa: E402
 from mrhp.data.records import FeatureProblem  # noqa: E402
 from mrhp.errors import DataError  # noqa: E402
-from mrhp.fetch_images import MANIFEST, FetchedImages, FetchSettings, fetch_images, read_manifest  # noqa: E402
-from mrhp.images import images_available  # noqa: E402
-
-from conftest import write_lines  # noqa: E402
+from mrhp.features.fetch_images import (  # noqa: E402
+    MANIFEST,
+    FetchedImages,
+    FetchSettings,
+    fetch_images,
+    read_manifest,
+)
+from mrhp.features.images import images_available  # noqa: E402
 
 # Tiny timeouts and backoff so that the file runs in seconds; 3 tries per URL.
 SETTINGS = FetchSettings(concurrency=4, per_host_rate=0, connect_timeout=1.0, read_timeout=0.3, retries=2,
@@ -345,7 +350,7 @@ needs_images = pytest.mark.skipif(not images_available(), reason="needs the imag
 
 @needs_images
 def test_downloaded_files_give_the_features_of_the_same_files_on_disk(tmp_path: Path, one_thread) -> None:
-    from mrhp.image_folder import ImageFeatureFolder
+    from mrhp.features.image_folder import ImageFeatureFolder
 
     with Server() as server:
         paths = ["/img/0.jpg", "/noext/1", "/img/3.jpg", "/missing"]

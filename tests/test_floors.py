@@ -1,4 +1,4 @@
-"""Floors (mrhp.floors) on tiny prepared datasets: hand-computed length floor, random floor, features, LambdaMART."""
+"""Floors (mrhp.studies.floors) on tiny prepared datasets: hand-computed length floor, random floor, features, LambdaMART."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from mrhp.cli import main
 from mrhp.data.prepare import prepare_dataset
 from mrhp.data.prepared import PreparedDataset
 from mrhp.data.records import RawDataset, RawProduct, RawReview, RawSplit
-from mrhp.floors import (
+from mrhp.studies.floors import (
     BASE_FEATURES,
     TextSummary,
     evaluate_floor,

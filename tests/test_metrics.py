@@ -1,4 +1,4 @@
-"""Tests of mrhp.metrics: hand-computed MAP / NDCG cases, ties, padding, a ranx cross-check, paired tests."""
+"""Tests of mrhp.objectives.metrics: hand-computed MAP / NDCG cases, ties, padding, a ranx cross-check, paired tests."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from mrhp import metrics
-from mrhp.metrics import (
+from mrhp.objectives import metrics
+from mrhp.objectives.metrics import (
     average_precision,
     ndcg_at_k,
     paired_test,

@@ -6,11 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import FEATURES, ranking, scores_of, tiny_model_config, without_images
 
 from mrhp.data.batching import Item, RankingList, collate, pack_groups
-from mrhp.model import HelpfulnessModel, masked_max, masked_mean, pack_left
-
-from conftest import FEATURES, ranking, scores_of, tiny_model_config, without_images
+from mrhp.models.paper import HelpfulnessModel, masked_max, masked_mean, pack_left
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

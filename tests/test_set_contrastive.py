@@ -1,4 +1,4 @@
-"""Tests of the set-level contrastive loss (mrhp.losses.set_contrastive_loss, eqs. S1-S4; not in the paper) and
+"""Tests of the set-level contrastive loss (mrhp.objectives.losses.set_contrastive_loss, eqs. S1-S4; not in the paper) and
 of its switch, `loss.set_contrastive_weight`: a value by hand, padding and absent modalities ignored, its gradient
 lowers it, and weight 0 leaves the paper's objective (eq. 35) unchanged bit for bit."""
 
@@ -10,15 +10,18 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import FEATURES, ranking, tiny_model_config
 
 from mrhp.config import Config, LossConfig, load_config
 from mrhp.data.batching import collate
 from mrhp.errors import MrhpError
-from mrhp.losses import cross_modal_contrastive_loss, pairwise_ranking_loss, set_contrastive_loss
-from mrhp.models import build_model
-from mrhp.train import joint_loss, set_inputs
-
-from conftest import FEATURES, ranking, tiny_model_config
+from mrhp.models.registry import build_model
+from mrhp.objectives.losses import (
+    cross_modal_contrastive_loss,
+    pairwise_ranking_loss,
+    set_contrastive_loss,
+)
+from mrhp.training.loop import joint_loss, set_inputs
 
 # Two lists (products 0 and 1), d = 2, one product modality and one review modality, two reviews each (the product
 # vector of each review row: after the interaction module they differ from row to row):

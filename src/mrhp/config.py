@@ -23,12 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mrhp.devices import DEVICE_FORMS, PRECISIONS, is_device_name
+from mrhp.compute.devices import DEVICE_FORMS, PRECISIONS, is_device_name
 from mrhp.errors import MrhpError
-from mrhp.losses import REDUCTIONS, WEIGHTINGS
-from mrhp.metrics import METRICS, TIES
+from mrhp.objectives.losses import REDUCTIONS, WEIGHTINGS
+from mrhp.objectives.metrics import METRICS, TIES
 
-# The paper's model and the baselines of its Tables 3-4 (SPEC 8); `mrhp.models` builds each by name.
+# The paper's model and the baselines of its Tables 3-4 (SPEC 8); `mrhp.models.registry` builds each by name.
 MODEL_NAMES = ("mrhp", "mcr", "conv-knrm", "prh-net", "bimpm", "eg-cnn", "sse-cross", "dr-net")
 
 
@@ -45,7 +45,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The paper's model (SPEC 3), or by `name` a baseline (SPEC 8, `mrhp.models`; the shared sizes apply to all).
+    """The paper's model (SPEC 3), or by `name` a baseline (SPEC 8, `mrhp.models.registry`; the shared sizes apply to all).
     `vocab_size` and `image_dim` are filled in from the prepared dataset."""
 
     name: str = "mrhp"  # which model: the paper's ("mrhp") or a baseline of MODEL_NAMES (`mrhp train --model`)
@@ -61,7 +61,7 @@ class ModelConfig:
     use_images: bool = True  # False ignores every image (text-only ablation)
     checkpoint_activations: bool = True  # recompute attention layers in backward: same result, far less memory
     # Not in the paper (off reproduces it): a pretrained transformer's token states instead of LSTM(W_emb(T)) (one
-    # of mrhp.text_encoder.TEXT_ENCODERS, its states stored by `mrhp prepare --text-encoder`), with its top
+    # of mrhp.features.text_encoder.TEXT_ENCODERS, its states stored by `mrhp prepare --text-encoder`), with its top
     # `text_tuned_layers` layers trained; and a side channel of review length and rating into the score.
     text_encoder: str = "lstm"
     text_tuned_layers: int = 0
@@ -90,7 +90,7 @@ class LossConfig:
     circle_margin: float = 0.25
     circle_scale: float = 256.0
     # Not in the paper (its Limitation 2; 0 reproduces it): weight of the set-level contrastive loss, eq. 33 over
-    # sets of reviews and of product information (mrhp.losses.set_contrastive_loss), added to eq. 35.
+    # sets of reviews and of product information (mrhp.objectives.losses.set_contrastive_loss), added to eq. 35.
     set_contrastive_weight: float = 0.0
 
 
@@ -107,8 +107,8 @@ class TrainConfig:
     ties: str = "pessimistic"
     seed: int = 0
     threads: int = 0  # 0 = torch's default
-    device: str = "auto"  # mrhp.devices.DEVICE_FORMS: auto = the GPU when CUDA is usable, else the CPU
-    precision: str = "fp32"  # mrhp.devices.PRECISIONS: bf16 / fp16 autocast (fp16 with a gradient scaler)
+    device: str = "auto"  # mrhp.compute.devices.DEVICE_FORMS: auto = the GPU when CUDA is usable, else the CPU
+    precision: str = "fp32"  # mrhp.compute.devices.PRECISIONS: bf16 / fp16 autocast (fp16 with a gradient scaler)
     loader_workers: int = 0  # processes assembling batches (mrhp.data.loader); 0 = in the training process
 
 
@@ -138,7 +138,9 @@ class Config:
             _check(ok, f"{name} must be a finite number within [{low}, {high}], got {value}")
         _check(self.model.dropout < 1.0, f"model.dropout must be below 1 (1 drops everything), got {self.model.dropout}")
         _check(self.train.lr > 0, f"train.lr must be > 0, got {self.train.lr}")
-        from mrhp.text_encoder import TEXT_ENCODERS  # here: the encoders' module imports torch
+        from mrhp.features.text_encoder import (
+            TEXT_ENCODERS,  # here: the encoders' module imports torch
+        )
 
         _check(self.model.text_encoder in TEXT_ENCODERS, f"model.text_encoder must be one of {TEXT_ENCODERS}")
         _check(self.model.text_tuned_layers >= 0, "model.text_tuned_layers must be >= 0")

@@ -63,7 +63,13 @@ from mrhp.data.dump_pipeline import (
     split_by_product,
     unique_review_ids,
 )
-from mrhp.data.records import VOTE_SCHEMES, Fields, RawDataset, RecordError, describe_source
+from mrhp.data.records import (
+    VOTE_SCHEMES,
+    Fields,
+    RawDataset,
+    RecordError,
+    describe_source,
+)
 from mrhp.errors import DataError, MrhpError
 
 logger = logging.getLogger(__name__)

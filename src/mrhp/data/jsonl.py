@@ -11,10 +11,10 @@
 ``images``         optional list of images, one entry per image, paths relative to the folder of the ``.jsonl``
                    file (or absolute): region feature files (``.npy`` arrays ``[n_regions, F]``, numbers, no
                    pickles) or image files (``.jpg``, ``.jpeg``, ``.png``, ``.webp``, ``.gif``, ``.bmp``, ``.tif``,
-                   ``.tiff``), whose features come from :mod:`mrhp.image_folder` (``mrhp features``; the ``images``
+                   ``.tiff``), whose features come from :mod:`mrhp.features.image_folder` (``mrhp features``; the ``images``
                    extra) through the ``image_features`` argument of :func:`read_jsonl`. Without it image files
                    are refused with a message saying so. An entry may also be an ``http(s)://`` URL: it stands
-                   for the file that ``mrhp fetch-images`` downloaded from it (:mod:`mrhp.fetch_images`), found
+                   for the file that ``mrhp fetch-images`` downloaded from it (:mod:`mrhp.features.fetch_images`), found
                    through the ``fetched`` argument (``mrhp prepare --fetched DIR``); a URL whose download failed
                    masks that image like a missing file.
 ``split``          optional ``"train"``, ``"dev"`` or ``"test"``. Either every product has it or none; without
@@ -47,7 +47,7 @@ Example::
      "images": ["features/B001-0.npy"]}
     {"review_id": "R1", "product_id": "B001", "text": "Great pot for canning.", "votes": 12}
 
-For prediction, :meth:`mrhp.inference.Ranker.parse` reads one product with its reviews from one JSON object.
+For prediction, :meth:`mrhp.ranking.ranker.Ranker.parse` reads one product with its reviews from one JSON object.
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ logger = logging.getLogger(__name__)
 
 RAW_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 FEATURE_SUFFIX = ".npy"
-# "scheme://...": an image given by URL (only http/https are ever fetched; mrhp.fetch_images says why others fail).
+# "scheme://...": an image given by URL (only http/https are ever fetched; mrhp.features.fetch_images says why others fail).
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
@@ -353,9 +353,9 @@ def read_jsonl(
         image_features: what turns image files into feature files, called once after both files are read
             (so bad records fail before any extraction) with every image file listed, in order of appearance:
             returns each file's ``.npy`` features or the :class:`FeatureProblem` that masks it (e.g.
-            :meth:`mrhp.image_folder.ImageFeatureFolder.resolve`). None = image files are refused.
+            :meth:`mrhp.features.image_folder.ImageFeatureFolder.resolve`). None = image files are refused.
         fetched: what gives a URL entry its downloaded image file, or the :class:`FeatureProblem` of its download
-            (e.g. :meth:`mrhp.fetch_images.FetchedImages.resolve`). None = URL entries are refused.
+            (e.g. :meth:`mrhp.features.fetch_images.FetchedImages.resolve`). None = URL entries are refused.
 
     Returns:
         The raw dataset with the splits that have products, in the order train, dev, test; products and reviews

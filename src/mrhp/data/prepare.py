@@ -15,8 +15,8 @@ import json
 import logging
 import os
 import shutil
-import uuid
 import time
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
@@ -35,7 +35,13 @@ from mrhp.data.records import (
     check_missing_rate,
 )
 from mrhp.data.store import NO_IMAGE, FeatureStoreWriter
-from mrhp.data.text import UNK_ID, Vocabulary, count_tokens, match_word_vectors, tokenize
+from mrhp.data.text import (
+    UNK_ID,
+    Vocabulary,
+    count_tokens,
+    match_word_vectors,
+    tokenize,
+)
 from mrhp.errors import DataError, MrhpError
 from mrhp.outputs import check_output_dir, remove_stale_temporaries
 from mrhp.progress import progress_bar
@@ -49,7 +55,7 @@ TEXT_CHUNK = 256
 
 
 class TextStateEncoder(Protocol):
-    """What :func:`prepare_dataset` needs of a pretrained text encoder (:class:`mrhp.text_encoder.StateEncoder`):
+    """What :func:`prepare_dataset` needs of a pretrained text encoder (:class:`mrhp.features.text_encoder.StateEncoder`):
     its description for ``dataset.json`` and the token states of texts."""
 
     def describe(self) -> dict:

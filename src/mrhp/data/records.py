@@ -112,7 +112,7 @@ class RawReview:
     """A review of product ``product_id`` with helpfulness level ``label`` (an integer >= 0).
 
     ``rating``: the reviewer's star rating when the source has one (None = unknown), for the floors
-    (:mod:`mrhp.floors`); ``image_refs`` as for :class:`RawProduct`.
+    (:mod:`mrhp.studies.floors`); ``image_refs`` as for :class:`RawProduct`.
     """
 
     id: str

@@ -1,0 +1,1 @@
+"""Training: the loop with selection on dev and resume, one epoch's steps."""
