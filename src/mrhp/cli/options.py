@@ -1,0 +1,78 @@
+"""What several commands share: checked output locations, integer bounds, options made from settings
+dataclasses, the progress switch, and the options of `evaluate` / `floor` and of image extraction."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from collections.abc import Callable
+from pathlib import Path
+
+from mrhp.features.images import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_INPUT_SIZE,
+    DEFAULT_MAX_PIXELS,
+)
+from mrhp.objectives.metrics import TIES
+
+# Where each command writes: checked before it does any work (a read-only or wrong-kind path is an error at once).
+_OUTPUT_FOLDERS = {"prepare": "out", "features": "out", "fetch-images": "out", "train": "out", "demo": "out",
+                   "report": "out"}
+_OUTPUT_FILES = {"evaluate": "per_product", "floor": "per_product", "predict": "output"}
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """Check the command's output folder or file before any work."""
+    from mrhp.outputs import check_output_dir, check_output_file
+
+    folder = getattr(args, _OUTPUT_FOLDERS.get(args.command, ""), None)
+    if folder is not None:
+        check_output_dir(folder, "--out")
+    file = getattr(args, _OUTPUT_FILES.get(args.command, ""), None)
+    if file is not None:
+        check_output_file(file, f"--{_OUTPUT_FILES[args.command].replace('_', '-')}")
+
+
+def at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= `minimum`, else the usual `mrhp CMD: error: argument --X: ...` (exit 2)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def settings_options(parser: argparse.ArgumentParser, settings: type) -> None:
+    """One option per field of a settings dataclass, with the field's type, default and `help` metadata."""
+    hints = typing.get_type_hints(settings)
+    for setting in dataclasses.fields(settings):
+        kind = next(t for t in typing.get_args(hints[setting.name]) or (hints[setting.name],) if t is not type(None))
+        default = "" if setting.default is None else f" (default {setting.default})"
+        parser.add_argument(f"--{setting.name.replace('_', '-')}", type=kind, default=setting.default,
+                            help=setting.metadata["help"] + default)
+
+
+def progress_option(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def split_options(sub: argparse.ArgumentParser, ties_default: str | None, ties_help: str) -> None:
+    """What `evaluate` and `floor` evaluate on, and how."""
+    sub.add_argument("--data", type=Path, required=True, help="prepared dataset folder")
+    sub.add_argument("--split", default="test")
+    sub.add_argument("--per-product", type=Path, help="write per-product metric values (JSON lines) here")
+    sub.add_argument("--ties", choices=TIES, default=ties_default, help=ties_help)
+    sub.add_argument("--threshold", type=int, help="relevance threshold (default: the dataset's)")
+
+
+def image_options(group: argparse._ActionsContainer) -> None:
+    group.add_argument("--input-size", type=int, default=DEFAULT_INPUT_SIZE, help="image side in pixels fed to EfficientNet-Lite0 (grid ceil(N/32))")
+    group.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="images per forward pass")
+    group.add_argument("--threads", type=int, help="threads for decoding and the network (default: all cores)")
+    group.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse images with more pixels (decompression bomb guard)")
