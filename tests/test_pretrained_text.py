@@ -48,7 +48,7 @@ def prepare(root: Path, out: str, *extra: str) -> Path:
 def test_prepare_stores_minilm_states(data):
     prepared = prepare(data, "frozen", "--text-encoder", "minilm")
     dataset = PreparedDataset.open(prepared)
-    assert dataset.text_encoder == {"name": "minilm", "layer": 6, "dim": 384, "max_tokens": 128}
+    assert dataset.text_encoder == {"name": "minilm", "layer": 6, "dim": 384, "max_tokens": 128, "precision": "fp32"}
     states = dataset.split("train").review_states(0)
     assert states.dtype == np.float32 and states.shape[1] == 384
     # One state per word piece with [CLS] and [SEP]: GOOD (22 pieces) against BAD (4).

@@ -130,7 +130,8 @@ def _attach_fetched(args: argparse.Namespace, raw) -> None:
 
 def _state_encoder(args: argparse.Namespace):
     """The pretrained text encoder whose token states `prepare` stores, from the same config (and --set) that
-    `train` will read: model.text_encoder, model.text_tuned_layers and data.max_tokens; None for the LSTM."""
+    `train` will read: model.text_encoder, model.text_tuned_layers, model.text_encoder_precision and
+    data.max_tokens; None for the LSTM."""
     from mrhp.config import load_config
 
     sets = list(args.set or [])
@@ -141,7 +142,8 @@ def _state_encoder(args: argparse.Namespace):
         return None
     from mrhp.features.text_encoder import StateEncoder
 
-    return StateEncoder(config.model.text_encoder, config.model.text_tuned_layers, config.data.max_tokens)
+    return StateEncoder(config.model.text_encoder, config.model.text_tuned_layers, config.data.max_tokens,
+                        precision=config.model.text_encoder_precision)
 
 
 def _image_folder(args: argparse.Namespace, path: Path | None, progress: bool) -> ImageFeatureFolder:
@@ -215,7 +217,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     prepare.add_argument("--max-regions-per-item", type=int, default=128)
     prepare.add_argument("--max-missing-image-rate", type=float, default=0.05, help="fail when more items miss their image features")
     prepare.add_argument("--max-regions-per-image", type=int, help=f"mrhp: first N regions per image (default {DEFAULT_MAX_REGIONS_PER_IMAGE}); jsonl: cap per .npy image, and regions per image file (default {DEFAULT_MAX_REGIONS})")
-    prepare.add_argument("--config", type=Path, help="the training config (TOML/JSON): prepare takes model.text_encoder, model.text_tuned_layers and data.max_tokens from it")
+    prepare.add_argument("--config", type=Path, help="the training config (TOML/JSON): prepare takes model.text_encoder, model.text_tuned_layers, model.text_encoder_precision and data.max_tokens from it")
     prepare.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override one config setting; repeatable")
     prepare.add_argument("--text-encoder", choices=TEXT_ENCODERS, help="store the token states of this pretrained text encoder (= --set model.text_encoder=NAME; needs the text extra)")
     official = prepare.add_argument_group("--format mrhp")

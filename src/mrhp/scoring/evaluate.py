@@ -63,10 +63,15 @@ def check_fits(checkpoint: Checkpoint, dataset: PreparedDataset) -> None:
         raise MrhpError(f"{where}: region features are {dataset.feature_dim}-d in the data, the model takes "
                         f"{model.image_dim}")
     stored = dataset.text_encoder
-    if model.text_encoder != "lstm" and (stored is None or stored.get("name") != model.text_encoder
-                                         or int(stored.get("dim", -1)) != model.text_state_dim):
-        raise MrhpError(f"{where}: the model reads {model.text_encoder!r} token states of width "
-                        f"{model.text_state_dim}; the data holds {stored or 'none'}")
+    if model.text_encoder != "lstm":
+        from mrhp.features.text_encoder import stored_precision
+
+        precision = model.text_encoder_precision
+        if (stored is None or stored.get("name") != model.text_encoder
+                or int(stored.get("dim", -1)) != model.text_state_dim or stored_precision(stored) != precision):
+            raise MrhpError(f"{where}: the model reads {model.text_encoder!r} {precision} token states of width "
+                            f"{model.text_state_dim}; the data holds "
+                            + (f"{stored} ({stored_precision(stored)})" if stored else "none"))
 
 
 def per_product_metrics(

@@ -58,14 +58,18 @@ def resolve_config(config: Config, dataset: PreparedDataset) -> Config:
     stored = dataset.text_encoder
     wanted = config.model.text_encoder
     if wanted != "lstm":
-        from mrhp.features.text_encoder import pretrained_layer
+        from mrhp.features.text_encoder import pretrained_layer, stored_precision
 
         expected_layer = pretrained_layer(wanted, config.model.text_tuned_layers)
-        if stored is None or stored.get("name") != wanted or stored.get("layer") != expected_layer:
+        precision = config.model.text_encoder_precision
+        if (stored is None or stored.get("name") != wanted or stored.get("layer") != expected_layer
+                or stored_precision(stored) != precision):
             raise MrhpError(
-                f"model.text_encoder = {wanted!r} with model.text_tuned_layers = {config.model.text_tuned_layers} "
-                f"needs a dataset prepared with its token states at layer {expected_layer}; {dataset.path} has "
-                + ("none" if stored is None else f"{stored.get('name')!r} at layer {stored.get('layer')}")
+                f"model.text_encoder = {wanted!r} ({precision}) with model.text_tuned_layers = "
+                f"{config.model.text_tuned_layers} needs a dataset prepared with its {precision} token states at "
+                f"layer {expected_layer}; {dataset.path} has "
+                + ("none" if stored is None else
+                   f"{stored.get('name')!r} ({stored_precision(stored)}) at layer {stored.get('layer')}")
                 + ": run `mrhp prepare` with the same --config (or --text-encoder)"
             )
     model = dataclasses.replace(
