@@ -86,7 +86,7 @@ def test_training_refuses_a_dataset_without_matching_states(data, tmp_path, caps
     capsys.readouterr()
     assert main(["train", "--data", str(plain), "--out", str(tmp_path / "r"), *TINY_TRAIN_ARGS,
                  "--set", "model.text_encoder=minilm"]) == 2
-    assert "needs a dataset prepared with its token states at layer 6" in capsys.readouterr().err
+    assert "needs a dataset prepared with its fp32 token states at layer 6" in capsys.readouterr().err
     assert not (tmp_path / "r" / "best.safetensors").exists()
 
 
@@ -103,3 +103,67 @@ def test_fine_tuned_top_layer_starts_from_the_pretrained_weights(data, tmp_path)
     pretrained = load_pretrained("minilm").layers[5]
     for (name, mine), (_, theirs) in zip(tuned.state_dict().items(), pretrained.state_dict().items()):
         assert torch.allclose(mine, theirs, atol=1e-6), name  # lr 1e-9: one epoch moves nothing visible
+
+
+def test_one_int8_variant_from_prepare_to_rank(data, tmp_path, capsys):
+    """int8 throughout: the dataset records it, training on it needs the int8 setting (fp32 is refused, exit 2),
+    evaluate refuses an int8 model on fp32 states, and Ranker.rank recomputes exactly the stored int8 states."""
+    prepared = prepare(data, "int8", "--text-encoder", "minilm", "--set", "model.text_encoder_precision=int8")
+    dataset = PreparedDataset.open(prepared)
+    assert dataset.text_encoder["precision"] == "int8"
+    capsys.readouterr()
+    assert main(["train", "--data", str(prepared), "--out", str(tmp_path / "fp32"), *TINY_TRAIN_ARGS,
+                 "--set", "model.text_encoder=minilm"]) == 2
+    assert "needs a dataset prepared with its fp32 token states at layer 6" in capsys.readouterr().err
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(prepared), "--out", str(run), *TINY_TRAIN_ARGS, "--set", "train.epochs=1",
+                 "--set", "model.text_encoder=minilm", "--set", "model.text_encoder_precision=int8"]) == 0
+    checkpoint = run / "best.safetensors"
+    assert load_checkpoint(checkpoint).config.model.text_encoder_precision == "int8"
+
+    frozen = data / "frozen"
+    if not frozen.exists():
+        prepare(data, "frozen", "--text-encoder", "minilm")
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(checkpoint), "--data", str(frozen), "--no-progress"]) == 2
+    assert "'minilm' int8 token states" in capsys.readouterr().err
+
+    ranker = load_ranker(checkpoint)
+    stored = dataset.split("train").review_states(0)  # GOOD, as prepare stored it (float16)
+    recomputed = ranker.text_states.encode([GOOD])[0]
+    np.testing.assert_array_equal(recomputed, stored)
+
+
+def test_an_old_dataset_without_a_variant_is_fp32(data, tmp_path, capsys):
+    """Datasets prepared before the int8 variant existed record none: they hold fp32 states."""
+    old = prepare(data, "old", "--text-encoder", "minilm")
+    meta_path = old / "dataset.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["text_encoder"]["precision"]
+    meta_path.write_text(json.dumps(meta))
+    capsys.readouterr()
+    assert main(["train", "--data", str(old), "--out", str(tmp_path / "int8"), *TINY_TRAIN_ARGS,
+                 "--set", "model.text_encoder=minilm", "--set", "model.text_encoder_precision=int8"]) == 2
+    assert "has 'minilm' (fp32) at layer 6" in capsys.readouterr().err
+    assert main(["train", "--data", str(old), "--out", str(tmp_path / "fp32"), *TINY_TRAIN_ARGS,
+                 "--set", "train.epochs=1", "--set", "model.text_encoder=minilm"]) == 0
+
+
+def test_product_states_are_cached(data, tmp_path):
+    """The second request for a product takes its states from the cache (one hit) and scores exactly as the first;
+    a cache of size 1 drops the older product."""
+    frozen = data / "frozen"
+    if not frozen.exists():
+        prepare(data, "frozen", "--text-encoder", "minilm")
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(frozen), "--out", str(run), *TINY_TRAIN_ARGS, "--set", "train.epochs=1",
+                 "--set", "model.text_encoder=minilm"]) == 0
+    ranker = load_ranker(run / "best.safetensors")
+    ranker.text_states.cache_size = 1
+    first = ranker.rank("Cooking magazine", [GOOD, BAD])
+    again = ranker.rank("Cooking magazine", [GOOD, BAD])
+    assert ranker.text_states.cache_hits == 1
+    np.testing.assert_array_equal(first.scores, again.scores)
+    ranker.rank("Another magazine", [GOOD])
+    ranker.rank("Cooking magazine", [GOOD])
+    assert ranker.text_states.cache_hits == 1
