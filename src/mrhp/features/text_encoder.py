@@ -25,12 +25,9 @@ Use::
     out = top(states, mask)                                          # [B, L, H] float32, [B, L] bool -> [B, L, H]
 
 Precision (``TEXT_PRECISIONS``, ``model.text_encoder_precision``): ``"fp32"`` runs the weights as loaded;
-``"int8"`` (:func:`quantize_int8`) runs every ``Linear`` of the transformer layers with int8 weights (one scale per
-output channel) and int8 activations (one scale per matrix, found at run time: PyTorch's dynamic quantization on the
-``x86``/``fbgemm`` engine), after a SmoothQuant-style rescaling that moves the few huge activation channels of
-BERT into the weights. Without the rescaling the last-layer token states of MiniLM reach a mean cosine of only 0.92
-to fp32 (0.96 with per-channel weights); with it, above 0.99. Because the activation scale is one per matrix, an
-int8 text is encoded alone (a batch of one, no padding), so its states never depend on the texts beside it.
+``"int8"`` runs the transformer layers' ``Linear`` modules in int8 (:mod:`mrhp.features.text_int8`). An int8 text
+is encoded alone (a batch of one, no padding): its activation scale is one per matrix, so in a batch the texts
+beside it would change its states.
 
 The forward pass is this module's own (embeddings, then post-LayerNorm BERT layers with boolean key masks); the
 tests check it against ``transformers``' ``BertModel`` at every layer to 1e-4. Why not ``BertModel`` itself
