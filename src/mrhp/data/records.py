@@ -422,6 +422,44 @@ class Fields:
         return value
 
 
+class ItemFields(Fields):
+    """A product or a review of the project's own record shape, read by the same code wherever it comes from: a
+    line of ``products.jsonl``/``reviews.jsonl`` (:mod:`mrhp.data.jsonl`) or a ranking request
+    (:mod:`mrhp.ranking.request`). What an image entry is differs (a path or URL in files; inline features, base64
+    or a path in requests), so :meth:`images` checks the list and leaves its entries to the reader."""
+
+    __slots__ = ()
+
+    def product_text(self) -> str:
+        """``text``, or ``name`` + " " + ``description`` (either may be absent, not both with ``text``)."""
+        text = self.string("text", required=False)
+        name = self.string("name", required=False)
+        description = self.string("description", required=False)
+        if text is not None:
+            if name is not None or description is not None:
+                raise self.error("give either 'text' or 'name'/'description', not both", "text")
+            return text
+        if name is None and description is None:
+            raise self.error("missing product text: give 'text' (or 'name' and/or 'description')", "text",
+                             "missing text")
+        return " ".join(part for part in (name, description) if part is not None)
+
+    def review_text(self) -> str:
+        """The required review ``text`` (may be empty)."""
+        text = self.string("text")
+        assert text is not None
+        return text
+
+    def images(self) -> list:
+        """The ``images`` entries as given, ``[]`` when absent."""
+        value = self.get("images")
+        if value is None:
+            return []
+        if not isinstance(value, list | tuple):
+            raise self.error(f"expected a list of images, got {type(value).__name__}", "images")
+        return list(value)
+
+
 def unique_ids(records: Iterable[Fields], kind: str) -> Iterator[tuple[Fields, str]]:
     """Each record with its id, the field ``{kind}_id``; an id seen before is an error naming both places."""
     name = f"{kind}_id"

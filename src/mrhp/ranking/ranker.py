@@ -121,14 +121,13 @@ class Ranker:
         self.text_states = TextStates(checkpoint)
         self.uses_images = reads_images(checkpoint.config.model)
         self.explains = explains(checkpoint.config.model)
+        self.reader = RequestReader(checkpoint, text_states=self.text_states, image_files=self.image_files)
 
     def parse(self, request: object, *, where: str | None = None, base_dir: Path | None = None,
               limits: RequestLimits = RequestLimits()) -> RankingRequest:
         """One request (see the module docstring) as the model's input; `RequestError` naming the field when it
         is malformed. Image paths are read relative to `base_dir`, and refused when it is None."""
-        return RequestReader(self.checkpoint, uses_images=self.uses_images, explains=self.explains,
-                             text_states=self.text_states, image_files=self.image_files, where=where,
-                             base_dir=base_dir, limits=limits).read(request)
+        return self.reader.read(request, where=where, base_dir=base_dir, limits=limits)
 
     def score(self, lists: Sequence[RankingList]) -> list[np.ndarray]:
         """Scores of every review of every list, as one float64 array [len(list.reviews)] per list."""

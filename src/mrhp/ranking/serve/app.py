@@ -256,6 +256,37 @@ async def _http_error(_: Request, error: StarletteHTTPException) -> JSONResponse
     return _error(error.status_code, str(error.detail), headers=error.headers)
 
 
+def _json_body(body: bytes) -> object:
+    """The JSON value of a body (`_BodyLimit` has checked that it is declared JSON and is UTF-8); 422 when it is
+    malformed or cannot be read."""
+    try:
+        return json.loads(body)
+    except json.JSONDecodeError as error:
+        raise RequestValidationError([{"type": "json_invalid", "loc": ("body", error.pos), "msg": "JSON decode error",
+                                       "ctx": {"error": error.msg}}]) from None
+    except (RecursionError, ValueError):  # nested thousands deep, or an integer of more digits than Python reads
+        raise HTTPException(400) from None
+
+
+_REQUEST_BODY = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": {"$ref": "#/components/schemas/RankRequest"}}}}}
+
+
+def _document_request(app: FastAPI) -> None:
+    """Put `RankRequest` and the models it uses in the OpenAPI schema, which `_REQUEST_BODY` refers to (the route
+    reads the raw body, so FastAPI does not add them itself)."""
+    schema = RankRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    schemas = {**schema.pop("$defs", {}), "RankRequest": schema}
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            generate().setdefault("components", {}).setdefault("schemas", {}).update(schemas)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def _answered(error: RequestError) -> Exception:
     """What a request the parser refused is answered with: 501 for an image file that cannot be used, else 422."""
     if isinstance(error, ImageFilesUnavailable):
@@ -350,13 +381,15 @@ def create_app(checkpoint_path: Path, settings: ServeSettings | None = None) -> 
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _internal_error)
     _add_routes(app, ranker, scorer, settings, description)
+    _document_request(app)
     add_page_routes(app)
     return app
 
 
 def _add_routes(app: FastAPI, ranker: Ranker, scorer: BatchScorer, settings: ServeSettings,
                 description: dict[str, Any]) -> None:
-    limits = RequestLimits(max_reviews=settings.max_reviews, max_text_chars=settings.max_text_chars)
+    limits = RequestLimits(max_reviews=settings.max_reviews, max_text_chars=settings.max_text_chars,
+                           known_fields_only=True, null_is_absent=True)
     errors = {
         413: {"model": ErrorResponse, "description": f"request body over {settings.max_request_bytes} bytes"},
         415: {"model": ErrorResponse, "description": "a body that is not declared as application/json"},
@@ -368,13 +401,14 @@ def _add_routes(app: FastAPI, ranker: Ranker, scorer: BatchScorer, settings: Ser
         503: {"model": ErrorResponse, "description": f"more than {settings.max_queued} requests waiting; retry"},
     }
 
-    # Unset fields are left out: a review's `explanation` appears only when asked for.
+    # The body is validated once, by the request parser that `mrhp predict` uses too; `RankRequest` only documents
+    # it (`_document_request`). Unset fields are left out: a review's `explanation` appears only when asked for.
     @app.post("/v1/rank", response_model=RankResponse, response_model_exclude_unset=True, responses=errors,
-              summary="Rank the reviews of a product")
-    async def rank(request: RankRequest) -> RankResponse:
-        # The schema has checked the shape; null stands for an absent field. Parsing runs off the event loop.
-        try:
-            parsed = await run_in_threadpool(ranker.parse, request.model_dump(exclude_none=True), limits=limits)
+              summary="Rank the reviews of a product", openapi_extra=_REQUEST_BODY)
+    async def rank(request: Request) -> RankResponse:
+        body = _json_body(await request.body())
+        try:  # parsing runs off the event loop: it may decode images
+            parsed = await run_in_threadpool(ranker.parse, body, limits=limits)
         except RequestError as error:
             raise _answered(error) from None
         try:

@@ -1,6 +1,6 @@
-"""Request and response schema of the HTTP service: pydantic models that check the shape of a body (types, required
-and unknown fields) and document it in the OpenAPI schema. What a request means, and every other check, is the
-one request parser of `mrhp.ranking.ranker`, which `mrhp predict` uses too."""
+"""Request and response schema of the HTTP service, as pydantic models. The request models only document the
+body in the OpenAPI schema: a request is validated once, by the one request parser (`mrhp.ranking.request`), which
+`mrhp predict` uses too. The response models build the answer."""
 
 from __future__ import annotations
 
