@@ -1,12 +1,15 @@
 """Output locations, checked before any work starts: a command that would fail only when it writes its result
 (a read-only folder, a folder where a file is expected, a file where a folder is expected) fails first, naming
-the option and the path, and loses nothing. Also the clean-up of temporary folders a killed run left behind."""
+the option and the path, and loses nothing. The one atomic write (`write_atomic`: a temporary name beside the
+result, then a rename), and the clean-up of the temporaries a killed run left behind."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import tempfile
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from mrhp.errors import MrhpError
@@ -48,6 +51,52 @@ def check_output_dir(path: Path, option: str) -> None:
     if path.exists() and not path.is_dir():
         raise MrhpError(f"{option} {path}: is a file; give a folder")
     _probe(path if path.is_dir() else _existing_parent(path, option), option, path)
+
+
+def temporary_beside(path: Path, kind: str = "tmp") -> Path:
+    """A fresh name beside `path`, `.NAME.KIND-PID-ID`: hidden, on the same file system (so a rename is atomic),
+    and recognised by `remove_stale_temporaries` once its process is gone."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def move_into_place(temporary: Path, path: Path) -> None:
+    """Rename `temporary` (a file or a folder) to `path`. A folder already at `path` is moved aside first and
+    removed after, so that at every moment `path` is the old result or the new one."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        old = temporary_beside(path, "old")
+        os.replace(path, old)
+        os.replace(temporary, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(temporary, path)
+
+
+def write_atomic(path: Path, write: Callable[[Path], object]) -> None:
+    """Write `path` (a file, or a folder) all at once: `write` creates it at a temporary name beside it, which is
+    then renamed into place (`move_into_place`). A kill or an error never leaves half a result at `path`; an error
+    removes the temporary and is raised again."""
+    path = Path(path)
+    temporary = temporary_beside(path)
+    try:
+        write(temporary)
+        move_into_place(temporary, path)
+    except BaseException:
+        _remove(temporary)
+        raise
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """`write_atomic` of a UTF-8 text file."""
+    write_atomic(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
 
 
 def _alive(pid: int) -> bool:

@@ -16,7 +16,6 @@ import logging
 import os
 import shutil
 import time
-import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
@@ -43,7 +42,7 @@ from mrhp.data.text import (
     tokenize,
 )
 from mrhp.errors import DataError, MrhpError
-from mrhp.outputs import check_output_dir, remove_stale_temporaries
+from mrhp.outputs import check_output_dir, move_into_place, remove_stale_temporaries, temporary_beside
 from mrhp.progress import progress_bar
 
 logger = logging.getLogger(__name__)
@@ -185,7 +184,7 @@ def prepare_dataset(
     if not train.reviews:
         raise DataError("the train split has no reviews: nothing to learn a ranking from (is the reviews file "
                         "empty?)", file=source.source.get("reviews") or source.source.get("path"))
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = temporary_beside(out_dir)
     tmp.mkdir(parents=True)
     sink = _StoreSink(tmp / "features", feature_dtype)
     states = _StoreSink(tmp / "text_states", "float16")
@@ -202,14 +201,7 @@ def prepare_dataset(
         states.abort()
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if out_dir.exists():
-        # Move the old directory aside first, so that at every moment out_dir is either the old or the new one.
-        trash = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        os.replace(out_dir, trash)
-        os.replace(tmp, out_dir)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(tmp, out_dir)
+    move_into_place(tmp, out_dir)  # an old dataset is moved aside first: out_dir is always the old or the new one
     logger.info("prepared dataset written to %s", out_dir)
     return report
 

@@ -22,13 +22,13 @@ import json
 import logging
 import os
 import shutil
-import uuid
 from pathlib import Path
 from types import TracebackType
 
 import numpy as np
 
 from mrhp.errors import DataError
+from mrhp.outputs import move_into_place, temporary_beside
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ class FeatureStoreWriter:
         self.dim = int(dim)
         self.dtype = dtype
         self._np_dtype = _DTYPES[dtype]
-        self._tmp = self.path.parent / f".{self.path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._tmp = temporary_beside(self.path)
         self._tmp.mkdir(parents=True)
         self._regions = (self._tmp / "regions.bin").open("wb")
         self._offsets: list[int] = [0]
@@ -136,7 +136,7 @@ class FeatureStoreWriter:
         }
         # Metadata last: a directory without store.json never opens as a store.
         (self._tmp / "store.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
-        os.replace(self._tmp, self.path)
+        move_into_place(self._tmp, self.path)
         self._closed = True
         logger.info("feature store %s: %d items, %d regions of %d (%s)", self.path, meta["num_items"],
                     meta["num_regions"], self.dim, self.dtype)

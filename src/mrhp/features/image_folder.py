@@ -20,15 +20,13 @@ API::
 from __future__ import annotations
 
 import hashlib
-import io
 import itertools
 import json
 import logging
 import os
 import re
 import time
-import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -53,6 +51,7 @@ from mrhp.features.images import (
     prefetch,
     region_grid,
 )
+from mrhp.outputs import write_atomic, write_text_atomic
 from mrhp.progress import progress_bar
 
 logger = logging.getLogger(__name__)
@@ -62,29 +61,19 @@ FOLDER_VERSION = 1
 _TEMP_PATTERN = re.compile(r"^\..+\.tmp-(\d+)-[0-9a-f]{8}$")
 
 
-def write_atomic(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
-    """Write ``path`` through a temporary file in the same folder and rename it into place.
-
-    A process killed while writing leaves only ``.{name}.tmp-{pid}-{id}``, never a partial ``path``.
-    """
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        with tmp.open("wb") as handle:
-            write(handle)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _write_json_atomic(path: Path, value: object) -> None:
     text = json.dumps(value, indent=1, ensure_ascii=False) + "\n"
-    write_atomic(path, lambda handle: handle.write(text.encode("utf-8")))
+    write_text_atomic(path, text)
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
     path.parent.mkdir(exist_ok=True)
-    write_atomic(path, lambda handle: np.save(handle, array, allow_pickle=False))
+    write_atomic(path, lambda temporary: _np_save(temporary, array))
+
+
+def _np_save(path: Path, array: np.ndarray) -> None:
+    with path.open("wb") as handle:  # np.save given a name would add ".npy" to the temporary's
+        np.save(handle, array, allow_pickle=False)
 
 
 def _process_alive(pid: int) -> bool:
@@ -307,7 +296,7 @@ class ImageFeatureFolder:
                 "features": None if problem else str(value.relative_to(self.path)),
                 "error": value.reason if problem else None,
             }, ensure_ascii=False) + "\n")
-        write_atomic(self.path / "index.jsonl", lambda handle: handle.write("".join(lines).encode("utf-8")))
+        write_text_atomic(self.path / "index.jsonl", "".join(lines))
         _write_json_atomic(self.path / "report.json", report)
         self.last_report = report
         logger.info("image features in %s: %d images, %d extracted, %d already there, %d failed (%.1f s)",

@@ -5,7 +5,6 @@ anywhere can be opened safely, and it needs no other input."""
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from mrhp.config import Config, config_from_dict
 from mrhp.data.text import Vocabulary
 from mrhp.errors import MrhpError
 from mrhp.models.registry import build_model
+from mrhp.outputs import write_atomic
 
 FORMAT = "mrhp-checkpoint"
 VERSION = 1
@@ -83,9 +83,7 @@ def save_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
     if checkpoint.rng is not None:
         tensors["rng.torch"] = checkpoint.rng.clone()
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(temporary), metadata={"mrhp": json.dumps(header)})
-    os.replace(temporary, path)
+    write_atomic(path, lambda temporary: save_file(tensors, str(temporary), metadata={"mrhp": json.dumps(header)}))
 
 
 # What a checkpoint header holds: key -> (JSON types allowed, required). Anything else is refused by name.

@@ -55,7 +55,7 @@ from mrhp.features.images import (
     images_available,
 )
 from mrhp.models.checkpoint import Checkpoint
-from mrhp.models.registry import explains, reads_images
+from mrhp.models.registry import explains, reads_images, reads_text_states
 
 if TYPE_CHECKING:
     from mrhp.features.text_encoder import StateEncoder
@@ -120,7 +120,7 @@ class TextStates:
 
     def __init__(self, checkpoint: Checkpoint) -> None:
         model, data = checkpoint.config.model, checkpoint.config.data
-        self.name = model.text_encoder if model.name == "mrhp" else "lstm"
+        self.name = model.text_encoder if reads_text_states(model) else "lstm"
         self.tuned_layers = model.text_tuned_layers
         self.max_tokens = data.max_tokens
         self._encoder: StateEncoder | None = None

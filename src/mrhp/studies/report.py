@@ -35,18 +35,15 @@ import numpy as np
 import torch
 
 from mrhp.config import Config
-from mrhp.data.batching import (
-    chunk_product_reviews,
-    collate,
-    pack_groups,
-    split_item_lists,
-)
+from mrhp.data.batching import Batch, chunk_product_reviews, split_item_lists
 from mrhp.data.prepared import PreparedDataset, PreparedSplit
 from mrhp.errors import MrhpError
 from mrhp.models.checkpoint import Checkpoint, load_checkpoint
 from mrhp.objectives.losses import MODALITY_KEYS
 from mrhp.objectives.metrics import METRICS, paired_test
+from mrhp.outputs import write_text_atomic
 from mrhp.scoring.evaluate import score_split
+from mrhp.scoring.loop import forward_groups
 from mrhp.studies.compare import (
     Comparison,
     PerProductRun,
@@ -211,13 +208,16 @@ def component_vectors(
     vectors: dict[str, list[torch.Tensor]] = {k: [] for k in MODALITY_KEYS}
     present: dict[str, list[torch.Tensor]] = {k: [] for k in MODALITY_KEYS}
     labels = []
-    for packed in pack_groups(groups, data.eval_batch_rows):
-        batch = collate(split_item_lists(split, packed), data.max_tokens, data.max_regions, feature_dim)
+
+    def pooled_of(batch: Batch) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         if hasattr(model, "modality_vectors"):
-            pooled, has = model.modality_vectors(batch)
-        else:
-            output = model(batch)
-            pooled, has = output.pooled, output.present
+            return model.modality_vectors(batch)
+        output = model(batch)
+        return output.pooled, output.present
+
+    for _, batch, (pooled, has) in forward_groups(model, groups, lambda packed: split_item_lists(split, packed),
+                                                  batch_rows=data.eval_batch_rows, data=data,
+                                                  feature_dim=feature_dim, forward=pooled_of):
         for key in MODALITY_KEYS:
             vectors[key].append(pooled[key].float())
             present[key].append(has[key])
@@ -396,6 +396,6 @@ def write_report(paths: list[Path], data: Path, out: Path, split: str = "test", 
     if plots:
         sections.append("## Plots\n\n" + "\n\n".join(f"![{name}]({name})" for name in plots))
     path = out / "report.md"
-    path.write_text("\n\n".join(sections) + "\n", encoding="utf-8")
+    write_text_atomic(path, "\n\n".join(sections) + "\n")
     log.info("wrote %s", path)
     return path
