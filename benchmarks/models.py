@@ -31,15 +31,15 @@ from speed import make_batch
 
 def measure(name: str, tokens: int, regions: int, args: argparse.Namespace) -> dict[str, float]:
     """In a child process: `args.steps` timed steps after one warm-up step, inference first, then training."""
-    from mrhp.config import Config, ModelConfig
+    from mrhp.config import Config, ModelConfig, ModelInputs
     from mrhp.models.registry import build_model
     from mrhp.training.loop import joint_loss
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model_config = ModelConfig(name=name, vocab_size=args.vocab, embedding_dim=300, image_dim=args.feature_dim)
+    model_config = ModelConfig(name=name)
     config = Config(model=model_config)
-    model = build_model(model_config)
+    model = build_model(model_config, ModelInputs(vocab_size=args.vocab, image_dim=args.feature_dim, embedding_dim=300))
     products = args.rows // args.reviews_per_product
     batch = make_batch(products, args.reviews_per_product, tokens, regions, args.feature_dim, args.vocab)
     rows = products * args.reviews_per_product

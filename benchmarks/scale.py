@@ -113,16 +113,16 @@ def measure(args: argparse.Namespace) -> None:
     from mrhp.data.prepared import PreparedDataset
     from mrhp.models.registry import build_model
     from mrhp.progress import progress_bar
-    from mrhp.training.loop import resolve_config, train_epoch
+    from mrhp.training.loop import model_inputs, train_epoch
 
     torch.set_num_threads(args.threads)
     dataset = PreparedDataset.open(args.out)
-    config = resolve_config(Config(train=TrainConfig(device=args.device, precision=args.precision,
-                                                     loader_workers=args.workers)), dataset)
+    config = Config(train=TrainConfig(device=args.device, precision=args.precision, loader_workers=args.workers))
+    inputs = model_inputs(config, dataset)
     with distributed.session(args.device) as runtime:
         device = runtime.device
         torch.manual_seed(0)
-        model = build_model(config.model).to(device)
+        model = build_model(config.model, inputs).to(device)
         optimizer = torch.optim.Adam(model.parameters(), lr=config.train.lr, fused=True)
         scaler = grad_scaler(device, config.train.precision)
         net = distributed.wrap(model, runtime)
@@ -171,7 +171,7 @@ def profile(args: argparse.Namespace) -> None:
     from mrhp.data.loader import PlannedBatches
     from mrhp.data.prepared import PreparedDataset
     from mrhp.models.registry import build_model
-    from mrhp.training.loop import joint_loss, resolve_config
+    from mrhp.training.loop import joint_loss, model_inputs
 
     class Traffic(TorchDispatchMode):
         """Bytes of the tensors every aten operator reads and writes; views move nothing and are skipped."""
@@ -192,7 +192,7 @@ def profile(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads)
     dataset = PreparedDataset.open(args.out)
-    config = resolve_config(Config(), dataset)
+    config = Config()
     data = config.data
     plan = training_batches(dataset.split("train"), data.batch_rows, data.max_list_size, seed=0, epoch=1)[:12]
     batches = PlannedBatches(dataset, "train", plan, max_tokens=data.max_tokens, max_regions=data.max_regions)
@@ -200,7 +200,7 @@ def profile(args: argparse.Namespace) -> None:
     inputs = [batches[i] for i in range(len(plan))]
     collate_ms = (time.perf_counter() - started) / len(plan) * 1e3
     torch.manual_seed(0)
-    model = build_model(config.model)
+    model = build_model(config.model, model_inputs(config, dataset))
     optimizer = torch.optim.Adam(model.parameters(), lr=config.train.lr, fused=True)
 
     def step(batch) -> None:

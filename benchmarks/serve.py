@@ -37,7 +37,7 @@ import httpx
 import numpy as np
 import torch
 
-from mrhp.config import Config, ModelConfig
+from mrhp.config import Config, ModelConfig, ModelInputs
 from mrhp.data.text import PAD, UNK, Vocabulary
 from mrhp.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from mrhp.models.registry import build_model
@@ -46,10 +46,11 @@ from mrhp.ranking.ranker import Ranker
 
 def paper_size_checkpoint(path: Path, vocab: int, image_dim: int) -> None:
     torch.manual_seed(0)
-    config = Config(model=ModelConfig(vocab_size=vocab, image_dim=image_dim)).validate()
+    config = Config(model=ModelConfig()).validate()
+    inputs = ModelInputs(vocab_size=vocab, image_dim=image_dim, embedding_dim=config.model.embedding_dim)
     words = [PAD, UNK] + [f"w{i}" for i in range(vocab - 2)]
-    save_checkpoint(path, Checkpoint(model=build_model(config.model), config=config, vocab=Vocabulary(words),
-                                     relevance_threshold=1))
+    save_checkpoint(path, Checkpoint(model=build_model(config.model, inputs), config=config, inputs=inputs,
+                                     vocab=Vocabulary(words), relevance_threshold=1))
 
 
 def make_requests(count: int, reviews: int, words: int, regions: int, vocab: int, image_dim: int) -> list[dict]:
@@ -171,7 +172,7 @@ def main() -> None:
         checkpoint = load_checkpoint(path)
         model_config = checkpoint.config.model
         requests = make_requests(args.requests, args.reviews, args.words, args.regions, len(checkpoint.vocab),
-                                 model_config.image_dim)
+                                 checkpoint.inputs.image_dim)
         bodies = [json.dumps(r).encode() for r in requests]
         load_before = os.getloadavg()[0]
         torch.set_num_threads(args.threads)
@@ -206,7 +207,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {os.cpu_count()} CPU cores, {args.threads} torch threads, {args.workers} "
           f"worker(s); load average {load_before:.1f} before, {load_after:.1f} after")
     print(f"model: {model_config.name}, d={model_config.hidden_size}, D={model_config.interaction_layers}, "
-          f"vocabulary {model_config.vocab_size}, image features {model_config.image_dim}-d")
+          f"vocabulary {checkpoint.inputs.vocab_size}, image features {checkpoint.inputs.image_dim}-d")
     print(f"request: {args.reviews} reviews, {args.words} words per text, {args.regions} regions per item, "
           f"{statistics.mean(len(b) for b in bodies) / 1e3:.0f} kB of JSON on average")
     print(f"load: {done} of {len(bodies)} requests done in {wall:.1f} s from {args.clients} clients "

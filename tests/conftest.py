@@ -4,6 +4,7 @@ fixture."""
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import socket
@@ -17,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from mrhp.config import Config, DataConfig, ModelConfig
+from mrhp.config import Config, DataConfig, ModelConfig, ModelInputs
 from mrhp.data.batching import Item, RankingList, collate
 from mrhp.data.text import Vocabulary
 from mrhp.models.checkpoint import Checkpoint, save_checkpoint
@@ -50,8 +51,25 @@ def one_thread():
 def tiny_model_config(**overrides) -> ModelConfig:
     """The paper's model (or, with `name=`, a baseline) at a size that runs in milliseconds."""
     settings = dict(hidden_size=16, embedding_dim=8, num_heads=2, interaction_layers=2, feedforward_size=32,
-                    dropout=0.0, vocab_size=VOCAB, image_dim=FEATURES)
+                    dropout=0.0)
     return ModelConfig(**{**settings, **overrides})
+
+
+def tiny_inputs(**overrides) -> ModelInputs:
+    """The data a tiny model is built for: `VOCAB` words, `FEATURES`-d regions, 8-d word embeddings."""
+    return ModelInputs(**{"vocab_size": VOCAB, "image_dim": FEATURES, "embedding_dim": 8, **overrides})
+
+
+def split_inputs(overrides: dict) -> tuple[dict, dict]:
+    """Settings of `ModelConfig` and fields of `ModelInputs` among `overrides`."""
+    names = {f.name for f in dataclasses.fields(ModelInputs)}
+    return ({k: v for k, v in overrides.items() if k not in names}, {k: v for k, v in overrides.items() if k in names})
+
+
+def tiny_model(**overrides) -> torch.nn.Module:
+    """A tiny model of `tiny_model_config` and `tiny_inputs` (each takes its own overrides)."""
+    settings, inputs = split_inputs(overrides)
+    return build_model(tiny_model_config(**settings), tiny_inputs(**inputs))
 
 
 def item(rng: np.random.Generator, tokens: int, regions: int) -> Item:
@@ -138,8 +156,11 @@ def tiny_checkpoint_file(path: Path, seed: int = 0, **overrides) -> Path:
     """A tiny untrained model of `tiny_model_config(**overrides)` saved as a checkpoint whose vocabulary is `WORDS`
     (scores arbitrary but deterministic)."""
     torch.manual_seed(seed)
+    settings, inputs = split_inputs(overrides)
     config = Config(data=DataConfig(max_tokens=12, max_regions=8, eval_batch_rows=8),
-                    model=tiny_model_config(**overrides)).validate()
-    save_checkpoint(path, Checkpoint(model=build_model(config.model), config=config, vocab=Vocabulary(WORDS),
+                    model=tiny_model_config(**settings)).validate()
+    model_inputs = tiny_inputs(**inputs)
+    save_checkpoint(path, Checkpoint(model=build_model(config.model, model_inputs), config=config,
+                                     inputs=model_inputs, vocab=Vocabulary(WORDS),
                                      relevance_threshold=1, metrics={}, state={"epoch": 1}))
     return path

@@ -17,6 +17,7 @@ from conftest import (
     prepare_tiny_dataset,
     ranking,
     scores_of,
+    tiny_inputs,
     tiny_model_config,
     without_images,
     write_lines,
@@ -60,7 +61,7 @@ def tiny_config(name: str) -> ModelConfig:
 
 def tiny_model(name: str) -> torch.nn.Module:
     torch.manual_seed(0)
-    model = build_model(tiny_config(name))
+    model = build_model(tiny_config(name), tiny_inputs())
     initialise_from_data(model, None)
     return model.eval()
 
@@ -104,7 +105,7 @@ def test_images_are_read_only_by_multimodal_models(name):
     without = without_images(with_images)
     model = tiny_model(name)
     same = torch.allclose(scores_of(model, [with_images]), scores_of(model, [without]), atol=1e-6)
-    assert same == (name in TEXT_ONLY) and reads_images(tiny_config(name)) == (name not in TEXT_ONLY)
+    assert same == (name in TEXT_ONLY) and reads_images(tiny_config(name), tiny_inputs()) == (name not in TEXT_ONLY)
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
@@ -228,7 +229,7 @@ def test_checkpoint_round_trip(name, tmp_path):
     lists = [ranking(rng, 4), ranking(rng, 2, group=1)]
     model = tiny_model(name)
     config = Config(model=tiny_config(name))
-    save_checkpoint(tmp_path / "model.safetensors", Checkpoint(model, config, Vocabulary(TOKENS), 1))
+    save_checkpoint(tmp_path / "model.safetensors", Checkpoint(model, config, tiny_inputs(), Vocabulary(TOKENS), 1))
     loaded = load_checkpoint(tmp_path / "model.safetensors")
     assert type(loaded.model) is type(model) and loaded.config.model.name == name
     assert torch.equal(scores_of(model, lists), scores_of(loaded.model, lists))

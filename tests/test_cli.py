@@ -29,10 +29,11 @@ def test_prepare_train_resume_evaluate_predict(prepared: Path, tmp_path: Path, c
     assert [row["epoch"] for row in log] == [1, 2]
     assert {"loss_ranking", "loss_contrastive", "dev_map", "dev_ndcg@3", "dev_ndcg@5"} <= set(log[0])
     saved = json.loads((run / "config.json").read_text())
-    assert saved["model"]["hidden_size"] == 16 and saved["model"]["image_dim"] == 8
+    assert saved["model"]["hidden_size"] == 16 and "image_dim" not in saved["model"]
 
     checkpoint = load_checkpoint(run / "best.safetensors")
-    assert checkpoint.config.model.hidden_size == 16 and len(checkpoint.vocab) == checkpoint.config.model.vocab_size
+    assert checkpoint.config.model.hidden_size == 16 and len(checkpoint.vocab) == checkpoint.inputs.vocab_size
+    assert checkpoint.inputs.image_dim == 8  # the data decided it, not the config
 
     per_product = tmp_path / "test_products.jsonl"
     status = main(["evaluate", "--checkpoint", str(run / "best.safetensors"), "--data", str(prepared),

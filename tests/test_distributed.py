@@ -26,7 +26,7 @@ from mrhp.models.checkpoint import load_checkpoint
 from mrhp.models.registry import build_model, initialise_from_data
 from mrhp.scoring.evaluate import evaluate_split
 from mrhp.studies.synthetic import SyntheticSpec
-from mrhp.training.loop import joint_loss, resolve_config
+from mrhp.training.loop import joint_loss, model_inputs
 
 # Dropout off: the ranks draw their own masks, which one process cannot repeat.
 DDP_ARGS = [*TINY_TRAIN_ARGS, "--set", "data.batch_rows=8", "--set", "model.dropout=0"]
@@ -74,9 +74,10 @@ def test_two_processes_match_one_process_accumulating_the_same_global_batches(pr
     # (DDP averages the two ranks' gradients).
     dataset = PreparedDataset.open(prepared)
     sets = [DDP_ARGS[k + 1] for k, flag in enumerate(DDP_ARGS) if flag == "--set"] + ["train.epochs=1"]
-    config = resolve_config(load_config(None, sets), dataset)
+    config = load_config(None, sets)
+    inputs = model_inputs(config, dataset)
     torch.manual_seed(config.train.seed)
-    model = build_model(config.model)
+    model = build_model(config.model, inputs)
     initialise_from_data(model, None)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.train.lr, fused=True)
     split, data = dataset.split("train"), config.data
@@ -89,7 +90,7 @@ def test_two_processes_match_one_process_accumulating_the_same_global_batches(pr
             batch = collate(split_item_lists(split, groups), data.max_tokens, data.max_regions, dataset.feature_dim)
             (joint_loss(model(batch), batch, config)[0] / 2).backward()
         optimizer.step()
-    initial = build_model(config.model).state_dict()
+    initial = build_model(config.model, inputs).state_dict()
     moved = 0
     for name, value in model.state_dict().items():
         torch.testing.assert_close(ddp[name], value, rtol=1e-4, atol=1e-5, msg=name)

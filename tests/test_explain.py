@@ -18,7 +18,7 @@ from conftest import (
     scores_of,
     serving,
     tiny_checkpoint_file,
-    tiny_model_config,
+    tiny_model,
     without_images,
 )
 
@@ -44,7 +44,7 @@ def explained(model: HelpfulnessModel, lists: list[RankingList]):
 @pytest.mark.parametrize("side_features", [False, True])
 def test_bias_side_and_parts_add_up_to_the_score_and_the_sources_to_the_parts(side_features: bool):
     torch.manual_seed(0)
-    model = HelpfulnessModel(tiny_model_config(side_features=side_features)).eval()
+    model = tiny_model(side_features=side_features).eval()
     lists = [ranking(np.random.default_rng(seed), 5, tokens=7, regions=4, group=seed) for seed in range(3)]
     scores, explanation = explained(model, lists)
     assert torch.equal(scores, scores_of(model, lists))  # explaining changes no score
@@ -61,7 +61,7 @@ def test_bias_side_and_parts_add_up_to_the_score_and_the_sources_to_the_parts(si
 
 def test_removed_images_leave_exactly_zero_image_terms_where_the_equations_say():
     torch.manual_seed(1)
-    model = HelpfulnessModel(tiny_model_config()).eval()
+    model = tiny_model().eval()
     rng = np.random.default_rng(3)
     text = rng.integers(2, 40, size=6)
     with_images = RankingList(
@@ -99,7 +99,7 @@ def test_removed_images_leave_exactly_zero_image_terms_where_the_equations_say()
 
 def test_a_model_told_to_ignore_images_gives_them_nothing():
     torch.manual_seed(2)
-    model = HelpfulnessModel(tiny_model_config(use_images=False)).eval()
+    model = tiny_model(use_images=False).eval()
     _, explanation = explained(model, [ranking(np.random.default_rng(4), 4, regions=5)])
     assert not explanation.shares["product_image"].any() and not explanation.shares["review_image"].any()
 

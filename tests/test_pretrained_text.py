@@ -63,7 +63,7 @@ def test_train_predict_and_rank_agree(data, tmp_path):
     assert main(["train", "--data", str(prepared), "--out", str(run), *TINY_TRAIN_ARGS, "--set", "train.epochs=2",
                  "--set", "model.text_encoder=minilm", "--set", "model.side_features=true"]) == 0
     checkpoint = load_checkpoint(run / "best.safetensors")
-    assert checkpoint.config.model.text_state_dim == 384
+    assert checkpoint.inputs.text_state_dim == 384
     assert not any("embedding" in name or "lstm" in name for name, _ in checkpoint.model.named_parameters())
 
     request = {"product_id": "x", "text": "Cooking magazine", "reviews": [

@@ -21,7 +21,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from mrhp.cli import main
-from mrhp.config import Config, DataConfig, ModelConfig
+from mrhp.config import Config, DataConfig, ModelConfig, ModelInputs
 from mrhp.data.text import Vocabulary
 from mrhp.errors import MrhpError
 from mrhp.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
@@ -41,11 +41,12 @@ def tiny_checkpoint(path: Path, image_dim: int, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     config = Config(
         data=DataConfig(max_tokens=MAX_TOKENS, max_regions=5, eval_batch_rows=8),
-        model=ModelConfig(hidden_size=8, embedding_dim=6, num_heads=2, interaction_layers=1, feedforward_size=8,
-                          vocab_size=len(WORDS), image_dim=image_dim),
+        model=ModelConfig(hidden_size=8, embedding_dim=6, num_heads=2, interaction_layers=1, feedforward_size=8),
     ).validate()
-    model = build_model(config.model)
-    save_checkpoint(path, Checkpoint(model=model, config=config, vocab=Vocabulary(WORDS), relevance_threshold=1,
+    inputs = ModelInputs(vocab_size=len(WORDS), image_dim=image_dim, embedding_dim=6)
+    model = build_model(config.model, inputs)
+    save_checkpoint(path, Checkpoint(model=model, config=config, inputs=inputs, vocab=Vocabulary(WORDS),
+                                     relevance_threshold=1,
                                      metrics={"dev_map": 0.5}, state={"epoch": 1}))
     return path
 

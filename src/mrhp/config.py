@@ -46,11 +46,11 @@ class DataConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     """The paper's model (SPEC 3), or by `name` a baseline (SPEC 8, `mrhp.models.registry`; the shared sizes apply to all).
-    `vocab_size` and `image_dim` are filled in from the prepared dataset."""
+    What the prepared dataset decides (vocabulary size, feature widths) is not here but in `ModelInputs`."""
 
     name: str = "mrhp"  # which model: the paper's ("mrhp") or a baseline of MODEL_NAMES (`mrhp train --model`)
     hidden_size: int = 128  # d
-    embedding_dim: int = 300  # replaced by the word vectors' width when vectors are given
+    embedding_dim: int = 300  # word embedding width when the dataset has no word vectors (else theirs)
     num_heads: int = 4  # 1 head: eq. 8 plus projection biases and an output projection
     interaction_layers: int = 5  # D
     image_encoder_layers: int = 1
@@ -67,9 +67,38 @@ class ModelConfig:
     text_tuned_layers: int = 0
     side_features: bool = False
     side_hidden_size: int = 16
-    vocab_size: int = 0
-    image_dim: int = 0
-    text_state_dim: int = 0  # filled in from the prepared dataset with a pretrained text encoder
+
+
+# Settings of `ModelConfig` before `ModelInputs` held them (a checkpoint written then has them in its config).
+INPUT_SETTINGS = ("vocab_size", "image_dim", "text_state_dim")
+
+
+@dataclass(frozen=True)
+class ModelInputs:
+    """What a model is built for that the prepared dataset decides, not the user (`mrhp.training.loop.model_inputs`
+    reads it from the dataset); saved in every checkpoint beside the config, from which the model is rebuilt."""
+
+    vocab_size: int  # words of the dataset's vocabulary, padding and <unk> included
+    image_dim: int  # region feature width F (0: the dataset has no images)
+    embedding_dim: int  # word embedding width: the dataset's word vectors', else `model.embedding_dim`
+    text_state_dim: int = 0  # width of the stored token states of a pretrained `model.text_encoder`, else 0
+
+    def to_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: object, source: str) -> ModelInputs:
+        """Rebuild saved inputs; errors name `source`."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        if not isinstance(values, dict) or set(values) - set(names):
+            raise MrhpError(f"{source}: expected an object with {', '.join(names)}, got {str(values)[:80]}")
+        for name, value in values.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise MrhpError(f"{source}: {name} must be an integer >= 0, got {value!r}")
+        try:
+            return cls(**values)
+        except TypeError:
+            raise MrhpError(f"{source}: expected an object with {', '.join(names)}") from None
 
 
 @dataclass(frozen=True)
@@ -156,8 +185,7 @@ class Config:
             "data": {"max_tokens": 1, "max_regions": 1, "batch_rows": 1, "max_list_size": 2, "eval_batch_rows": 1},
             "model": {"hidden_size": 1, "embedding_dim": 1, "num_heads": 1, "interaction_layers": 1,
                       "image_encoder_layers": 0, "feedforward_size": 1, "conv_kernel": 1, "dropout": (0.0, 1.0),
-                      "text_tuned_layers": 0, "side_hidden_size": 1, "vocab_size": 0, "image_dim": 0,
-                      "text_state_dim": 0},
+                      "text_tuned_layers": 0, "side_hidden_size": 1},
             "loss": {"margin": 0.0, "min_gap": 1, "contrastive_weight": 0.0, "helpful_level": 0,
                      "circle_margin": 0.0, "circle_scale": 0.0, "o_p": (-big, big), "o_n": (-big, big),
                      "set_contrastive_weight": 0.0},

@@ -14,8 +14,17 @@ from typing import Any
 from tqdm import tqdm
 
 
+_hidden = False  # every bar is off: the command line's --no-progress (`hide_progress`)
+
+
+def hide_progress(hidden: bool = True) -> None:
+    """Draw no bar in this process (the command line's `--no-progress`, also for bars no `show` reaches)."""
+    global _hidden
+    _hidden = hidden
+
+
 def progress_bar(iterable: Iterable | None = None, *, show: bool = True, **options: Any) -> tqdm:
     """A tqdm bar over `iterable` (or one updated by hand) with tqdm's `options` (`total`, `desc`, `unit`,
-    `leave`, ...), drawn only on a terminal and never when `show` is False."""
+    `leave`, ...), drawn only on a terminal and never when `show` is False or bars are hidden."""
     # disable=None is tqdm's "disable unless the output stream is a TTY".
-    return tqdm(iterable, disable=None if show else True, **options)
+    return tqdm(iterable, disable=None if show and not _hidden else True, **options)

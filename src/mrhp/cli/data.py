@@ -7,7 +7,7 @@ import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mrhp.cli.options import at_least, image_options, progress_option, settings_options
+from mrhp.cli.options import at_least, config_options, image_options, progress_option, settings_options
 from mrhp.data.dumps import DUMP_FORMATS
 from mrhp.data.official import DEFAULT_MAX_REGIONS_PER_IMAGE, PRODUCT_TEXT_CHOICES
 from mrhp.errors import MrhpError
@@ -74,7 +74,7 @@ def _prepare(args: argparse.Namespace) -> int:
         fetched = _fetched(args)
         # Image files in the data are extracted into (or resumed from) the feature folder; without the images
         # extra, read_jsonl refuses them with a message that says how to install it.
-        folder = _image_folder(args, args.image_features, progress=True) if images_available() else None
+        folder = _image_folder(args, args.image_features, progress=not args.no_progress) if images_available() else None
         raw = read_jsonl(
             args.products,
             args.reviews,
@@ -120,7 +120,7 @@ def _attach_fetched(args: argparse.Namespace, raw) -> None:
     from mrhp.features.images import require_images_extra
 
     require_images_extra()
-    folder = _image_folder(args, args.image_features or args.fetched / "image-features", progress=True)
+    folder = _image_folder(args, args.image_features or args.fetched / "image-features", progress=not args.no_progress)
     attach_fetched_images(raw, _fetched(args), folder.resolve, args.max_regions_per_item)
     raw.max_missing_image_rate = args.max_missing_image_rate
     if folder.last_report is not None:
@@ -133,10 +133,10 @@ def _state_encoder(args: argparse.Namespace):
     `train` will read: model.text_encoder, model.text_tuned_layers and data.max_tokens; None for the LSTM."""
     from mrhp.config import load_config
 
-    sets = list(args.set or [])
+    config = load_config(args.config, args.set)
     if args.text_encoder is not None:
-        sets.append(f"model.text_encoder={args.text_encoder}")
-    config = load_config(args.config, sets).validate()
+        config = dataclasses.replace(config, model=dataclasses.replace(config.model, text_encoder=args.text_encoder))
+        config = config.validate()
     if config.model.text_encoder == "lstm":
         return None
     from mrhp.features.text_encoder import StateEncoder
@@ -215,9 +215,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     prepare.add_argument("--max-regions-per-item", type=int, default=128)
     prepare.add_argument("--max-missing-image-rate", type=float, default=0.05, help="fail when more items miss their image features")
     prepare.add_argument("--max-regions-per-image", type=int, help=f"mrhp: first N regions per image (default {DEFAULT_MAX_REGIONS_PER_IMAGE}); jsonl: cap per .npy image, and regions per image file (default {DEFAULT_MAX_REGIONS})")
-    prepare.add_argument("--config", type=Path, help="the training config (TOML/JSON): prepare takes model.text_encoder, model.text_tuned_layers and data.max_tokens from it")
-    prepare.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override one config setting; repeatable")
-    prepare.add_argument("--text-encoder", choices=TEXT_ENCODERS, help="store the token states of this pretrained text encoder (= --set model.text_encoder=NAME; needs the text extra)")
+    config_options(prepare, reads=" (the training config): prepare takes model.text_encoder, model.text_tuned_layers and data.max_tokens from it")
+    prepare.add_argument("--text-encoder", choices=TEXT_ENCODERS, help="store the token states of this pretrained text encoder (default: the config's model.text_encoder; needs the text extra)")
+    progress_option(prepare)
     official = prepare.add_argument_group("--format mrhp")
     official.add_argument("--data-dir", type=Path, help="folder with {category}.{prd,rvw,rel}.{train,dev,test}")
     official.add_argument("--category", help="e.g. clothing, electronics, home")

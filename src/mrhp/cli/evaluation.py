@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mrhp.cli.options import progress_option, split_options
+from mrhp.cli.options import device_option, progress_option, split_options
 from mrhp.errors import MrhpError
 from mrhp.studies.floors import FLOOR_METHODS, TEXT_FEATURES
 
@@ -72,7 +72,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     """The evaluation commands."""
     evaluate = commands.add_parser("evaluate", help="MAP / NDCG@3 / NDCG@5 of a checkpoint on a split")
     evaluate.add_argument("--checkpoint", type=Path, required=True)
-    evaluate.add_argument("--device", default="auto", help="where the model scores: auto (default), cpu, cuda or cuda:N")
+    device_option(evaluate)
     split_options(evaluate, ties_default=None, ties_help="tie order (default: the checkpoint's)")
     progress_option(evaluate)
     evaluate.set_defaults(handler=_evaluate)

@@ -1,5 +1,6 @@
-"""What several commands share: checked output locations, integer bounds, options made from settings
-dataclasses, the progress switch, and the options of `evaluate` / `floor` and of image extraction."""
+"""What several commands share, declared once: checked output locations, integer bounds, options made from
+settings dataclasses, the config options, the device, the progress switch, and the options of `evaluate` / `floor`
+and of image extraction."""
 
 from __future__ import annotations
 
@@ -59,7 +60,30 @@ def settings_options(parser: argparse.ArgumentParser, settings: type) -> None:
 
 
 def progress_option(sub: argparse.ArgumentParser) -> None:
+    """`--no-progress`, on every command that draws progress bars (`main` turns them all off with it)."""
     sub.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def config_options(sub: argparse.ArgumentParser, reads: str = "") -> None:
+    """`--config` and `--set`, on every command that reads a training config; `reads` says what of it, if not all."""
+    sub.add_argument("--config", type=Path, help=f"TOML (or JSON) file of config overrides{reads}")
+    sub.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                     help="override one config setting (after --config); repeatable")
+
+
+def _device(text: str) -> str:
+    from mrhp.compute.devices import DEVICE_FORMS, is_device_name
+
+    if not is_device_name(text):
+        raise argparse.ArgumentTypeError(f"expected one of {', '.join(DEVICE_FORMS)}, got {text!r}")
+    return text
+
+
+def device_option(sub: argparse.ArgumentParser, default: str | None = "auto", more: str = "") -> None:
+    """`--device`: where the model computes."""
+    shown = "the config's train.device" if default is None else default
+    sub.add_argument("--device", type=_device, default=default,
+                     help=f"where the model computes: auto, cpu, cuda or cuda:N (default: {shown}){more}")
 
 
 def split_options(sub: argparse.ArgumentParser, ties_default: str | None, ties_help: str) -> None:

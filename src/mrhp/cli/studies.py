@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mrhp.cli.options import progress_option
+from mrhp.cli.options import config_options, progress_option
 from mrhp.objectives.metrics import PAIRED_TESTS
 
 
@@ -31,7 +31,7 @@ def _demo(args: argparse.Namespace) -> int:
     from mrhp.config import load_config
     from mrhp.studies.demo import demo_config, format_table, run_demo
 
-    base = load_config(args.config, args.set or [], base=demo_config())
+    base = load_config(args.config, args.set, base=demo_config())
     results, example = run_demo(args.out, seed=args.seed, base=base, progress=not args.no_progress)
     print()
     print("Test split of the synthetic demo data (MAP / NDCG@3 / NDCG@5, x100; model selected on dev)")
@@ -64,7 +64,6 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     demo = commands.add_parser("demo", help="synthetic data -> prepare -> train 3 systems -> test table")
     demo.add_argument("--out", type=Path, default=Path("demo-run"))
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--config", type=Path, help="config overrides applied over the demo's own settings")
-    demo.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE")
+    config_options(demo, reads=", applied over the demo's own settings")
     progress_option(demo)
     demo.set_defaults(handler=_demo)

@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from mrhp import __version__
-from mrhp.config import Config, config_from_dict
+from mrhp.config import INPUT_SETTINGS, Config, ModelConfig, ModelInputs, config_from_dict
 from mrhp.data.text import Vocabulary
 from mrhp.errors import MrhpError
 from mrhp.models.registry import build_model
@@ -29,6 +29,7 @@ VERSION = 1
 class Checkpoint:
     model: nn.Module  # any model of the registry (`mrhp.models.registry`), rebuilt from `config.model.name` on load
     config: Config
+    inputs: ModelInputs  # what the data decided about the model (vocabulary size, feature widths)
     vocab: Vocabulary
     relevance_threshold: int
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -72,6 +73,7 @@ def save_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
         "mrhp_version": __version__,
         "model_name": checkpoint.config.model.name,
         "config": checkpoint.config.to_dict(),
+        "inputs": checkpoint.inputs.to_dict(),
         "vocab": checkpoint.vocab.to_list(),
         "relevance_threshold": checkpoint.relevance_threshold,
         "metrics": checkpoint.metrics,
@@ -93,6 +95,7 @@ _HEADER: dict[str, tuple[tuple[type, ...], bool]] = {
     "mrhp_version": ((str,), False),
     "model_name": ((str,), False),
     "config": ((dict,), True),
+    "inputs": ((dict,), False),
     "vocab": ((list,), True),
     "relevance_threshold": ((int,), True),
     "metrics": ((dict,), False),
@@ -121,6 +124,22 @@ def _check_header(header: dict, path: Path) -> None:
         raise MrhpError(f"{path}: checkpoint header 'optimizer' lacks its 'param_groups' list or 'scalars' object")
 
 
+def _config_and_inputs(header: dict, path: Path) -> tuple[Config, ModelInputs]:
+    """The config and the model inputs of a header. A checkpoint written before `ModelInputs` existed has the
+    inputs among its model settings (`INPUT_SETTINGS`, the embedding width resolved to the data's): they are
+    taken from there, so it still loads."""
+    values = header["config"]
+    saved = header.get("inputs")
+    model = values.get("model")
+    if saved is None and isinstance(model, dict):
+        model = dict(model)
+        saved = {name: model.pop(name) for name in INPUT_SETTINGS if name in model}
+        saved.setdefault("embedding_dim", model.get("embedding_dim", ModelConfig.embedding_dim))
+        values = {**values, "model": model}
+    config = config_from_dict(values, source=f"{path}: header 'config'")
+    return config, ModelInputs.from_dict(saved, source=f"{path}: header 'inputs'")
+
+
 def load_checkpoint(path: Path) -> Checkpoint:
     """Rebuild the model, config and vocabulary from a checkpoint file alone (no pickle)."""
     path = Path(path)
@@ -146,7 +165,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
             f"({__version__}, reads version {VERSION})"
         )
     _check_header(header, path)
-    config = config_from_dict(header["config"], source=f"{path}: header 'config'")
+    config, inputs = _config_and_inputs(header, path)
     try:
         vocab = Vocabulary(header["vocab"])
     except ValueError as error:
@@ -155,11 +174,11 @@ def load_checkpoint(path: Path) -> Checkpoint:
         raise MrhpError(
             f"{path}: header says model {header['model_name']!r} but its config says {config.model.name!r}"
         )
-    if len(vocab) != config.model.vocab_size:
-        raise MrhpError(f"{path}: the vocabulary has {len(vocab)} words but the config's model.vocab_size is "
-                        f"{config.model.vocab_size}")
+    if len(vocab) != inputs.vocab_size:
+        raise MrhpError(f"{path}: the vocabulary has {len(vocab)} words but the header's inputs.vocab_size is "
+                        f"{inputs.vocab_size}")
     try:
-        model = build_model(config.model)
+        model = build_model(config.model, inputs)
     except (ValueError, RuntimeError) as error:
         raise MrhpError(f"{path}: its config builds no model ({error})") from None
     weights = {name[len("model."):]: value for name, value in tensors.items() if name.startswith("model.")}
@@ -179,6 +198,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
     return Checkpoint(
         model=model,
         config=config,
+        inputs=inputs,
         vocab=vocab,
         relevance_threshold=int(header["relevance_threshold"]),
         metrics=header.get("metrics", {}),

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from mrhp.config import ModelConfig
+from mrhp.config import ModelConfig, ModelInputs
 from mrhp.data.batching import SIDE_FEATURES, Batch
 from mrhp.objectives.losses import MODALITY_KEYS
 
@@ -178,36 +178,36 @@ class CrossModalLayer(nn.Module):
 class HelpfulnessModel(nn.Module):
     """f(p, r): scores every product-review row of a batch (eqs. 2-29)."""
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, inputs: ModelInputs):
         super().__init__()
-        if config.vocab_size <= 2:
-            raise ValueError("ModelConfig.vocab_size must be set from the vocabulary before building the model")
+        if inputs.vocab_size <= 2:
+            raise ValueError("ModelInputs.vocab_size must count the vocabulary (padding, <unk> and words: > 2)")
         d, heads, drop = config.hidden_size, config.num_heads, config.dropout
         self.use_interaction = config.use_interaction
         self.checkpoint_activations = config.checkpoint_activations
-        self.use_images = config.use_images and config.image_dim > 0
-        self.image_dim = config.image_dim
+        self.use_images = config.use_images and inputs.image_dim > 0
+        self.image_dim = inputs.image_dim
         self.reads_states = config.text_encoder != "lstm"
         self.text_encoder_name = config.text_encoder
         self.embedding_dropout = nn.Dropout(drop)
         if not self.reads_states:
             # Text encoders (eqs. 2-3): one word embedding, separate LSTMs for product and review.
-            self.embedding = nn.Embedding(config.vocab_size, config.embedding_dim, padding_idx=0)
-            self.product_lstm = nn.LSTM(config.embedding_dim, d, batch_first=True)
-            self.review_lstm = nn.LSTM(config.embedding_dim, d, batch_first=True)
+            self.embedding = nn.Embedding(inputs.vocab_size, inputs.embedding_dim, padding_idx=0)
+            self.product_lstm = nn.LSTM(inputs.embedding_dim, d, batch_first=True)
+            self.review_lstm = nn.LSTM(inputs.embedding_dim, d, batch_first=True)
         else:
             # A pretrained transformer's token states, stored when preparing, replace LSTM(W_emb(T)): its top
             # `text_tuned_layers` layers (shared by product and review, as the pretrained encoder is) are trained
             # here, then separate projections H -> d for product and review, as the LSTMs were separate.
             from mrhp.features.text_encoder import PRETRAINED, TopLayers
 
-            if config.text_state_dim <= 0:
-                raise ValueError("ModelConfig.text_state_dim must be set from the prepared dataset")
+            if inputs.text_state_dim <= 0:
+                raise ValueError("ModelInputs.text_state_dim must be the width of the stored token states")
             self.text_top = TopLayers(PRETRAINED[config.text_encoder], config.text_tuned_layers, drop)
-            self.product_text_projection = nn.Linear(config.text_state_dim, d)
-            self.review_text_projection = nn.Linear(config.text_state_dim, d)
+            self.product_text_projection = nn.Linear(inputs.text_state_dim, d)
+            self.review_text_projection = nn.Linear(inputs.text_state_dim, d)
         # Image encoders (eq. 4): Linear F -> d, then self-attention; separate for product and review.
-        image_dim = max(config.image_dim, 1)
+        image_dim = max(inputs.image_dim, 1)
         self.product_image_projection = nn.Linear(image_dim, d)
         self.review_image_projection = nn.Linear(image_dim, d)
         self.product_image_encoder = nn.ModuleList(

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from mrhp.config import MODEL_NAMES, ModelConfig
+from mrhp.config import MODEL_NAMES, ModelConfig, ModelInputs
 from mrhp.models.baselines import EGCNN, MCR, BiMPM, ConvKNRM, DRNet, PRHNet, SSECross
 from mrhp.models.paper import HelpfulnessModel
 
@@ -66,11 +66,11 @@ __all__ = ["CAPABILITIES", "EXPLAINED", "MODEL_NAMES", "MODELS", "TEXT_ONLY", "C
            "capabilities", "explains", "initialise_from_data", "reads_images", "reads_text_states"]
 
 
-def build_model(config: ModelConfig) -> nn.Module:
-    """A freshly initialised model of kind `config.name` (one of `MODEL_NAMES`)."""
+def build_model(config: ModelConfig, inputs: ModelInputs) -> nn.Module:
+    """A freshly initialised model of kind `config.name` (one of `MODEL_NAMES`) for the data `inputs` describes."""
     if config.name not in MODELS:
         raise ValueError(f"unknown model {config.name!r}; expected one of {', '.join(MODEL_NAMES)}")
-    return MODELS[config.name](config)
+    return MODELS[config.name](config, inputs)
 
 
 def initialise_from_data(model: nn.Module, vectors: Tensor | None) -> None:
@@ -90,9 +90,9 @@ def capabilities(name: str) -> Capabilities:
     return CAPABILITIES[name]
 
 
-def reads_images(config: ModelConfig) -> bool:
-    """Whether a model built from `config` looks at image regions at all."""
-    return config.use_images and config.image_dim > 0 and capabilities(config.name).images
+def reads_images(config: ModelConfig, inputs: ModelInputs) -> bool:
+    """Whether a model built from `config` for `inputs` looks at image regions at all."""
+    return config.use_images and inputs.image_dim > 0 and capabilities(config.name).images
 
 
 def explains(config: ModelConfig) -> bool:

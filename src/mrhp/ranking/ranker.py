@@ -119,7 +119,7 @@ class Ranker:
             raise MrhpError(f"batch_rows must be >= 1, got {self.batch_rows}")
         self.image_files = image_files if image_files is not None else ImageFiles(checkpoint)
         self.text_states = TextStates(checkpoint)
-        self.uses_images = reads_images(checkpoint.config.model)
+        self.uses_images = reads_images(checkpoint.config.model, checkpoint.inputs)
         self.explains = explains(checkpoint.config.model)
         self.reader = RequestReader(checkpoint, text_states=self.text_states, image_files=self.image_files)
 
@@ -151,7 +151,7 @@ class Ranker:
         config = self.checkpoint.config
         for groups, scores, explanation in score_groups(
             self.checkpoint.model, pieces, lists_of, batch_rows=self.batch_rows, data=config.data,
-            feature_dim=config.model.image_dim, explain=explain,
+            feature_dim=self.checkpoint.inputs.image_dim, explain=explain,
         ):
             start = 0
             for index, rows in groups:

@@ -171,9 +171,9 @@ class ImageFiles:
 
     def __init__(self, checkpoint: Checkpoint, *, input_size: int = DEFAULT_INPUT_SIZE,
                  max_regions: int = DEFAULT_MAX_REGIONS, threads: int | None = None) -> None:
-        width = checkpoint.config.model.image_dim
+        width = checkpoint.inputs.image_dim
         self.unusable: str | None = None
-        if not reads_images(checkpoint.config.model):
+        if not reads_images(checkpoint.config.model, checkpoint.inputs):
             self.unusable = "the model uses no images"
         elif width != FEATURE_DIM:
             self.unusable = (f"this model takes {width}-d region features and the image feature extractor gives "
@@ -286,9 +286,9 @@ class RequestReader:
         self.checkpoint = checkpoint
         self.text_states = text_states
         self.image_files = image_files
-        self.uses_images = reads_images(checkpoint.config.model)
+        self.uses_images = reads_images(checkpoint.config.model, checkpoint.inputs)
         self.explains = explains(checkpoint.config.model)
-        self.feature_dim = checkpoint.config.model.image_dim
+        self.feature_dim = checkpoint.inputs.image_dim
 
     def read(self, request: object, *, where: str | None = None, base_dir: Path | None = None,
              limits: RequestLimits = RequestLimits()) -> RankingRequest:

@@ -59,15 +59,15 @@ def check_fits(checkpoint: Checkpoint, dataset: PreparedDataset) -> None:
                       min(len(checkpoint.vocab), len(dataset.vocab)))
         raise MrhpError(f"{where} have different vocabularies ({len(dataset.vocab)} and {len(checkpoint.vocab)} "
                         f"words, first difference at id {differ}): evaluate on the dataset the model was trained on")
-    model = checkpoint.config.model
-    if model.image_dim != dataset.feature_dim:
+    model, inputs = checkpoint.config.model, checkpoint.inputs
+    if inputs.image_dim != dataset.feature_dim:
         raise MrhpError(f"{where}: region features are {dataset.feature_dim}-d in the data, the model takes "
-                        f"{model.image_dim}")
+                        f"{inputs.image_dim}")
     stored = dataset.text_encoder
     if model.text_encoder != "lstm" and (stored is None or stored.get("name") != model.text_encoder
-                                         or int(stored.get("dim", -1)) != model.text_state_dim):
+                                         or int(stored.get("dim", -1)) != inputs.text_state_dim):
         raise MrhpError(f"{where}: the model reads {model.text_encoder!r} token states of width "
-                        f"{model.text_state_dim}; the data holds {stored or 'none'}")
+                        f"{inputs.text_state_dim}; the data holds {stored or 'none'}")
 
 
 def per_product_metrics(

@@ -27,7 +27,7 @@ from torch import nn
 from mrhp.compute import distributed
 from mrhp.compute.devices import autocast, grad_scaler
 from mrhp.compute.distributed import Runtime
-from mrhp.config import Config
+from mrhp.config import Config, ModelInputs
 from mrhp.data.batching import Batch, training_batches
 from mrhp.data.loader import PlannedBatches, batch_loader
 from mrhp.data.prepared import PreparedDataset
@@ -49,8 +49,9 @@ from mrhp.scoring.evaluate import evaluate_split, format_metrics
 log = logging.getLogger(__name__)
 
 
-def resolve_config(config: Config, dataset: PreparedDataset) -> Config:
-    """Fill in what the data decides: vocabulary size, image feature width, word-vector width, token-state width.
+def model_inputs(config: Config, dataset: PreparedDataset) -> ModelInputs:
+    """What the data decides about the model: vocabulary size, image feature width, word-vector width, token-state
+    width.
 
     A pretrained text encoder reads the token states stored when preparing, so the dataset must have been
     prepared with the same encoder and with its states taken below the layers trained here (``MrhpError``)."""
@@ -68,14 +69,12 @@ def resolve_config(config: Config, dataset: PreparedDataset) -> Config:
                 + ("none" if stored is None else f"{stored.get('name')!r} at layer {stored.get('layer')}")
                 + ": run `mrhp prepare` with the same --config (or --text-encoder)"
             )
-    model = dataclasses.replace(
-        config.model,
+    return ModelInputs(
         vocab_size=len(dataset.vocab),
         image_dim=dataset.feature_dim,
         embedding_dim=embeddings.shape[1] if embeddings is not None else config.model.embedding_dim,
         text_state_dim=int(stored["dim"]) if stored is not None and wanted != "lstm" else 0,
     )
-    return dataclasses.replace(config, model=model)
 
 
 def joint_loss(output: ModelOutput, batch: Batch, config: Config) -> tuple[torch.Tensor, dict[str, float]]:
@@ -191,19 +190,19 @@ def train(
     dataset = PreparedDataset.open(data_path)
     for name in ("train", "dev"):
         dataset.split(name)  # fails early, naming the available splits
-    config = resolve_config(config, dataset)
+    inputs = model_inputs(config, dataset)
     with distributed.session(config.train.device) as runtime:
-        return _train(config, dataset, run_dir, resume, progress and runtime.main, runtime)
+        return _train(config, inputs, dataset, run_dir, resume, progress and runtime.main, runtime)
 
 
-def _resume_from(last_path: Path, config: Config, runtime: Runtime) -> Checkpoint:
+def _resume_from(last_path: Path, config: Config, inputs: ModelInputs, runtime: Runtime) -> Checkpoint:
     """The checkpoint to resume from, when it was written by the same config (epochs, device and loader workers
     may change) and world size."""
     saved = load_checkpoint(last_path)
     free = {"epochs": 0, "device": "", "loader_workers": 0}
     if dataclasses.replace(saved.config.train, **free) != dataclasses.replace(config.train, **free) or (
         (saved.config.model, saved.config.loss, saved.config.data) != (config.model, config.loss, config.data)
-    ):
+    ) or saved.inputs != inputs:
         raise MrhpError(
             f"--resume: the config differs from the one saved in {last_path} (only train.epochs, train.device and "
             "train.loader_workers may change); use a new run folder"
@@ -219,18 +218,18 @@ def _resume_from(last_path: Path, config: Config, runtime: Runtime) -> Checkpoin
     return saved
 
 
-def _train(config: Config, dataset: PreparedDataset, run_dir: Path, resume: bool, progress: bool,
-           runtime: Runtime) -> dict[str, object]:
+def _train(config: Config, inputs: ModelInputs, dataset: PreparedDataset, run_dir: Path, resume: bool,
+           progress: bool, runtime: Runtime) -> dict[str, object]:
     last_path = run_dir / "last.safetensors"
     if runtime.main:
         run_dir.mkdir(parents=True, exist_ok=True)
     if config.train.threads > 0:
         torch.set_num_threads(config.train.threads)
     torch.manual_seed(config.train.seed)
-    model = build_model(config.model)
+    model = build_model(config.model, inputs)
     state: dict[str, object] = {"epoch": 0, "best_metric": -math.inf, "best_epoch": 0, "best": None,
                                 "world_size": runtime.world_size}
-    saved = _resume_from(last_path, config, runtime) if resume and last_path.exists() else None
+    saved = _resume_from(last_path, config, inputs, runtime) if resume and last_path.exists() else None
     if saved is not None:
         model.load_state_dict(saved.model.state_dict())
         torch.set_rng_state(saved.rng)
@@ -301,7 +300,7 @@ def _train(config: Config, dataset: PreparedDataset, run_dir: Path, resume: bool
         state.update(epoch=epoch, scheduler=scheduler.state_dict(), grad_scaler=scaler.state_dict())
         if runtime.main:
             _write_epoch(run_dir, record, improved, optimizer, Checkpoint(
-                model, config, dataset.vocab, threshold, metrics={"dev": dev, "epoch": epoch}, state=state))
+                model, config, inputs, dataset.vocab, threshold, metrics={"dev": dev, "epoch": epoch}, state=state))
     runtime.barrier()  # every rank returns once rank 0 has written the last checkpoint
     return dict(state["best"] or {})
 

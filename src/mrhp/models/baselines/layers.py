@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mrhp.config import ModelConfig
+from mrhp.config import ModelConfig, ModelInputs
 from mrhp.data.batching import Batch
 from mrhp.models.paper import (
     MaskedAttention,
@@ -48,7 +48,7 @@ class Ranker(nn.Module):
     def __init__(self, vocab_size: int, embedding_dim: int, dropout: float):
         super().__init__()
         if vocab_size <= 2:
-            raise ValueError("ModelConfig.vocab_size must be set from the vocabulary before building the model")
+            raise ValueError("ModelInputs.vocab_size must count the vocabulary (padding, <unk> and words: > 2)")
         self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=0)
         self.embedding_dropout = nn.Dropout(dropout)
 
@@ -161,12 +161,12 @@ class SharedEncoderRanker(Ranker):
     `d / 2` units per direction) and one image encoder (Linear(F -> d) + one self-attention block) shared by both
     sides; `dim` is d."""
 
-    def __init__(self, config: ModelConfig):
-        super().__init__(config.vocab_size, config.embedding_dim, config.dropout)
+    def __init__(self, config: ModelConfig, inputs: ModelInputs):
+        super().__init__(inputs.vocab_size, inputs.embedding_dim, config.dropout)
         self.dim = 2 * (config.hidden_size // 2)
-        self.use_images = config.use_images and config.image_dim > 0
-        self.text_encoder = BiLSTM(config.embedding_dim, self.dim // 2)
-        self.image_encoder = ImageEncoder(config.image_dim, self.dim, 1, config.num_heads, config.feedforward_size,
+        self.use_images = config.use_images and inputs.image_dim > 0
+        self.text_encoder = BiLSTM(inputs.embedding_dim, self.dim // 2)
+        self.image_encoder = ImageEncoder(inputs.image_dim, self.dim, 1, config.num_heads, config.feedforward_size,
                                           config.dropout)
 
 

@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mrhp.config import ModelConfig
+from mrhp.config import ModelConfig, ModelInputs
 from mrhp.data.batching import Batch
 from mrhp.models.baselines.layers import (
     CrossAttention,
@@ -135,14 +135,14 @@ class ClaimReasoning(nn.Module):
 class MCR(Ranker):
     """f(p, r) of MCR; see the module docstring."""
 
-    def __init__(self, config: ModelConfig):
-        super().__init__(config.vocab_size, config.embedding_dim, config.dropout)
+    def __init__(self, config: ModelConfig, inputs: ModelInputs):
+        super().__init__(inputs.vocab_size, inputs.embedding_dim, config.dropout)
         d, heads, drop = config.hidden_size, config.num_heads, config.dropout
-        self.use_images = config.use_images and config.image_dim > 0
-        self.product_text = NgramConv(config.embedding_dim, d, TEXT_NGRAMS, activation=False)
-        self.review_text = NgramConv(config.embedding_dim, d, TEXT_NGRAMS, activation=False)
-        self.product_image = ImageEncoder(config.image_dim, d, IMAGE_LAYERS, heads, 4 * d, drop)
-        self.review_image = ImageEncoder(config.image_dim, d, IMAGE_LAYERS, heads, 4 * d, drop)
+        self.use_images = config.use_images and inputs.image_dim > 0
+        self.product_text = NgramConv(inputs.embedding_dim, d, TEXT_NGRAMS, activation=False)
+        self.review_text = NgramConv(inputs.embedding_dim, d, TEXT_NGRAMS, activation=False)
+        self.product_image = ImageEncoder(inputs.image_dim, d, IMAGE_LAYERS, heads, 4 * d, drop)
+        self.review_image = ImageEncoder(inputs.image_dim, d, IMAGE_LAYERS, heads, 4 * d, drop)
         # (a) intra-modal coherence
         self.text_cross, self.image_cross = CrossAttention(d, heads, drop), CrossAttention(d, heads, drop)
         self.text_self = SelfAttentionBlock(d, heads, 4 * d, drop)

@@ -321,7 +321,7 @@ def describe(ranker: Ranker, checkpoint_path: Path, settings: ServeSettings) -> 
             "vocabulary_size": len(checkpoint.vocab),
             "uses_images": ranker.uses_images,
             "explains": ranker.explains,
-            "image_feature_size": config.model.image_dim,
+            "image_feature_size": checkpoint.inputs.image_dim,
             "image_files": ranker.image_files.unusable is None,
             "image_files_note": ranker.image_files.note,
             "max_tokens": config.data.max_tokens,
@@ -373,7 +373,7 @@ def create_app(checkpoint_path: Path, settings: ServeSettings | None = None) -> 
             f"{settings.max_reviews} reviews per request and texts of at most {settings.max_text_chars} characters "
             f"(422); texts are cut at {data.max_tokens} tokens and items at {data.max_regions} image regions, as in "
             f"training; at most {settings.max_queued} requests waiting (503). Images: inline region features "
-            f"[n_regions, {checkpoint.config.model.image_dim}]; base64 image files: {image_files.note} (else 501)."
+            f"[n_regions, {checkpoint.inputs.image_dim}]; base64 image files: {image_files.note} (else 501)."
         ),
     )
     app.add_middleware(_BodyLimit, max_bytes=settings.max_request_bytes)
