@@ -53,8 +53,9 @@ from mrhp.data.jsonl import ImageFeatures, link_image_files
 from mrhp.data.prepared import PreparedDataset
 from mrhp.data.records import FeatureProblem, RawDataset
 from mrhp.errors import DataError, MrhpError
-from mrhp.features.image_folder import remove_stale_temporaries, write_atomic
+from mrhp.features.image_folder import remove_stale_temporaries
 from mrhp.features.images import DEFAULT_MAX_PIXELS, ImageError, load_image
+from mrhp.outputs import write_atomic, write_text_atomic
 from mrhp.progress import progress_bar
 
 if TYPE_CHECKING:
@@ -190,7 +191,7 @@ def read_manifest(path: Path) -> dict[str, dict]:
 
 def _write_manifest(path: Path, entries: Sequence[dict]) -> None:
     text = "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in entries)
-    write_atomic(path, lambda handle: handle.write(text.encode("utf-8")))
+    write_text_atomic(path, text)
 
 
 def _settled(folder: Path, entry: dict, retry_failed: bool) -> bool:
@@ -345,7 +346,7 @@ class _Downloader:
         path = self.folder / relative
         if not path.is_file():  # the same content from another URL is stored once
             path.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(path, lambda handle: handle.write(data))
+            write_atomic(path, lambda temporary: temporary.write_bytes(data))
         return _Result("ok", "", status, len(data), digest, relative)
 
 
