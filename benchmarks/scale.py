@@ -25,7 +25,7 @@ traffic: no fusion, no cache) and the operators, and times the collation of a ba
 PROJECTION for one H200 from its data-sheet peaks, marked as such. --compile also times the same steps with
 torch.compile in one process.
 
-    python benchmarks/scale.py [--out DIR] [--steps 8] [--warmup 2] [--threads 2] [--workers 0] [--compile]
+    python benchmarks/scale.py [--out DIR] [--steps 8] [--warmup 2] [--threads 2] [--workers 0] [--compile] [--smoke]
 """
 
 from __future__ import annotations
@@ -34,10 +34,8 @@ import argparse
 import itertools
 import json
 import os
-import resource
 import shutil
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,6 +43,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _common import add_smoke, peak_rss_gb, python, report_result
+from _common import run_child as run_command
 
 SIZES = {"products": 18_000, "reviews": 462_000, "tokens": 128, "regions": 128, "feature_dim": 2048,
          "vocab": 50_000, "dev_products": 200}
@@ -89,6 +89,8 @@ def build_dataset(path: Path, pool: int) -> None:
                                                                 dtype=np.int32))
             np.save(folder / f"{kind}_token_offsets.npy", np.arange(count + 1, dtype=np.int64) * SIZES["tokens"])
             np.save(folder / f"{kind}_image.npy", rng.integers(0, pool, count, dtype=np.int64))
+            (folder / f"{kind}_unk_words.txt").write_text("", encoding="utf-8")  # every word is in the vocabulary
+            np.save(folder / f"{kind}_unk_offsets.npy", np.zeros(count + 1, dtype=np.int64))
         np.save(folder / "review_product.npy", np.repeat(np.arange(products, dtype=np.int64), per_product))
         np.save(folder / "labels.npy", rng.integers(0, 5, reviews, dtype=np.int64))
         np.save(folder / "review_rating.npy", rng.integers(1, 6, reviews).astype(np.float32))
@@ -146,18 +148,18 @@ def measure(args: argparse.Namespace) -> None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - started
-        peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
+        peak_gb = peak_rss_gb()
         gpu_gb = torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else 0.0
         # Per-rank figures, each in its own slot, summed over the ranks.
         slots = np.zeros((5, runtime.world_size))
         slots[:, runtime.rank] = (rows, seconds, waited, peak_gb, gpu_gb)
         slots = runtime.sum(slots)
         if runtime.main:
-            print("RESULT " + json.dumps({
+            report_result({
                 "ranks": runtime.world_size, "steps": steps, "rows": float(slots[0].sum()),
                 "seconds": float(slots[1].max()), "wait_share": float((slots[2] / slots[1]).mean()),
                 "peak_gb": slots[3].tolist(), "gpu_gb": slots[4].tolist(),
-            }))
+            })
 
 
 def profile(args: argparse.Namespace) -> None:
@@ -216,10 +218,10 @@ def profile(args: argparse.Namespace) -> None:
     traffic = Traffic()
     with traffic:
         step(inputs[2])
-    print("RESULT " + json.dumps({"flops": flops.get_total_flops(), "bytes": traffic.bytes,
-                                  "operators": traffic.operators, "rows": int(inputs[1].review_labels.numel()),
-                                  "rows_traffic": int(inputs[2].review_labels.numel()), "collate_ms": collate_ms,
-                                  "collate_rows": float(np.mean([b.review_labels.numel() for b in inputs]))}))
+    report_result({"flops": flops.get_total_flops(), "bytes": traffic.bytes,
+                   "operators": traffic.operators, "rows": int(inputs[1].review_labels.numel()),
+                   "rows_traffic": int(inputs[2].review_labels.numel()), "collate_ms": collate_ms,
+                   "collate_rows": float(np.mean([b.review_labels.numel() for b in inputs]))})
 
 
 # ---- the parent ------------------------------------------------------------------------------------------------
@@ -241,16 +243,8 @@ def run_child(args: argparse.Namespace, mode: str, *, processes: int = 1, thread
         command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node",
                    str(processes), "--master-addr", "127.0.0.1", "--master-port", str(free_port()), __file__, *options]
     else:
-        command = [sys.executable, __file__, *options]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    try:
-        finished = subprocess.run(command, capture_output=True, text=True, env=env, timeout=args.timeout, check=False)
-    except subprocess.TimeoutExpired:
-        raise RuntimeError(f"the {mode} measurement ran past --timeout {args.timeout} s") from None
-    lines = [line for line in finished.stdout.splitlines() if line.startswith("RESULT ")]
-    if finished.returncode != 0 or not lines:
-        raise RuntimeError(f"the {mode} measurement ({' '.join(command[1:])}) failed:\n{finished.stderr[-4000:]}")
-    return json.loads(lines[-1][len("RESULT "):])
+        command = python(__file__, *options)
+    return run_command(command, env={**os.environ, "OMP_NUM_THREADS": str(threads)}, timeout=args.timeout)
 
 
 def report(name: str, result: dict) -> float:
@@ -309,7 +303,12 @@ def main() -> None:
     parser.add_argument("--child", choices=("measure", "profile"), help=argparse.SUPPRESS)
     parser.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
     parser.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
+    add_smoke(parser)
     args = parser.parse_args()
+    if args.smoke:  # a toy dataset in a fresh folder, one timed step, one process
+        SIZES.update(products=16, reviews=128, tokens=8, regions=4, feature_dim=16, vocab=50, dev_products=4)
+        args.pool, args.steps, args.warmup = 4, 1, 1
+        args.out = Path(tempfile.mkdtemp(prefix="mrhp-scale-smoke-"))
     if args.child == "measure":
         measure(args)
         return
@@ -323,9 +322,10 @@ def main() -> None:
           f"{SIZES['feature_dim']}-d per item from a pool of {args.pool}; per-rank batch 32 rows; "
           f"loader workers {args.workers}")
     one = report(f"cpu 1 process, {args.threads} threads", run_child(args, "measure", threads=args.threads))
-    ddp = report("cpu DDP 2 processes (gloo), 1 thread", run_child(args, "measure", processes=2, threads=1))
-    print(f"DDP scaling: 2 gloo processes give {ddp / one:.2f}x the rows/s of 1 process with {args.threads} threads "
-          "(target >= 0.8)")
+    if not args.smoke:
+        ddp = report("cpu DDP 2 processes (gloo), 1 thread", run_child(args, "measure", processes=2, threads=1))
+        print(f"DDP scaling: 2 gloo processes give {ddp / one:.2f}x the rows/s of 1 process with {args.threads} "
+              "threads (target >= 0.8)")
     if torch.cuda.is_available():
         for precision in ("fp32", "bf16"):
             report(f"1 GPU {precision}", run_child(args, "measure", threads=args.threads, device="cuda",

@@ -35,16 +35,18 @@ import json
 import logging
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
+from _common import add_smoke, demo_data, smoke_config
 
 from mrhp.config import Config, apply_overrides, load_config
 from mrhp.data.prepared import PreparedDataset
 from mrhp.objectives.metrics import METRICS
 from mrhp.studies.compare import compare_systems, format_comparison, read_per_product
-from mrhp.studies.demo import demo_config, prepare_demo_data
+from mrhp.studies.demo import demo_config
 from mrhp.studies.experiment import evaluate_best
 from mrhp.training.loop import train
 
@@ -64,12 +66,13 @@ def folder(out: Path, key: str, system: str, seed: int) -> Path:
     return out / key / f"{slug}-seed{seed}"
 
 
-def open_dataset(key: str, shared: Path, out: Path) -> tuple[PreparedDataset, Config]:
-    """The set's prepared dataset (prepared once, reused by later runs) and its baseline config."""
+def open_dataset(key: str, shared: Path, out: Path, smoke: bool = False) -> tuple[PreparedDataset, Config]:
+    """The set's prepared dataset (prepared once, reused by later runs) and its baseline config; with `smoke`,
+    toy data and settings."""
     if key == "demo":
         prepared = out / key / "data" / "prepared"
-        dataset = PreparedDataset.open(prepared) if prepared.is_dir() else prepare_demo_data(out / key / "data", 0)
-        return dataset, demo_config()
+        dataset = PreparedDataset.open(prepared) if prepared.is_dir() else demo_data(out / key / "data", smoke)
+        return dataset, smoke_config(demo_config(), smoke)
     sys.path.insert(0, str(REPO / "benchmarks"))
     from real_data import MODEL_OVERRIDES, CachedStates, prepare_seed
 
@@ -180,7 +183,11 @@ def main() -> int:
     parser.add_argument("--weights", type=float, nargs="+", default=[0.1, 1.0],
                         help="candidate loss.set_contrastive_weight values, chosen on dev")
     parser.add_argument("--out", type=Path, default=Path("runs/set-contrastive"))
+    add_smoke(parser)
     args = parser.parse_args()
+    if args.smoke:  # the demo set only, one seed and weight, toy sizes, in a fresh folder
+        args.sets, args.seeds, args.all_seeds, args.weights = ["demo"], [0], [0], [1.0]
+        args.out = Path(tempfile.mkdtemp(prefix="set-contrastive-smoke-"))
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(1)
     started = time.perf_counter()
@@ -189,7 +196,7 @@ def main() -> int:
         if key == REAL_SET and not (args.shared / REAL_SET).is_dir():
             print(f"set_contrastive: {key} skipped: {args.shared / REAL_SET} not found")
             continue
-        dataset, base = open_dataset(key, args.shared, args.out)
+        dataset, base = open_dataset(key, args.shared, args.out, args.smoke)
         select_seeds = args.select_seeds or args.all_seeds
         train_runs(key, dataset, base, args.weights, [s for s in args.seeds if s in select_seeds], args.out)
         selected = choose_weight(args.out, key, args.weights, select_seeds)
