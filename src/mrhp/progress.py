@@ -8,19 +8,26 @@ log lines. So a bar is drawn only when its stream (stderr) is a terminal, and `s
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from tqdm import tqdm
 
 
-_hidden = False  # every bar is off: the command line's --no-progress (`hide_progress`)
+_hidden = False  # every bar is off: the command line's --no-progress (`bars_hidden`)
 
 
-def hide_progress(hidden: bool = True) -> None:
-    """Draw no bar in this process (the command line's `--no-progress`, also for bars no `show` reaches)."""
+@contextmanager
+def bars_hidden(hidden: bool = True) -> Iterator[None]:
+    """Within the block, draw no bar when `hidden` (the command line's `--no-progress`, which also reaches bars
+    that no `show` argument does); the previous state comes back after it."""
     global _hidden
-    _hidden = hidden
+    previous, _hidden = _hidden, hidden or _hidden
+    try:
+        yield
+    finally:
+        _hidden = previous
 
 
 def progress_bar(iterable: Iterable | None = None, *, show: bool = True, **options: Any) -> tqdm:

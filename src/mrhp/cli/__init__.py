@@ -13,7 +13,7 @@ from mrhp import __version__
 from mrhp.cli import data, evaluation, ranking, studies, training
 from mrhp.cli.options import check_outputs
 from mrhp.errors import MrhpError
-from mrhp.progress import hide_progress
+from mrhp.progress import bars_hidden
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,10 +32,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    hide_progress(getattr(args, "no_progress", False))
     try:
         check_outputs(args)
-        return args.handler(args)
+        with bars_hidden(getattr(args, "no_progress", False)):
+            return args.handler(args)
     except MrhpError as error:
         print(f"mrhp {args.command}: error: {error}", file=sys.stderr)
         return 2
