@@ -22,73 +22,8 @@ def _prepare(args: argparse.Namespace) -> int:
     from mrhp.data.prepare import check_prepare_out, format_report, prepare_dataset
 
     check_prepare_out(args.out, args.overwrite)
-    if args.format in DUMP_FORMATS:
-        from mrhp.data.dumps import parse_column_mapping, read_dump
-
-        if args.input is None:
-            raise MrhpError(f"prepare --format {args.format} needs --input")
-        raw = read_dump(
-            args.format,
-            args.input,
-            metadata=args.metadata,
-            metadata_features=args.metadata_features,
-            business=args.business,
-            columns=parse_column_mapping(args.columns) if args.columns else None,
-            lenient=args.lenient,
-            fractions=tuple(args.split_fractions),
-            seed=args.seed,
-            votes_scheme=args.votes_scheme,
-            min_reviews=args.min_reviews,
-            drop_single_level=args.drop_single_level,
-            relevance_threshold=args.relevance_threshold,
-        )
-        if args.fetched is not None:
-            _attach_fetched(args, raw)
-    elif args.format == "mrhp":
-        from mrhp.data.official import read_official
-
-        if args.fetched is not None:
-            raise MrhpError("--fetched is for --format jsonl and the dump formats (the official files come with "
-                            "region features)")
-        if args.data_dir is None or args.category is None:
-            raise MrhpError("prepare --format mrhp needs --data-dir and --category")
-        raw = read_official(
-            args.data_dir,
-            args.category,
-            product_features=args.product_features or args.features,
-            review_features=args.review_features or args.features,
-            product_text=args.product_text,
-            max_regions_per_image=DEFAULT_MAX_REGIONS_PER_IMAGE if args.max_regions_per_image is None
-            else args.max_regions_per_image,
-            max_regions_per_item=args.max_regions_per_item,
-            max_missing_image_rate=args.max_missing_image_rate,
-            unsafe_unpickle_features=args.unsafe_unpickle_features,
-        )
-    else:
-        from mrhp.data.jsonl import read_jsonl
-        from mrhp.features.image_folder import format_folder_report
-        from mrhp.features.images import images_available
-
-        if args.products is None or args.reviews is None:
-            raise MrhpError("prepare --format jsonl needs --products and --reviews")
-        fetched = _fetched(args)
-        # Image files in the data are extracted into (or resumed from) the feature folder; without the images
-        # extra, read_jsonl refuses them with a message that says how to install it.
-        folder = _image_folder(args, args.image_features, progress=not args.no_progress) if images_available() else None
-        raw = read_jsonl(
-            args.products,
-            args.reviews,
-            fractions=tuple(args.split_fractions),
-            seed=args.seed,
-            votes_scheme=args.votes_scheme,
-            max_regions_per_image=args.max_regions_per_image,
-            max_regions_per_item=args.max_regions_per_item,
-            max_missing_image_rate=args.max_missing_image_rate,
-            image_features=folder.resolve if folder is not None else None,
-            fetched=fetched.resolve if fetched is not None else None,
-        )
-        if folder is not None and folder.last_report is not None:
-            print(format_folder_report(folder.last_report))
+    read = _read_dump if args.format in DUMP_FORMATS else _read_official if args.format == "mrhp" else _read_jsonl
+    raw = read(args)
     report = prepare_dataset(
         raw,
         args.out,
@@ -101,6 +36,81 @@ def _prepare(args: argparse.Namespace) -> int:
     print(format_report(report))
     print(f"prepared dataset written to {args.out}")
     return 0
+
+
+def _read_dump(args: argparse.Namespace):
+    from mrhp.data.dumps import parse_column_mapping, read_dump
+
+    if args.input is None:
+        raise MrhpError(f"prepare --format {args.format} needs --input")
+    raw = read_dump(
+        args.format,
+        args.input,
+        metadata=args.metadata,
+        metadata_features=args.metadata_features,
+        business=args.business,
+        columns=parse_column_mapping(args.columns) if args.columns else None,
+        lenient=args.lenient,
+        fractions=tuple(args.split_fractions),
+        seed=args.seed,
+        votes_scheme=args.votes_scheme,
+        min_reviews=args.min_reviews,
+        drop_single_level=args.drop_single_level,
+        relevance_threshold=args.relevance_threshold,
+    )
+    if args.fetched is not None:
+        _attach_fetched(args, raw)
+    return raw
+
+
+def _read_official(args: argparse.Namespace):
+    from mrhp.data.official import read_official
+
+    if args.fetched is not None:
+        raise MrhpError("--fetched is for --format jsonl and the dump formats (the official files come with "
+                        "region features)")
+    if args.data_dir is None or args.category is None:
+        raise MrhpError("prepare --format mrhp needs --data-dir and --category")
+    return read_official(
+        args.data_dir,
+        args.category,
+        product_features=args.product_features or args.features,
+        review_features=args.review_features or args.features,
+        product_text=args.product_text,
+        max_regions_per_image=DEFAULT_MAX_REGIONS_PER_IMAGE if args.max_regions_per_image is None
+        else args.max_regions_per_image,
+        max_regions_per_item=args.max_regions_per_item,
+        max_missing_image_rate=args.max_missing_image_rate,
+        unsafe_unpickle_features=args.unsafe_unpickle_features,
+    )
+
+
+def _read_jsonl(args: argparse.Namespace):
+    from mrhp.data.jsonl import read_jsonl
+    from mrhp.features.image_folder import format_folder_report
+    from mrhp.features.images import images_available
+
+    if args.products is None or args.reviews is None:
+        raise MrhpError("prepare --format jsonl needs --products and --reviews")
+    fetched = _fetched(args)
+    # Image files in the data are extracted into (or resumed from) the feature folder; without the images
+    # extra, read_jsonl refuses them with a message that says how to install it.
+    folder = _image_folder(args, args.image_features, progress=not args.no_progress) if images_available() else None
+    raw = read_jsonl(
+        args.products,
+        args.reviews,
+        fractions=tuple(args.split_fractions),
+        seed=args.seed,
+        votes_scheme=args.votes_scheme,
+        max_regions_per_image=args.max_regions_per_image,
+        max_regions_per_item=args.max_regions_per_item,
+        max_missing_image_rate=args.max_missing_image_rate,
+        image_features=folder.resolve if folder is not None else None,
+        fetched=fetched.resolve if fetched is not None else None,
+    )
+    if folder is not None and folder.last_report is not None:
+        print(format_folder_report(folder.last_report))
+    return raw
 
 
 def _fetched(args: argparse.Namespace):
