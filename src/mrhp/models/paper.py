@@ -281,8 +281,10 @@ class HelpfulnessModel(nn.Module):
             x = block(x, mask)  # [X, M, d]
         return x * mask[..., None].to(x.dtype)
 
-    def forward(self, batch: Batch, explain: bool = False) -> ModelOutput:
-        """Scores of every row; with `explain`, also their exact split (`Explanation`)."""
+    def components(self, batch: Batch) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """The encoded components (eqs. 2-4) of every row, `{name: [N, L_name, d]}`, and their masks
+        `{name: [N, L_name]}` (no region is real when the model uses no images); product encodings are computed
+        once per product, then gathered for each review row."""
         rows = batch.review_product  # [N]
         if self.reads_states:
             product_token_mask, review_token_mask = batch.product_state_mask, batch.review_state_mask
@@ -293,7 +295,6 @@ class HelpfulnessModel(nn.Module):
             product_region_mask = torch.zeros_like(product_region_mask)
             review_region_mask = torch.zeros_like(review_region_mask)
 
-        # Encoders (eqs. 2-4); product encodings once per product, then gathered for each review row.
         if self.reads_states:
             k_p = self.encode_states(self.product_text_projection, batch.product_states, product_token_mask)  # [B, Lp, d]
             k_r = self.encode_states(self.review_text_projection, batch.review_states, review_token_mask)  # [N, Lr, d]
@@ -318,20 +319,28 @@ class HelpfulnessModel(nn.Module):
             "product_image": product_region_mask[rows],  # [N, Mp]
             "review_image": review_region_mask,  # [N, Mr]
         }
+        return x, mask
 
-        # Multimodal interaction module (eqs. 9-14): each component attends to the other three.
-        if self.use_interaction:
-            out = {}
-            for name in COMPONENTS:
-                others = [other for other in COMPONENTS if other != name]
-                context = torch.cat([x[other] for other in others], dim=1)  # [N, Le, d], Le = sum of the others
-                context_mask = torch.cat([mask[other] for other in others], dim=1)  # [N, Le]
-                q = x[name]  # eq. 9: Q[0] = X_gamma
-                for layer in self.interaction[name]:
-                    q = self.run(layer, q, context, context_mask)  # [N, L_gamma, d]
-                out[name] = q * mask[name][..., None].to(q.dtype)
-        else:
-            out = x
+    def interact(self, x: dict[str, Tensor], mask: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The multimodal interaction module (eqs. 9-14): each component attends to the other three; padded
+        positions come out as zeros. Without the module (`use_interaction` off) the components as they are."""
+        if not self.use_interaction:
+            return x
+        out = {}
+        for name in COMPONENTS:
+            others = [other for other in COMPONENTS if other != name]
+            context = torch.cat([x[other] for other in others], dim=1)  # [N, Le, d], Le = sum of the others
+            context_mask = torch.cat([mask[other] for other in others], dim=1)  # [N, Le]
+            q = x[name]  # eq. 9: Q[0] = X_gamma
+            for layer in self.interaction[name]:
+                q = self.run(layer, q, context, context_mask)  # [N, L_gamma, d]
+            out[name] = q * mask[name][..., None].to(q.dtype)
+        return out
+
+    def forward(self, batch: Batch, explain: bool = False) -> ModelOutput:
+        """Scores of every row; with `explain`, also their exact split (`Explanation`)."""
+        x, mask = self.components(batch)  # encoders (eqs. 2-4)
+        out = self.interact(x, mask)  # eqs. 9-14
         h_p, h_r, v_p, v_r = (out[name] for name in COMPONENTS)  # eqs. 13-14
         m_hp, m_hr, m_vp, m_vr = (mask[name] for name in COMPONENTS)
 
