@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,9 +19,44 @@ from mrhp.features.text_encoder import TEXT_ENCODERS
 if TYPE_CHECKING:
     from mrhp.features.image_folder import ImageFeatureFolder
 
+# What a config file's [prepare] table may not set: where to write, whether to replace it, and the config itself
+# stay decisions of each command line.
+_NOT_FROM_FILE = ("out", "overwrite", "config", "set")
+# Names in the parsed arguments that are not prepare's options.
+_NOT_OPTIONS = ("command", "verbose", "handler")
+
+
+def prepare_argv(args: argparse.Namespace, argv: Sequence[str]) -> list[str]:
+    """`argv` with the options of the `[prepare]` table of `prepare --config FILE` placed before prepare's own, so
+    argparse checks them like typed options and an option given on the command line wins (the later one)."""
+    from mrhp.config import PREPARE_SECTION, prepare_section
+
+    known = sorted(set(vars(args)) - set(_NOT_OPTIONS) - set(_NOT_FROM_FILE))
+    tokens: list[str] = []
+    for key, value in prepare_section(args.config).items():
+        dest = key.replace("-", "_")
+        where = f"{args.config}: {PREPARE_SECTION}.{key}"
+        if dest not in known:
+            raise MrhpError(f"{where}: not an option a config file sets for mrhp prepare (known: {', '.join(known)})")
+        option = "--" + dest.replace("_", "-")
+        if isinstance(getattr(args, dest), bool):  # a switch (store_true): true gives it, false leaves it off
+            if not isinstance(value, bool):
+                raise MrhpError(f"{where}: expected true or false, got {value!r}")
+            tokens += [option] if value else []
+            continue
+        values = value if isinstance(value, list) else [value]
+        if not values or any(isinstance(item, (bool, dict, list)) for item in values):
+            raise MrhpError(f"{where}: expected a string, a number or a list of them, got {value!r}")
+        tokens += [option, *(str(item) for item in values)]
+    at = list(argv).index("prepare") + 1
+    return [*argv[:at], *tokens, *argv[at:]]
+
+
 def _prepare(args: argparse.Namespace) -> int:
     from mrhp.data.prepare import check_prepare_out, format_report, prepare_dataset
 
+    if args.format is None:
+        raise MrhpError("prepare needs --format (or format in the [prepare] table of --config)")
     check_prepare_out(args.out, args.overwrite)
     if args.format in DUMP_FORMATS:
         from mrhp.data.dumps import parse_column_mapping, read_dump
@@ -206,7 +242,7 @@ def _fetch_images(args: argparse.Namespace) -> int:
 def add_commands(commands: argparse._SubParsersAction) -> None:
     """The data commands."""
     prepare = commands.add_parser("prepare", help="convert a dataset into the project's prepared format")
-    prepare.add_argument("--format", choices=("mrhp", "jsonl", *DUMP_FORMATS), required=True, help="official Amazon/Lazada-MRHP files, JSON lines, or a public review dump (see src/mrhp/data/dumps.py)")
+    prepare.add_argument("--format", choices=("mrhp", "jsonl", *DUMP_FORMATS), help="(required, here or in --config's [prepare] table) official Amazon/Lazada-MRHP files, JSON lines, or a public review dump (see src/mrhp/data/dumps.py)")
     prepare.add_argument("--out", type=Path, required=True, help="output folder of the prepared dataset")
     prepare.add_argument("--overwrite", action="store_true", help="replace an existing prepared dataset")
     prepare.add_argument("--min-count", type=at_least(1), default=5, help="vocabulary: words seen fewer times in train become <unk>")
@@ -215,7 +251,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     prepare.add_argument("--max-regions-per-item", type=int, default=128)
     prepare.add_argument("--max-missing-image-rate", type=float, default=0.05, help="fail when more items miss their image features")
     prepare.add_argument("--max-regions-per-image", type=int, help=f"mrhp: first N regions per image (default {DEFAULT_MAX_REGIONS_PER_IMAGE}); jsonl: cap per .npy image, and regions per image file (default {DEFAULT_MAX_REGIONS})")
-    prepare.add_argument("--config", type=Path, help="the training config (TOML/JSON): prepare takes model.text_encoder, model.text_tuned_layers and data.max_tokens from it")
+    prepare.add_argument("--config", type=Path, help="the training config (TOML/JSON): prepare takes model.text_encoder, model.text_tuned_layers and data.max_tokens from it, and the options of its [prepare] table (those given here win)")
     prepare.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override one config setting; repeatable")
     prepare.add_argument("--text-encoder", choices=TEXT_ENCODERS, help="store the token states of this pretrained text encoder (= --set model.text_encoder=NAME; needs the text extra)")
     official = prepare.add_argument_group("--format mrhp")
