@@ -293,7 +293,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     progress_option(features)
     features.set_defaults(handler=_features)
 
-    fetch = commands.add_parser("fetch-images", help="download the images of a dataset's URLs into a content-addressed folder (resumable; see src/mrhp/fetch_images.py)")
+    fetch = commands.add_parser("fetch-images", help="download the images of a dataset's URLs into a content-addressed folder (resumable; see src/mrhp/features/fetch_images.py)")
     fetch.add_argument("--products", type=Path, help="products.jsonl (URL entries of images)")
     fetch.add_argument("--reviews", type=Path, help="reviews.jsonl (URL entries of images)")
     fetch.add_argument("--prepared", type=Path, help="a prepared dataset whose {split}/{kind}_image_refs.json hold image URLs (from a dump)")
