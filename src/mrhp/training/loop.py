@@ -26,7 +26,13 @@ import torch
 from torch import nn
 
 from mrhp.compute import distributed
-from mrhp.compute.devices import autocast, grad_scaler
+from mrhp.compute.devices import (
+    autocast,
+    check_precision,
+    cpu_capability,
+    grad_scaler,
+    lstm_in_float32,
+)
 from mrhp.compute.distributed import Runtime
 from mrhp.config import Config
 from mrhp.data.batching import Batch, training_batches
@@ -224,6 +230,10 @@ def _resume_from(last_path: Path, config: Config, runtime: Runtime) -> Checkpoin
 def _train(config: Config, dataset: PreparedDataset, run_dir: Path, resume: bool, progress: bool,
            runtime: Runtime) -> dict[str, object]:
     last_path = run_dir / "last.safetensors"
+    check_precision(runtime.device, config.train.precision)  # before the run folder exists
+    if lstm_in_float32(runtime.device, config.train.precision) and runtime.main:
+        log.info("bf16: this CPU (%s) has no oneDNN bf16 LSTM, so LSTMs run in float32 and the rest in bf16",
+                 cpu_capability())
     if runtime.main:
         run_dir.mkdir(parents=True, exist_ok=True)
     if config.train.threads > 0:

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mrhp.compute.devices import run_lstm
 from mrhp.config import ModelConfig
 from mrhp.data.batching import Batch
 from mrhp.models.paper import (
@@ -109,7 +110,7 @@ class BiLSTM(nn.Module):
         packed = nn.utils.rnn.pack_padded_sequence(
             x, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False
         )
-        out, _ = self.lstm(packed)
+        out, _ = run_lstm(self.lstm, packed)
         out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])  # [X, L, 2h]
         return out * mask[..., None].to(out.dtype)
 
