@@ -17,7 +17,6 @@ from mrhp.compute.devices import run_lstm
 from mrhp.config import ModelConfig
 from mrhp.data.batching import Batch
 from mrhp.models.paper import (
-    MaskedAttention,
     ModelOutput,
     SelfAttentionBlock,
     masked_mean,
@@ -142,21 +141,6 @@ class ImageEncoder(nn.Module):
         return x * mask[..., None].to(x.dtype)
 
 
-class CrossAttention(nn.Module):
-    """Residual cross-attention: x + Attn(x -> context) over the real context positions; padded x stays 0.
-    x [X, Lx, d], x_mask [X, Lx], context [X, Lc, d], context_mask [X, Lc] -> [X, Lx, d]."""
-
-    def __init__(self, dim: int, num_heads: int, dropout: float):
-        super().__init__()
-        self.norm = nn.LayerNorm(dim)
-        self.attention = MaskedAttention(dim, num_heads)
-        self.dropout = nn.Dropout(dropout)
-
-    def forward(self, x: Tensor, x_mask: Tensor, context: Tensor, context_mask: Tensor) -> Tensor:
-        mixed = self.attention(self.norm(x), context, context_mask)  # [X, Lx, d]
-        return (x + self.dropout(mixed)) * x_mask[..., None].to(x.dtype)
-
-
 class SharedEncoderRanker(Ranker):
     """Base of the baselines that encode product and review alike (DR-Net, SSE-Cross): one text encoder (a BiLSTM,
     `d / 2` units per direction) and one image encoder (Linear(F -> d) + one self-attention block) shared by both
@@ -172,7 +156,8 @@ class SharedEncoderRanker(Ranker):
 
 
 class ProductAwareAttention(nn.Module):
-    """Product-aware review representation (Fan et al. 2019, PRH-Net; reused by MCR's intra-modal perspective).
+    """Product-aware review representation (Fan et al. 2019, PRH-Net; reused by MCR's intra- and inter-modal
+    perspectives).
 
     `G = softmax over product positions of (ReLU(P W + b) R^T)` `[Lp, Lr]`: for every review token, a
     distribution over the product's tokens; `H = R + G^T P` `[Lr, d]` adds to each review token the product
