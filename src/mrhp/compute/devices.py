@@ -62,8 +62,8 @@ def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
 @functools.cache
 def cpu_supports_bf16() -> bool:
     """Whether oneDNN runs bf16 kernels (the LSTM's among them) on this CPU: torch's own probe, True from AVX-512
-    up, False on AVX2-only CPUs."""
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    up, False on AVX2-only CPUs. A torch built without oneDNN runs its own LSTM kernel, which takes bf16."""
+    return not torch.backends.mkldnn.is_available() or bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def cpu_capability() -> str:
