@@ -103,6 +103,11 @@ class PreparedSplit:
                     offsets[-1] != tokens.shape[0] or np.any(np.diff(offsets) < 0):
                 raise DataError("token offsets do not match the tokens", file=path / f"{kind}_token_offsets.npy")
             self._tokens[kind], self._offsets[kind] = tokens, offsets
+            rows = _load_npy(path / f"{kind}_image.npy")
+            limit = store.num_items if store is not None else 0
+            if rows.shape != (sizes[kind],) or (rows.size and (rows.min() < -1 or rows.max() >= limit)):
+                raise DataError("image rows do not match the feature store", file=path / f"{kind}_image.npy")
+            images[kind] = rows.astype(np.int64, copy=False)
         self._unk_words: dict[str, list[str]] = {}
         self._unk_offsets: dict[str, np.ndarray] = {}
         for kind in KINDS:
@@ -118,11 +123,6 @@ class PreparedSplit:
                     np.any(np.diff(offsets) < 0):
                 raise DataError("unknown-word offsets do not match the unknown words", file=offsets_path)
             self._unk_words[kind], self._unk_offsets[kind] = words, offsets
-            rows = _load_npy(path / f"{kind}_image.npy")
-            limit = store.num_items if store is not None else 0
-            if rows.shape != (sizes[kind],) or (rows.size and (rows.min() < -1 or rows.max() >= limit)):
-                raise DataError("image rows do not match the feature store", file=path / f"{kind}_image.npy")
-            images[kind] = rows.astype(np.int64, copy=False)
         self.product_image: np.ndarray = images["product"]
         self._text_rows: dict[str, np.ndarray] = {}
         if text_store is not None:

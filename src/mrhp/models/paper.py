@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from mrhp.compute.devices import run_lstm
 from mrhp.config import ModelConfig
 from mrhp.data.batching import SIDE_FEATURES, Batch
 from mrhp.objectives.losses import MODALITY_KEYS
@@ -255,7 +256,7 @@ class HelpfulnessModel(nn.Module):
         """tokens [X, L], mask [X, L] -> [X, L, d]. The LSTM runs left to right, so the outputs at real
         positions never depend on the padding that follows them."""
         embedded = self.embedding_dropout(self.embedding(tokens))  # [X, L, E]
-        encoded, _ = lstm(embedded)  # [X, L, d]
+        encoded, _ = run_lstm(lstm, embedded)  # [X, L, d]
         return encoded * mask[..., None].to(encoded.dtype)
 
     def load_pretrained_text(self) -> None:
