@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +40,9 @@ class DumpReview:
     """One review as read from a dump, before de-duplication and labelling.
 
     ``key`` identifies the copies of one review (reviewer, time, summary, text) in the Amazon formats, None when
-    the review cannot have copies. ``where`` is ``"FILE line N"`` for messages.
+    the review cannot have copies. ``where`` is ``"FILE line N"`` (``"FILE, review ID"`` for a JSON document of
+    reviews) for messages. ``time``: when the review was written, in seconds since the epoch (UTC), None when the
+    dump does not say; ``verified``: a verified purchase (None = the dump does not say).
     """
 
     product_id: str
@@ -51,6 +53,8 @@ class DumpReview:
     images: tuple[str, ...]
     where: str
     key: tuple | None = None
+    time: int | None = None
+    verified: bool | None = None
 
 
 @dataclass
@@ -101,8 +105,7 @@ def merge_variants(reviews: Sequence[DumpReview]) -> tuple[list[DumpReview], dic
         group = copies[review.key] if review.key is not None else [review]
         votes = {c.votes for c in group}
         counts["duplicated reviews whose copies have different votes (largest kept)"] += len(votes) > 1
-        kept.append(DumpReview(product_of[review.product_id], review.review_id, review.text, max(votes),
-                               review.rating, review.images, review.where, review.key))
+        kept.append(replace(review, product_id=product_of[review.product_id], votes=max(votes)))
     merged = Counter(product_of.values())
     counts["products merged from several ids (variants)"] = sum(1 for n in merged.values() if n > 1)
     counts["ids merged into another product"] = sum(n - 1 for n in merged.values())
@@ -184,7 +187,7 @@ def split_by_product(
         split.products.append(RawProduct(pid, side.text, None, image_refs=side.images))
         for review, label in zip(by_product[pid], levels[pid]):
             split.reviews.append(RawReview(review.review_id, pid, review.text, label, None, rating=review.rating,
-                                           image_refs=review.images))
+                                           image_refs=review.images, time=review.time, verified=review.verified))
     splits = {name: s for name, s in splits.items() if s.products}
     if "train" not in splits:
         raise DataError("the split leaves no product for train; give more products or other --split-fractions",

@@ -25,10 +25,20 @@ Formats (``mrhp prepare --format NAME --input FILE``; ``.gz`` files are read tra
 ``yelp``        Yelp Open Dataset reviews, JSON lines: ``review_id``, ``business_id`` (the product), ``text``,
                 ``useful`` (votes), ``stars``; optional ``--business`` JSON lines (``business_id``, ``name``,
                 ``categories``) give the product text ``name + " " + categories``.
+``steam``       Steam store reviews as the ``steamreviews`` package writes them: a folder of
+                ``review_<appid>.json`` files and their store pages ``appdetails/appID_<appid>.json``
+                (:mod:`mrhp.data.steam`; ``voted_up`` becomes the rating 5, a review that does not recommend the
+                game 1).
 ``csv``         any CSV / TSV (``.csv``, ``.tsv``) or JSON-lines (``.jsonl``, ``.json``, ``.ndjson``) file with a
                 column mapping (:func:`parse_column_mapping`): ``product``, ``text`` (one or more columns,
                 joined by a newline) and ``votes`` are required; ``review`` (default: ``line N``), ``rating``,
-                ``product_text`` and ``images`` / ``product_images`` (a JSON list, or ``|``-separated) optional.
+                ``time`` (an integer, seconds since 1970 UTC), ``product_text`` and ``images`` /
+                ``product_images`` (a JSON list, or ``|``-separated) optional.
+
+Review times (seconds since the epoch, UTC; kept per review in the prepared dataset): ``unixReviewTime`` (2018,
+2014), ``timestamp`` (2023, milliseconds, divided by 1000), ``Time`` (Fine Food), ``date`` (Yelp, an ISO date read
+as UTC), ``timestamp_created`` (Steam), the ``time`` column (csv). Verified purchase: ``verified`` (2018),
+``verified_purchase`` (2023), ``steam_purchase`` (Steam); unknown elsewhere.
 
 Review text of the Amazon formats is ``summary + "\\n" + reviewText`` (the title is part of what a reader sees);
 HTML line breaks (``<br />``, common in Fine Food) become newlines.
@@ -49,6 +59,7 @@ import logging
 import math
 import re
 from collections import Counter
+from datetime import datetime, timezone
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,16 +81,17 @@ from mrhp.data.records import (
     RecordError,
     describe_source,
 )
+from mrhp.data.steam import read_steam
 from mrhp.errors import DataError, MrhpError
 
 logger = logging.getLogger(__name__)
 
-DUMP_FORMATS = ("amazon2018", "amazon2014", "amazon2023", "finefood", "yelp", "csv")
+DUMP_FORMATS = ("amazon2018", "amazon2014", "amazon2023", "finefood", "yelp", "steam", "csv")
 # Formats whose --metadata file gives the product side.
 METADATA_FORMATS = ("amazon2018", "amazon2014", "amazon2023")
 # Formats whose review copies are collapsed (and products sharing a copy merged): see merge_variants.
 MERGED_FORMATS = ("amazon2018", "amazon2014", "amazon2023", "finefood")
-COLUMN_KEYS = ("product", "review", "text", "votes", "rating", "product_text", "images", "product_images")
+COLUMN_KEYS = ("product", "review", "text", "votes", "rating", "time", "product_text", "images", "product_images")
 REQUIRED_COLUMNS = ("product", "text", "votes")
 FINEFOOD_COLUMNS = ("Id", "ProductId", "UserId", "HelpfulnessNumerator", "HelpfulnessDenominator", "Score", "Time",
                     "Summary", "Text")
@@ -98,6 +110,7 @@ class ColumnMapping:
     votes: str
     review: str | None = None
     rating: str | None = None
+    time: str | None = None
     product_text: str | None = None
     images: str | None = None
     product_images: str | None = None
@@ -105,7 +118,7 @@ class ColumnMapping:
     def columns(self) -> list[tuple[str, str]]:
         """``(key, column)`` for every mapped column."""
         pairs = [("product", self.product), *(("text", c) for c in self.text), ("votes", self.votes)]
-        for key in ("review", "rating", "product_text", "images", "product_images"):
+        for key in ("review", "rating", "time", "product_text", "images", "product_images"):
             if getattr(self, key) is not None:
                 pairs.append((key, getattr(self, key)))
         return pairs
@@ -175,6 +188,44 @@ class _DumpFields(Fields):
 
     def votes(self, name: str) -> int:
         return _parse_votes(self.required(name), self.file, self.line, name)
+
+    def time(self, name: str, per_second: int = 1) -> int | None:
+        """A review time in whole seconds since the epoch (UTC) from an integer count of ``1 / per_second``
+        seconds (``per_second=1000`` for milliseconds); None for an absent or empty value."""
+        value = self.get(name)
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value.strip())
+        elif isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise self.error(f"expected a time as an integer >= 0 (since 1970, UTC), got {json.dumps(value)[:60]}",
+                             name)
+        return value // per_second
+
+    def date_time(self, name: str) -> int | None:
+        """A time written as an ISO date (``"2016-03-09 00:44:42"``, UTC) in seconds since the epoch; None for an
+        absent or empty value."""
+        value = self.get(name)
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        try:
+            moment = datetime.fromisoformat(value.strip()) if isinstance(value, str) else None
+        except ValueError:
+            moment = None
+        if moment is None:
+            raise self.error(f"expected a date such as \"2016-03-09 00:44:42\", got {json.dumps(value)[:60]}", name)
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=timezone.utc)
+        return int(moment.timestamp())
+
+    def flag(self, name: str) -> bool | None:
+        """An optional true/false field (None when absent)."""
+        value = self.get(name)
+        if value is None or isinstance(value, bool):
+            return value
+        raise self.error(f"expected true or false, got {json.dumps(value)[:60]}", name)
 
     def rating(self, name: str) -> float | None:
         """A star rating (finite number), None for an absent or empty value."""
@@ -281,7 +332,10 @@ def _read_amazon(path: Path, skips: SkipLog, version: int, notes: Counter) -> li
             key = None if reviewer is None else (str(reviewer), str(time), summary, body)
             review_id = f"{asin}:{reviewer}:{time}" if reviewer is not None else f"{path.name}:line{f.line}"
             text = _clean_html(_join(summary, body))
-            reviews.append(DumpReview(asin, review_id, text, votes, rating, images, f.where, key))
+            seconds = f.time("unixReviewTime")
+            notes["reviews without unixReviewTime (time unknown)"] += seconds is None
+            verified = f.flag("verified") if version == 2018 else None
+            reviews.append(DumpReview(asin, review_id, text, votes, rating, images, f.where, key, seconds, verified))
     return reviews
 
 
@@ -321,7 +375,10 @@ def _read_amazon2023(path: Path, skips: SkipLog, notes: Counter) -> list[DumpRev
             key = None if user is None else (str(user), str(time), title, body)
             review_id = f"{parent}:{user}:{time}" if user is not None else f"{path.name}:line{f.line}"
             text = _clean_html(_join(title, body))
-            reviews.append(DumpReview(parent, review_id, text, votes, rating, images, f.where, key))
+            seconds = f.time("timestamp", per_second=1000)
+            notes["reviews without a timestamp (time unknown)"] += seconds is None
+            reviews.append(DumpReview(parent, review_id, text, votes, rating, images, f.where, key, seconds,
+                                      f.flag("verified_purchase")))
     return reviews
 
 
@@ -352,7 +409,7 @@ def _read_finefood(path: Path, skips: SkipLog, notes: Counter) -> list[DumpRevie
             summary, body, user = f.text("Summary"), f.text("Text"), f.text("UserId")
             key = (user, f.text("Time"), summary, body) if user.strip() else None
             text = _clean_html(_join(summary, body))
-            reviews.append(DumpReview(product, review_id, text, votes, rating, (), f.where, key))
+            reviews.append(DumpReview(product, review_id, text, votes, rating, (), f.where, key, f.time("Time")))
     return reviews
 
 
@@ -361,7 +418,8 @@ def _read_yelp(path: Path, skips: SkipLog) -> list[DumpReview]:
     for f in _json_records(path, skips):
         with skips.guard():
             business, review_id, text = f.id("business_id"), f.id("review_id"), f.string("text")
-            reviews.append(DumpReview(business, review_id, text, f.votes("useful"), f.rating("stars"), (), f.where))
+            reviews.append(DumpReview(business, review_id, text, f.votes("useful"), f.rating("stars"), (), f.where,
+                                      time=f.date_time("date")))
     return reviews
 
 
@@ -397,13 +455,14 @@ def _read_table(path: Path, skips: SkipLog, columns: ColumnMapping) -> tuple[lis
             votes = f.votes(columns.votes)
             rating = f.rating(columns.rating) if columns.rating is not None else None
             images = f.urls(columns.images) if columns.images else ()
+            time = f.time(columns.time) if columns.time is not None else None
             if with_product_side:
                 side = DumpProduct(f.text(columns.product_text) if columns.product_text else "",
                                    f.urls(columns.product_images) if columns.product_images else ())
                 if products.setdefault(product, side) != side:
                     raise f.error(f"product {product!r} has another text or images than on an earlier line",
                                   columns.product_text or columns.product_images, "inconsistent product")
-            reviews.append(DumpReview(product, review_id, text, votes, rating, images, f.where))
+            reviews.append(DumpReview(product, review_id, text, votes, rating, images, f.where, time=time))
     return reviews, products
 
 
@@ -428,7 +487,7 @@ def read_dump(
 
     Args:
         fmt: one of :data:`DUMP_FORMATS`.
-        input_path: the reviews file.
+        input_path: the reviews file (``steam``: the folder of ``review_<appid>.json`` files).
         metadata: Amazon metadata file (:data:`METADATA_FORMATS`), for product text and image URLs.
         metadata_features: ``amazon2023``: add the metadata's ``features`` list to the product text.
         business: Yelp business file (``yelp``), for product text.
@@ -475,6 +534,8 @@ def read_dump(
         reviews = _read_yelp(input_path, skips)
         if business is not None:
             products = _read_yelp_business(Path(business), skips)
+    elif fmt == "steam":
+        reviews, products = read_steam(input_path, skips, counts)
     else:
         assert columns is not None
         reviews, products = _read_table(input_path, skips, columns)
@@ -485,7 +546,7 @@ def read_dump(
         counts.update(merge_counts)
         products = merge_products(products, product_of)
         counts["review ids made unique with the line number"] += unique_review_ids(reviews)
-    else:
+    elif fmt != "steam":  # the steam reader checks its ids itself (its reviews have no line)
         check_unique_review_ids(reviews, "review_id" if fmt == "yelp" else columns.review or "review")
     if business is not None:
         for review in reviews:

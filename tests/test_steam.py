@@ -1,0 +1,240 @@
+"""The Steam reader (mrhp.data.steam), review times in every converter, the stored side features and the prepared
+format's version 2 (review_time.npy, review_side.npy); tiny folders written here."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import write_lines
+
+from mrhp.cli import main
+from mrhp.data.dumps import parse_column_mapping, read_dump
+from mrhp.data.prepare import prepare_dataset
+from mrhp.data.prepared import PreparedDataset
+from mrhp.data.side import NO_TIME, STORED_SIDE_FEATURES
+from mrhp.data.steam import html_to_text
+from mrhp.errors import DataError
+
+ALL_TRAIN = (1.0, 0.0, 0.0)
+DAY = 86_400
+
+
+def steam_review(text, votes, recommends=True, created=1_500_000_000, bought=True, **extra):
+    return {"recommendationid": "x", "author": {"steamid": "1", "playtime_forever": 10}, "language": "english",
+            "review": text, "timestamp_created": created, "timestamp_updated": created, "voted_up": recommends,
+            "votes_up": votes, "votes_funny": 99, "weighted_vote_score": "0.9", "comment_count": 0,
+            "steam_purchase": bought, "received_for_free": False, "written_during_early_access": False, **extra}
+
+
+def store_page(appid, **extra):
+    return {"type": "game", "name": "Space <b>Game</b>", "steam_appid": appid,
+            "short_description": "Fly &amp; fight.",
+            "about_the_game": "<h1>About</h1><p>Trade<br>and <i>explore</i>.</p><script>var x=1;</script>",
+            "header_image": "https://cdn/h.jpg",
+            "screenshots": [{"id": 0, "path_thumbnail": "https://cdn/t0.jpg", "path_full": "https://cdn/s0.jpg"},
+                            {"id": 1, "path_full": "https://cdn/s1.jpg"}], **extra}
+
+
+def write_steam(root: Path, games: dict[str, dict], pages: dict[str, object]) -> Path:
+    """review_<appid>.json per game ({id: review}) and appdetails/appID_<appid>.json per page."""
+    root.mkdir(parents=True, exist_ok=True)
+    for appid, reviews in games.items():
+        document = {"reviews": reviews, "query_summary": {"num_reviews": len(reviews)}}
+        (root / f"review_{appid}.json").write_text(json.dumps(document), encoding="utf-8")
+    if pages:
+        (root / "appdetails").mkdir(exist_ok=True)
+    for appid, page in pages.items():
+        (root / "appdetails" / f"appID_{appid}.json").write_text(json.dumps(page), encoding="utf-8")
+    return root
+
+
+def small_folder(root: Path) -> Path:
+    return write_steam(root, {
+        "10": {"101": steam_review("Great game", 3, created=1_500_000_000 + 2 * DAY),
+               "102": steam_review("Bad", 0, recommends=False, created=1_500_000_000, bought=False),
+               "103": steam_review("", 20, created=1_500_000_000 + DAY)},
+        "7": {"201": steam_review("Fine", 1, created=1_600_000_000),
+              "202": steam_review("Meh", 2, recommends=False, created=1_600_000_000)},
+    }, {"10": store_page(10)})
+
+
+def test_html_to_text_drops_tags_scripts_and_decodes_entities():
+    assert html_to_text("<h1>About</h1><p>Trade<br>and <i>explore</i>.</p><script>x=1</script>") == \
+        "About\nTrade\nand explore."
+    assert html_to_text("Fly &amp; fight.   <b>now</b>") == "Fly & fight. now"
+    assert html_to_text("unclosed <b attr='x'>tag") == "unclosed tag"
+
+
+def test_steam_reviews_store_page_rating_time_and_counts(tmp_path: Path):
+    raw = read_dump("steam", small_folder(tmp_path / "steam"), fractions=ALL_TRAIN)
+    train = raw.splits["train"]
+    # Products in appid order (7 before 10, not the string order), game 7 has no store page.
+    assert [p.id for p in train.products] == ["7", "10"]
+    assert train.products[0].text == "" and train.products[0].image_refs == ()
+    assert train.products[1].text == "Space Game\nFly & fight.\nAbout\nTrade\nand explore."
+    assert train.products[1].image_refs == ("https://cdn/h.jpg", "https://cdn/s0.jpg", "https://cdn/s1.jpg")
+    by_id = {r.id: r for r in train.reviews}
+    # votes_up -> level (log2: 3 -> 2, 0 -> 0, 20 -> 4); voted_up -> 5 / 1; timestamp_created kept in seconds.
+    assert [(by_id[i].label, by_id[i].rating, by_id[i].time, by_id[i].verified) for i in ("101", "102", "103")] == [
+        (2, 5.0, 1_500_000_000 + 2 * DAY, True), (0, 1.0, 1_500_000_000, False), (4, 5.0, 1_500_000_000 + DAY, True)]
+    assert by_id["103"].text == ""
+    counts = raw.notes["dump"]["counts"]
+    assert counts["games without a store page (no product text)"] == 1
+    assert counts["reviews with an empty text (kept)"] == 1
+    assert raw.source["format"] == "steam"
+
+
+def test_steam_store_page_as_the_api_answer_and_success_false(tmp_path: Path):
+    folder = write_steam(tmp_path / "s", {"10": {"1": steam_review("a", 1)}, "11": {"2": steam_review("b", 2)}},
+                         {"10": {"10": {"success": True, "data": store_page(10)}},
+                          "11": {"11": {"success": False}}})
+    raw = read_dump("steam", folder, fractions=ALL_TRAIN, min_reviews=1)
+    texts = {p.id: p.text for p in raw.splits["train"].products}
+    assert texts["10"].startswith("Space Game") and texts["11"] == ""
+    assert raw.notes["dump"]["counts"]["store pages that say success: false (no product text)"] == 1
+
+
+@pytest.mark.parametrize("document, message", [
+    ([{"review": "x"}], "not a Steam review dump.*found list"),
+    ({"query_summary": {}}, "not a Steam review dump.*found keys query_summary"),
+    ({"reviews": [1, 2]}, "not a Steam review dump"),
+])
+def test_a_file_that_is_not_a_review_dump_is_always_an_error(tmp_path: Path, document, message):
+    folder = tmp_path / "s"
+    folder.mkdir()
+    (folder / "review_5.json").write_text(json.dumps(document), encoding="utf-8")
+    for lenient in (False, True):
+        with pytest.raises(DataError, match=f"review_5.json, field 'reviews': {message}"):
+            read_dump("steam", folder, lenient=lenient)
+
+
+def test_appid_mismatch_missing_review_bad_bytes_and_lenient(tmp_path: Path):
+    folder = write_steam(tmp_path / "a", {"10": {"1": steam_review("a", 1), "2": steam_review("b", 2)}},
+                         {"10": store_page(11)})
+    with pytest.raises(DataError, match=r"appID_10.json, record data, field 'steam_appid': store page of app 11, "
+                                        r"but its review file is review_10.json"):
+        read_dump("steam", folder)
+    lenient = read_dump("steam", folder, lenient=True, fractions=ALL_TRAIN)
+    assert lenient.notes["dump"]["skipped"] == {"appid mismatch": 1}
+    assert lenient.splits["train"].products[0].text == ""
+
+    missing = steam_review("a", 1)
+    del missing["review"]
+    folder = write_steam(tmp_path / "b", {"10": {"1": missing, "2": steam_review("b", 2), "3": steam_review("c", 0)}},
+                         {})
+    with pytest.raises(DataError, match=r"review_10.json, record 1, field 'review': missing required field"):
+        read_dump("steam", folder)
+    lenient = read_dump("steam", folder, lenient=True, fractions=ALL_TRAIN)
+    assert lenient.notes["dump"]["skipped"] == {"missing review": 1}
+    assert [r.id for r in lenient.splits["train"].reviews] == ["2", "3"]
+
+    bad = steam_review("b", 2, voted_up="yes")
+    folder = write_steam(tmp_path / "c", {"10": {"1": steam_review("a", 1), "2": bad}}, {})
+    with pytest.raises(DataError, match=r"record 2, field 'voted_up': expected true or false"):
+        read_dump("steam", folder)
+
+    folder = write_steam(tmp_path / "d", {"10": {"1": steam_review("a", 1), "2": steam_review("b", 2)}}, {})
+    path = folder / "review_10.json"
+    path.write_bytes(b'{"reviews": {\n"1": {"review": "caf\xe9"}}}')
+    with pytest.raises(DataError, match=r"review_10.json, line 2: not UTF-8"):
+        read_dump("steam", folder)
+
+    with pytest.raises(DataError, match="no review_<appid>.json file"):
+        read_dump("steam", tmp_path / "a" / "appdetails")
+
+
+def test_cli_prepare_steam_writes_times_and_side_features_and_refuses_bad_input(tmp_path: Path, capsys):
+    out = tmp_path / "prepared"
+    assert main(["prepare", "--format", "steam", "--input", str(small_folder(tmp_path / "s")), "--out", str(out),
+                 "--min-count", "1", "--split-fractions", "1", "0", "0"]) == 0
+    printed = capsys.readouterr().out
+    assert "games without a store page (no product text): 1" in printed
+    assert "review times: 5 of 5 known, 2017-07-14 to 2020-09-13 (UTC)" in printed
+    dataset = PreparedDataset.open(out)
+    assert dataset.meta["version"] == 2 and dataset.meta["side_features"] == list(STORED_SIDE_FEATURES)
+    train = dataset.split("train")
+    assert train.review_ids == ["201", "202", "101", "102", "103"]
+    assert train.review_time.tolist() == [1_600_000_000, 1_600_000_000, 1_500_000_000 + 2 * DAY, 1_500_000_000,
+                                          1_500_000_000 + DAY]
+    side = dict(zip(STORED_SIDE_FEATURES, train.review_side.T))
+    # Game 7: two reviews at one time share rank 0; game 10: 102 oldest, then 103, then 101.
+    assert side["age_rank"].tolist() == [0, 0, 2, 0, 1]
+    assert side["age"].tolist() == [0, 0, 1, 0, 0.5]
+    assert side["verified"].tolist() == [1, 1, 1, 0, 1]
+    assert side["has_images"].tolist() == [0, 0, 0, 0, 0]
+    # Ratings 5, 1 (mean 3) and 5, 1, 5 (mean 11/3).
+    np.testing.assert_allclose(side["rating_deviation"], [2, -2, 5 - 11 / 3, 1 - 11 / 3, 5 - 11 / 3], rtol=1e-6)
+
+    missing = steam_review("a", 1)
+    del missing["review"]
+    bad = write_steam(tmp_path / "bad", {"10": {"1": missing, "2": steam_review("b", 1)}}, {})
+    fresh = tmp_path / "fresh"
+    assert main(["prepare", "--format", "steam", "--input", str(bad), "--out", str(fresh)]) == 2
+    assert "field 'review'" in capsys.readouterr().err
+    assert not fresh.exists() and not list(tmp_path.glob(".fresh*"))
+
+
+def test_times_of_the_other_converters(tmp_path: Path):
+    a23 = write_lines(tmp_path / "a23.jsonl", [
+        {"parent_asin": "P", "user_id": "U1", "timestamp": 1_588_615_855_070, "helpful_vote": 1, "text": "a",
+         "verified_purchase": True, "rating": 4},
+        {"parent_asin": "P", "user_id": "U2", "helpful_vote": 0, "text": "b", "rating": 2}])
+    raw = read_dump("amazon2023", a23, fractions=ALL_TRAIN)
+    assert [(r.time, r.verified) for r in raw.splits["train"].reviews] == [(1_588_615_855, True), (None, None)]
+    assert raw.notes["dump"]["counts"]["reviews without a timestamp (time unknown)"] == 1
+
+    a18 = write_lines(tmp_path / "a18.json", [
+        {"asin": "A", "reviewerID": "U1", "unixReviewTime": 1441324800, "reviewText": "x", "verified": False},
+        {"asin": "A", "reviewerID": "U2", "unixReviewTime": "1441324801", "reviewText": "y", "vote": "2"}])
+    raw = read_dump("amazon2018", a18, fractions=ALL_TRAIN)
+    assert [(r.time, r.verified) for r in raw.splits["train"].reviews] == [(1441324800, False), (1441324801, None)]
+
+    food = tmp_path / "Reviews.csv"
+    food.write_text("Id,ProductId,UserId,ProfileName,HelpfulnessNumerator,HelpfulnessDenominator,Score,Time,"
+                    "Summary,Text\n1,B1,U1,n,1,1,5,1303862400,s,t\n2,B1,U2,n,0,0,4,1346976000,s,u\n",
+                    encoding="utf-8")
+    raw = read_dump("finefood", food, fractions=ALL_TRAIN)
+    assert [r.time for r in raw.splits["train"].reviews] == [1303862400, 1346976000]
+
+    table = tmp_path / "t.csv"
+    table.write_text("p,body,v,when\nP,a,1,100\nP,b,0,\n", encoding="utf-8")
+    columns = parse_column_mapping(["product=p", "text=body", "votes=v", "time=when"])
+    raw = read_dump("csv", table, columns=columns, fractions=ALL_TRAIN)
+    assert [r.time for r in raw.splits["train"].reviews] == [100, None]
+    table.write_text("p,body,v,when\nP,a,1,yesterday\nP,b,0,1\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"t.csv, line 2, field 'when': expected a time"):
+        read_dump("csv", table, columns=columns, fractions=ALL_TRAIN)
+
+    yelp = write_lines(tmp_path / "y.json", [
+        {"review_id": "r1", "business_id": "b", "text": "t", "useful": 1, "stars": 4, "date": "1970-01-02 00:00:10"},
+        {"review_id": "r2", "business_id": "b", "text": "t", "useful": 0, "stars": 4}])
+    raw = read_dump("yelp", yelp, fractions=ALL_TRAIN)
+    assert [r.time for r in raw.splits["train"].reviews] == [DAY + 10, None]
+
+
+def test_version_1_datasets_still_open_with_unknown_times(tmp_path: Path):
+    table = tmp_path / "t.csv"
+    table.write_text("p,body,v,when\nP,a b,1,100\nP,b c,0,\n", encoding="utf-8")
+    raw = read_dump("csv", table, columns=parse_column_mapping(["product=p", "text=body", "votes=v", "time=when"]),
+                    fractions=ALL_TRAIN)
+    out = tmp_path / "prepared"
+    prepare_dataset(raw, out, min_count=1)
+    split = PreparedDataset.open(out).split("train")
+    assert split.review_time.tolist() == [100, NO_TIME]
+    # What a version 1 dataset looks like: no times, no side features, no side feature names.
+    meta = json.loads((out / "dataset.json").read_text(encoding="utf-8"))
+    meta["version"] = 1
+    del meta["side_features"]
+    (out / "dataset.json").write_text(json.dumps(meta), encoding="utf-8")
+    (out / "train" / "review_time.npy").unlink()
+    (out / "train" / "review_side.npy").unlink()
+    old = PreparedDataset.open(out).split("train")
+    assert old.review_time.tolist() == [NO_TIME, NO_TIME]
+    assert old.review_side.shape == (2, len(STORED_SIDE_FEATURES)) and np.isnan(old.review_side).all()
+    meta["version"] = 3
+    (out / "dataset.json").write_text(json.dumps(meta), encoding="utf-8")
+    with pytest.raises(DataError, match="version 3 is not supported \\(expected 1 or 2\\)"):
+        PreparedDataset.open(out)
