@@ -12,6 +12,8 @@ from conftest import write_lines
 
 from mrhp.cli import main
 from mrhp.data.dumps import parse_column_mapping, read_dump
+from mrhp.data.jsonl import read_jsonl
+from mrhp.data.official import review_time
 from mrhp.data.prepare import prepare_dataset
 from mrhp.data.prepared import PreparedDataset
 from mrhp.data.side import NO_TIME, STORED_SIDE_FEATURES
@@ -238,3 +240,21 @@ def test_version_1_datasets_still_open_with_unknown_times(tmp_path: Path):
     (out / "dataset.json").write_text(json.dumps(meta), encoding="utf-8")
     with pytest.raises(DataError, match="version 3 is not supported \\(expected 1 or 2\\)"):
         PreparedDataset.open(out)
+
+
+def test_official_review_time_spellings():
+    assert [review_time(v) for v in (1441324800, "1441324800", 1441324800123, 1441324800.0, "06 15, 2015",
+                                     "2015-06-15", None, "soon", True, -5)] == [
+        1441324800, 1441324800, 1441324800, 1441324800, 1434326400, 1434326400, None, None, None, None]
+
+
+def test_jsonl_optional_time_in_seconds(tmp_path: Path):
+    products = write_lines(tmp_path / "products.jsonl", [{"product_id": "P", "text": "pot", "split": "train"}])
+    reviews = write_lines(tmp_path / "reviews.jsonl", [
+        {"review_id": "R1", "product_id": "P", "text": "a", "votes": 1, "time": 1700000000},
+        {"review_id": "R2", "product_id": "P", "text": "b", "votes": 0}])
+    raw = read_jsonl(products, reviews)
+    assert [r.time for r in raw.splits["train"].reviews] == [1700000000, None]
+    write_lines(reviews, [{"review_id": "R1", "product_id": "P", "text": "a", "votes": 1, "time": "2023"}])
+    with pytest.raises(DataError, match=r"reviews.jsonl, line 1, field 'time': expected an integer"):
+        read_jsonl(products, reviews)
