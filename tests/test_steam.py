@@ -258,3 +258,70 @@ def test_jsonl_optional_time_in_seconds(tmp_path: Path):
     write_lines(reviews, [{"review_id": "R1", "product_id": "P", "text": "a", "votes": 1, "time": "2023"}])
     with pytest.raises(DataError, match=r"reviews.jsonl, line 1, field 'time': expected an integer"):
         read_jsonl(products, reviews)
+
+
+def timed_rows() -> list[dict]:
+    """Amazon'23 rows: product P has reviews on days 1..6, Q on days 2, 5 and 6 (timestamps in ms)."""
+    def row(product, user, day, votes):
+        return {"parent_asin": product, "user_id": user, "timestamp": (day * DAY) * 1000, "helpful_vote": votes,
+                "text": f"{product} {user}", "rating": 5}
+
+    return [row("P", f"u{d}", d, d % 3) for d in range(1, 7)] + [row("Q", "a", 2, 0), row("Q", "b", 5, 4),
+                                                                   row("Q", "c", 6, 1)]
+
+
+def test_split_by_time_uses_global_cutoffs_and_drops_short_lists(tmp_path: Path):
+    path = write_lines(tmp_path / "a.jsonl", timed_rows())
+    raw = read_dump("amazon2023", path, split_by="time", fractions=(0.5, 0.25, 0.25))
+    # 9 reviews: test = the newest round(2.25) = 2 reviews (both of day 6), dev the next 2 (both of day 5). A
+    # per-product split would instead give each product its own newest reviews.
+    assert raw.notes["dump"]["time_cutoffs"] == {"dev": "1970-01-06 00:00:00", "test": "1970-01-07 00:00:00"}
+    # Each product's part of test holds one review: too short to rank (min_reviews 2), so test is empty and both
+    # lists are counted; dev likewise. Train keeps days 1-4 of P and day 2 of Q (a list of one: dropped too).
+    assert set(raw.splits) == {"train"}
+    assert [r.id for r in raw.splits["train"].reviews] == [f"P:u{d}:{d * DAY * 1000}" for d in range(1, 5)]
+    assert raw.notes["dump"]["split_lists_dropped"] == 5
+    assert raw.notes["dump"]["reviews_dropped_in_split_lists"] == 5
+
+
+def test_split_by_time_keeps_products_in_several_splits(tmp_path: Path):
+    path = write_lines(tmp_path / "a.jsonl", timed_rows())
+    raw = read_dump("amazon2023", path, split_by="time", fractions=(0.3, 0.3, 0.4), min_reviews=1)
+    # round(3.6) = 4 newest -> test from day 5 (P u5, P u6, Q b, Q c); round(2.7) = 3 next -> the dev cut-off is
+    # the time of the 7th newest review, day 2, and both day-2 reviews go to dev (one moment is never split).
+    times = {name: sorted(r.time // DAY for r in s.reviews) for name, s in raw.splits.items()}
+    assert times == {"train": [1], "dev": [2, 2, 3, 4], "test": [5, 5, 6, 6]}
+    assert [p.id for p in raw.splits["test"].products] == ["P", "Q"]
+    # Age ranks count all of a product's reviews, whatever their split: P's day-5 review has 4 older ones.
+    out = tmp_path / "prepared"
+    prepare_dataset(raw, out, min_count=1)
+    test = PreparedDataset.open(out).split("test")
+    assert dict(zip(test.review_ids, test.review_side[:, 0].tolist())) == {
+        f"P:u5:{5 * DAY * 1000}": 4, f"P:u6:{6 * DAY * 1000}": 5, f"Q:b:{5 * DAY * 1000}": 1,
+        f"Q:c:{6 * DAY * 1000}": 2}
+
+
+def test_split_by_time_needs_times_and_dump_date_drops_young_reviews(tmp_path: Path, capsys):
+    rows = timed_rows()
+    del rows[3]["timestamp"]
+    path = write_lines(tmp_path / "a.jsonl", rows)
+    with pytest.raises(DataError, match=r"a.jsonl line 4: --split-by time needs every review's time"):
+        read_dump("amazon2023", path, split_by="time")
+    path = write_lines(tmp_path / "b.jsonl", timed_rows())
+    # Dump collected on day 7 (1970-01-08): reviews of days 6 and 5 are younger than 2.5 days and left out.
+    raw = read_dump("amazon2023", path, dump_date=7 * DAY, min_review_age_days=2.5, fractions=ALL_TRAIN,
+                    min_reviews=1)
+    assert sorted(r.time // DAY for r in raw.splits["train"].reviews) == [1, 2, 2, 3, 4]
+    assert raw.notes["dump"]["counts"]["reviews younger than 2.5 days at the dump date (dropped)"] == 4
+    with pytest.raises(DataError, match=r"b.jsonl line 6: written 1970-01-07 00:00:00 UTC, after --dump-date"):
+        read_dump("amazon2023", path, dump_date=5 * DAY + 1)
+    out = tmp_path / "out"
+    assert main(["prepare", "--format", "amazon2023", "--input", str(path), "--out", str(out), "--split-by", "time",
+                 "--split-fractions", "0.3", "0.3", "0.4", "--min-reviews", "1", "--dump-date", "1970-01-08",
+                 "--min-review-age", "0", "--min-count", "1"]) == 0
+    assert "split by time (UTC): dev from 1970-01-03 00:00:00, test from 1970-01-06 00:00:00" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_:
+        main(["prepare", "--format", "amazon2023", "--input", str(path), "--out", str(tmp_path / "x"),
+              "--dump-date", "8 Jan 1970"])
+    assert exit_.value.code == 2
+    assert "expected a date YYYY-MM-DD" in capsys.readouterr().err

@@ -59,19 +59,21 @@ import logging
 import math
 import re
 from collections import Counter
-from datetime import datetime, timezone
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from mrhp.data.dump_files import SkipLog, csv_records, json_objects
 from mrhp.data.dump_pipeline import (
+    SPLIT_BY,
     DumpProduct,
     DumpReview,
     check_unique_review_ids,
+    drop_young_reviews,
     merge_products,
     merge_variants,
-    split_by_product,
+    split_reviews,
     unique_review_ids,
 )
 from mrhp.data.records import (
@@ -217,7 +219,7 @@ class _DumpFields(Fields):
         if moment is None:
             raise self.error(f"expected a date such as \"2016-03-09 00:44:42\", got {json.dumps(value)[:60]}", name)
         if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=timezone.utc)
+            moment = moment.replace(tzinfo=UTC)
         return int(moment.timestamp())
 
     def flag(self, name: str) -> bool | None:
@@ -477,6 +479,9 @@ def read_dump(
     lenient: bool = False,
     fractions: Sequence[float] = (0.8, 0.1, 0.1),
     seed: int = 0,
+    split_by: str = "product",
+    dump_date: int | None = None,
+    min_review_age_days: float = 30,
     votes_scheme: str = "log2",
     max_level: int = 4,
     min_reviews: int = 2,
@@ -493,7 +498,12 @@ def read_dump(
         business: Yelp business file (``yelp``), for product text.
         columns: the column mapping (``csv``; required there).
         lenient: skip and count malformed records instead of failing on the first.
-        fractions, seed: train/dev/test fractions of products and the seed of the split.
+        fractions, seed: train/dev/test fractions (of products, or of reviews with ``split_by="time"``) and the
+            seed of the product split.
+        split_by: ``"product"`` or ``"time"`` (:data:`~mrhp.data.dump_pipeline.SPLIT_BY`; see
+            :mod:`mrhp.data.dump_pipeline`).
+        dump_date: when the dump was collected (seconds since the epoch, UTC), None = unknown; reviews written
+            less than ``min_review_age_days`` before it are left out (too young to have collected votes).
         votes_scheme, max_level: vote count -> level mapping (:func:`~mrhp.data.records.votes_to_level`).
         min_reviews: products with fewer reviews (after de-duplication) are dropped.
         drop_single_level: also drop products whose reviews all have the same level.
@@ -514,6 +524,10 @@ def read_dump(
         raise MrhpError("--metadata-features is for --format amazon2023 with --metadata")
     if business is not None and fmt != "yelp":
         raise MrhpError(f"--business is for the yelp format, not {fmt}")
+    if split_by not in SPLIT_BY:
+        raise MrhpError(f"unknown --split-by {split_by!r} (choose from {', '.join(SPLIT_BY)})")
+    if min_review_age_days < 0:
+        raise MrhpError(f"--min-review-age must be >= 0 days, got {min_review_age_days}")
     if (columns is None) == (fmt == "csv"):
         raise MrhpError("--columns is required for --format csv and only used there")
     input_path = Path(input_path)
@@ -556,8 +570,11 @@ def read_dump(
                                        "unknown business", file=file, line=int(line), field="business_id"))
         reviews = [r for r in reviews if r.product_id in products]
 
-    splits, report = split_by_product(
-        reviews, products, input_path, fractions=fractions, seed=seed, votes_scheme=votes_scheme,
+    if dump_date is not None:
+        reviews, young = drop_young_reviews(reviews, dump_date, min_review_age_days)
+        counts.update(young)
+    splits, report = split_reviews(
+        reviews, products, input_path, split_by=split_by, fractions=fractions, seed=seed, votes_scheme=votes_scheme,
         max_level=max_level, min_reviews=min_reviews, drop_single_level=drop_single_level,
         relevance_threshold=relevance_threshold,
     )
@@ -577,6 +594,7 @@ def read_dump(
     source = describe_source(
         fmt, input_path, metadata=metadata, metadata_features=metadata_features, business=business,
         columns=dict(columns.columns()) if columns is not None else None, fractions=fractions, seed=seed,
+        split_by=split_by, dump_date=dump_date, min_review_age_days=min_review_age_days if dump_date else None,
         votes_scheme=votes_scheme, max_level=max_level, min_reviews=min_reviews, drop_single_level=drop_single_level,
         lenient=lenient,
     )

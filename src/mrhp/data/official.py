@@ -24,7 +24,7 @@ import logging
 import pickle
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -77,7 +77,7 @@ def review_time(value: object) -> int | None:
                 moment = datetime.strptime(value.strip(), spelling)
             except ValueError:
                 continue
-            return int(moment.replace(tzinfo=timezone.utc).timestamp())
+            return int(moment.replace(tzinfo=UTC).timestamp())
     return None
 
 

@@ -18,7 +18,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -334,7 +334,7 @@ def _time_report(split: RawSplit) -> dict:
 
 def utc_date(seconds: int) -> str:
     """``YYYY-MM-DD`` of a time in seconds since the epoch (UTC)."""
-    return datetime.fromtimestamp(seconds, tz=timezone.utc).strftime("%Y-%m-%d")
+    return datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%d")
 
 
 def _write_text_states(source: RawDataset, tmp: Path, encoder: TextStateEncoder, sink: _StoreSink) -> dict:
@@ -569,6 +569,11 @@ def format_dump_report(notes: dict) -> str:
     lines.append(f"products whose reviews all share one level (not rankable): {d['single_level_products']}, dropped: "
                  f"{d['single_level_products_dropped']} ({d['reviews_dropped_single_level']} reviews)")
     lines.append(f"labels: votes -> level by {d['votes_scheme']}")
+    if d.get("split_by") == "time":
+        cut = d["time_cutoffs"]
+        lines.append(f"split by time (UTC): dev from {cut['dev'] or '-'}, test from {cut['test'] or '-'}; "
+                     f"{d['split_lists_dropped']} product lists too small to rank in their split dropped "
+                     f"({d['reviews_dropped_in_split_lists']} reviews)")
     if d["image_note"]:
         lines.append(f"{d['items_with_image_urls']} items have image URLs; {d['image_note']}")
     for name, s in d["splits"].items():
