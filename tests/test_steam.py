@@ -3,22 +3,30 @@ format's version 2 (review_time.npy, review_side.npy); tiny folders written here
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_lines
+import torch
+from conftest import tiny_checkpoint_file, write_lines
+
+from mrhp.config import Config, ModelConfig, config_from_dict
 
 from mrhp.cli import main
+from mrhp.data.batching import Item, RankingList, collate, extra_side_inputs
 from mrhp.data.dumps import parse_column_mapping, read_dump
 from mrhp.data.jsonl import read_jsonl
 from mrhp.data.official import review_time
 from mrhp.data.prepare import prepare_dataset
 from mrhp.data.prepared import PreparedDataset
-from mrhp.data.side import NO_TIME, STORED_SIDE_FEATURES
+from mrhp.data.side import NO_TIME, STORED_SIDE_FEATURES, parse_side_names
 from mrhp.data.steam import html_to_text
-from mrhp.errors import DataError
+from mrhp.errors import DataError, MrhpError
+from mrhp.models.checkpoint import load_checkpoint
+from mrhp.models.paper import HelpfulnessModel
 
 ALL_TRAIN = (1.0, 0.0, 0.0)
 DAY = 86_400
@@ -325,3 +333,64 @@ def test_split_by_time_needs_times_and_dump_date_drops_young_reviews(tmp_path: P
               "--dump-date", "8 Jan 1970"])
     assert exit_.value.code == 2
     assert "expected a date YYYY-MM-DD" in capsys.readouterr().err
+
+
+def side_model(**overrides):
+    torch.manual_seed(0)
+    config = ModelConfig(hidden_size=8, embedding_dim=8, num_heads=2, interaction_layers=1, feedforward_size=16,
+                         dropout=0.0, vocab_size=40, image_dim=4, **overrides)
+    return HelpfulnessModel(config).eval()
+
+
+def side_batch(stored: list[np.ndarray | None]):
+    rng = np.random.default_rng(0)
+
+    def item(side=None):
+        return Item(rng.integers(2, 40, size=4), np.zeros((0, 4), dtype=np.float32), None, 4.0, None, side)
+
+    lists = [RankingList(item(), [item(s) for s in stored], [0] * len(stored), list(range(len(stored))), 0)]
+    return collate(lists, max_tokens=8, max_regions=4, feature_dim=4)
+
+
+def test_extra_side_inputs_by_hand_and_in_the_batch():
+    # age_rank 6 -> log 7; age 0.5; verified unknown -> 0; has_images 1; rating deviation -1 -> -0.5.
+    stored = np.array([6, 0.5, np.nan, 1, -1], dtype=np.float32)
+    expected = [math.log(7), 0.5, 0.0, 1.0, -0.5]
+    np.testing.assert_allclose(extra_side_inputs(stored), expected, rtol=1e-6)
+    batch = side_batch([stored, None])
+    assert batch.review_extra.shape == (2, len(STORED_SIDE_FEATURES))
+    np.testing.assert_allclose(batch.review_extra.numpy(), [expected, [0.0] * 5], rtol=1e-6)
+
+
+def test_extra_side_features_reach_the_score_only_when_named():
+    stored = [np.array([0, 0, 1, 0, 0], dtype=np.float32), np.array([3, 1, 0, 1, 2], dtype=np.float32)]
+    for names, moved, still in (("age", 1, 2), ("verified,rating_deviation", 4, 1), ("", None, 1)):
+        net = side_model(extra_side_features=names)
+        batch = side_batch(stored)
+        with torch.no_grad():
+            before = net(batch).row_scores
+            batch.review_extra[:, still] += 5.0  # a feature the model was not given: no effect
+            assert torch.allclose(before, net(batch).row_scores)
+            if moved is not None:
+                batch.review_extra[:, moved] += 5.0
+                assert not torch.allclose(before, net(batch).row_scores)
+    # Width: length/rating channel (3) plus the named columns; without any, no side scorer (the paper's model).
+    assert side_model(side_features=True, extra_side_features="age,has_images").side_scorer[0].in_features == 5
+    assert side_model().side_scorer is None
+    # A model of the old shape (length and rating only) keeps its parameter names and sizes.
+    old = side_model(side_features=True).state_dict()
+    assert old["side_scorer.0.weight"].shape == (16, 3) and "side_columns" not in old
+
+
+def test_extra_side_feature_names_are_checked(tmp_path: Path):
+    assert parse_side_names(" age , verified") == (1, 2) and parse_side_names("") == ()
+    for bad, message in (("age,votes", "unknown side feature 'votes'"), ("age,age", "a side feature is named twice")):
+        with pytest.raises(MrhpError, match=f"model.extra_side_features: {message}"):
+            Config(model=ModelConfig(extra_side_features=bad)).validate()
+    # A config saved before the setting existed (no extra_side_features) reads as before; so does a checkpoint.
+    saved = dataclasses.asdict(Config(model=ModelConfig(side_features=True)))
+    del saved["model"]["extra_side_features"]
+    assert config_from_dict(saved, source="old").model == ModelConfig(side_features=True)
+    path = tiny_checkpoint_file(tmp_path / "old.safetensors", side_features=True)
+    loaded = load_checkpoint(path)
+    assert loaded.config.model.extra_side_features == "" and loaded.model.side_scorer[0].in_features == 3

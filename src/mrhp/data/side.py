@@ -34,6 +34,18 @@ STORED_SIDE_FEATURES = ("age_rank", "age", "verified", "has_images", "rating_dev
 NO_TIME = int(np.iinfo(np.int64).min)
 
 
+def parse_side_names(text: str) -> tuple[int, ...]:
+    """The columns of the comma-separated :data:`STORED_SIDE_FEATURES` names in ``text`` ("" = none), in the
+    order given; ``ValueError`` for an unknown or repeated name."""
+    names = [name.strip() for name in text.split(",")] if text.strip() else []
+    for name in names:
+        if name not in STORED_SIDE_FEATURES:
+            raise ValueError(f"unknown side feature {name!r}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"a side feature is named twice in {text!r}")
+    return tuple(STORED_SIDE_FEATURES.index(name) for name in names)
+
+
 def review_times(split: RawSplit) -> np.ndarray:
     """int64 ``[N]`` review times in seconds since the epoch (UTC), :data:`NO_TIME` where unknown."""
     return np.array([NO_TIME if r.time is None else r.time for r in split.reviews], dtype=np.int64)
