@@ -13,20 +13,28 @@ import pytest
 import torch
 from conftest import tiny_checkpoint_file, write_lines
 
-from mrhp.config import Config, ModelConfig, config_from_dict
-
 from mrhp.cli import main
+from mrhp.config import Config, ModelConfig, config_from_dict
 from mrhp.data.batching import Item, RankingList, collate, extra_side_inputs
 from mrhp.data.dumps import parse_column_mapping, read_dump
 from mrhp.data.jsonl import read_jsonl
 from mrhp.data.official import review_time
 from mrhp.data.prepare import prepare_dataset
 from mrhp.data.prepared import PreparedDataset
+from mrhp.data.records import RawDataset, RawProduct, RawReview, RawSplit
 from mrhp.data.side import NO_TIME, STORED_SIDE_FEATURES, parse_side_names
 from mrhp.data.steam import html_to_text
 from mrhp.errors import DataError, MrhpError
 from mrhp.models.checkpoint import load_checkpoint
 from mrhp.models.paper import HelpfulnessModel
+from mrhp.studies.floors import (
+    FLOOR_METHODS,
+    TextSummary,
+    age_scores,
+    evaluate_floor,
+    review_features,
+    train_lambdamart,
+)
 
 ALL_TRAIN = (1.0, 0.0, 0.0)
 DAY = 86_400
@@ -394,3 +402,54 @@ def test_extra_side_feature_names_are_checked(tmp_path: Path):
     path = tiny_checkpoint_file(tmp_path / "old.safetensors", side_features=True)
     loaded = load_checkpoint(path)
     assert loaded.config.model.extra_side_features == "" and loaded.model.side_scorer[0].in_features == 3
+
+
+def timed_dataset(path: Path, counts=(("train", 40), ("dev", 10), ("test", 10)), seed: int = 0) -> PreparedDataset:
+    """Products of 4 reviews of equal length written on shuffled days; the oldest has most votes (label 3 - age
+    rank), as exposure makes it."""
+    rng = np.random.default_rng(seed)
+    splits = {}
+    for name, count in counts:
+        products, reviews = [], []
+        for p in range(count):
+            pid = f"{name}{p}"
+            products.append(RawProduct(pid, ""))
+            for k, day in enumerate(rng.permutation(4)):
+                reviews.append(RawReview(f"{pid}-{k}", pid, "same words here", int(3 - day), time=int(day) * DAY,
+                                         verified=bool(k % 2)))
+        splits[name] = RawSplit(name, products, reviews)
+    prepare_dataset(RawDataset({"format": "test"}, splits), path, min_count=1)
+    return PreparedDataset.open(path)
+
+
+def test_age_floor_by_hand_and_unknown_times_last(tmp_path: Path):
+    splits = {name: RawSplit(name, [RawProduct(name, "")], [
+        RawReview(f"{name}new", name, "a b c", 0, time=300), RawReview(f"{name}old", name, "a", 3, time=100),
+        RawReview(f"{name}unknown", name, "a b", 2), RawReview(f"{name}mid", name, "a b c d", 1, time=200)])
+        for name in ("train", "test")}
+    prepare_dataset(RawDataset({"format": "test"}, splits), tmp_path / "d", min_count=1)
+    split = PreparedDataset.open(tmp_path / "d").split("test")
+    assert age_scores(split).tolist() == [-2, 0, -4, -1]
+    summary, _, values = evaluate_floor(PreparedDataset.open(tmp_path / "d"), "age", "test", threshold=1,
+                                        ties="pessimistic")
+    # Oldest first: labels 3, 1, 0, 2 -> relevant (label > 1) at ranks 1 and 4: AP (1 + 2/4) / 2.
+    assert values["map"].tolist() == pytest.approx([0.75])
+    assert "age" in FLOOR_METHODS
+
+
+def test_lambdamart_floor_reads_age_and_verified(tmp_path: Path):
+    dataset = timed_dataset(tmp_path / "d")
+    split = dataset.split("test")
+    features, names = review_features(split, np.array([], dtype=np.int64), TextSummary("none", len(dataset.vocab)))
+    column = dict(zip(names, features.T))
+    ranks = split.review_side[:, 0]
+    assert column["log_age_rank"].tolist() == pytest.approx(np.log1p(ranks).tolist())
+    assert column["verified"].tolist() == [k % 2 for k in range(split.num_reviews)]
+    assert column["has_images"].tolist() == [0] * split.num_reviews
+    # Every review has the same text: only age tells the labels apart, and the floor learns it.
+    model = train_lambdamart(dataset, threshold=1, ties="pessimistic", text_features="none", min_data_in_leaf=5,
+                             max_rounds=60, early_stopping_rounds=10)
+    assert model.dev_map == pytest.approx(100.0)
+    length, _, _ = evaluate_floor(dataset, "length", "test", threshold=1, ties="pessimistic")
+    age, _, _ = evaluate_floor(dataset, "age", "test", threshold=1, ties="pessimistic")
+    assert age["map"] == pytest.approx(100.0) and length["map"] < 100.0
