@@ -430,7 +430,7 @@ def test_age_floor_by_hand_and_unknown_times_last(tmp_path: Path):
     prepare_dataset(RawDataset({"format": "test"}, splits), tmp_path / "d", min_count=1)
     split = PreparedDataset.open(tmp_path / "d").split("test")
     assert age_scores(split).tolist() == [-2, 0, -4, -1]
-    summary, _, values = evaluate_floor(PreparedDataset.open(tmp_path / "d"), "age", "test", threshold=1,
+    _, _, values = evaluate_floor(PreparedDataset.open(tmp_path / "d"), "age", "test", threshold=1,
                                         ties="pessimistic")
     # Oldest first: labels 3, 1, 0, 2 -> relevant (label > 1) at ranks 1 and 4: AP (1 + 2/4) / 2.
     assert values["map"].tolist() == pytest.approx([0.75])
