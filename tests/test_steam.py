@@ -27,6 +27,7 @@ from mrhp.data.steam import html_to_text
 from mrhp.errors import DataError, MrhpError
 from mrhp.models.checkpoint import load_checkpoint
 from mrhp.models.paper import HelpfulnessModel
+from mrhp.ranking.ranker import Ranker
 from mrhp.studies.floors import (
     FLOOR_METHODS,
     TextSummary,
@@ -453,3 +454,24 @@ def test_lambdamart_floor_reads_age_and_verified(tmp_path: Path):
     length, _, _ = evaluate_floor(dataset, "length", "test", threshold=1, ties="pessimistic")
     age, _, _ = evaluate_floor(dataset, "age", "test", threshold=1, ties="pessimistic")
     assert age["map"] == pytest.approx(100.0) and length["map"] < 100.0
+
+
+def test_ranking_requests_give_time_and_verified_to_the_side_features(tmp_path: Path):
+    path = tiny_checkpoint_file(tmp_path / "m.safetensors", extra_side_features="age_rank,verified")
+    ranker = Ranker(load_checkpoint(path), batch_rows=8)
+    reviews = [{"review_id": "a", "text": "great pot", "time": 300, "verified": True, "rating": 5},
+               {"review_id": "b", "text": "great pot", "time": 100},
+               {"review_id": "c", "text": "great pot"}]
+    parsed = ranker.parse({"text": "pot", "reviews": reviews})
+    sides = np.array([item.side for item in parsed.ranking.reviews])
+    # Computed over the request's reviews as prepare does over a product's: a has one older review.
+    assert sides[:, 0].tolist()[:2] == [1, 0] and np.isnan(sides[2, 0])
+    assert sides[:, 2].tolist()[0] == 1 and np.isnan(sides[1:, 2]).all()
+    scores = ranker.rank("pot", reviews).scores
+    # Same text: only the side features set the scores apart; b (rank 0, verified unknown) and c (both unknown)
+    # give the model the same inputs, as unknown reads as 0.
+    assert scores[0] != pytest.approx(scores[1]) and scores[1] == pytest.approx(scores[2])
+    for bad, message in (({"time": "2020"}, "reviews\\[0\\]\\.time': expected seconds"),
+                         ({"verified": 1}, "reviews\\[0\\]\\.verified': expected true or false")):
+        with pytest.raises(MrhpError, match=message):
+            ranker.parse({"text": "pot", "reviews": [{"review_id": "a", "text": "x", **bad}]})
