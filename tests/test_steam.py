@@ -337,6 +337,9 @@ def test_split_by_time_needs_times_and_dump_date_drops_young_reviews(tmp_path: P
                  "--split-fractions", "0.3", "0.3", "0.4", "--min-reviews", "1", "--dump-date", "1970-01-08",
                  "--min-review-age", "0", "--min-count", "1"]) == 0
     assert "split by time (UTC): dev from 1970-01-03 00:00:00, test from 1970-01-06 00:00:00" in capsys.readouterr().out
+    assert main(["prepare", "--format", "amazon2023", "--input", str(path), "--out", str(tmp_path / "x"),
+                 "--min-review-age", "5"]) == 2
+    assert "--min-review-age needs --dump-date" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_:
         main(["prepare", "--format", "amazon2023", "--input", str(path), "--out", str(tmp_path / "x"),
               "--dump-date", "8 Jan 1970"])
@@ -475,3 +478,14 @@ def test_ranking_requests_give_time_and_verified_to_the_side_features(tmp_path: 
                          ({"verified": 1}, "reviews\\[0\\]\\.verified': expected true or false")):
         with pytest.raises(MrhpError, match=message):
             ranker.parse({"text": "pot", "reviews": [{"review_id": "a", "text": "x", **bad}]})
+
+
+def test_official_reviews_keep_their_time(tmp_path: Path):
+    from test_data import read_fixture, write_official
+
+    write_official(tmp_path, "columns", features=False)
+    raw = read_fixture(tmp_path, product_features=None, review_features=None)
+    # The fixture's train reviews have times 1..8 (R1..R8), listed here in the relations' order; dev has none.
+    assert [r.time for r in raw.splits["train"].reviews] == [1, 2, 4, 3, 5, 6, 7, 8]
+    assert [r.time for r in raw.splits["dev"].reviews] == [None, None]
+    assert raw.notes["train"]["reviews_with_time"] == 8 and raw.notes["train"]["unreadable_review_times"] == 0

@@ -38,6 +38,8 @@ def _prepare(args: argparse.Namespace) -> int:
 
         if args.input is None:
             raise MrhpError(f"prepare --format {args.format} needs --input")
+        if args.min_review_age is not None and args.dump_date is None:
+            raise MrhpError("--min-review-age needs --dump-date (the age is counted back from it)")
         raw = read_dump(
             args.format,
             args.input,
@@ -50,7 +52,7 @@ def _prepare(args: argparse.Namespace) -> int:
             seed=args.seed,
             split_by=args.split_by,
             dump_date=args.dump_date,
-            min_review_age_days=args.min_review_age,
+            min_review_age_days=30 if args.min_review_age is None else args.min_review_age,
             votes_scheme=args.votes_scheme,
             min_reviews=args.min_reviews,
             drop_single_level=args.drop_single_level,
@@ -265,7 +267,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     dump.add_argument("--lenient", action="store_true", help="skip and count malformed records instead of failing")
     dump.add_argument("--split-by", choices=SPLIT_BY, default="product", help="product: whole products at random (default, as in the paper); time: the newest reviews form test and the next newest dev (global date cut-offs; see src/mrhp/data/dump_pipeline.py)")
     dump.add_argument("--dump-date", type=utc_day, metavar="YYYY-MM-DD", help="when the dump was collected (UTC); reviews younger than --min-review-age days then are left out (too young to have votes)")
-    dump.add_argument("--min-review-age", type=float, default=30, metavar="DAYS", help="with --dump-date: the youngest review age kept (default 30 days)")
+    dump.add_argument("--min-review-age", type=float, metavar="DAYS", help="with --dump-date: the youngest review age kept (default 30 days)")
     prepare.set_defaults(handler=_prepare)
 
     features = commands.add_parser("features", help="region features of the image files of a JSON-lines dataset (EfficientNet-Lite0, CPU, resumable)")
