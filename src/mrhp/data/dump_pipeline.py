@@ -25,8 +25,10 @@ reviews of another). The reviews of a test list also come from one short, recent
 them their exposure to voters, differ far less than across a product's whole history: the time split is where
 ranking by content is measured with exposure controlled. The price: products without recent reviews have no test
 list, and the newest reviews have had the least time to collect votes, hence ``--dump-date`` with
-:func:`drop_young_reviews`. Image URLs are kept as references only: they cannot be fetched
-offline, so those items have no image features, and the report says so.
+:func:`drop_young_reviews`.
+
+Image URLs are kept as references only: they cannot be fetched offline, so those items have no image features,
+and the report says so.
 """
 
 from __future__ import annotations
@@ -268,7 +270,8 @@ def _split_by_time(by_product: dict[str, list[DumpReview]],
     for reviews in by_product.values():
         for review in reviews:
             if review.time is None:
-                raise DataError("--split-by time needs every review's time, and this review has none", file=review.where)
+                raise DataError("--split-by time needs every review's time, and this review has none",
+                                file=review.where)
     times = np.sort(np.array([r.time for rs in by_product.values() for r in rs], dtype=np.int64))  # [N]
     n = len(times)
     n_test = round(fractions[2] * n)
@@ -291,7 +294,8 @@ def utc_moment(seconds: int) -> str:
     return datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def drop_young_reviews(reviews: list[DumpReview], dump_date: int, min_age_days: float) -> tuple[list[DumpReview], Counter]:
+def drop_young_reviews(reviews: list[DumpReview], dump_date: int,
+                       min_age_days: float) -> tuple[list[DumpReview], Counter]:
     """The reviews written at least ``min_age_days`` before ``dump_date`` (seconds, UTC): younger reviews have had
     too little time to collect votes, so their label says more about their age than about them. Reviews of
     unknown time are kept (and counted); a review written after the dump date is an error (the date is wrong)."""
