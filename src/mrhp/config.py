@@ -71,6 +71,10 @@ class ModelConfig:
     text_encoder: str = "lstm"
     text_tuned_layers: int = 0
     side_features: bool = False
+    # Not in the paper either: stored side features (mrhp.data.side.STORED_SIDE_FEATURES, computed by `mrhp prepare`)
+    # fed to the same side channel, as comma-separated names, e.g. "age,verified"; "" = none. "age_rank"/"age"
+    # predict votes (older reviews collected them for longer), so leave them out to rank by quality.
+    extra_side_features: str = ""
     side_hidden_size: int = 16
     vocab_size: int = 0
     image_dim: int = 0
@@ -151,6 +155,13 @@ class Config:
         _check(self.model.text_tuned_layers >= 0, "model.text_tuned_layers must be >= 0")
         _check(self.model.text_encoder != "lstm" or self.model.text_tuned_layers == 0,
                "model.text_tuned_layers is for a pretrained model.text_encoder")
+        from mrhp.data.side import STORED_SIDE_FEATURES, parse_side_names
+
+        try:
+            parse_side_names(self.model.extra_side_features)
+        except ValueError as exc:
+            raise MrhpError(f"invalid config: model.extra_side_features: {exc} (names: "
+                            f"{', '.join(STORED_SIDE_FEATURES)})") from None
         return self
 
 

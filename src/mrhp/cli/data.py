@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mrhp.cli.options import at_least, image_options, progress_option, settings_options
+from mrhp.data.dump_pipeline import SPLIT_BY
 from mrhp.data.dumps import DUMP_FORMATS
 from mrhp.data.official import DEFAULT_MAX_REGIONS_PER_IMAGE, PRODUCT_TEXT_CHOICES
 from mrhp.errors import MrhpError
@@ -52,6 +54,15 @@ def prepare_argv(args: argparse.Namespace, argv: Sequence[str]) -> list[str]:
     return [*argv[:at], *tokens, *argv[at:]]
 
 
+def utc_day(text: str) -> int:
+    """``YYYY-MM-DD`` as seconds since the epoch at 00:00 UTC of that day (an argparse type)."""
+    try:
+        day = datetime.strptime(text, "%Y-%m-%d")
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a date YYYY-MM-DD, got {text!r}") from None
+    return int(day.replace(tzinfo=UTC).timestamp())
+
+
 def _prepare(args: argparse.Namespace) -> int:
     from mrhp.data.prepare import check_prepare_out, format_report, prepare_dataset
 
@@ -63,6 +74,8 @@ def _prepare(args: argparse.Namespace) -> int:
 
         if args.input is None:
             raise MrhpError(f"prepare --format {args.format} needs --input")
+        if args.min_review_age is not None and args.dump_date is None:
+            raise MrhpError("--min-review-age needs --dump-date (the age is counted back from it)")
         raw = read_dump(
             args.format,
             args.input,
@@ -73,6 +86,9 @@ def _prepare(args: argparse.Namespace) -> int:
             lenient=args.lenient,
             fractions=tuple(args.split_fractions),
             seed=args.seed,
+            split_by=args.split_by,
+            dump_date=args.dump_date,
+            min_review_age_days=30 if args.min_review_age is None else args.min_review_age,
             votes_scheme=args.votes_scheme,
             min_reviews=args.min_reviews,
             drop_single_level=args.drop_single_level,
@@ -80,6 +96,9 @@ def _prepare(args: argparse.Namespace) -> int:
         )
         if args.fetched is not None:
             _attach_fetched(args, raw)
+    elif args.split_by != "product" or args.dump_date is not None:
+        raise MrhpError("--split-by time and --dump-date are for the dump formats (--format jsonl: give each product "
+                        "its split; --format mrhp: the benchmark's splits are fixed)")
     elif args.format == "mrhp":
         from mrhp.data.official import read_official
 
@@ -273,15 +292,18 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     jsonl.add_argument("--image-features", type=Path, help="feature folder of the image files (default: image-features beside --products, or inside --fetched for a dump); resumed")
     jsonl.add_argument("--fetched", type=Path, help="folder of `mrhp fetch-images`: image URLs (jsonl `images`, a dump's image URLs) become its downloaded files; failed downloads mask their image")
     image_options(jsonl)
-    dump = prepare.add_argument_group("--format amazon2018|amazon2014|amazon2023|finefood|yelp|csv (also --split-fractions, --seed, --votes-scheme)")
-    dump.add_argument("--input", type=Path, help="the reviews file (.gz read transparently)")
+    dump = prepare.add_argument_group("--format amazon2018|amazon2014|amazon2023|finefood|yelp|steam|csv (also --split-fractions, --seed, --votes-scheme)")
+    dump.add_argument("--input", type=Path, help="the reviews file (.gz read transparently); steam: the folder of review_<appid>.json files (store pages in its appdetails/)")
     dump.add_argument("--metadata", type=Path, help="amazon2018/amazon2014/amazon2023: product metadata JSON lines (title, description)")
     dump.add_argument("--metadata-features", action="store_true", help="amazon2023: add the metadata's features list to the product text")
     dump.add_argument("--business", type=Path, help="yelp: business JSON lines (name, categories as product text)")
-    dump.add_argument("--columns", nargs="+", metavar="KEY=COLUMN", help="csv: product=, text= (comma list), votes=; optional review=, rating=, product_text=, images=, product_images=")
+    dump.add_argument("--columns", nargs="+", metavar="KEY=COLUMN", help="csv: product=, text= (comma list), votes=; optional review=, rating=, time= (seconds since 1970, UTC), product_text=, images=, product_images=")
     dump.add_argument("--min-reviews", type=int, default=2, help="drop products with fewer reviews")
     dump.add_argument("--drop-single-level", action="store_true", help="drop products whose reviews all share one level (not rankable)")
     dump.add_argument("--lenient", action="store_true", help="skip and count malformed records instead of failing")
+    dump.add_argument("--split-by", choices=SPLIT_BY, default="product", help="product: whole products at random (default, as in the paper); time: the newest reviews form test and the next newest dev (global date cut-offs; see src/mrhp/data/dump_pipeline.py)")
+    dump.add_argument("--dump-date", type=utc_day, metavar="YYYY-MM-DD", help="when the dump was collected (UTC); reviews younger than --min-review-age days then are left out (too young to have votes)")
+    dump.add_argument("--min-review-age", type=float, metavar="DAYS", help="with --dump-date: the youngest review age kept (default 30 days)")
     prepare.set_defaults(handler=_prepare)
 
     features = commands.add_parser("features", help="region features of the image files of a JSON-lines dataset (EfficientNet-Lite0, CPU, resumable)")
