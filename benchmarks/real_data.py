@@ -52,11 +52,12 @@ from mrhp.data.dumps import read_dump
 from mrhp.data.prepare import prepare_dataset
 from mrhp.data.prepared import PreparedDataset
 from mrhp.features.text_encoder import StateEncoder
-from mrhp.objectives.metrics import METRICS, paired_test
+from mrhp.objectives.metrics import METRICS
 from mrhp.scoring.evaluate import evaluate_split, write_per_product
 from mrhp.studies.compare import per_product_name
 from mrhp.studies.experiment import run_folder, run_system
 from mrhp.studies.floors import evaluate_floor
+from mrhp.studies.stats import paired_test
 from mrhp.training.loop import train
 
 REPO = Path(__file__).resolve().parents[1]

@@ -45,7 +45,7 @@ from mrhp.data.prepared import PreparedDataset, PreparedSplit
 from mrhp.errors import MrhpError
 from mrhp.models.checkpoint import Checkpoint, load_checkpoint
 from mrhp.objectives.losses import MODALITY_KEYS
-from mrhp.objectives.metrics import METRICS, paired_test
+from mrhp.objectives.metrics import METRICS
 from mrhp.scoring.evaluate import score_split
 from mrhp.studies.compare import (
     Comparison,
@@ -54,6 +54,7 @@ from mrhp.studies.compare import (
     read_per_product,
     system_name,
 )
+from mrhp.studies.stats import paired_test
 
 log = logging.getLogger(__name__)
 
