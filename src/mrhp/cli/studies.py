@@ -30,7 +30,7 @@ def _compare(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from mrhp.studies.report import write_report
 
-    print(write_report(args.runs, args.data, args.out, args.split, args.title))
+    print(write_report(args.runs, args.data, args.out, args.split, args.title, args.reference, args.baseline))
     return 0
 
 
@@ -68,6 +68,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     report.add_argument("--out", type=Path, required=True, help="folder for report.md and its PNG plots")
     report.add_argument("--split", default="test", help="the evaluated split (default test)")
     report.add_argument("--title", help="the report's title")
+    report.add_argument("--reference", help="the system of the paper's full model: Table 5 tests it, Table 6 lists "
+                                            "its variants (required when several systems run the paper's model)")
+    report.add_argument("--baseline", help="the system Tables 3-5 test against (default: the only MCR system)")
     report.set_defaults(handler=_report)
 
     demo = commands.add_parser("demo", help="synthetic data -> prepare -> train 3 systems -> test table")
