@@ -17,6 +17,7 @@ from mrhp.studies.stats import (
     holm,
     min_f_test,
     paired_test,
+    product_means,
     system_test,
 )
 
@@ -77,6 +78,14 @@ def test_holm_by_hand():
     assert adjusted[0] == pytest.approx(0.6) and math.isnan(adjusted[1]) and adjusted[2] == pytest.approx(0.4)
     assert holm([0.7, 0.8]) == pytest.approx([1.0, 1.0])
     assert holm([]) == []
+
+
+def test_a_product_tested_under_several_seeds_is_one_sample():
+    # Seed 0 tests p1, p2; seed 1 tests p2, p3 (each seed with its own split).
+    means = product_means([(["p1", "p2"], np.array([0.2, 0.4])), (["p2", "p3"], np.array([0.8, 0.5]))])
+    assert means == pytest.approx({"p1": 0.2, "p2": 0.6, "p3": 0.5}) and list(means) == ["p1", "p2", "p3"]
+    with pytest.raises(ValueError, match="2 product ids for 1 values"):
+        product_means([(["p1", "p2"], np.array([0.2]))])
 
 
 def test_min_f_by_hand_and_the_tests_over_products_and_seeds():

@@ -215,6 +215,19 @@ def system_test(a: np.ndarray, b: np.ndarray, test: str, *, seed: int = 0) -> fl
     return paired_test(a.mean(axis=0), b.mean(axis=0), test.removeprefix("products-"), seed=seed)  # [P] each
 
 
+def product_means(runs: Sequence[tuple[Sequence[str], np.ndarray]]) -> dict[str, float]:
+    """Each product's value averaged over the runs that test it, from `(product_ids, values [P])` per run: the
+    unit of the tests over products when runs test different products (each seed with its own split), so that a
+    product tested under several seeds is one sample. In order of first appearance."""
+    totals: dict[str, list[float]] = {}
+    for product_ids, values in runs:
+        if len(product_ids) != len(values):
+            raise ValueError(f"{len(product_ids)} product ids for {len(values)} values")
+        for product, value in zip(product_ids, np.asarray(values, dtype=np.float64).tolist()):
+            totals.setdefault(product, []).append(value)
+    return {product: float(np.mean(values)) for product, values in totals.items()}
+
+
 def holm(p_values: Sequence[float]) -> list[float]:
     """Holm's (1979) step-down adjustment of one family of p-values, in their order: the i-th smallest of m is
     multiplied by m - i + 1 (i from 1), capped at 1, and made non-decreasing along the sorted order. It controls
