@@ -149,7 +149,7 @@ def run_config(per_product: Path) -> tuple[dict | None, int | None]:
         return None, None
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, ValueError) as exc:
+    except (ValueError, RecursionError) as exc:  # bad UTF-8 and bad JSON are ValueErrors
         raise DataError(f"not a readable run config ({exc})", file=path) from None
     train = config.get("train") if isinstance(config, dict) else None
     seed = train.get("seed") if isinstance(train, dict) else None
