@@ -148,6 +148,8 @@ def test_roles_are_named_explicitly_where_several_systems_could_take_them(hand_r
     assert ("mrhp", "loss.set_contrastive_weight=0.0") in [(s.name, label) for s, label in other.variants]
     with pytest.raises(MrhpError, match="--reference 'nope' is not one of the systems"):
         assign_roles(systems, reference="nope")
+    with pytest.raises(MrhpError, match="--reference names the paper's full model, and 'mcr' runs mcr"):
+        assign_roles(systems, reference="mcr")
 
 
 def test_tables_3_to_6_equal_hand_computed_values(hand_runs: list[Path]):

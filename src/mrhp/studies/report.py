@@ -169,8 +169,9 @@ def assign_roles(systems: dict[str, System], reference: str | None = None, basel
     unless named), the systems of Tables 3-4 and the variants of Table 6."""
     ours = _named(systems, reference, [s for s in systems.values() if s.model == PAPER_MODEL],
                   "the paper's full model", "--reference")
-    if ours is None:
-        raise MrhpError(f"no run of the paper's model ({PAPER_MODEL}) to report on")
+    if ours is None or ours.model != PAPER_MODEL:
+        raise MrhpError(f"--reference names the paper's full model, and {ours.name!r} runs {ours.model}" if ours else
+                        f"no run of the paper's model ({PAPER_MODEL}) to report on")
     other = _named(systems, baseline, [s for s in systems.values() if s.model == MCR_NAME], "the baseline",
                    "--baseline")
     if other is ours:
