@@ -417,18 +417,22 @@ def test_compare_means_sds_and_paired_test(tmp_path):
     b = [write_run(tmp_path / "b.jsonl", [0.1, 0.5, 0.2, 0.6])]
     assert system_name(a[0]) == "a" and system_name(a[0].parent) == "a" and system_name(b[0]) == "b"
     runs = {"a": [read_per_product(p) for p in a], "b": [read_per_product(p) for p in b]}
-    result = compare_systems(runs, reference="b", test="t")
+    result = compare_systems(runs, reference="b")  # bare files have no config, so no seed: products-t
     row_a = result.rows["a"]
     # Seed means of MAP: 0.5 and 0.6 -> mean 55.0, sample sd 7.07 (x100).
     assert row_a.seeds == 2 and row_a.mean["map"] == pytest.approx(55.0)
     assert row_a.sd["map"] == pytest.approx(100 * np.std([0.5, 0.6], ddof=1))
     averaged = np.array([0.3, 0.4, 0.6, 0.9])  # per-product mean over a's seeds
     expected = stats.ttest_rel(averaged, [0.1, 0.5, 0.2, 0.6]).pvalue
-    assert row_a.p_value["map"] == pytest.approx(expected)
-    assert row_a.p_value["ndcg@5"] == pytest.approx(expected)  # a constant scale changes no t statistic
+    assert result.test == "products-t" and result.family == 3
+    assert row_a.p_raw["map"] == pytest.approx(expected)
+    assert row_a.p_raw["ndcg@5"] == pytest.approx(expected)  # a constant scale changes no t statistic
+    # Holm over the table's 3 equal p-values: each is multiplied by 3 (then 2 and 1, kept monotone).
+    assert row_a.p_value == pytest.approx({metric: min(1.0, 3 * expected) for metric in row_a.p_value})
     assert result.rows["b"].p_value == {} and np.isnan(result.rows["b"].sd["map"])
     table = format_comparison(result)
-    assert "55.00 ± 7.07" in table and "reference" in table and f"{expected:.3g}" in table
+    assert "55.00 ± 7.07" in table and "reference" in table and f"{min(1.0, 3 * expected):.3g}" in table
+    assert "products-t test" in table and "Holm-adjusted over the 3 p-values" in table
 
 
 def test_compare_refuses_mismatched_runs(tmp_path):
@@ -436,11 +440,11 @@ def test_compare_refuses_mismatched_runs(tmp_path):
     other_split = read_per_product(write_run(tmp_path / "b.jsonl", [0.1, 0.2, 0.3, 0.4], split="dev"))
     fewer = read_per_product(write_run(tmp_path / "c.jsonl", [0.1, 0.2, 0.3], products=PRODUCTS[:3]))
     with pytest.raises(MrhpError, match="split 'dev'"):
-        compare_systems({"a": [good], "b": [other_split]}, reference="a", test="t")
+        compare_systems({"a": [good], "b": [other_split]}, reference="a", test="products-t")
     with pytest.raises(MrhpError, match="p4"):
-        compare_systems({"a": [good], "c": [fewer]}, reference="a", test="t")
+        compare_systems({"a": [good], "c": [fewer]}, reference="a", test="products-t")
     with pytest.raises(MrhpError, match="unknown reference"):
-        compare_systems({"a": [good]}, reference="z", test="t")
+        compare_systems({"a": [good]}, reference="z", test="products-t")
     (tmp_path / "bad.jsonl").write_text('{"product_id": "p1", "split": "test", "map": 0.5}\n')
     with pytest.raises(MrhpError, match=r"bad.jsonl, line 1.*ndcg@3"):
         read_per_product(tmp_path / "bad.jsonl")
@@ -451,10 +455,10 @@ def test_compare_command(tmp_path, capsys):
     write_run(tmp_path / "runs" / "mcr-seed1" / "test_per_product.jsonl", [0.3, 0.4, 0.5, 0.8])
     write_run(tmp_path / "runs" / "mrhp-seed0" / "test_per_product.jsonl", [0.5, 0.6, 0.6, 0.9])
     runs = sorted(str(p) for p in (tmp_path / "runs").iterdir())
-    assert main(["compare", *runs, "--reference", "mcr", "--test", "randomization"]) == 0
+    assert main(["compare", *runs, "--reference", "mcr", "--test", "products-randomization"]) == 0
     out = capsys.readouterr().out
     table = out[out.index("split test"):]
-    assert "randomization test against mcr" in table
+    assert "products-randomization test" in table and "against mcr" in table
     mcr_row = next(line for line in table.splitlines() if line.startswith("mcr "))
     assert mcr_row.split()[1] == "2" and "(reference)" in mcr_row  # two seeds grouped under one system
     assert main(["compare", *runs, "--reference", "nope"]) == 2
