@@ -60,6 +60,7 @@ TARGET_ROWS_PER_S = 7_700  # the issue's goal: a Home epoch in 60 s on one H100/
 def build_dataset(path: Path, pool: int) -> None:
     """Write the prepared dataset (format of mrhp.data.prepared) unless one of the same sizes is there."""
     from mrhp.data.prepared import PREPARED_FORMAT, PREPARED_VERSION
+    from mrhp.data.side import STORED_SIDE_FEATURES
     from mrhp.data.store import FeatureStoreWriter
 
     wanted = {**SIZES, "pool": pool}
@@ -97,7 +98,7 @@ def build_dataset(path: Path, pool: int) -> None:
         counts[split] = sizes
     meta = {"format": PREPARED_FORMAT, "version": PREPARED_VERSION, "source": {"generator": "benchmarks/scale.py"},
             "relevance_threshold": 1, "feature_dim": SIZES["feature_dim"], "splits": ["train", "dev"],
-            "counts": counts}
+            "counts": counts, "side_features": list(STORED_SIDE_FEATURES)}  # no side-feature files: unknown
     (path / "dataset.json").write_text(json.dumps(meta, indent=1) + "\n")
     marker.write_text(json.dumps(wanted))
     print(f"dataset written to {path} in {time.perf_counter() - started:.0f} s")

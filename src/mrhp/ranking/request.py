@@ -9,7 +9,10 @@ or the arguments of `Ranker.rank`::
 `product_id` is optional (a non-empty string or an integer); the product text is `text`, or `name` and/or
 `description` joined by a space; each review has a `review_id` (a non-empty string or an integer, unique in the
 request), a `text` (may be empty) and optionally its star `rating` (a finite number; read by models with
-`model.side_features`, unknown when absent); `images` is optional everywhere; `"explain": true` (optional) asks
+`model.side_features`, unknown when absent), its `time` (an integer, seconds since 1970 UTC) and whether it is a
+`verified` purchase (true/false), both optional and read by models with `model.extra_side_features` (the side
+features of `mrhp.data.side`, computed over the request's reviews as `mrhp prepare` computes them over a
+product's reviews); `images` is optional everywhere; `"explain": true` (optional) asks
 for each review's explanation (below). An IMAGE is one of
 
 * `{"regions": [[...], ...]}`: region features [n_regions, F] inline (a list of lists, or a numpy array in
@@ -42,7 +45,8 @@ import numpy as np
 
 from mrhp.data.batching import Item, RankingList
 from mrhp.data.jsonl import image_file_kind, load_npy_regions, not_a_feature_file
-from mrhp.data.records import ItemFields, cap_regions, not_unicode, unique_ids
+from mrhp.data.records import ItemFields, RawReview, RawSplit, cap_regions, not_unicode, unique_ids
+from mrhp.data.side import stored_side_features
 from mrhp.data.text import spell, tokenize
 from mrhp.errors import DataError
 from mrhp.features.images import (
@@ -215,7 +219,7 @@ def _shown(value: object) -> str:
 
 
 PRODUCT_FIELDS = frozenset({"product_id", "text", "name", "description", "images", "reviews", "explain"})
-REVIEW_FIELDS = frozenset({"review_id", "text", "rating", "images"})
+REVIEW_FIELDS = frozenset({"review_id", "text", "rating", "time", "verified", "images"})
 IMAGE_FIELDS = frozenset({"regions", "data"})
 
 
@@ -267,6 +271,20 @@ class RequestFields(ItemFields):
             raise self.error(f"expected a finite number, got {_shown(value)}", "rating")
         return number
 
+    def time(self) -> int | None:
+        """The review's time in seconds since 1970 (UTC), None when absent or null."""
+        value = self.get("time")
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise self.error(f"expected seconds since 1970 (an integer >= 0), got {_shown(value)}", "time")
+        return value
+
+    def verified(self) -> bool | None:
+        """Whether the review is a verified purchase, None when absent or null."""
+        value = self.get("verified")
+        if value is not None and not isinstance(value, bool):
+            raise self.error(f"expected true or false, got {_shown(value)}", "verified")
+        return value
+
     def explain(self, explains: bool, model_name: str) -> bool:
         value = self.values.get("explain", False)
         if not isinstance(value, bool):
@@ -316,6 +334,7 @@ class RequestReader:
         regions: list[np.ndarray] = []
         region_images: list[np.ndarray] = []
         ratings: list[float] = []
+        side_reviews: list[RawReview] = []
         for review, review_id in unique_ids(self._reviews(reviews, where, limits), "review"):
             review_ids.append(review_id)
             texts.append(review.review_text())
@@ -323,8 +342,12 @@ class RequestReader:
             regions.append(review_regions)
             region_images.append(images_of_regions)
             ratings.append(review.rating())
+            side_reviews.append(RawReview(review_id, "request", "", 0, rating=None if np.isnan(ratings[-1])
+                                          else ratings[-1], image_refs=("image",) * len(review.images()),
+                                          time=review.time(), verified=review.verified()))
+        sides = stored_side_features({"request": RawSplit("request", [], side_reviews)})["request"]  # [N, K]
         return self.tokenized(product_id, product_text, product_regions, review_ids, texts, regions, region_images,
-                              ratings, explain)
+                              ratings, explain, list(sides))
 
     @staticmethod
     def _reviews(reviews: Sequence[object], where: str | None, limits: RequestLimits) -> Iterator[RequestFields]:
@@ -337,13 +360,15 @@ class RequestReader:
 
     def tokenized(self, product_id: str | None, product_text: str, product_regions: np.ndarray,
                   review_ids: list[str], texts: list[str], regions: list[np.ndarray],
-                  region_images: list[np.ndarray], ratings: list[float], explain: bool) -> RankingRequest:
+                  region_images: list[np.ndarray], ratings: list[float], explain: bool,
+                  sides: list[np.ndarray | None] | None = None) -> RankingRequest:
         vocab, max_tokens = self.checkpoint.vocab, self.checkpoint.config.data.max_tokens
         product_states, *review_states = self.text_states.encode([product_text, *texts])
         product = Item(np.asarray(vocab.encode(product_text), dtype=np.int64), product_regions, product_states)
+        sides = sides if sides is not None else [None] * len(texts)
         items = [Item(np.asarray(vocab.encode(text), dtype=np.int64), item_regions, states, rating,
-                      spell(tokenize(text)))
-                 for text, item_regions, states, rating in zip(texts, regions, review_states, ratings)]
+                      spell(tokenize(text)), side)
+                 for text, item_regions, states, rating, side in zip(texts, regions, review_states, ratings, sides)]
         return RankingRequest(
             product_id=product_id,
             review_ids=review_ids,

@@ -51,7 +51,8 @@ def score_split(
 
 def check_fits(checkpoint: Checkpoint, dataset: PreparedDataset) -> None:
     """`MrhpError` unless `dataset` was prepared as the checkpoint's training data was: the same vocabulary (token
-    ids mean the same words), the same region feature width and, for a pretrained text encoder, its token states.
+    ids mean the same words), the same region feature width and, for a pretrained text encoder, its token states
+    (encoder, layer, token cut and width).
     A model scored on another vocabulary gives numbers, but meaningless ones."""
     where = f"{dataset.path} and the checkpoint {checkpoint.source or ''}".rstrip()
     if checkpoint.vocab.tokens != dataset.vocab.tokens:
@@ -63,11 +64,15 @@ def check_fits(checkpoint: Checkpoint, dataset: PreparedDataset) -> None:
     if inputs.image_dim != dataset.feature_dim:
         raise MrhpError(f"{where}: region features are {dataset.feature_dim}-d in the data, the model takes "
                         f"{inputs.image_dim}")
-    stored = dataset.text_encoder
-    if model.text_encoder != "lstm" and (stored is None or stored.get("name") != model.text_encoder
-                                         or int(stored.get("dim", -1)) != inputs.text_state_dim):
-        raise MrhpError(f"{where}: the model reads {model.text_encoder!r} token states of width "
-                        f"{inputs.text_state_dim}; the data holds {stored or 'none'}")
+    if model.text_encoder != "lstm":
+        from mrhp.features.text_encoder import check_stored_states
+
+        stored = dataset.text_encoder
+        check_stored_states(stored, model.text_encoder, model.text_tuned_layers, checkpoint.config.data.max_tokens,
+                            where)
+        if int(stored["dim"]) != inputs.text_state_dim:
+            raise MrhpError(f"{where}: the model reads token states of width {inputs.text_state_dim}; the data "
+                            f"holds {stored['dim']}")
 
 
 def per_product_metrics(
