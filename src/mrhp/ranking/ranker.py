@@ -29,13 +29,12 @@ from mrhp.errors import MrhpError
 from mrhp.models.checkpoint import Checkpoint, load_checkpoint
 from mrhp.models.explain import ScoreSplit, explanation_json
 from mrhp.models.registry import explains, reads_images
+from mrhp.ranking.encoders import ImageFiles, TextStates
 from mrhp.ranking.request import (
-    ImageFiles,
     RankingRequest,
     RequestError,
     RequestLimits,
     RequestReader,
-    TextStates,
 )
 from mrhp.scoring.loop import Group, score_groups
 

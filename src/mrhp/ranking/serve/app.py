@@ -31,9 +31,9 @@ from mrhp.data.batching import RankingList
 from mrhp.errors import MrhpError
 from mrhp.models.checkpoint import VERSION as CHECKPOINT_VERSION
 from mrhp.models.checkpoint import load_checkpoint
+from mrhp.ranking.encoders import ImageFiles
 from mrhp.ranking.ranker import NonFiniteScores, Ranker, file_sha256
 from mrhp.ranking.request import (
-    ImageFiles,
     ImageFilesUnavailable,
     RequestError,
     RequestLimits,
