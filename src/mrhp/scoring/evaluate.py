@@ -51,22 +51,29 @@ def score_split(
 def check_fits(checkpoint: Checkpoint, dataset: PreparedDataset) -> None:
     """`MrhpError` unless `dataset` was prepared as the checkpoint's training data was: the same vocabulary (token
     ids mean the same words), the same region feature width and, for a pretrained text encoder, its token states.
-    A model scored on another vocabulary gives numbers, but meaningless ones."""
+    A model scored on another vocabulary gives numbers, but meaningless ones; any dataset prepared against the
+    model's vocabulary and encoder (`mrhp prepare --vocabulary-from`), a new category included, fits."""
     where = f"{dataset.path} and the checkpoint {checkpoint.source or ''}".rstrip()
     if checkpoint.vocab.tokens != dataset.vocab.tokens:
         differ = next((i for i, (a, b) in enumerate(zip(checkpoint.vocab.tokens, dataset.vocab.tokens)) if a != b),
                       min(len(checkpoint.vocab), len(dataset.vocab)))
-        raise MrhpError(f"{where} have different vocabularies ({len(dataset.vocab)} and {len(checkpoint.vocab)} "
-                        f"words, first difference at id {differ}): evaluate on the dataset the model was trained on")
+        raise MrhpError(f"{where} have different vocabularies (fingerprints {dataset.vocab_fingerprint} and "
+                        f"{checkpoint.vocab.fingerprint()}, {len(dataset.vocab)} and {len(checkpoint.vocab)} words, "
+                        f"first difference at id {differ}): prepare the data against the model's vocabulary with "
+                        f"`mrhp prepare ... --vocabulary-from {checkpoint.source or 'RUN'}`")
     model = checkpoint.config.model
     if model.image_dim != dataset.feature_dim:
         raise MrhpError(f"{where}: region features are {dataset.feature_dim}-d in the data, the model takes "
                         f"{model.image_dim}")
     stored = dataset.text_encoder
-    if model.text_encoder != "lstm" and (stored is None or stored.get("name") != model.text_encoder
-                                         or int(stored.get("dim", -1)) != model.text_state_dim):
-        raise MrhpError(f"{where}: the model reads {model.text_encoder!r} token states of width "
-                        f"{model.text_state_dim}; the data holds {stored or 'none'}")
+    if model.text_encoder != "lstm":
+        from mrhp.features.text_encoder import pretrained_layer
+
+        layer = pretrained_layer(model.text_encoder, model.text_tuned_layers)
+        if stored is None or stored.get("name") != model.text_encoder or stored.get("layer") != layer or \
+                int(stored.get("dim", -1)) != model.text_state_dim:
+            raise MrhpError(f"{where}: the model reads {model.text_encoder!r} token states of width "
+                            f"{model.text_state_dim} at layer {layer}; the data holds {stored or 'none'}")
 
 
 def per_product_metrics(
