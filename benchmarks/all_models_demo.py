@@ -3,7 +3,7 @@
 The data and settings are those of `mrhp demo` (`mrhp.studies.synthetic`, `mrhp.studies.demo.demo_config`: width 64, 8 epochs,
 learning rate 2e-3, selection on dev by MAP); each model is trained once per seed, evaluated once on test, and
 its per-product values are written to `OUT/runs/{model}-seed{seed}/test_per_product.jsonl`. The table is that
-of `mrhp compare` over those files (mean +/- sd over seeds, paired t-test against the reference), plus the
+of `mrhp compare` over those files (mean +/- sd over seeds, its default test against the reference), plus the
 training time of each model.
 
     python benchmarks/all_models_demo.py [--out all-models-demo] [--seeds 0 1 2] [--models mcr mrhp ...]
@@ -52,7 +52,7 @@ def main() -> None:
             seconds.setdefault(name, []).append(result.seconds)
             run_dirs.append(result.run_dir)
 
-    comparison = compare_systems(group_runs(run_dirs, []), reference=args.reference, test="t")
+    comparison = compare_systems(group_runs(run_dirs, []), reference=args.reference)
     print()
     print("Test split of the synthetic demo data, every model with the demo's settings (selected on dev)")
     print(format_comparison(comparison))

@@ -77,7 +77,8 @@ def main() -> None:
     (args.out / "times.json").write_text(json.dumps(times, indent=1) + "\n")
     folders = sorted(run_folder(runs_dir, f"{s}-seed{seed}") for s in systems(args.models, args.ablations)
                      for seed in args.seeds)
-    report = write_report(folders, dataset.path, args.out / "report", title=args.title)
+    report = write_report(folders, dataset.path, args.out / "report", title=args.title,
+                          reference=PAPER_MODEL if PAPER_MODEL in args.models else None)
     print(f"trained {len(times)} runs in {time.perf_counter() - began:.0f} s; report: {report}")
 
 

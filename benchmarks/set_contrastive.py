@@ -14,8 +14,8 @@ Per set and training seed: the baseline (`paper loss`) and, for each weight of `
 weight is chosen by the mean dev MAP over the seeds (or over ``--select-seeds`` only; the other seeds then train
 the baseline and the chosen weight alone); the test split is then evaluated once, for the baseline and the chosen
 weight only (the other weights never see test). The table has dev and test MAP / NDCG@3 / NDCG@5 (x100,
-mean ± sd over seeds) and the paired tests of `mrhp.studies.compare` (each product's value averaged over seeds; paired t
-and randomization) of the chosen weight against the baseline, on dev and on test.
+mean ± sd over seeds) and the tests of `mrhp.studies.compare` (its default, min F' with 2+ seeds, and the
+randomization test over products) of the chosen weight against the baseline, on dev and on test.
 
 Resumable: a finished run keeps its result in its folder (``OUT/{set}/{system}-seed{N}/``), and a rerun skips it,
 so the work can be cut into pieces of a few minutes, each under the shared CPU lock:
@@ -160,7 +160,7 @@ def report(key: str, dataset: PreparedDataset, chosen: str, choice: str, seeds: 
             seconds = statistics.mean(r["seconds"] for r in results[system])
             lines.append(f"| {system} | {split} | " + " | ".join(cells) + f" | {epochs} | {seconds:.0f} |")
     for split in ("dev", "test"):
-        for test in ("t", "randomization"):
+        for test in (None, "products-randomization"):  # None: compare's default (min-f with 2+ seeds)
             comparison = compare_systems(runs[split], reference=BASELINE, test=test)
             lines += ["", "```", format_comparison(comparison), "```"]
     return "\n".join(lines)

@@ -10,6 +10,11 @@ A config file (TOML or JSON) holds only overrides, as tables named after the sec
 and `--set section.key=value` overrides on the command line are applied after the file. The resolved config is
 saved as JSON with every run and inside every checkpoint. Only the top-level model and the trainer read it;
 sub-modules take plain arguments.
+
+A file may also hold a `[prepare]` table: options of `mrhp prepare` (its long option names with `_` for `-`, e.g.
+`format = "amazon2023"`, `drop_single_level = true`, `split_fractions = [0.6, 0.2, 0.2]`), read by
+`mrhp prepare --config FILE` under the options given on its command line, so that one file reproduces a dataset
+and a run. Training ignores that table (`prepare_section` returns it).
 """
 
 from __future__ import annotations
@@ -79,6 +84,10 @@ class ModelConfig:
     text_encoder: str = "lstm"
     text_tuned_layers: int = 0
     side_features: bool = False
+    # Not in the paper either: stored side features (mrhp.data.side.STORED_SIDE_FEATURES, computed by `mrhp prepare`)
+    # fed to the same side channel, as comma-separated names, e.g. "age,verified"; "" = none. "age_rank"/"age"
+    # predict votes (older reviews collected them for longer), so leave them out to rank by quality.
+    extra_side_features: str = ""
     side_hidden_size: int = 16
     vocab_size: int = 0
     image_dim: int = 0
@@ -160,6 +169,13 @@ class Config:
         _check(self.model.text_tuned_layers >= 0, "model.text_tuned_layers must be >= 0")
         _check(self.model.text_encoder != "lstm" or self.model.text_tuned_layers == 0,
                "model.text_tuned_layers is for a pretrained model.text_encoder")
+        from mrhp.data.side import STORED_SIDE_FEATURES, parse_side_names
+
+        try:
+            parse_side_names(self.model.extra_side_features)
+        except ValueError as exc:
+            raise MrhpError(f"invalid config: model.extra_side_features: {exc} (names: "
+                            f"{', '.join(STORED_SIDE_FEATURES)})") from None
         return self
 
 
@@ -246,19 +262,41 @@ def parse_set(items: typing.Sequence[str]) -> dict[str, dict[str, str]]:
     return out
 
 
+# The table of a config file that holds `mrhp prepare` options rather than settings of the run.
+PREPARE_SECTION = "prepare"
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    """The tables of a TOML or JSON config file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise MrhpError(f"cannot read config file {path}: {error.strerror}") from None
+    try:
+        tables = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    except (ValueError, tomllib.TOMLDecodeError) as error:
+        raise MrhpError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'TOML'}: {error}") from None
+    if not isinstance(tables, dict):
+        raise MrhpError(f"{path}: expected a table of sections, got {type(tables).__name__}")
+    return tables
+
+
+def prepare_section(path: Path) -> dict[str, Any]:
+    """The `[prepare]` table of a config file (`mrhp prepare` options), empty when it has none."""
+    path = Path(path)
+    section = _read_file(path).get(PREPARE_SECTION, {})
+    if not isinstance(section, dict):
+        raise MrhpError(f"{path}: '{PREPARE_SECTION}' must be a table of options")
+    return section
+
+
 def load_config(path: Path | None = None, sets: typing.Sequence[str] = (), base: Config | None = None) -> Config:
-    """`base` (default: the defaults in code), then the overrides of `path` (TOML or JSON), then `--set` items."""
+    """`base` (default: the defaults in code), then the overrides of `path` (TOML or JSON; its `[prepare]` table
+    is `mrhp prepare`'s, not the run's), then `--set` items."""
     config = base or Config()
     if path is not None:
         path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as error:
-            raise MrhpError(f"cannot read config file {path}: {error.strerror}") from None
-        try:
-            overrides = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
-        except (ValueError, tomllib.TOMLDecodeError) as error:
-            raise MrhpError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'TOML'}: {error}") from None
+        overrides = {name: table for name, table in _read_file(path).items() if name != PREPARE_SECTION}
         config = apply_overrides(config, overrides, str(path))
     config = apply_overrides(config, parse_set(sets), "--set")
     return config.validate()

@@ -26,12 +26,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
     try:
+        if args.command == "prepare" and args.config is not None:
+            args = build_parser().parse_args(data.prepare_argv(args, argv))
         check_outputs(args)
         return args.handler(args)
     except MrhpError as error:

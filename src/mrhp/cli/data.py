@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mrhp.cli.options import at_least, image_options, progress_option, settings_options
+from mrhp.data.dump_pipeline import SPLIT_BY
 from mrhp.data.dumps import DUMP_FORMATS
 from mrhp.data.official import DEFAULT_MAX_REGIONS_PER_IMAGE, PRODUCT_TEXT_CHOICES
 from mrhp.errors import MrhpError
@@ -18,15 +21,61 @@ from mrhp.features.text_encoder import TEXT_ENCODERS
 if TYPE_CHECKING:
     from mrhp.features.image_folder import ImageFeatureFolder
 
+# What a config file's [prepare] table may not set: where to write, whether to replace it, and the config itself
+# stay decisions of each command line.
+_NOT_FROM_FILE = ("out", "overwrite", "config", "set")
+# Names in the parsed arguments that are not prepare's options.
+_NOT_OPTIONS = ("command", "verbose", "handler")
+
+
+def prepare_argv(args: argparse.Namespace, argv: Sequence[str]) -> list[str]:
+    """`argv` with the options of the `[prepare]` table of `prepare --config FILE` placed before prepare's own, so
+    argparse checks them like typed options and an option given on the command line wins (the later one)."""
+    from mrhp.config import PREPARE_SECTION, prepare_section
+
+    known = sorted(set(vars(args)) - set(_NOT_OPTIONS) - set(_NOT_FROM_FILE))
+    tokens: list[str] = []
+    for key, value in prepare_section(args.config).items():
+        dest = key.replace("-", "_")
+        where = f"{args.config}: {PREPARE_SECTION}.{key}"
+        if dest not in known:
+            raise MrhpError(f"{where}: not an option a config file sets for mrhp prepare (known: {', '.join(known)})")
+        option = "--" + dest.replace("_", "-")
+        if isinstance(getattr(args, dest), bool):  # a switch (store_true): true gives it, false leaves it off
+            if not isinstance(value, bool):
+                raise MrhpError(f"{where}: expected true or false, got {value!r}")
+            tokens += [option] if value else []
+            continue
+        values = value if isinstance(value, list) else [value]
+        if not values or any(isinstance(item, (bool, dict, list)) for item in values):
+            raise MrhpError(f"{where}: expected a string, a number or a list of them, got {value!r}")
+        tokens += [option, *(str(item) for item in values)]
+    at = list(argv).index("prepare") + 1
+    return [*argv[:at], *tokens, *argv[at:]]
+
+
+def utc_day(text: str) -> int:
+    """``YYYY-MM-DD`` as seconds since the epoch at 00:00 UTC of that day (an argparse type)."""
+    try:
+        day = datetime.strptime(text, "%Y-%m-%d")
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a date YYYY-MM-DD, got {text!r}") from None
+    return int(day.replace(tzinfo=UTC).timestamp())
+
+
 def _prepare(args: argparse.Namespace) -> int:
     from mrhp.data.prepare import check_prepare_out, format_report, prepare_dataset
 
+    if args.format is None:
+        raise MrhpError("prepare needs --format (or format in the [prepare] table of --config)")
     check_prepare_out(args.out, args.overwrite)
     if args.format in DUMP_FORMATS:
         from mrhp.data.dumps import parse_column_mapping, read_dump
 
         if args.input is None:
             raise MrhpError(f"prepare --format {args.format} needs --input")
+        if args.min_review_age is not None and args.dump_date is None:
+            raise MrhpError("--min-review-age needs --dump-date (the age is counted back from it)")
         raw = read_dump(
             args.format,
             args.input,
@@ -37,6 +86,9 @@ def _prepare(args: argparse.Namespace) -> int:
             lenient=args.lenient,
             fractions=tuple(args.split_fractions),
             seed=args.seed,
+            split_by=args.split_by,
+            dump_date=args.dump_date,
+            min_review_age_days=30 if args.min_review_age is None else args.min_review_age,
             votes_scheme=args.votes_scheme,
             min_reviews=args.min_reviews,
             drop_single_level=args.drop_single_level,
@@ -44,6 +96,9 @@ def _prepare(args: argparse.Namespace) -> int:
         )
         if args.fetched is not None:
             _attach_fetched(args, raw)
+    elif args.split_by != "product" or args.dump_date is not None:
+        raise MrhpError("--split-by time and --dump-date are for the dump formats (--format jsonl: give each product "
+                        "its split; --format mrhp: the benchmark's splits are fixed)")
     elif args.format == "mrhp":
         from mrhp.data.official import read_official
 
@@ -248,7 +303,7 @@ def _fetch_images(args: argparse.Namespace) -> int:
 def add_commands(commands: argparse._SubParsersAction) -> None:
     """The data commands."""
     prepare = commands.add_parser("prepare", help="convert a dataset into the project's prepared format")
-    prepare.add_argument("--format", choices=("mrhp", "jsonl", *DUMP_FORMATS), required=True, help="official Amazon/Lazada-MRHP files, JSON lines, or a public review dump (see src/mrhp/data/dumps.py)")
+    prepare.add_argument("--format", choices=("mrhp", "jsonl", *DUMP_FORMATS), help="(required, here or in --config's [prepare] table) official Amazon/Lazada-MRHP files, JSON lines, or a public review dump (see src/mrhp/data/dumps.py)")
     prepare.add_argument("--out", type=Path, required=True, help="output folder of the prepared dataset")
     prepare.add_argument("--overwrite", action="store_true", help="replace an existing prepared dataset")
     prepare.add_argument("--min-count", type=at_least(1), default=5, help="vocabulary: words seen fewer times in train become <unk>")
@@ -258,7 +313,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     prepare.add_argument("--max-regions-per-item", type=int, default=128)
     prepare.add_argument("--max-missing-image-rate", type=float, default=0.05, help="fail when more items miss their image features")
     prepare.add_argument("--max-regions-per-image", type=int, help=f"mrhp: first N regions per image (default {DEFAULT_MAX_REGIONS_PER_IMAGE}); jsonl: cap per .npy image, and regions per image file (default {DEFAULT_MAX_REGIONS})")
-    prepare.add_argument("--config", type=Path, help="the training config (TOML/JSON): prepare takes model.text_encoder, model.text_tuned_layers and data.max_tokens from it")
+    prepare.add_argument("--config", type=Path, help="the training config (TOML/JSON): prepare takes model.text_encoder, model.text_tuned_layers and data.max_tokens from it, and the options of its [prepare] table (those given here win)")
     prepare.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override one config setting; repeatable")
     prepare.add_argument("--text-encoder", choices=TEXT_ENCODERS, help="store the token states of this pretrained text encoder (= --set model.text_encoder=NAME; needs the text extra)")
     official = prepare.add_argument_group("--format mrhp")
@@ -280,15 +335,18 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     jsonl.add_argument("--image-features", type=Path, help="feature folder of the image files (default: image-features beside --products, or inside --fetched for a dump); resumed")
     jsonl.add_argument("--fetched", type=Path, help="folder of `mrhp fetch-images`: image URLs (jsonl `images`, a dump's image URLs) become its downloaded files; failed downloads mask their image")
     image_options(jsonl)
-    dump = prepare.add_argument_group("--format amazon2018|amazon2014|amazon2023|finefood|yelp|csv (also --split-fractions, --seed, --votes-scheme)")
-    dump.add_argument("--input", type=Path, help="the reviews file (.gz read transparently)")
+    dump = prepare.add_argument_group("--format amazon2018|amazon2014|amazon2023|finefood|yelp|steam|csv (also --split-fractions, --seed, --votes-scheme)")
+    dump.add_argument("--input", type=Path, help="the reviews file (.gz read transparently); steam: the folder of review_<appid>.json files (store pages in its appdetails/)")
     dump.add_argument("--metadata", type=Path, help="amazon2018/amazon2014/amazon2023: product metadata JSON lines (title, description)")
     dump.add_argument("--metadata-features", action="store_true", help="amazon2023: add the metadata's features list to the product text")
     dump.add_argument("--business", type=Path, help="yelp: business JSON lines (name, categories as product text)")
-    dump.add_argument("--columns", nargs="+", metavar="KEY=COLUMN", help="csv: product=, text= (comma list), votes=; optional review=, rating=, product_text=, images=, product_images=")
+    dump.add_argument("--columns", nargs="+", metavar="KEY=COLUMN", help="csv: product=, text= (comma list), votes=; optional review=, rating=, time= (seconds since 1970, UTC), product_text=, images=, product_images=")
     dump.add_argument("--min-reviews", type=int, default=2, help="drop products with fewer reviews")
     dump.add_argument("--drop-single-level", action="store_true", help="drop products whose reviews all share one level (not rankable)")
     dump.add_argument("--lenient", action="store_true", help="skip and count malformed records instead of failing")
+    dump.add_argument("--split-by", choices=SPLIT_BY, default="product", help="product: whole products at random (default, as in the paper); time: the newest reviews form test and the next newest dev (global date cut-offs; see src/mrhp/data/dump_pipeline.py)")
+    dump.add_argument("--dump-date", type=utc_day, metavar="YYYY-MM-DD", help="when the dump was collected (UTC); reviews younger than --min-review-age days then are left out (too young to have votes)")
+    dump.add_argument("--min-review-age", type=float, metavar="DAYS", help="with --dump-date: the youngest review age kept (default 30 days)")
     prepare.set_defaults(handler=_prepare)
 
     features = commands.add_parser("features", help="region features of the image files of a JSON-lines dataset (EfficientNet-Lite0, CPU, resumable)")
@@ -300,7 +358,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     progress_option(features)
     features.set_defaults(handler=_features)
 
-    fetch = commands.add_parser("fetch-images", help="download the images of a dataset's URLs into a content-addressed folder (resumable; see src/mrhp/fetch_images.py)")
+    fetch = commands.add_parser("fetch-images", help="download the images of a dataset's URLs into a content-addressed folder (resumable; see src/mrhp/features/fetch_images.py)")
     fetch.add_argument("--products", type=Path, help="products.jsonl (URL entries of images)")
     fetch.add_argument("--reviews", type=Path, help="reviews.jsonl (URL entries of images)")
     fetch.add_argument("--prepared", type=Path, help="a prepared dataset whose {split}/{kind}_image_refs.json hold image URLs (from a dump)")

@@ -12,6 +12,7 @@ from torch import Tensor
 
 from mrhp.config import SOURCE_SAMPLING
 from mrhp.data.prepared import PreparedSplit
+from mrhp.data.side import STORED_SIDE_FEATURES
 from mrhp.data.text import MAX_WORD_CHARS
 
 
@@ -44,6 +45,7 @@ class Batch:
     review_states: Tensor  # [N, Sr, H] float32
     review_state_mask: Tensor  # [N, Sr] bool
     review_side: Tensor  # [N, SIDE_FEATURES] float32: side_features() of each review (model.side_features)
+    review_extra: Tensor  # [N, STORED_SIDE_FEATURES] float32: extra_side_inputs() (model.extra_side_features)
     review_chars: Tensor  # [N, Lr, MAX_WORD_CHARS] int32 code points of each review word (0 = none; EG-CNN)
 
     @property
@@ -64,14 +66,16 @@ class Batch:
 class Item:
     """One product or review: token ids [L], image region features [M, F] (M = 0 without image), token states
     [S, H] of a pretrained text encoder (None when the dataset stores none), for a review its star rating
-    (NaN = unknown), and the code points of its words [L, MAX_WORD_CHARS] (`mrhp.data.text.spell`; None = unknown,
-    read as no characters)."""
+    (NaN = unknown), the code points of its words [L, MAX_WORD_CHARS] (`mrhp.data.text.spell`; None = unknown,
+    read as no characters) and its stored side features [len(STORED_SIDE_FEATURES)] (`mrhp.data.side`; None =
+    all unknown)."""
 
     tokens: np.ndarray
     regions: np.ndarray
     states: np.ndarray | None = None
     rating: float = float("nan")
     chars: np.ndarray | None = None
+    side: np.ndarray | None = None
 
 
 # Side features of a review (model.side_features): log(1 + words), whether a star rating is known, and the
@@ -84,6 +88,24 @@ def side_features(words: int, rating: float) -> tuple[float, float, float]:
     """The :data:`SIDE_FEATURES` of a review with ``words`` tokens (before the ``max_tokens`` cut)."""
     known = not np.isnan(rating)
     return float(np.log1p(words)), float(known), (float(rating) - 3.0) / 2.0 if known else 0.0
+
+
+# How each stored side feature (mrhp.data.side.STORED_SIDE_FEATURES, in that order) enters a model: age_rank as
+# log(1 + rank) (ranks reach the thousands on Steam), the rating deviation halved (a 1-5 scale spans 4), the others
+# as they are; unknown (NaN) becomes 0, the value of the oldest review, an unverified or image-less one, or a
+# rating at the product's mean.
+_EXTRA_TRANSFORMS = (np.log1p, None, None, None, lambda x: x / 2.0)
+
+
+def extra_side_inputs(stored: np.ndarray | None) -> np.ndarray:
+    """float32 ``[len(STORED_SIDE_FEATURES)]`` model inputs of a review's stored side features (None = unknown)."""
+    if stored is None:
+        return np.zeros(len(STORED_SIDE_FEATURES), dtype=np.float32)
+    values = np.asarray(stored, dtype=np.float64).copy()  # [K]
+    for k, transform in enumerate(_EXTRA_TRANSFORMS):
+        if transform is not None:
+            values[k] = transform(values[k])
+    return np.nan_to_num(values, nan=0.0).astype(np.float32)
 
 
 @dataclass
@@ -106,7 +128,8 @@ def split_item_lists(split: PreparedSplit, groups: Sequence[tuple[int, Sequence[
                 product=Item(split.product_tokens(product), split.product_regions(product),
                              split.product_states(product)),
                 reviews=[Item(split.review_tokens(j), split.review_regions(j), split.review_states(j),
-                              float(split.review_rating[j]), split.review_chars(j)) for j in reviews],
+                              float(split.review_rating[j]), split.review_chars(j), split.review_side[j])
+                         for j in reviews],
                 labels=[int(split.labels[j]) for j in reviews],
                 review_indices=[int(j) for j in reviews],
                 group=group_offset + int(product),
@@ -252,6 +275,8 @@ def collate(lists: Sequence[RankingList], max_tokens: int, max_regions: int, fea
     review_states, review_state_mask = _pad_states(reviews, max_tokens)
     side = np.array([side_features(len(review.tokens), review.rating) for review in reviews],
                     dtype=np.float32).reshape(len(reviews), len(SIDE_FEATURES))
+    extra = np.array([extra_side_inputs(review.side) for review in reviews],
+                     dtype=np.float32).reshape(len(reviews), len(STORED_SIDE_FEATURES))  # [N, K]
     return Batch(
         product_tokens=product_tokens,
         product_token_mask=product_token_mask,
@@ -271,5 +296,6 @@ def collate(lists: Sequence[RankingList], max_tokens: int, max_regions: int, fea
         review_states=review_states,
         review_state_mask=review_state_mask,
         review_side=torch.from_numpy(side),
+        review_extra=torch.from_numpy(extra),
         review_chars=_pad_chars(reviews, max_tokens),
     )

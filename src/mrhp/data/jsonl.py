@@ -33,6 +33,9 @@
                    :func:`votes_to_level`: ``"log2"`` (default) ``min(max_level, floor(log2(1 + votes)))``, i.e.
                    0 votes -> 0, 1-2 -> 1, 3-6 -> 2, 7-14 -> 3, 15+ -> 4; or ``"linear-cap"``
                    ``min(max_level, votes)``.
+``time``           optional: when the review was written, an integer number of seconds since 1970-01-01 UTC
+                   (Unix time; e.g. 1700000000 is 2023-11-14). It orders the reviews for ``age`` side features
+                   and the time split; absent = unknown.
 =================  ==========================================================================================
 
 Blank lines are ignored. Every error (malformed JSON, missing or mistyped field, duplicate id, review of an
@@ -318,7 +321,10 @@ def _read_reviews(path: Path, product_ids: Collection[str], products_name: str, 
         text = f.string("text")
         label, source = f.label(votes_scheme, max_level)
         label_source[source] += 1
-        review = RawReview(rid, pid, text, label)
+        time = f.integer("time") if f.has("time") else None
+        if time is not None and time < 0:
+            raise f.error(f"expected seconds since 1970 (>= 0), got {time}", "time")
+        review = RawReview(rid, pid, text, label, time=time)
         images.attach(review, f, path.parent)
         reviews.append(review)
     return reviews, label_source

@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -35,6 +36,7 @@ from mrhp.data.records import (
     RawSplit,
     check_missing_rate,
 )
+from mrhp.data.side import STORED_SIDE_FEATURES, review_times, stored_side_features
 from mrhp.data.store import NO_IMAGE, FeatureStoreWriter
 from mrhp.data.text import (
     UNK_ID,
@@ -297,11 +299,15 @@ def _write_prepared(
         }
     splits_report: dict = {}
     counts_meta: dict = {}
+    side = stored_side_features(source.splits)
     for name, split in source.splits.items():
         split_dir = tmp / name
         split_dir.mkdir()
         splits_report[name] = _write_split(split, split_dir, vocab, sink, source.max_missing_image_rate,
                                            relevance_threshold)
+        np.save(split_dir / "review_time.npy", review_times(split), allow_pickle=False)
+        np.save(split_dir / "review_side.npy", side[name], allow_pickle=False)
+        splits_report[name]["time"] = _time_report(split)
         counts_meta[name] = {"products": len(split.products), "reviews": len(split.reviews)}
     text_meta = text_report = None
     if text_encoder is not None:
@@ -335,12 +341,28 @@ def _write_prepared(
         "embedding_dim": embedding_dim,
         "text_encoder": text_meta,
         "splits": list(source.splits),
+        "side_features": list(STORED_SIDE_FEATURES),
         "counts": counts_meta,
         "report": report,
     }
     (tmp / "dataset.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     (tmp / "report.txt").write_text(format_report(report) + "\n", encoding="utf-8")
     return report
+
+
+def _time_report(split: RawSplit) -> dict:
+    """How many reviews of ``split`` have a time, and the first and last (UTC dates)."""
+    times = [r.time for r in split.reviews if r.time is not None]
+    return {
+        "reviews_with_time": len(times),
+        "first": utc_date(min(times)) if times else None,
+        "last": utc_date(max(times)) if times else None,
+    }
+
+
+def utc_date(seconds: int) -> str:
+    """``YYYY-MM-DD`` of a time in seconds since the epoch (UTC)."""
+    return datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%d")
 
 
 def _write_text_states(source: RawDataset, tmp: Path, encoder: TextStateEncoder, sink: _StoreSink) -> dict:
@@ -533,6 +555,10 @@ def format_report(report: dict) -> str:
                      f" (products without reviews: {s['products_without_reviews']})")
         lines.append(f"  lists with a single review: {s['single_review_lists']}, with a single distinct label: "
                      f"{s['single_label_lists']}, without a relevant review: {s['lists_without_relevant_review']}")
+        if s.get("time"):
+            t = s["time"]
+            lines.append(f"  review times: {t['reviews_with_time']} of {s['reviews']} known"
+                         + (f", {t['first']} to {t['last']} (UTC)" if t["first"] else ""))
         for kind in KINDS:
             t = s["text"][kind]
             im = s["images"][kind]
@@ -574,6 +600,11 @@ def format_dump_report(notes: dict) -> str:
     lines.append(f"products whose reviews all share one level (not rankable): {d['single_level_products']}, dropped: "
                  f"{d['single_level_products_dropped']} ({d['reviews_dropped_single_level']} reviews)")
     lines.append(f"labels: votes -> level by {d['votes_scheme']}")
+    if d.get("split_by") == "time":
+        cut = d["time_cutoffs"]
+        lines.append(f"split by time (UTC): dev from {cut['dev'] or '-'}, test from {cut['test'] or '-'}; "
+                     f"{d['split_lists_dropped']} product lists too small to rank in their split dropped "
+                     f"({d['reviews_dropped_in_split_lists']} reviews)")
     if d["image_note"]:
         lines.append(f"{d['items_with_image_urls']} items have image URLs; {d['image_note']}")
     for name, s in d["splits"].items():

@@ -112,7 +112,8 @@ class RawReview:
     """A review of product ``product_id`` with helpfulness level ``label`` (an integer >= 0).
 
     ``rating``: the reviewer's star rating when the source has one (None = unknown), for the floors
-    (:mod:`mrhp.studies.floors`); ``image_refs`` as for :class:`RawProduct`.
+    (:mod:`mrhp.studies.floors`); ``image_refs`` as for :class:`RawProduct`. ``time``: when the review was written,
+    in whole seconds since the epoch (UTC), None = unknown; ``verified``: a verified purchase, None = unknown.
     """
 
     id: str
@@ -122,6 +123,8 @@ class RawReview:
     features: FeatureSource | None = None
     rating: float | None = None
     image_refs: tuple[str, ...] = ()
+    time: int | None = None
+    verified: bool | None = None
 
 
 @dataclass

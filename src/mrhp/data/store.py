@@ -47,17 +47,20 @@ def load_json(path: Path) -> object:
         raise DataError(f"cannot read JSON ({exc})", file=path) from None
 
 
-def read_meta(path: Path, what: str, fmt: str, version: int) -> dict:
+def read_meta(path: Path, what: str, fmt: str, version: int | tuple[int, ...]) -> dict:
     """The metadata file of a folder that ``mrhp prepare`` writes (a feature store, a prepared dataset), of format
-    ``fmt`` and ``version``; ``DataError`` when it is missing, unreadable, or of another format or version."""
+    ``fmt`` and ``version`` (or one of the versions); ``DataError`` when it is missing, unreadable, or of another
+    format or version."""
     if not path.is_file():
         raise DataError(f"not a {what} (no {path.name}); run `mrhp prepare` first", file=path.parent)
     meta = load_json(path)
     if not isinstance(meta, dict) or meta.get("format") != fmt:
         raise DataError(f"not a {what} (format is not {fmt!r})", file=path)
-    if meta.get("version") != version:
-        raise DataError(f"{what} version {meta.get('version')!r} is not supported (expected {version}); prepare the "
-                        "dataset again with this version", file=path)
+    versions = version if isinstance(version, tuple) else (version,)
+    if meta.get("version") not in versions or isinstance(meta.get("version"), bool):
+        expected = " or ".join(str(v) for v in versions)
+        raise DataError(f"{what} version {meta.get('version')!r} is not supported (expected {expected}); prepare "
+                        "the dataset again with this version", file=path)
     return meta
 
 

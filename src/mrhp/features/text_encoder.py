@@ -528,3 +528,24 @@ def pretrained_layer(name: str, tuned_layers: int) -> int:
     if not 0 <= tuned_layers <= layers:
         raise MrhpError(f"text encoder '{name}' has {layers} layers; cannot fine-tune the top {tuned_layers}")
     return layers - tuned_layers
+
+
+def check_stored_states(stored: dict | None, encoder: str, tuned_layers: int, max_tokens: int, where: str) -> None:
+    """``MrhpError`` unless ``stored`` (a prepared dataset's ``text_encoder`` entry, None when it stores no token
+    states) holds the states a model with ``model.text_encoder = encoder``, ``model.text_tuned_layers =
+    tuned_layers`` and ``data.max_tokens = max_tokens`` reads, which are also what predict and the service
+    recompute for new texts (:class:`StateEncoder` with the same three settings): the same encoder, the layer
+    below the tuned layers, and the same token cut. A cut of 128 read at 8 would be the first 8 states of a
+    128-token pass (no ``[SEP]``, every state attending to the 120 tokens after it), not those of an 8-token pass.
+    """
+    layer = pretrained_layer(encoder, tuned_layers)
+    wanted = {"name": encoder, "layer": layer, "max_tokens": max_tokens}
+    held = None if stored is None else {key: stored.get(key) for key in wanted}
+    if held != wanted:
+        found = "no token states" if held is None else (
+            f"{held['name']!r} states of layer {held['layer']} cut at {held['max_tokens']} tokens")
+        raise MrhpError(
+            f"{where}: the model reads {encoder!r} states of layer {layer} cut at {max_tokens} tokens "
+            f"(model.text_encoder = {encoder!r}, model.text_tuned_layers = {tuned_layers}, data.max_tokens = "
+            f"{max_tokens}), the data holds {found}: prepare it with the model's settings "
+            "(mrhp prepare --config, or --set for each of the three)")

@@ -32,8 +32,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from mrhp.compute.devices import run_lstm
 from mrhp.config import ModelConfig
 from mrhp.data.batching import SIDE_FEATURES, Batch
+from mrhp.data.side import parse_side_names
 from mrhp.objectives.losses import MODALITY_KEYS
 
 # The four components of eqs. 5-14, named as the contrastive loss (eqs. 30-33) names the pooled vectors.
@@ -228,12 +230,16 @@ class HelpfulnessModel(nn.Module):
         self.fusion = nn.ModuleDict({name: SelfAttentionBlock(d, heads, config.feedforward_size, drop) for name in fusion})
         self.intra_modal_conv = nn.Conv1d(d, d, config.conv_kernel, padding=config.conv_kernel // 2)
         self.scorer = nn.Linear(5 * d, 1)
-        # Not in the paper (model.side_features): review length and star rating, which pooling hides, added to
-        # the score through a small MLP.
+        # Not in the paper (model.side_features): review length and star rating, which pooling hides, and the
+        # stored side features named by model.extra_side_features, added to the score through a small MLP.
+        self.side_lengths = config.side_features
+        self.register_buffer("side_columns", torch.tensor(parse_side_names(config.extra_side_features),
+                                                          dtype=torch.int64), persistent=False)
+        side_width = len(SIDE_FEATURES) * config.side_features + len(self.side_columns)
         self.side_scorer = (
-            nn.Sequential(nn.Linear(len(SIDE_FEATURES), config.side_hidden_size), nn.GELU(),
+            nn.Sequential(nn.Linear(side_width, config.side_hidden_size), nn.GELU(),
                           nn.Linear(config.side_hidden_size, 1))
-            if config.side_features else None
+            if side_width else None
         )
 
     def run(self, module: nn.Module, *inputs: Tensor) -> Tensor:
@@ -255,7 +261,7 @@ class HelpfulnessModel(nn.Module):
         """tokens [X, L], mask [X, L] -> [X, L, d]. The LSTM runs left to right, so the outputs at real
         positions never depend on the padding that follows them."""
         embedded = self.embedding_dropout(self.embedding(tokens))  # [X, L, E]
-        encoded, _ = lstm(embedded)  # [X, L, d]
+        encoded, _ = run_lstm(lstm, embedded)  # [X, L, d]
         return encoded * mask[..., None].to(encoded.dtype)
 
     def load_pretrained_text(self) -> None:
@@ -366,7 +372,9 @@ class HelpfulnessModel(nn.Module):
         row_scores = self.scorer(z_final).squeeze(1)  # [N] eq. 29
         side = None
         if self.side_scorer is not None:
-            side = self.side_scorer(batch.review_side).squeeze(1)  # [N]
+            inputs = [batch.review_side] if self.side_lengths else []
+            inputs.append(batch.review_extra[:, self.side_columns])  # [N, len(side_columns)]
+            side = self.side_scorer(torch.cat(inputs, dim=1)).squeeze(1)  # [N]
             row_scores = row_scores + side  # [N]
         scores = row_scores[batch.list_rows] * batch.list_mask.to(row_scores.dtype)  # [B, R]
 

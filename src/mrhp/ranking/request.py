@@ -9,7 +9,10 @@ or the arguments of `Ranker.rank`::
 `product_id` is optional (a non-empty string or an integer); the product text is `text`, or `name` and/or
 `description` joined by a space; each review has a `review_id` (a non-empty string or an integer, unique in the
 request), a `text` (may be empty) and optionally its star `rating` (a finite number; read by models with
-`model.side_features`, unknown when absent); `images` is optional everywhere; `"explain": true` (optional) asks
+`model.side_features`, unknown when absent), its `time` (an integer, seconds since 1970 UTC) and whether it is a
+`verified` purchase (true/false), both optional and read by models with `model.extra_side_features` (the side
+features of `mrhp.data.side`, computed over the request's reviews as `mrhp prepare` computes them over a
+product's reviews); `images` is optional everywhere; `"explain": true` (optional) asks
 for each review's explanation (below). An IMAGE is one of
 
 * `{"regions": [[...], ...]}`: region features [n_regions, F] inline (a list of lists, or a numpy array in
@@ -41,7 +44,8 @@ import numpy as np
 
 from mrhp.data.batching import Item, RankingList
 from mrhp.data.jsonl import RAW_IMAGE_SUFFIXES, load_npy_regions
-from mrhp.data.records import cap_regions, not_unicode
+from mrhp.data.records import RawReview, RawSplit, cap_regions, not_unicode
+from mrhp.data.side import stored_side_features
 from mrhp.data.text import spell, tokenize
 from mrhp.errors import DataError
 from mrhp.features.images import (
@@ -254,6 +258,7 @@ class RequestReader:
         regions: list[np.ndarray] = []
         region_images: list[np.ndarray] = []
         ratings: list[float] = []
+        side_reviews: list[RawReview] = []
         seen: set[str] = set()
         for k, review in enumerate(reviews):
             loc = ("reviews", k)
@@ -269,8 +274,12 @@ class RequestReader:
             regions.append(review_regions)
             region_images.append(images_of_regions)
             ratings.append(self.rating(review, loc))
+            side_reviews.append(RawReview(review_id, "request", "", 0, rating=None if np.isnan(ratings[-1])
+                                          else ratings[-1], image_refs=("image",) * len(review.get("images") or []),
+                                          time=self.time(review, loc), verified=self.verified(review, loc)))
+        sides = stored_side_features({"request": RawSplit("request", [], side_reviews)})["request"]  # [N, K]
         return self.tokenized(product_id, product_text, product_regions, review_ids, texts, regions, region_images,
-                              ratings, explain)
+                              ratings, explain, list(sides))
 
     def explain(self, request: Mapping) -> bool:
         value = request.get("explain", False)
@@ -283,13 +292,15 @@ class RequestReader:
 
     def tokenized(self, product_id: str | None, product_text: str, product_regions: np.ndarray,
                   review_ids: list[str], texts: list[str], regions: list[np.ndarray],
-                  region_images: list[np.ndarray], ratings: list[float], explain: bool) -> RankingRequest:
+                  region_images: list[np.ndarray], ratings: list[float], explain: bool,
+                  sides: list[np.ndarray | None] | None = None) -> RankingRequest:
         vocab, max_tokens = self.checkpoint.vocab, self.checkpoint.config.data.max_tokens
         product_states, *review_states = self.text_states.encode([product_text, *texts])
         product = Item(np.asarray(vocab.encode(product_text), dtype=np.int64), product_regions, product_states)
+        sides = sides if sides is not None else [None] * len(texts)
         items = [Item(np.asarray(vocab.encode(text), dtype=np.int64), item_regions, states, rating,
-                      spell(tokenize(text)))
-                 for text, item_regions, states, rating in zip(texts, regions, review_states, ratings)]
+                      spell(tokenize(text)), side)
+                 for text, item_regions, states, rating, side in zip(texts, regions, review_states, ratings, sides)]
         return RankingRequest(
             product_id=product_id,
             review_ids=review_ids,
@@ -338,6 +349,22 @@ class RequestReader:
         if isinstance(value, bool) or not isinstance(value, int | float) or not np.isfinite(value):
             raise self.error((*loc, "rating"), f"expected a finite number, got {_shown(value)}")
         return float(value)
+
+    def time(self, item: Mapping, loc: Loc) -> int | None:
+        """The review's time in seconds since 1970 (UTC), None when absent or null."""
+        value = item.get("time")
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise self.error((*loc, "time"), f"expected seconds since 1970 (an integer >= 0), got {_shown(value)}")
+        return value
+
+    def verified(self, item: Mapping, loc: Loc) -> bool | None:
+        """Whether the review is a verified purchase, None when absent or null."""
+        value = item.get("verified")
+        if value is not None and not isinstance(value, bool):
+            raise self.error((*loc, "verified"), f"expected true or false, got {_shown(value)}")
+        return value
 
     def product_text(self, request: Mapping) -> str:
         text, name, description = (self.string(request, key, (), required=False)

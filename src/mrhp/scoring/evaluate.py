@@ -50,7 +50,8 @@ def score_split(
 
 def check_fits(checkpoint: Checkpoint, dataset: PreparedDataset) -> None:
     """`MrhpError` unless `dataset` was prepared as the checkpoint's training data was: the same vocabulary (token
-    ids mean the same words), the same region feature width and, for a pretrained text encoder, its token states.
+    ids mean the same words), the same region feature width and, for a pretrained text encoder, its token states
+    (encoder, layer, token cut and width).
     A model scored on another vocabulary gives numbers, but meaningless ones; any dataset prepared against the
     model's vocabulary and encoder (`mrhp prepare --vocabulary-from`), a new category included, fits."""
     where = f"{dataset.path} and the checkpoint {checkpoint.source or ''}".rstrip()
@@ -65,15 +66,15 @@ def check_fits(checkpoint: Checkpoint, dataset: PreparedDataset) -> None:
     if model.image_dim != dataset.feature_dim:
         raise MrhpError(f"{where}: region features are {dataset.feature_dim}-d in the data, the model takes "
                         f"{model.image_dim}")
-    stored = dataset.text_encoder
     if model.text_encoder != "lstm":
-        from mrhp.features.text_encoder import pretrained_layer
+        from mrhp.features.text_encoder import check_stored_states
 
-        layer = pretrained_layer(model.text_encoder, model.text_tuned_layers)
-        if stored is None or stored.get("name") != model.text_encoder or stored.get("layer") != layer or \
-                int(stored.get("dim", -1)) != model.text_state_dim:
-            raise MrhpError(f"{where}: the model reads {model.text_encoder!r} token states of width "
-                            f"{model.text_state_dim} at layer {layer}; the data holds {stored or 'none'}")
+        stored = dataset.text_encoder
+        check_stored_states(stored, model.text_encoder, model.text_tuned_layers, checkpoint.config.data.max_tokens,
+                            where)
+        if int(stored["dim"]) != model.text_state_dim:
+            raise MrhpError(f"{where}: the model reads token states of width {model.text_state_dim}; the data "
+                            f"holds {stored['dim']}")
 
 
 def per_product_metrics(

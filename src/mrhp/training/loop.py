@@ -26,7 +26,13 @@ import torch
 from torch import nn
 
 from mrhp.compute import distributed
-from mrhp.compute.devices import autocast, grad_scaler
+from mrhp.compute.devices import (
+    autocast,
+    check_precision,
+    cpu_capability,
+    grad_scaler,
+    lstm_in_float32,
+)
 from mrhp.compute.distributed import Runtime
 from mrhp.config import Config
 from mrhp.data.batching import Batch, mixed_training_batches
@@ -54,21 +60,16 @@ def resolve_config(config: Config, dataset: PreparedDataset) -> Config:
     """Fill in what the data decides: vocabulary size, image feature width, word-vector width, token-state width.
 
     A pretrained text encoder reads the token states stored when preparing, so the dataset must have been
-    prepared with the same encoder and with its states taken below the layers trained here (``MrhpError``)."""
+    prepared with the same encoder, its states taken below the layers trained here and cut at the same
+    `data.max_tokens` as predict and the service will cut new texts (``MrhpError``)."""
     embeddings = dataset.embeddings()
     stored = dataset.text_encoder
     wanted = config.model.text_encoder
     if wanted != "lstm":
-        from mrhp.features.text_encoder import pretrained_layer
+        from mrhp.features.text_encoder import check_stored_states
 
-        expected_layer = pretrained_layer(wanted, config.model.text_tuned_layers)
-        if stored is None or stored.get("name") != wanted or stored.get("layer") != expected_layer:
-            raise MrhpError(
-                f"model.text_encoder = {wanted!r} with model.text_tuned_layers = {config.model.text_tuned_layers} "
-                f"needs a dataset prepared with its token states at layer {expected_layer}; {dataset.path} has "
-                + ("none" if stored is None else f"{stored.get('name')!r} at layer {stored.get('layer')}")
-                + ": run `mrhp prepare` with the same --config (or --text-encoder)"
-            )
+        check_stored_states(stored, wanted, config.model.text_tuned_layers, config.data.max_tokens,
+                            f"train on {dataset.path}")
     model = dataclasses.replace(
         config.model,
         vocab_size=len(dataset.vocab),
@@ -258,6 +259,10 @@ def _train(config: Config, datasets: list[PreparedDataset], run_dir: Path, resum
            runtime: Runtime) -> dict[str, object]:
     dataset, names = datasets[0], source_names(datasets)
     last_path = run_dir / "last.safetensors"
+    check_precision(runtime.device, config.train.precision)  # before the run folder exists
+    if lstm_in_float32(runtime.device, config.train.precision) and runtime.main:
+        log.info("bf16: this CPU (%s) has no oneDNN bf16 LSTM, so LSTMs run in float32 and the rest in bf16",
+                 cpu_capability())
     if runtime.main:
         run_dir.mkdir(parents=True, exist_ok=True)
     if config.train.threads > 0:

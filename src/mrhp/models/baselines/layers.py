@@ -13,10 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mrhp.compute.devices import run_lstm
 from mrhp.config import ModelConfig
 from mrhp.data.batching import Batch
 from mrhp.models.paper import (
-    MaskedAttention,
     ModelOutput,
     SelfAttentionBlock,
     masked_mean,
@@ -109,7 +109,7 @@ class BiLSTM(nn.Module):
         packed = nn.utils.rnn.pack_padded_sequence(
             x, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False
         )
-        out, _ = self.lstm(packed)
+        out, _ = run_lstm(self.lstm, packed)
         out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])  # [X, L, 2h]
         return out * mask[..., None].to(out.dtype)
 
@@ -141,21 +141,6 @@ class ImageEncoder(nn.Module):
         return x * mask[..., None].to(x.dtype)
 
 
-class CrossAttention(nn.Module):
-    """Residual cross-attention: x + Attn(x -> context) over the real context positions; padded x stays 0.
-    x [X, Lx, d], x_mask [X, Lx], context [X, Lc, d], context_mask [X, Lc] -> [X, Lx, d]."""
-
-    def __init__(self, dim: int, num_heads: int, dropout: float):
-        super().__init__()
-        self.norm = nn.LayerNorm(dim)
-        self.attention = MaskedAttention(dim, num_heads)
-        self.dropout = nn.Dropout(dropout)
-
-    def forward(self, x: Tensor, x_mask: Tensor, context: Tensor, context_mask: Tensor) -> Tensor:
-        mixed = self.attention(self.norm(x), context, context_mask)  # [X, Lx, d]
-        return (x + self.dropout(mixed)) * x_mask[..., None].to(x.dtype)
-
-
 class SharedEncoderRanker(Ranker):
     """Base of the baselines that encode product and review alike (DR-Net, SSE-Cross): one text encoder (a BiLSTM,
     `d / 2` units per direction) and one image encoder (Linear(F -> d) + one self-attention block) shared by both
@@ -171,7 +156,8 @@ class SharedEncoderRanker(Ranker):
 
 
 class ProductAwareAttention(nn.Module):
-    """Product-aware review representation (Fan et al. 2019, PRH-Net; reused by MCR's intra-modal perspective).
+    """Product-aware review representation (Fan et al. 2019, PRH-Net; reused by MCR's intra- and inter-modal
+    perspectives).
 
     `G = softmax over product positions of (ReLU(P W + b) R^T)` `[Lp, Lr]`: for every review token, a
     distribution over the product's tokens; `H = R + G^T P` `[Lr, d]` adds to each review token the product

@@ -26,6 +26,10 @@ class ReviewInput(BaseModel):
     review_id: str | int = Field(description="unique within the request; integers are used as strings")
     text: str = Field(description="the review text (may be empty)")
     rating: float | None = Field(default=None, description="the star rating, for models with model.side_features")
+    time: int | None = Field(default=None, description="when it was written, seconds since 1970 (UTC), for models "
+                                                       "with model.extra_side_features")
+    verified: bool | None = Field(default=None, description="a verified purchase, for models with "
+                                                            "model.extra_side_features")
     images: list[ImageInput] = Field(default_factory=list)
 
 
