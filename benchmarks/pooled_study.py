@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mrhp.config import Config, apply_overrides, load_config
+from mrhp.config import SOURCE_SAMPLING, Config, apply_overrides, load_config
 from mrhp.data.dumps import read_dump
 from mrhp.data.prepare import SharedVocabulary, prepare_dataset
 from mrhp.data.prepared import PreparedDataset
@@ -357,9 +357,33 @@ def report(sets: dict[str, PooledSet], product_split: Results, time_split: Resul
     return "\n\n".join(parts)
 
 
+def sampling_study(shared: Path, sets: dict[str, PooledSet], seeds: list[int], out: Path, epochs: int | None,
+                   smoke: bool, config_path: Path, states) -> str:
+    """The pooled model under each `data.source_sampling`, on the split by product: pooled dev MAP and dev MAP per
+    source of the selected epoch (dev only: how the default was chosen; the test split is never scored)."""
+    rows: dict[str, list[dict]] = {}
+    for seed in seeds:
+        datasets = prepare_sources(shared, sets, seed, "product", out / f"seed{seed}" / "prepared", states)
+        for sampling in SOURCE_SAMPLING:
+            config = model_config(seed, epochs, smoke, config_path)
+            config = apply_overrides(config, {"data": {"source_sampling": sampling}}, "sampling").validate()
+            best = train(config, [d.path for d in datasets.values()], out / f"seed{seed}" / f"sampling-{sampling}",
+                         progress=False)
+            rows.setdefault(sampling, []).append(best)
+            print(f"sampling study: seed {seed} {sampling}: pooled dev MAP {best['dev_map']:.2f} (epoch "
+                  f"{best['epoch']})", flush=True)
+    names = list(rows[SOURCE_SAMPLING[0]][0]["dev_by_source"])
+    header = ["data.source_sampling", "pooled dev MAP", *(f"{n} dev MAP" for n in names), "best epochs"]
+    table = [[sampling, f"{statistics.mean(b['dev_map'] for b in bests):.2f}",
+              *(f"{statistics.mean(b['dev_by_source'][n]['map'] for b in bests):.2f}" for n in names),
+              ", ".join(str(b["epoch"]) for b in bests)] for sampling, bests in rows.items()]
+    return markdown(header, table)
+
+
 def run_pooled(shared: Path, seeds: list[int], out: Path, *, smoke: bool, epochs: int | None, config_path: Path,
-               datasets: Sequence[str] | None, with_time: bool, command: str) -> int:
-    """The whole study; writes `out/pooled.md` and prints it. Returns the exit status."""
+               datasets: Sequence[str] | None, with_time: bool, command: str, sampling: bool = False) -> int:
+    """The whole study (or with `sampling` the dev study of `sampling_study`); writes `out/pooled.md` (or
+    `out/sampling.md`) and prints it. Returns the exit status."""
     if smoke:
         shared, sets = write_standin(out / "standin"), SMOKE_SETS
         states = None
@@ -376,6 +400,13 @@ def run_pooled(shared: Path, seeds: list[int], out: Path, *, smoke: bool, epochs
         config = load_config(config_path)
         states = CachedStates(config.data.max_tokens) if config.model.text_encoder == "minilm" else None
     started = time.perf_counter()
+    if sampling:
+        table = sampling_study(shared, sets, seeds, out, epochs, smoke, config_path, states)
+        text = (f"# Pooled training: source sampling on pooled dev\n\nCommand: `{command}`; "
+                f"{(time.perf_counter() - started) / 60:.1f} min\n\n{table}")
+        (out / "sampling.md").write_text(text + "\n", encoding="utf-8")
+        print(text)
+        return 0
     product_split, time_split = Results(), Results()
     for seed in seeds:
         config = model_config(seed, epochs, smoke, config_path)

@@ -369,6 +369,8 @@ def main() -> int:
     parser.add_argument("--smoke", action="store_true",
                         help="with --pooled: generated stand-in data and a tiny model, in seconds (checks, measures nothing)")
     parser.add_argument("--epochs", type=int, help="with --pooled: at most this many epochs (default: the config's)")
+    parser.add_argument("--sampling-study", action="store_true",
+                        help="with --pooled: train the pooled model under each data.source_sampling, report pooled dev only")
     parser.add_argument("--no-time-split", action="store_true", help="with --pooled: leave out the split by time")
     parser.add_argument("--tests-only", action="store_true",
                         help="print the paired tests of a finished run in --out from its per-product files")
@@ -382,7 +384,7 @@ def main() -> int:
         chosen = None if "--datasets" not in sys.argv else args.datasets
         return run_pooled(args.shared, seeds, args.out, smoke=args.smoke, epochs=args.epochs,
                           config_path=REAL_DATA_CONFIG, datasets=chosen, with_time=not args.no_time_split,
-                          command=command)
+                          command=command, sampling=args.sampling_study)
     chosen = [key for key in args.datasets if key in SETS]  # mdsd and steam: --pooled only
     keys = [key for key in chosen if (args.shared / SETS[key].reviews).is_file()]
     for key in chosen:
