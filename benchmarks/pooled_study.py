@@ -241,10 +241,10 @@ def run_seed(shared: Path, sets: dict[str, PooledSet], seed: int, out: Path, con
     datasets = prepare_sources(shared, sets, seed, "product", seed_dir / "prepared", states)
     floors(datasets, product_split, seed)
     train_and_test(config, datasets, datasets, seed_dir / "pooled-model", product_split, "pooled model")
-    for key in sets:
-        own = {s.name: datasets[s.name] for s in sources_of({key: sets[key]})}
+    for key, pset in sets.items():
+        own = {s.name: datasets[s.name] for s in sources_of({key: pset})}
         train_and_test(config, own, own, seed_dir / f"per-set-{key}", product_split, "per-set model")
-        domains = sets[key].domains
+        domains = pset.domains
         for domain in domains if len(domains) > 1 else ():
             left_out = {Source(key, domain).name: datasets[Source(key, domain).name]}
             others = {n: d for n, d in own.items() if n not in left_out}
@@ -336,10 +336,10 @@ def report(sets: dict[str, PooledSet], product_split: Results, time_split: Resul
             line[-2] = (f"domain alone {line[-2].split()[-1]}; {floor_of[row]} "
                         f"{100 * statistics.mean(product_split.means(floor_of[row], domain_rows[row], 'map').values()):.2f}")
         parts += ["## New category: one domain left out (MAP)",
-                  "`other domains` is trained on the other domains of its set and tested on this one; it is "
-                  "compared with `domain alone`, trained on this domain's train split (same test split).",
-                  markdown(["left-out domain", "other domains MAP", "other - alone", "p", "domain alone MAP; "
-                            "best floor", "products"], table)]
+                  ("`other domains` is trained on the other domains of its set and tested on this one; it is "
+                   "compared with `domain alone`, trained on this domain's train split (same test split)."),
+                  markdown(["left-out domain", "other domains MAP", "other - alone", "p",
+                            "domain alone MAP; best floor", "products"], table)]
     if with_time:
         tested = set(time_split.runs.get("pooled model", {}))
         left_out = [name for sources in list(rows.values())[:-1] for name in sources if name not in tested]

@@ -46,6 +46,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from pooled_study import (
+    SETS as POOLED_SETS,  # the sibling module, found beside this script
+)
 
 from mrhp.config import Config, apply_overrides, load_config
 from mrhp.data.dumps import read_dump
@@ -59,8 +62,6 @@ from mrhp.studies.experiment import run_folder, run_system
 from mrhp.studies.floors import evaluate_floor
 from mrhp.studies.stats import CORRECTION, TESTS, holm, paired_test, product_means
 from mrhp.training.loop import train
-
-from pooled_study import SETS as POOLED_SETS  # noqa: E402 (the sibling module, found beside this script)
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_DATA_CONFIG = REPO / "configs" / "real-data.toml"

@@ -9,18 +9,17 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from pooled_study import Results, compare  # noqa: E402
+from pooled_study import Results, compare
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, str(REPO / "benchmarks" / "real_data.py"), "--pooled", *args],
-                          capture_output=True, text=True, env=env, timeout=300)
+                          capture_output=True, text=True, env=env, timeout=300, check=False)
 
 
 def test_smoke_runs_every_part_and_names_its_tests(tmp_path):
@@ -44,7 +43,10 @@ def test_skips_cleanly_without_the_shared_data(tmp_path):
 
 def test_a_product_tested_under_several_seeds_is_one_sample():
     results = Results()
-    values = lambda *v: {m: np.array(v, dtype=float) for m in ("map", "ndcg@3", "ndcg@5")}  # noqa: E731
+
+    def values(*v: float) -> dict[str, np.ndarray]:
+        return {m: np.array(v, dtype=float) for m in ("map", "ndcg@3", "ndcg@5")}
+
     # Seed 0 tests products x and y, seed 1 tests x and z (each seed its own split).
     results.add("model", "s", ["x", "y"], values(1.0, 0.0), 50.0, 2)
     results.add("model", "s", ["x", "z"], values(0.5, 1.0), 50.0, 2)
@@ -52,7 +54,7 @@ def test_a_product_tested_under_several_seeds_is_one_sample():
     results.add("floor", "s", ["x", "z"], values(0.5, 0.5), 40.0, 2)
     # x is averaged over its two seeds (0.75 vs 0.25); 3 samples, not 4 product-seed pairs.
     assert results.means("model", ["s"], "map") == {"s/x": 0.75, "s/y": 0.0, "s/z": 1.0}
-    ((row, value, difference, p_cell, floor, products),) = compare(results, {"s": ["s"]}, ["model"],
+    ((_, value, difference, p_cell, floor, products),) = compare(results, {"s": ["s"]}, ["model"],
                                                                    {"s": "floor"}, "map")
     assert (value, floor, products) == ("58.33", "floor 25.00", "3")
     # Differences 0.5, 0, 0.5: mean 1/3, sd 0.2887, t = 2 on 2 degrees of freedom -> p = 0.1835.

@@ -217,7 +217,12 @@ def _state_encoder(args: argparse.Namespace, reference: dict | None = None):
     With --vocabulary-from the reference's encoder (`reference`, None = the LSTM) decides, token cut included;
     a config or --text-encoder naming another pretrained encoder or layer is an error."""
     from mrhp.config import load_config
-    from mrhp.features.text_encoder import LSTM, PRETRAINED, StateEncoder, pretrained_layer
+    from mrhp.features.text_encoder import (
+        LSTM,
+        PRETRAINED,
+        StateEncoder,
+        pretrained_layer,
+    )
 
     sets = list(args.set or [])
     if args.text_encoder is not None:
@@ -228,8 +233,8 @@ def _state_encoder(args: argparse.Namespace, reference: dict | None = None):
         wanted = None if name == LSTM else (name, pretrained_layer(name, tuned))
         given = None if reference is None else (reference.get("name"), reference.get("layer"))
         if wanted is not None and wanted != given:
-            raise MrhpError(f"--vocabulary-from {args.vocabulary_from} holds "
-                            f"{'no pretrained text states' if given is None else '%r states at layer %s' % given}, "
+            held = "no pretrained text states" if given is None else f"{given[0]!r} states at layer {given[1]}"
+            raise MrhpError(f"--vocabulary-from {args.vocabulary_from} holds {held}, "
                             f"but the config asks for {name!r} at layer {wanted[1]}: one vocabulary goes with one "
                             "text encoder; leave the encoder out and the reference's is used")
         if reference is None:

@@ -49,8 +49,8 @@ from mrhp.objectives.losses import (
     pairwise_ranking_loss,
     set_contrastive_loss,
 )
-from mrhp.progress import progress_bar
 from mrhp.objectives.metrics import METRICS, summarize
+from mrhp.progress import progress_bar
 from mrhp.scoring.evaluate import evaluate_split, format_metrics
 
 log = logging.getLogger(__name__)
