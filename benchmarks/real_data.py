@@ -31,6 +31,10 @@ after 2 epochs without dev improvement, one torch thread.
 
     python benchmarks/real_data.py [--shared ../shared/data] [--datasets finefood amazon2023-magazine ...]
         [--seeds 0 1 2 3 4] [--out runs/real-data] [--quick] [--dev-study]
+
+``--pooled`` runs the pooled study of ``benchmarks/pooled_study.py`` instead (one model on every set, MDSD and
+Steam included, beside per-set models and the floors; a left-out MDSD domain; the split by time), with
+``--smoke`` on generated stand-in data, ``--epochs``, ``--no-time-split`` and ``--sampling-study``.
 """
 
 from __future__ import annotations
