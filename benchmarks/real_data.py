@@ -31,6 +31,10 @@ after 2 epochs without dev improvement, one torch thread.
 
     python benchmarks/real_data.py [--shared ../shared/data] [--datasets finefood amazon2023-magazine ...]
         [--seeds 0 1 2 3 4] [--out runs/real-data] [--quick] [--dev-study]
+
+``--pooled`` runs the pooled study of ``benchmarks/pooled_study.py`` instead (one model on every set, MDSD and
+Steam included, beside per-set models and the floors; a left-out MDSD domain; the split by time), with
+``--smoke`` on generated stand-in data, ``--epochs``, ``--no-time-split`` and ``--sampling-study``.
 """
 
 from __future__ import annotations
@@ -46,6 +50,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from pooled_study import (
+    SETS as POOLED_SETS,  # the sibling module, found beside this script
+)
 
 from mrhp.config import Config, apply_overrides, load_config
 from mrhp.data.dumps import read_dump
@@ -355,16 +362,37 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shared", type=Path, default=REPO / ".." / "shared" / "data",
                         help="the folder of the real samples (default ../shared/data)")
-    parser.add_argument("--datasets", nargs="+", choices=tuple(SETS), default=tuple(SETS))
+    parser.add_argument("--datasets", nargs="+", choices=tuple(dict.fromkeys([*SETS, *POOLED_SETS])),
+                        default=tuple(SETS), help="the sets (--pooled: default all of them, mdsd and steam included)")
     parser.add_argument("--seeds", type=int, nargs="+", help="split and training seeds (default 0..4; --quick 0)")
     parser.add_argument("--out", type=Path, default=Path("runs/real-data"))
     parser.add_argument("--quick", action="store_true", help="1 seed, 1 epoch: a smoke run, not a result")
     parser.add_argument("--dev-study", action="store_true", help="train the DEV_STUDY variants, report dev only")
+    parser.add_argument("--pooled", action="store_true",
+                        help="the pooled study (benchmarks/pooled_study.py): one model on every set, per-set models, "
+                             "floors, a left-out MDSD domain, the split by time; report in OUT/pooled.md")
+    parser.add_argument("--smoke", action="store_true",
+                        help="with --pooled: generated stand-in data and a tiny model, in seconds (checks, measures nothing)")
+    parser.add_argument("--epochs", type=int, help="with --pooled: at most this many epochs (default: the config's)")
+    parser.add_argument("--sampling-study", action="store_true",
+                        help="with --pooled: train the pooled model under each data.source_sampling, report pooled dev only")
+    parser.add_argument("--no-time-split", action="store_true", help="with --pooled: leave out the split by time")
     parser.add_argument("--tests-only", action="store_true",
                         help="print the paired tests of a finished run in --out from its per-product files")
     args = parser.parse_args()
-    keys = [key for key in args.datasets if (args.shared / SETS[key].reviews).is_file()]
-    for key in args.datasets:
+    if args.pooled:
+        from pooled_study import run_pooled
+
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+        command = "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
+        seeds = args.seeds or ([0, 1] if args.smoke else [0, 1, 2, 3, 4])
+        chosen = None if "--datasets" not in sys.argv else args.datasets
+        return run_pooled(args.shared, seeds, args.out, smoke=args.smoke, epochs=args.epochs,
+                          config_path=REAL_DATA_CONFIG, datasets=chosen, with_time=not args.no_time_split,
+                          command=command, sampling=args.sampling_study)
+    chosen = [key for key in args.datasets if key in SETS]  # mdsd and steam: --pooled only
+    keys = [key for key in chosen if (args.shared / SETS[key].reviews).is_file()]
+    for key in chosen:
         if key not in keys:
             print(f"real_data: {key} skipped: {args.shared / SETS[key].reviews} not found")
     if not keys:

@@ -111,7 +111,7 @@ def measure(args: argparse.Namespace) -> None:
     from mrhp.compute import distributed
     from mrhp.compute.devices import grad_scaler
     from mrhp.config import Config, TrainConfig
-    from mrhp.data.batching import training_batches
+    from mrhp.data.batching import mixed_training_batches
     from mrhp.data.loader import PlannedBatches, batch_loader
     from mrhp.data.prepared import PreparedDataset
     from mrhp.models.registry import build_model
@@ -132,10 +132,11 @@ def measure(args: argparse.Namespace) -> None:
         if args.compile:
             net = torch.compile(net)
         data = config.data
-        plan = distributed.shard_steps(training_batches(dataset.split("train"), data.batch_rows, data.max_list_size,
-                                                        seed=0, epoch=1), runtime)[:args.warmup + args.steps]
-        rows = sum(len(reviews) for groups in plan[args.warmup:] for _, reviews in groups)
-        batches = PlannedBatches(dataset, "train", plan, max_tokens=data.max_tokens, max_regions=data.max_regions)
+        plan = distributed.shard_steps(mixed_training_batches([dataset.split("train")], "products", data.batch_rows,
+                                                              data.max_list_size, seed=0, epoch=1),
+                                       runtime)[:args.warmup + args.steps]
+        rows = sum(len(reviews) for groups in plan[args.warmup:] for _, _, reviews in groups)
+        batches = PlannedBatches([dataset], "train", plan, max_tokens=data.max_tokens, max_regions=data.max_regions)
         stream = iter(batch_loader(batches, workers=args.workers, pin_memory=device.type == "cuda"))
         bar = progress_bar(show=False)
         train_epoch(net, optimizer, scaler, itertools.islice(stream, args.warmup), config, device, bar)
@@ -170,7 +171,7 @@ def profile(args: argparse.Namespace) -> None:
     from torch.utils.flop_counter import FlopCounterMode
 
     from mrhp.config import Config
-    from mrhp.data.batching import training_batches
+    from mrhp.data.batching import mixed_training_batches
     from mrhp.data.loader import PlannedBatches
     from mrhp.data.prepared import PreparedDataset
     from mrhp.models.registry import build_model
@@ -197,8 +198,9 @@ def profile(args: argparse.Namespace) -> None:
     dataset = PreparedDataset.open(args.out)
     config = Config()
     data = config.data
-    plan = training_batches(dataset.split("train"), data.batch_rows, data.max_list_size, seed=0, epoch=1)[:12]
-    batches = PlannedBatches(dataset, "train", plan, max_tokens=data.max_tokens, max_regions=data.max_regions)
+    plan = mixed_training_batches([dataset.split("train")], "products", data.batch_rows, data.max_list_size,
+                                  seed=0, epoch=1)[:12]
+    batches = PlannedBatches([dataset], "train", plan, max_tokens=data.max_tokens, max_regions=data.max_regions)
     started = time.perf_counter()
     inputs = [batches[i] for i in range(len(plan))]
     collate_ms = (time.perf_counter() - started) / len(plan) * 1e3

@@ -37,9 +37,22 @@ from mrhp.objectives.metrics import METRICS, TIES
 MODEL_NAMES = ("mrhp", "mcr", "conv-knrm", "prh-net", "bimpm", "eg-cnn", "sse-cross", "dr-net")
 
 
+# How the lists of several training sources are drawn into an epoch (data.source_sampling; see
+# mrhp.data.batching.mixed_training_batches): "products" = every list of every source once per epoch, so a source
+# weighs as much as its size; "balanced" = the same number of lists, an equal share from each source.
+SOURCE_SAMPLING = ("products", "balanced")
+
+
 @dataclass(frozen=True)
 class DataConfig:
-    """How lists of reviews are cut into batches (SPEC 3.5, 4: batches of products with their reviews)."""
+    """Which prepared datasets train one model, and how lists of reviews are cut into batches (SPEC 3.5, 4:
+    batches of products with their reviews)."""
+
+    # The prepared datasets trained on together (`mrhp train --data A --data B` replaces the list); each must be
+    # prepared with the first one's vocabulary and text encoder (`mrhp prepare --vocabulary-from`). Relative
+    # paths are read from the working directory.
+    paths: tuple[str, ...] = ()
+    source_sampling: str = "products"  # SOURCE_SAMPLING: how several sources share an epoch
 
     max_tokens: int = 128  # texts are cut at this many tokens (SPEC 3.1)
     max_regions: int = 128  # image regions kept per item (SPEC 2.1)
@@ -162,6 +175,7 @@ class Config:
 
     def validate(self) -> Config:
         _check(self.train.ties in TIES, f"train.ties must be one of {TIES}")
+        _check(self.data.source_sampling in SOURCE_SAMPLING, f"data.source_sampling must be one of {SOURCE_SAMPLING}")
         _check(self.train.select_metric in METRICS, f"train.select_metric must be one of {METRICS}")
         _check(self.loss.weighting in WEIGHTINGS, f"loss.weighting must be one of {WEIGHTINGS}")
         _check(self.loss.ranking_reduction in REDUCTIONS, f"loss.ranking_reduction must be one of {REDUCTIONS}")
@@ -220,7 +234,13 @@ def _check(ok: bool, message: str) -> None:
 
 
 def _coerce(value: Any, annotation: str, where: str) -> Any:
-    """Check a TOML/JSON value (or convert a `--set` string) against a field's annotated type."""
+    """Check a TOML/JSON value (or convert a `--set` string, comma-separated for a list) against a field's
+    annotated type."""
+    if annotation == "tuple[str, ...]":
+        items = [item.strip() for item in value.split(",") if item.strip()] if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)) or not all(isinstance(item, str) for item in items):
+            raise MrhpError(f"{where}: expected a list of strings, got {value!r}")
+        return tuple(items)
     kind = {"int": int, "float": float, "bool": bool, "str": str}[annotation]
     if isinstance(value, str) and kind is not str:
         text = value.strip().lower()

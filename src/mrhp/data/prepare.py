@@ -17,6 +17,7 @@ import os
 import shutil
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
@@ -64,6 +65,17 @@ class TextStateEncoder(Protocol):
 
     def encode(self, texts: Sequence[str]) -> list[np.ndarray]:
         """Token states float ``[S_i, dim]`` of each text (padding excluded, ``S_i >= 1``)."""
+
+
+@dataclass(frozen=True)
+class SharedVocabulary:
+    """The vocabulary a dataset is prepared against (``mrhp prepare --vocabulary-from``): ``vocab``, the word
+    vectors of its rows (float32 ``[V, E]``, None when its origin has none) and ``origin``, the folder or checkpoint
+    it came from (named in the report and in errors)."""
+
+    vocab: Vocabulary
+    embeddings: np.ndarray | None
+    origin: str
 
 
 class _ArrayWriter:
@@ -150,6 +162,7 @@ def prepare_dataset(
     feature_dtype: str = "float16",
     text_encoder: TextStateEncoder | None = None,
     overwrite: bool = False,
+    shared: SharedVocabulary | None = None,
 ) -> dict:
     """Tokenize, convert features and write a prepared dataset to ``out_dir``; returns the report.
 
@@ -168,6 +181,10 @@ def prepare_dataset(
         text_encoder: a pretrained text encoder whose token states of every product and review text are stored
             (float16, memory-mapped, in ``text_states/``) for models with ``model.text_encoder`` set; None = none.
         overwrite: replace an existing non-empty ``out_dir`` (otherwise that is an error).
+        shared: the vocabulary (and word vectors) of another prepared dataset or model to prepare against instead
+            of building one from this train split (``mrhp prepare --vocabulary-from``): words it lacks become
+            ``<unk>`` (their spelling kept), so several datasets share one vocabulary. ``min_count``,
+            ``max_vocab_size`` and ``vectors`` then do not apply (``vectors`` with it is an error).
 
     Raises:
         DataError: bad data, or too many missing images (see module docstring).
@@ -175,6 +192,8 @@ def prepare_dataset(
     """
     out_dir = Path(out_dir)
     check_prepare_out(out_dir, overwrite)
+    if shared is not None and vectors is not None:
+        raise MrhpError(f"word vectors come with the shared vocabulary of {shared.origin}; give no vectors with it")
     source.validate()
     train = source.splits.get("train")
     if train is None or not train.products:
@@ -194,7 +213,7 @@ def prepare_dataset(
         report = _write_prepared(
             source, tmp, sink, min_count=min_count, max_vocab_size=max_vocab_size, vectors=vectors,
             vectors_seed=vectors_seed, relevance_threshold=relevance_threshold, text_encoder=text_encoder,
-            states=states,
+            states=states, shared=shared,
         )
         sink.close()
         states.close()
@@ -230,24 +249,32 @@ def _write_prepared(
     relevance_threshold: int,
     text_encoder: TextStateEncoder | None,
     states: _StoreSink,
+    shared: SharedVocabulary | None,
 ) -> dict:
     train = source.splits["train"]
     counts = count_tokens(progress_bar(_tokens_of(train), desc="counting train tokens", unit="text", leave=False,
                                        total=len(train.products) + len(train.reviews)))
-    vocab = Vocabulary.from_counts(counts, min_count=min_count, max_size=max_vocab_size)
+    vocab = (shared.vocab if shared is not None
+             else Vocabulary.from_counts(counts, min_count=min_count, max_size=max_vocab_size))
     train_tokens = sum(counts.values())
     in_vocab = sum(n for token, n in counts.items() if token in vocab)
     vocab_report: dict = {
         "size": len(vocab),
-        "min_count": min_count,
-        "max_size": max_vocab_size,
+        "min_count": None if shared is not None else min_count,
+        "max_size": None if shared is not None else max_vocab_size,
         "train_token_types": len(counts),
         "train_tokens": train_tokens,
         "train_tokens_in_vocabulary": in_vocab / train_tokens if train_tokens else 0.0,
+        "fingerprint": vocab.fingerprint(),
+        "from": None if shared is None else shared.origin,
     }
     (tmp / "vocab.txt").write_text("".join(t + "\n" for t in vocab.to_list()), encoding="utf-8")
     vectors_report: dict | None = None
     embedding_dim = 0
+    if shared is not None and shared.embeddings is not None:
+        np.save(tmp / "embeddings.npy", shared.embeddings, allow_pickle=False)
+        embedding_dim = int(shared.embeddings.shape[1])
+        vectors_report = {"source": f"copied from {shared.origin}", "dim": embedding_dim}
     if vectors is not None:
         matrix, found = match_word_vectors(vectors, vocab, seed=vectors_seed)
         np.save(tmp / "embeddings.npy", matrix, allow_pickle=False)
@@ -302,6 +329,7 @@ def _write_prepared(
         "feature_dim": sink.dim,
         "feature_dtype": sink.dtype if sink.writer is not None else None,
         "vocab_size": len(vocab),
+        "vocab_fingerprint": vocab.fingerprint(),
         "embedding_dim": embedding_dim,
         "text_encoder": text_meta,
         "splits": list(source.splits),
@@ -481,13 +509,16 @@ def format_report(report: dict) -> str:
     if src:
         lines.append("source: " + ", ".join(f"{k}={v}" for k, v in src.items()))
     voc = report["vocabulary"]
+    origin = (f"shared with {voc['from']}" if voc.get("from") else f"min_count {voc['min_count']}"
+              + (f", max_size {voc['max_size']}" if voc.get("max_size") else ""))
     lines.append(
-        f"vocabulary: {voc['size']} tokens (min_count {voc['min_count']}"
-        + (f", max_size {voc['max_size']}" if voc.get("max_size") else "")
-        + f"); {voc['train_tokens_in_vocabulary']:.1%} of {voc['train_tokens']} train tokens in vocabulary"
+        f"vocabulary: {voc['size']} tokens ({origin}; fingerprint {voc.get('fingerprint', '?')})"
+        f"; {voc['train_tokens_in_vocabulary']:.1%} of {voc['train_tokens']} train tokens in vocabulary"
     )
     vec = report.get("vectors")
-    if vec:
+    if vec and "found" not in vec:
+        lines.append(f"word vectors: {vec['source']} (dim {vec['dim']})")
+    elif vec:
         lines.append(
             f"word vectors: {vec['source']} (dim {vec['dim']}): {vec['found']} words found, "
             f"{vec['type_coverage']:.1%} of vocabulary words, {vec['token_coverage']:.1%} of train tokens"

@@ -49,7 +49,7 @@ from mrhp.data.records import KINDS
 from mrhp.data.side import NO_TIME, STORED_SIDE_FEATURES
 from mrhp.data.store import NO_IMAGE, FeatureStore, load_json, read_meta
 from mrhp.data.text import PAD_ID, UNK_ID, Vocabulary, spell
-from mrhp.errors import DataError
+from mrhp.errors import DataError, MrhpError
 
 PREPARED_FORMAT = "mrhp-prepared"
 # Version 2 added review_time.npy and review_side.npy; version 1 datasets still open (times and side features
@@ -335,6 +335,23 @@ class PreparedDataset:
     def __repr__(self) -> str:
         return f"PreparedDataset({str(self.path)!r}, splits={self.splits}, vocab={len(self.vocab)})"
 
+    @property
+    def vocab_fingerprint(self) -> str:
+        """:meth:`Vocabulary.fingerprint` of the vocabulary (computed, so datasets prepared before it was stored in
+        ``dataset.json`` have one too)."""
+        return self.vocab.fingerprint()
+
+    def interface(self) -> dict[str, object]:
+        """What a model trained on this dataset depends on: the vocabulary, the pretrained text encoder (name,
+        layer, width, token cut), the image region width and the word-vector width. Datasets trained on together
+        must agree on all of it (:func:`check_same_interface`)."""
+        return {
+            "vocabulary": f"{self.vocab_fingerprint} ({len(self.vocab)} words)",
+            "text encoder": self.text_encoder,
+            "image feature width": self.feature_dim,
+            "word-vector width": int(self.meta.get("embedding_dim") or 0),
+        }
+
     def embeddings(self) -> np.ndarray | None:
         """Initial word vectors float32 ``[V, E]``, or None when the dataset was prepared without vectors."""
         path = self.path / "embeddings.npy"
@@ -356,3 +373,17 @@ class PreparedDataset:
             self._split_cache[name] = PreparedSplit(self.path / name, name, self._store, self.feature_dim,
                                                     self._text_store, self._spelling)
         return self._split_cache[name]
+
+
+def check_same_interface(datasets: list[PreparedDataset]) -> None:
+    """``MrhpError`` naming both folders and what differs unless every dataset was prepared with the first one's
+    vocabulary, text encoder and widths (prepare the others with ``mrhp prepare --vocabulary-from FIRST``)."""
+    first = datasets[0]
+    expected = first.interface()
+    for other in datasets[1:]:
+        found = other.interface()
+        differ = [f"{key} {expected[key]!r} vs {found[key]!r}" for key in expected if expected[key] != found[key]]
+        if differ:
+            raise MrhpError(f"{first.path} and {other.path} were prepared differently: {'; '.join(differ)}; one run "
+                            f"needs one vocabulary and text encoder: prepare {other.path} with "
+                            f"`mrhp prepare ... --vocabulary-from {first.path}`")

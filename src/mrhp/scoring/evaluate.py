@@ -53,13 +53,16 @@ def check_fits(checkpoint: Checkpoint, dataset: PreparedDataset) -> None:
     """`MrhpError` unless `dataset` was prepared as the checkpoint's training data was: the same vocabulary (token
     ids mean the same words), the same region feature width and, for a pretrained text encoder, its token states
     (encoder, layer, token cut and width).
-    A model scored on another vocabulary gives numbers, but meaningless ones."""
+    A model scored on another vocabulary gives numbers, but meaningless ones; any dataset prepared against the
+    model's vocabulary and encoder (`mrhp prepare --vocabulary-from`), a new category included, fits."""
     where = f"{dataset.path} and the checkpoint {checkpoint.source or ''}".rstrip()
     if checkpoint.vocab.tokens != dataset.vocab.tokens:
         differ = next((i for i, (a, b) in enumerate(zip(checkpoint.vocab.tokens, dataset.vocab.tokens)) if a != b),
                       min(len(checkpoint.vocab), len(dataset.vocab)))
-        raise MrhpError(f"{where} have different vocabularies ({len(dataset.vocab)} and {len(checkpoint.vocab)} "
-                        f"words, first difference at id {differ}): evaluate on the dataset the model was trained on")
+        raise MrhpError(f"{where} have different vocabularies (fingerprints {dataset.vocab_fingerprint} and "
+                        f"{checkpoint.vocab.fingerprint()}, {len(dataset.vocab)} and {len(checkpoint.vocab)} words, "
+                        f"first difference at id {differ}): prepare the data against the model's vocabulary with "
+                        f"`mrhp prepare ... --vocabulary-from {checkpoint.source or 'RUN'}`")
     model, inputs = checkpoint.config.model, checkpoint.inputs
     if inputs.image_dim != dataset.feature_dim:
         raise MrhpError(f"{where}: region features are {dataset.feature_dim}-d in the data, the model takes "

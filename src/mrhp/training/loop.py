@@ -16,8 +16,9 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -34,9 +35,9 @@ from mrhp.compute.devices import (
 )
 from mrhp.compute.distributed import Runtime
 from mrhp.config import Config, ModelInputs
-from mrhp.data.batching import Batch, training_batches
+from mrhp.data.batching import Batch, mixed_training_batches
 from mrhp.data.loader import PlannedBatches, batch_loader
-from mrhp.data.prepared import PreparedDataset
+from mrhp.data.prepared import PreparedDataset, check_same_interface
 from mrhp.errors import MrhpError
 from mrhp.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from mrhp.models.paper import ModelOutput
@@ -48,6 +49,7 @@ from mrhp.objectives.losses import (
     pairwise_ranking_loss,
     set_contrastive_loss,
 )
+from mrhp.objectives.metrics import METRICS, summarize
 from mrhp.outputs import write_text_atomic
 from mrhp.progress import progress_bar
 from mrhp.scoring.evaluate import evaluate_split, format_metrics
@@ -185,15 +187,47 @@ def train_epoch(net: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.
 
 
 def train(
-    config: Config, data_path: Path, run_dir: Path, resume: bool = False, progress: bool = True
+    config: Config, data: Path | Sequence[Path] | None, run_dir: Path, resume: bool = False, progress: bool = True
 ) -> dict[str, object]:
-    """Train on the `train` split, select on `dev`; returns the best epoch's record."""
-    dataset = PreparedDataset.open(data_path)
-    for name in ("train", "dev"):
-        dataset.split(name)  # fails early, naming the available splits
-    inputs = model_inputs(config, dataset)
+    """Train on the `train` split of one prepared dataset or of several (the sources; None = `data.paths` of the
+    config), select on their pooled `dev`; returns the best epoch's record.
+
+    Several sources must share one vocabulary, text encoder and widths (`check_same_interface`); the epochs mix
+    their lists as `data.source_sampling` says, and each epoch's metrics line gives dev per source and pooled."""
+    paths = [Path(p) for p in ([data] if isinstance(data, (str, os.PathLike)) else data or config.data.paths)]
+    if not paths:
+        raise MrhpError("no training data: give --data (repeatable) or data.paths in the config")
+    datasets = [PreparedDataset.open(path) for path in paths]
+    for dataset in datasets:
+        for name in ("train", "dev"):
+            dataset.split(name)  # fails early, naming the available splits
+    check_same_interface(datasets)
+    inputs = model_inputs(config, datasets[0])
+    config = dataclasses.replace(config, data=dataclasses.replace(config.data, paths=tuple(str(p) for p in paths)))
     with distributed.session(config.train.device) as runtime:
-        return _train(config, inputs, dataset, run_dir, resume, progress and runtime.main, runtime)
+        return _train(config, inputs, datasets, run_dir, resume, progress and runtime.main, runtime)
+
+
+def source_names(datasets: Sequence[PreparedDataset]) -> list[str]:
+    """A name per source: its folder's name, with its position added when two folders share a name."""
+    names = [dataset.path.name for dataset in datasets]
+    return [name if names.count(name) == 1 else f"{name}#{i + 1}" for i, name in enumerate(names)]
+
+
+def pooled_dev(model: nn.Module, datasets: Sequence[PreparedDataset], names: Sequence[str], config: Config,
+               progress: bool, runtime: Runtime) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """Dev metrics pooled over every product of every source (each product one sample, as in one dataset), and
+    per source; each source is scored at its own relevance threshold."""
+    values: dict[str, list[np.ndarray]] = {name: [] for name in METRICS}
+    by_source = {}
+    for name, dataset in zip(names, datasets):
+        evaluation = evaluate_split(model, dataset.split("dev"), data=config.data, feature_dim=dataset.feature_dim,
+                                    threshold=dataset.relevance_threshold, ties=config.train.ties,
+                                    progress=progress, runtime=runtime)
+        by_source[name] = evaluation.summary
+        for metric in METRICS:
+            values[metric].append(evaluation.values[metric])
+    return summarize({metric: np.concatenate(parts) for metric, parts in values.items()}), by_source
 
 
 def _resume_from(last_path: Path, config: Config, inputs: ModelInputs, runtime: Runtime) -> Checkpoint:
@@ -219,8 +253,9 @@ def _resume_from(last_path: Path, config: Config, inputs: ModelInputs, runtime: 
     return saved
 
 
-def _train(config: Config, inputs: ModelInputs, dataset: PreparedDataset, run_dir: Path, resume: bool,
+def _train(config: Config, inputs: ModelInputs, datasets: list[PreparedDataset], run_dir: Path, resume: bool,
            progress: bool, runtime: Runtime) -> dict[str, object]:
+    dataset, names = datasets[0], source_names(datasets)
     last_path = run_dir / "last.safetensors"
     check_precision(runtime.device, config.train.precision)  # before the run folder exists
     if lstm_in_float32(runtime.device, config.train.precision) and runtime.main:
@@ -234,6 +269,9 @@ def _train(config: Config, inputs: ModelInputs, dataset: PreparedDataset, run_di
     model = build_model(config.model, inputs)
     state: dict[str, object] = {"epoch": 0, "best_metric": -math.inf, "best_epoch": 0, "best": None,
                                 "world_size": runtime.world_size}
+    # Which datasets the model learned from, by name and vocabulary (the checkpoint's record of its sources).
+    sources = [{"name": name, "path": str(d.path), "vocab_fingerprint": d.vocab_fingerprint}
+               for name, d in zip(names, datasets)]
     saved = _resume_from(last_path, config, inputs, runtime) if resume and last_path.exists() else None
     if saved is not None:
         model.load_state_dict(saved.model.state_dict())
@@ -267,7 +305,8 @@ def _train(config: Config, inputs: ModelInputs, dataset: PreparedDataset, run_di
         write_text_atomic(run_dir / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
     net = distributed.wrap(model, runtime)
 
-    dev_split, data, threshold = dataset.split("dev"), config.data, dataset.relevance_threshold
+    data, threshold = config.data, dataset.relevance_threshold
+    train_splits = [d.split("train") for d in datasets]
     select = config.train.select_metric
     for epoch in range(int(state["epoch"]) + 1, config.train.epochs + 1):
         if epoch - int(state["best_epoch"]) > config.train.early_stopping_patience and state["best"] is not None:
@@ -277,18 +316,16 @@ def _train(config: Config, inputs: ModelInputs, dataset: PreparedDataset, run_di
             seed = np.random.SeedSequence([config.train.seed, epoch, runtime.rank]).generate_state(1)[0]
             torch.manual_seed(int(seed))
         started = time.perf_counter()
-        plan = distributed.shard_steps(training_batches(dataset.split("train"), data.batch_rows, data.max_list_size,
-                                                        config.train.seed, epoch), runtime)
-        batches = PlannedBatches(dataset, "train", plan, max_tokens=data.max_tokens, max_regions=data.max_regions)
+        plan = distributed.shard_steps(mixed_training_batches(train_splits, data.source_sampling, data.batch_rows,
+                                                              data.max_list_size, config.train.seed, epoch), runtime)
+        batches = PlannedBatches(datasets, "train", plan, max_tokens=data.max_tokens, max_regions=data.max_regions)
         bar = progress_bar(total=len(plan), desc=f"epoch {epoch}", unit="batch", show=progress, leave=False)
         loader = batch_loader(batches, workers=config.train.loader_workers, pin_memory=runtime.device.type == "cuda")
         sums, steps, waited = train_epoch(net, optimizer, scaler, loader, config, runtime.device, bar)
         bar.close()
         train_seconds = time.perf_counter() - started
         totals = runtime.sum(np.array([steps, *sums.values()], dtype=np.float64))  # same keys on every rank
-        dev = runtime.from_main(evaluate_split(model, dev_split, data=data, feature_dim=dataset.feature_dim,
-                                               threshold=threshold, ties=config.train.ties, progress=progress,
-                                               runtime=runtime).summary)
+        dev, dev_by_source = runtime.from_main(pooled_dev(model, datasets, names, config, progress, runtime))
         scheduler.step(dev[select])
         record = {
             "epoch": epoch,
@@ -297,12 +334,13 @@ def _train(config: Config, inputs: ModelInputs, dataset: PreparedDataset, run_di
             "lr": optimizer.param_groups[0]["lr"],
             **{f"loss_{key}": value / max(totals[0], 1) for key, value in zip(sums, totals[1:])},
             **{f"dev_{key}": value for key, value in dev.items()},
+            **({"dev_by_source": dev_by_source} if len(datasets) > 1 else {}),
         }
         improved = dev[select] > float(state["best_metric"])
         log.info("epoch %d  dev %s%s", epoch, format_metrics(dev), "  (best)" if improved else "")
         if improved:
             state.update(best_metric=dev[select], best_epoch=epoch, best=record)
-        state.update(epoch=epoch, scheduler=scheduler.state_dict(), grad_scaler=scaler.state_dict())
+        state.update(epoch=epoch, scheduler=scheduler.state_dict(), grad_scaler=scaler.state_dict(), sources=sources)
         if runtime.main:
             _write_epoch(run_dir, record, improved, optimizer, Checkpoint(
                 model, config, inputs, dataset.vocab, threshold, metrics={"dev": dev, "epoch": epoch}, state=state))
