@@ -372,7 +372,8 @@ def main() -> int:
                         help="the pooled study (benchmarks/pooled_study.py): one model on every set, per-set models, "
                              "floors, a left-out MDSD domain, the split by time; report in OUT/pooled.md")
     parser.add_argument("--smoke", action="store_true",
-                        help="with --pooled: generated stand-in data and a tiny model, in seconds (checks, measures nothing)")
+                        help="the pooled study on generated stand-in data with a tiny model, in seconds (checks, measures "
+                             "nothing; implies --pooled)")
     parser.add_argument("--epochs", type=int, help="with --pooled: at most this many epochs (default: the config's)")
     parser.add_argument("--sampling-study", action="store_true",
                         help="with --pooled: train the pooled model under each data.source_sampling, report pooled dev only")
@@ -380,7 +381,7 @@ def main() -> int:
     parser.add_argument("--tests-only", action="store_true",
                         help="print the paired tests of a finished run in --out from its per-product files")
     args = parser.parse_args()
-    if args.pooled:
+    if args.pooled or args.smoke:
         from pooled_study import run_pooled
 
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
