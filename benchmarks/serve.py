@@ -13,6 +13,7 @@ and after it stops, and the ratio service / in-process (their mean).
     python benchmarks/serve.py [--requests 120] [--clients 4] [--max-seconds 90] [--reviews 8] [--words 40]
                                [--regions 8] [--image-dim 1280] [--vocab 20000] [--threads N] [--workers 1]
                                [--checkpoint PATH]
+    python benchmarks/serve.py --smoke             # 4 short requests to a small model: checks, measures nothing
 
 The clients run in this process while the server runs in its own; on a small machine they share the CPU cores,
 and other work on the machine changes every figure: the core count and the load average before and after are

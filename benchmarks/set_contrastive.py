@@ -24,6 +24,7 @@ so the work can be cut into pieces of a few minutes, each under the shared CPU l
     flock /tmp/mrhp-cpu.lock python benchmarks/set_contrastive.py --sets amazon2023-magazine --seeds 0
     ...
     python benchmarks/set_contrastive.py          # every run done: selects the weight, tests, prints the table
+    python benchmarks/set_contrastive.py --smoke  # a tiny run in seconds (tests/test_benchmarks.py): measures nothing
 
 ``--shared`` is the folder of the real samples (default ../shared/data); an absent one is skipped with a message.
 """

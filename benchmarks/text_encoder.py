@@ -12,6 +12,7 @@ Then multilingual-e5 on Indonesian reviews: the pieces it reads and the cosine s
 
     python benchmarks/text_encoder.py [--data ../shared/data] [--reviews 1000] [--batch-sizes 16 64]
                                       [--max-tokens 128] [--threads 1] [--encoders minilm multilingual-e5]
+    python benchmarks/text_encoder.py --smoke      # 8 texts of 16 tokens, MiniLM only: checks, measures nothing
 
 Needs the ``text`` extra (``pip install 'mrhp[text]'``).
 """
