@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_TRAIN_ARGS, prepare_tiny_dataset
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from support import TINY_TRAIN_ARGS, prepare_tiny_dataset
 
 from mrhp.cli import main
 from mrhp.studies.synthetic import SyntheticSpec

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_TRAIN_ARGS, prepare_tiny_dataset
+from support import TINY_TRAIN_ARGS, prepare_tiny_dataset
 
 from mrhp.cli import main
 from mrhp.models.checkpoint import load_checkpoint

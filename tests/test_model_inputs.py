@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_checkpoint_file
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from support import tiny_checkpoint_file
 
 from mrhp.cli import main
 from mrhp.config import INPUT_SETTINGS, ModelConfig, load_config
