@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -13,3 +15,21 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory) -> tuple[Path, Path]:
+    """(prepared dataset, its trained checkpoint): the tiny trained model of the bad-input matrix (test_bad_*.py),
+    trained once for the session."""
+    from support import TINY_TRAIN_ARGS, WIDTH, prepare_tiny_dataset
+
+    from mrhp.cli import main
+    from mrhp.studies.synthetic import SyntheticSpec
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("matrix")
+    spec = SyntheticSpec(products=(8, 3, 3), reviews_per_product=(3, 5), num_topics=3, feature_dim=WIDTH)
+    prepared = prepare_tiny_dataset(root, spec)
+    assert main(["train", "--data", str(prepared), "--out", str(root / "run"), "--set", "train.epochs=1",
+                 *TINY_TRAIN_ARGS]) == 0
+    return prepared, root / "run" / "best.safetensors"

@@ -154,3 +154,48 @@ def tiny_checkpoint_file(path: Path, seed: int = 0, **overrides) -> Path:
                                      inputs=model_inputs, vocab=Vocabulary(WORDS),
                                      relevance_threshold=1, metrics={}, state={"epoch": 1}))
     return path
+
+
+# ---- the bad-input matrix (test_bad_*.py): bad values, a request, and the error every case must end in ----
+
+SURROGATE = "bad \ud800 text"  # valid JSON ("\ud800" escape), not Unicode text
+DEEP = object()  # a value nested 100,000 arrays deep (written as raw text: json.dumps would recurse)
+DELETE = object()  # the field is removed
+
+
+def dumped(record: dict) -> str:
+    """One JSON line of `record`, with DEEP values written as raw nested brackets."""
+    parts = []
+    for key, value in record.items():
+        text = "[" * 100_000 + "]" * 100_000 if value is DEEP else json.dumps(value)
+        parts.append(f"{json.dumps(key)}: {text}")
+    return "{" + ", ".join(parts) + "}"
+
+
+BAD_IDS = {"missing": DELETE, "null": None, "empty": "", "blank": "   ", "bool": True, "float": 1.5, "list": [],
+           "object": {}, "surrogate": SURROGATE, "deep": DEEP}
+BAD_TEXTS = {"null": None, "number": 5, "list": ["a"], "object": {}, "bool": False, "surrogate": SURROGATE,
+             "deep": DEEP}
+WIDTH = 8  # region feature size of the `trained` fixture's dataset
+
+
+def trained_request() -> dict:
+    """A good request for the `trained` fixture's model."""
+    return {"product_id": "p1", "text": "a product", "images": [{"regions": [[0.1] * WIDTH] * 2}],
+            "reviews": [{"review_id": "a", "text": "good and long", "rating": 4},
+                        {"review_id": "b", "text": "bad", "images": [{"regions": [[0.2] * WIDTH]}]}]}
+
+
+def cli_error(capsys, argv: list[str], *expected: str) -> str:
+    """Run `mrhp ARGV`; it must fail with exit status 2 and one error line holding every `expected` text."""
+    from mrhp.cli import main  # here, as in `prepare_tiny_dataset`
+
+    status = main(argv)
+    err = capsys.readouterr().err
+    prefix = f"mrhp {argv[0]}: error: "
+    lines = [line for line in err.splitlines() if line.startswith(prefix)]
+    assert status == 2, f"exit status {status}, stderr: {err[-2000:]}"
+    assert "Traceback" not in err and len(lines) == 1, err[-2000:]
+    for text in expected:
+        assert text in lines[0], f"{text!r} not in {lines[0]!r}"
+    return lines[0]
