@@ -33,3 +33,14 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
     assert main(["train", "--data", str(prepared), "--out", str(root / "run"), "--set", "train.epochs=1",
                  *TINY_TRAIN_ARGS]) == 0
     return prepared, root / "run" / "best.safetensors"
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> Path:
+    """A tiny prepared dataset (official-format synthetic data, 12/4/4 products) for the end-to-end tests."""
+    from support import prepare_tiny_dataset
+
+    from mrhp.studies.synthetic import SyntheticSpec
+
+    spec = SyntheticSpec(products=(12, 4, 4), reviews_per_product=(3, 6), num_topics=4, feature_dim=8)
+    return prepare_tiny_dataset(tmp_path_factory.mktemp("e2e"), spec)

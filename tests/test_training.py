@@ -6,10 +6,13 @@ import importlib
 import json
 from pathlib import Path
 
+import numpy as np
+import pytest
 import torch
 from support import TINY_TRAIN_ARGS
 
 from mrhp.cli import main
+from mrhp.models.checkpoint import load_checkpoint
 
 
 def test_resume_after_a_kill_between_the_metrics_line_and_the_checkpoint(trained: tuple[Path, Path], tmp_path: Path,
@@ -43,3 +46,22 @@ def test_resume_after_a_kill_between_the_metrics_line_and_the_checkpoint(trained
     assert log("killed") == log("whole") and [row["epoch"] for row in log("killed")] == [1, 2]
     whole, resumed = (load_checkpoint(tmp_path / run / "last.safetensors").model.state_dict() for run in ("whole", "killed"))
     assert all(torch.equal(whole[name], resumed[name]) for name in whole)
+
+
+def test_resume_repeats_an_uninterrupted_run(prepared: Path, tmp_path: Path):
+    args = ["--data", str(prepared), *TINY_TRAIN_ARGS]
+    assert main(["train", "--out", str(tmp_path / "straight"), "--set", "train.epochs=3", *args]) == 0
+    # A run stopped after epoch 1, resumed with the full number of epochs.
+    assert main(["train", "--out", str(tmp_path / "resumed"), "--set", "train.epochs=1", *args]) == 0
+    assert main(["train", "--out", str(tmp_path / "resumed"), "--resume", "--set", "train.epochs=3", *args]) == 0
+    straight, resumed = (
+        [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        for name in ("straight", "resumed")
+    )
+    assert [row["epoch"] for row in resumed] == [1, 2, 3]
+    for a, b in zip(straight, resumed):
+        assert a["dev_map"] == b["dev_map"] and a["loss_ranking"] == pytest.approx(b["loss_ranking"], abs=1e-7)
+    weights = [load_checkpoint(tmp_path / name / "last.safetensors").model.state_dict() for name in ("straight", "resumed")]
+    assert all(np.allclose(weights[0][key], weights[1][key], atol=1e-6) for key in weights[0])
+    # Any other config change is refused: the run folder would mix two experiments.
+    assert main(["train", "--out", str(tmp_path / "resumed"), "--resume", *args, "--set", "train.lr=0.1"]) == 2
