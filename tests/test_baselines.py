@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import (
+from scipy import stats
+from support import (
     FEATURES,
     TINY_TRAIN_ARGS,
     VOCAB,
@@ -23,7 +24,6 @@ from conftest import (
     without_images,
     write_lines,
 )
-from scipy import stats
 
 from mrhp.cli import main
 from mrhp.config import Config, ModelConfig, load_config

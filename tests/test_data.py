@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import write_lines
+from support import write_lines
 
 from mrhp.data.jsonl import read_jsonl
 from mrhp.data.official import parse_image_urls, read_official
@@ -687,7 +687,7 @@ def old_layout(prepared: Path, to: Path) -> Path:
 
 
 def test_a_dataset_prepared_before_unknown_words_were_kept_still_opens_and_trains(tmp_path: Path, capsys) -> None:
-    from conftest import TINY_TRAIN_ARGS
+    from support import TINY_TRAIN_ARGS
 
     from mrhp.cli import main
 

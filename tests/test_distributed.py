@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_TRAIN_ARGS, prepare_tiny_dataset
+from support import TINY_TRAIN_ARGS, prepare_tiny_dataset
 
 from mrhp.cli import main
 from mrhp.compute import devices
@@ -219,7 +219,7 @@ def test_run_lstm_keeps_lstms_in_float32_under_cpu_bf16_only_without_onednn_bf16
 
 @pytest.mark.parametrize("name", ["mrhp", "prh-net", "bimpm", "sse-cross", "dr-net"])
 def test_models_with_lstms_train_in_bf16_on_a_cpu_without_onednn_bf16(monkeypatch, name: str):
-    from conftest import FEATURES, ranking, tiny_model
+    from support import FEATURES, ranking, tiny_model
 
     monkeypatch.setattr(devices, "cpu_supports_bf16", lambda: False)
     rng = np.random.default_rng(0)

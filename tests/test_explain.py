@@ -11,7 +11,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from conftest import (
+from support import (
     FEATURES,
     WORDS,
     ranking,

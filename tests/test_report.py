@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import prepare_tiny_dataset
+from support import prepare_tiny_dataset
 
 from mrhp.cli import main
 from mrhp.config import MODEL_NAMES, Config, apply_overrides

@@ -16,9 +16,9 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from conftest import serving
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from support import serving
 
 from mrhp.cli import main
 from mrhp.config import Config, DataConfig, ModelConfig, ModelInputs

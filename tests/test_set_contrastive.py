@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import FEATURES, ranking, tiny_inputs, tiny_model_config
+from support import FEATURES, ranking, tiny_inputs, tiny_model_config
 
 from mrhp.config import Config, LossConfig, load_config
 from mrhp.data.batching import collate

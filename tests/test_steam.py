@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_checkpoint_file, write_lines
+from support import tiny_checkpoint_file, write_lines
 
 from mrhp.cli import main
 from mrhp.config import Config, ModelConfig, ModelInputs, config_from_dict

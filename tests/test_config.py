@@ -1,17 +1,27 @@
-"""configs/: every file holds what its comments say it sets, and its [prepare] table is read by `mrhp prepare
---config` under the options given on the command line."""
+"""The run's config: it holds no setting the data decides and settings out of range are named; configs/: every file
+holds what its comments say it sets, and its [prepare] table is read by `mrhp prepare --config` under the options
+given on the command line."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tomllib
 from pathlib import Path
 
 import pytest
+from support import TINY_TRAIN_ARGS
 
 from mrhp.cli import build_parser, main
 from mrhp.cli.data import prepare_argv
-from mrhp.config import Config, load_config, prepare_section
+from mrhp.config import (
+    INPUT_SETTINGS,
+    Config,
+    ModelConfig,
+    load_config,
+    prepare_section,
+)
+from mrhp.errors import MrhpError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 PAPER = sorted(CONFIGS.glob("amazon-*.toml")) + sorted(CONFIGS.glob("lazada-*.toml"))
@@ -111,3 +121,54 @@ def test_prepare_without_a_format_anywhere_says_where_to_give_it(tmp_path, capsy
 def test_the_prepare_table_is_not_a_section_of_the_run(tmp_path, capsys):
     assert main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--set", "prepare.seed=1"]) == 2
     assert "--set: unknown config section 'prepare'" in capsys.readouterr().err
+
+
+def test_the_config_holds_no_setting_the_data_decides():
+    assert not set(INPUT_SETTINGS) & set(ModelConfig.__dataclass_fields__)
+    with pytest.raises(MrhpError, match="unknown setting 'model.vocab_size'"):
+        load_config(None, ["model.vocab_size=50"])
+
+
+def test_every_shipped_config_loads():
+    from mrhp.config import load_config
+
+    configs = sorted((Path(__file__).parent.parent / "configs").glob("*.toml"))
+    assert len(configs) == 7  # the paper's six dataset-category settings and real-data.toml
+    for path in configs:
+        load_config(path)
+    real = load_config(Path(__file__).parent.parent / "configs" / "real-data.toml")
+    assert (real.model.text_encoder, real.model.side_features) == ("minilm", True)
+
+
+@pytest.mark.parametrize(("command", "args", "named"), [
+    ("train", ["--set", "model.hidden_size=0"], "model.hidden_size"),
+    ("train", ["--set", "model.dropout=1.5"], "model.dropout"),
+    ("train", ["--set", "model.dropout=1.0"], "model.dropout"),
+    ("train", ["--set", "model.embedding_dim=-4"], "model.embedding_dim"),
+    ("train", ["--set", "train.lr=inf"], "train.lr"),
+    ("train", ["--set", "train.lr=nan"], "train.lr"),
+    ("train", ["--set", "data.max_tokens=0"], "data.max_tokens"),
+    ("train", ["--set", "train.threads=-2"], "train.threads"),
+    ("prepare", ["--min-count", "-5"], "--min-count"),
+    ("serve", ["--port", "70000"], "port"),
+    ("evaluate", ["--threshold", "99"], "--threshold 99"),
+    ("evaluate", ["--threshold", "-1"], "--threshold -1"),
+])
+def test_settings_out_of_range_are_named(prepared: Path, tmp_path: Path, capsys, command: str, args: list[str],
+                                         named: str):
+    checkpoint = tmp_path / "run" / "best.safetensors"
+    if command == "evaluate":
+        assert main(["train", "--data", str(prepared), "--out", str(tmp_path / "run"), "--set", "train.epochs=1",
+                     *TINY_TRAIN_ARGS]) == 0
+    common = {"train": ["--data", str(prepared), "--out", str(tmp_path / "out"), "--no-progress"],
+              "prepare": ["--format", "mrhp", "--out", str(tmp_path / "out")],
+              "serve": ["--checkpoint", str(checkpoint)],
+              "evaluate": ["--checkpoint", str(checkpoint), "--data", str(prepared), "--no-progress"]}[command]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) if command == "prepare" else contextlib.nullcontext() as argparse_exit:
+        assert main([command, *common, *args]) == 2
+    if argparse_exit is not None:
+        assert argparse_exit.value.code == 2
+    err = capsys.readouterr().err
+    assert f"mrhp {command}: error: " in err and named in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()

@@ -1,5 +1,5 @@
-"""What the data decides about a model (`ModelInputs`) lives beside the user's config, not inside it as placeholders,
-and checkpoints written before that still load."""
+"""Checkpoints: what the data decides about a model (`ModelInputs`) is saved beside the user's config, checkpoints
+written before that still load, and a damaged inputs header is named."""
 
 import dataclasses
 import json
@@ -7,12 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_checkpoint_file
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from support import tiny_checkpoint_file
 
-from mrhp.cli import main
-from mrhp.config import INPUT_SETTINGS, ModelConfig, load_config
 from mrhp.errors import MrhpError
 from mrhp.models.checkpoint import load_checkpoint
 
@@ -22,12 +20,6 @@ def _rewrite_header(path: Path, change) -> None:
         header = json.loads(handle.metadata()["mrhp"])
     change(header)
     save_file(load_file(str(path)), str(path), metadata={"mrhp": json.dumps(header)})
-
-
-def test_the_config_holds_no_setting_the_data_decides():
-    assert not set(INPUT_SETTINGS) & set(ModelConfig.__dataclass_fields__)
-    with pytest.raises(MrhpError, match="unknown setting 'model.vocab_size'"):
-        load_config(None, ["model.vocab_size=50"])
 
 
 def test_a_checkpoint_of_the_old_layout_still_loads(tmp_path: Path):
@@ -54,11 +46,3 @@ def test_damaged_inputs_name_the_header_key(tmp_path: Path):
     _rewrite_header(path, lambda header: header["inputs"].update(image_dim="wide"))
     with pytest.raises(MrhpError, match="header 'inputs': image_dim must be an integer"):
         load_checkpoint(path)
-
-
-def test_model_and_device_are_options_of_their_own(capsys):
-    # A bad device is refused by the option itself, before any data is read (a --set string would be checked
-    # only with the config, and named as train.device).
-    with pytest.raises(SystemExit) as exit_info:
-        main(["train", "--data", "nowhere", "--out", "nowhere", "--device", "gpu"])
-    assert exit_info.value.code == 2 and "argument --device: expected one of auto, cpu" in capsys.readouterr().err
