@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_TRAIN_ARGS
+from support import TINY_TRAIN_ARGS
 
 from mrhp.cli import main
 from mrhp.config import load_config
