@@ -4,9 +4,12 @@ the option and the path, and loses nothing. Also the clean-up of temporary folde
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
+import stat
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 from mrhp.errors import MrhpError
@@ -38,6 +41,13 @@ def check_output_file(path: Path, option: str) -> None:
     path = Path(path)
     if path.is_dir():
         raise MrhpError(f"{option} {path}: is a folder; give a file path")
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        mode = None
+    # A FIFO would block the writer forever, a device would be replaced by a regular file (or swallow the result).
+    if mode is not None and not stat.S_ISREG(mode):
+        raise MrhpError(f"{option} {path}: is not a regular file (a FIFO, device or socket); give a file path")
     parent = path.parent if path.parent.is_dir() else _existing_parent(path, option)
     _probe(parent, option, path)
 
@@ -48,6 +58,64 @@ def check_output_dir(path: Path, option: str) -> None:
     if path.exists() and not path.is_dir():
         raise MrhpError(f"{option} {path}: is a file; give a folder")
     _probe(path if path.is_dir() else _existing_parent(path, option), option, path)
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of what `path` names after following symlinks; None when it does not exist."""
+    try:
+        info = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return info.st_dev, info.st_ino
+
+
+def _within(inner: Path, outer: Path) -> bool:
+    """`inner` is `outer` or lies below it, after resolving symlinks."""
+    try:
+        inner, outer = inner.resolve(), outer.resolve()
+    except (OSError, RuntimeError):
+        return False
+    return inner == outer or outer in inner.parents
+
+
+def check_not_an_input(output: Path, option: str, inputs: Iterable[Path], *, replaces_folder: bool = False) -> None:
+    """`output` is none of the command's inputs: not the same file (also through a symlink or hard link), not an
+    existing file inside an input folder, and, for a command that replaces its output folder (`replaces_folder`),
+    no folder that holds an input. Writing there would destroy what the command reads."""
+    output = Path(output)
+    target = _identity(output)
+    for given in inputs:
+        given = Path(given)
+        if _identity(given) is None:
+            continue
+        if target is not None and target == _identity(given):
+            raise MrhpError(f"{option} {output}: is the input {given}; writing there would destroy it")
+        if target is not None and given.is_dir() and not output.is_dir() and _within(output, given):
+            raise MrhpError(f"{option} {output}: is a file inside the input folder {given}; writing there would "
+                            "destroy it")
+        if replaces_folder and _within(given, output):
+            raise MrhpError(f"{option} {output}: holds the input {given}; replacing the folder would delete it")
+
+
+def write_atomically(path: Path, data: str | bytes) -> None:
+    """Write `data` to `path` through a temporary file beside it, renamed into place: a full disk or a kill leaves
+    the old file (or none), never a truncated or 0-byte one. A write error names the file (and "no space")."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with temporary.open("wb") as out:
+            out.write(data.encode("utf-8") if isinstance(data, str) else data)
+        os.replace(temporary, path)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        raise write_error(path, error) from None
+
+
+def write_error(path: Path, error: OSError) -> MrhpError:
+    """The one-line error of a failed write of `path`: a full disk is said in words."""
+    reason = "no space left on device" if error.errno in (errno.ENOSPC, errno.EDQUOT) else (error.strerror or str(error))
+    return MrhpError(f"{path}: cannot write ({reason}); nothing was written")
 
 
 def _alive(pid: int) -> bool:

@@ -20,18 +20,33 @@ from mrhp.objectives.metrics import TIES
 _OUTPUT_FOLDERS = {"prepare": "out", "features": "out", "fetch-images": "out", "train": "out", "demo": "out",
                    "report": "out"}
 _OUTPUT_FILES = {"evaluate": "per_product", "floor": "per_product", "predict": "output"}
+# What each command reads: its output may be none of these (nor, for prepare, a folder holding one).
+_INPUTS = {
+    "prepare": ("products", "reviews", "input", "metadata", "business", "data_dir", "features", "product_features",
+                "review_features", "vectors", "config", "fetched", "image_features"),
+    "features": ("products", "reviews"), "fetch-images": ("products", "reviews", "prepared"),
+    "train": ("data", "config"), "demo": ("config",), "report": ("runs", "data"),
+    "evaluate": ("checkpoint", "data"), "floor": ("data",), "predict": ("checkpoint", "input"),
+}
 
 
 def check_outputs(args: argparse.Namespace) -> None:
     """Check the command's output folder or file before any work."""
-    from mrhp.outputs import check_output_dir, check_output_file
+    from mrhp.outputs import check_not_an_input, check_output_dir, check_output_file
 
+    inputs = []
+    for name in _INPUTS.get(args.command, ()):
+        value = getattr(args, name, None)
+        inputs += [Path(v) for v in value] if isinstance(value, list) else [Path(value)] if value else []
     folder = getattr(args, _OUTPUT_FOLDERS.get(args.command, ""), None)
     if folder is not None:
         check_output_dir(folder, "--out")
+        check_not_an_input(folder, "--out", inputs, replaces_folder=args.command == "prepare")
     file = getattr(args, _OUTPUT_FILES.get(args.command, ""), None)
     if file is not None:
-        check_output_file(file, f"--{_OUTPUT_FILES[args.command].replace('_', '-')}")
+        option = f"--{_OUTPUT_FILES[args.command].replace('_', '-')}"
+        check_output_file(file, option)
+        check_not_an_input(file, option, inputs)
 
 
 def at_least(minimum: int) -> Callable[[str], int]:

@@ -190,6 +190,10 @@ def train(
     config: Config, data_path: Path, run_dir: Path, resume: bool = False, progress: bool = True
 ) -> dict[str, object]:
     """Train on the `train` split, select on `dev`; returns the best epoch's record."""
+    run_dir = Path(run_dir)
+    if not resume and any((run_dir / name).exists() for name in ("last.safetensors", "best.safetensors")):
+        raise MrhpError(f"--out {run_dir}: holds a trained run already; continue it with --resume, or give another "
+                        "folder (training over it would replace its checkpoints)")
     dataset = PreparedDataset.open(data_path)
     for name in ("train", "dev"):
         dataset.split(name)  # fails early, naming the available splits

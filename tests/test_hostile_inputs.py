@@ -1,0 +1,132 @@
+"""What a hostile user found (issue 20, item 8), one table per subject: outputs that are inputs, full disks,
+damaged resume states, huge numbers, settings out of range, files that are not files, mismatched data, fetching,
+the service, killed loader workers, paths and messages. Each case ends in the documented answer: exit status 2 and
+one `mrhp CMD: error:` line naming the file, line, field or option, no traceback, nothing written or lost (or, for
+the service, the documented status with a JSON body)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY_TRAIN_ARGS, prepare_tiny_dataset, write_lines
+from test_bad_inputs import PRODUCTS, REVIEWS, WIDTH, _request, _write_jsonl, cli_error
+
+from mrhp.cli import main
+from mrhp.studies.synthetic import SyntheticSpec, write_official_dataset
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, Path]:
+    """(prepared dataset, its trained run folder), never changed by a test: tests work on copies."""
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("hostile")
+    spec = SyntheticSpec(products=(8, 3, 3), reviews_per_product=(3, 5), num_topics=3, feature_dim=WIDTH)
+    prepared = prepare_tiny_dataset(root, spec)
+    assert main(["train", "--data", str(prepared), "--out", str(root / "run"), "--set", "train.epochs=1",
+                 *TINY_TRAIN_ARGS]) == 0
+    return prepared, root / "run"
+
+
+@pytest.fixture()
+def copies(trained: tuple[Path, Path], tmp_path: Path) -> tuple[Path, Path]:
+    """A copy of the prepared dataset and of the run folder, which a test may try to destroy."""
+    prepared, run = trained
+    shutil.copytree(prepared, tmp_path / "prepared")
+    shutil.copytree(run, tmp_path / "run")
+    return tmp_path / "prepared", tmp_path / "run"
+
+
+def _digest(path: Path) -> str:
+    """A fingerprint of a file or of a folder's files (names and bytes)."""
+    if path.is_file():
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    files = sorted(p for p in path.rglob("*") if p.is_file())
+    return hashlib.sha256(b"".join(str(p.relative_to(path)).encode() + p.read_bytes() for p in files)).hexdigest()
+
+
+# ---- data lost: an output that is one of the command's inputs or results -------------------------------------------
+
+
+def _jsonl_inputs(tmp: Path) -> Path:
+    folder = tmp / "inputs" / "data"
+    _write_jsonl(folder, PRODUCTS, REVIEWS)
+    return folder
+
+
+def _fifo(tmp: Path) -> Path:
+    os.mkfifo(tmp / "pipe")
+    return tmp / "pipe"
+
+
+def _link(tmp: Path, target: Path, hard: bool) -> Path:
+    link = tmp / "link"
+    os.link(target, link) if hard else link.symlink_to(target)
+    return link
+
+
+def _evaluate(data: Path, run: Path, out: Path) -> list[str]:
+    return ["evaluate", "--checkpoint", str(run / "best.safetensors"), "--data", str(data), "--no-progress",
+            "--per-product", str(out)]
+
+
+def _prepare_jsonl(folder: Path, out: Path) -> list[str]:
+    return ["prepare", "--format", "jsonl", "--products", str(folder / "products.jsonl"), "--reviews",
+            str(folder / "reviews.jsonl"), "--min-count", "1", "--overwrite", "--out", str(out)]
+
+
+def _prepare_official(tmp: Path) -> tuple[list[str], Path]:
+    features = write_official_dataset(tmp / "official", "tiny", SyntheticSpec(products=(3, 1, 1), feature_dim=WIDTH))
+    return ["prepare", "--format", "mrhp", "--data-dir", str(tmp / "official"), "--category", "tiny", "--features",
+            str(features), "--min-count", "1", "--overwrite", "--out", str(tmp / "official")], tmp / "official"
+
+
+def _predict(run: Path, tmp: Path, out: Path) -> list[str]:
+    (tmp / "in.jsonl").write_text(json.dumps(_request()) + "\n", encoding="utf-8")
+    return ["predict", "--checkpoint", str(run / "best.safetensors"), "--input", str(tmp / "in.jsonl"), "--output",
+            str(out), "--no-progress"]
+
+
+# name -> function(tmp, prepared copy, run copy) -> (argv, the path that must stay as it was, expected texts)
+DATA_LOST = {
+    "evaluate --per-product the checkpoint": lambda tmp, data, run: (
+        _evaluate(data, run, run / "best.safetensors"), run, ("--per-product", "is the input")),
+    "evaluate --per-product a symlink to the checkpoint": lambda tmp, data, run: (
+        _evaluate(data, run, _link(tmp, run / "best.safetensors", hard=False)), run, ("is the input",)),
+    "evaluate --per-product a hard link to the checkpoint": lambda tmp, data, run: (
+        _evaluate(data, run, _link(tmp, run / "best.safetensors", hard=True)), run, ("is the input",)),
+    "evaluate --per-product dataset.json": lambda tmp, data, run: (
+        _evaluate(data, run, data / "dataset.json"), data, ("--per-product", "inside the input folder")),
+    "floor --per-product a dataset file": lambda tmp, data, run: (
+        ["floor", "--data", str(data), "--method", "length", "--per-product", str(data / "dataset.json")], data,
+        ("--per-product", "inside the input folder")),
+    "prepare --overwrite --out the inputs' folder": lambda tmp, data, run: (
+        _prepare_jsonl(_jsonl_inputs(tmp), tmp / "inputs" / "data"), tmp / "inputs", ("--out", "holds the input")),
+    "prepare --overwrite --out the inputs' parent": lambda tmp, data, run: (
+        _prepare_jsonl(_jsonl_inputs(tmp), tmp / "inputs"), tmp / "inputs", ("--out", "holds the input")),
+    "prepare --format mrhp --overwrite --out --data-dir": lambda tmp, data, run: (
+        *_prepare_official(tmp), ("--out", "the input")),
+    "train --out a finished run without --resume": lambda tmp, data, run: (
+        ["train", "--data", str(data), "--out", str(run), *TINY_TRAIN_ARGS], run, ("--out", "--resume")),
+    "predict --output a FIFO": lambda tmp, data, run: (
+        _predict(run, tmp, _fifo(tmp)), run, ("--output", "not a regular file")),
+    "predict --output /dev/null": lambda tmp, data, run: (
+        _predict(run, tmp, Path("/dev/null")), run, ("--output", "not a regular file")),
+    "evaluate --per-product a FIFO without a reader": lambda tmp, data, run: (
+        _evaluate(data, run, _fifo(tmp)), run, ("--per-product", "not a regular file")),
+}
+
+
+@pytest.mark.parametrize("case", DATA_LOST)
+def test_an_output_that_is_an_input_is_refused_and_nothing_is_lost(case: str, copies, tmp_path: Path, capsys):
+    argv, kept, expected = DATA_LOST[case](tmp_path, *copies)
+    before = _digest(kept)
+    cli_error(capsys, argv, *expected)
+    assert _digest(kept) == before
+    assert not (tmp_path / "pipe").exists() or (tmp_path / "pipe").is_fifo()
+    assert Path("/dev/null").is_char_device()
