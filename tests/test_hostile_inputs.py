@@ -6,6 +6,7 @@ the service, the documented status with a JSON body)."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -130,3 +131,97 @@ def test_an_output_that_is_an_input_is_refused_and_nothing_is_lost(case: str, co
     assert _digest(kept) == before
     assert not (tmp_path / "pipe").exists() or (tmp_path / "pipe").is_fifo()
     assert Path("/dev/null").is_char_device()
+
+
+# ---- full disk: the message names the file and says "no space"; no empty or half-written file stays -------------
+
+
+class _FullDisk:
+    """A file opened for writing under a given folder whose writes fail as on a full disk (the file itself is
+    created, as a real open does)."""
+
+    def __init__(self, handle):
+        self._handle = handle
+
+    def write(self, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._handle.close()
+
+    def __getattr__(self, name):
+        return getattr(self._handle, name)
+
+
+def _fill_disk(monkeypatch, under: Path) -> None:
+    """Every write into a file below `under` fails with ENOSPC: Python's open, and safetensors' Rust writer."""
+    import builtins
+    import io
+
+    from safetensors import SafetensorError
+
+    real_open = io.open
+
+    def full_open(file, mode="r", *args, **kwargs):
+        handle = real_open(file, mode, *args, **kwargs)
+        writing = any(flag in mode for flag in "wax+")
+        inside = isinstance(file, (str, os.PathLike)) and Path(os.path.abspath(file)).is_relative_to(under)
+        return _FullDisk(handle) if writing and inside else handle
+
+    def full_save_file(tensors, filename, metadata=None):
+        Path(filename).touch()
+        raise SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "
+                              "\"No space left on device\" })")
+
+    monkeypatch.setattr(io, "open", full_open)
+    monkeypatch.setattr(builtins, "open", full_open)
+    monkeypatch.setattr("mrhp.models.checkpoint.save_file", full_save_file)
+
+
+def _features_args(tmp: Path) -> list[str]:
+    from PIL import Image
+
+    folder = tmp / "data"
+    folder.mkdir()
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(folder / "a.png")
+    products = [{**PRODUCTS[0], "images": ["a.png"]}, *PRODUCTS[1:]]
+    _write_jsonl(folder, products, REVIEWS)
+    return ["features", "--products", str(folder / "products.jsonl"), "--reviews", str(folder / "reviews.jsonl"),
+            "--threads", "1", "--no-progress", "--out", str(tmp / "out")]
+
+
+# name -> function(tmp, prepared copy, run copy) -> (argv, the folder whose writes fail, expected file name)
+FULL_DISK = {
+    "train": lambda tmp, data, run: (["train", "--data", str(data), "--out", str(tmp / "out"), "--set",
+                                      "train.epochs=1", *TINY_TRAIN_ARGS], tmp / "out", "config.json"),
+    "train, checkpoint": lambda tmp, data, run: (["train", "--data", str(data), "--out", str(tmp / "out"), "--set",
+                                                  "train.epochs=1", *TINY_TRAIN_ARGS], tmp / "elsewhere",
+                                                 ".safetensors"),
+    "train --resume": lambda tmp, data, run: (["train", "--data", str(data), "--out", str(run), "--resume", "--set",
+                                               "train.epochs=2", *TINY_TRAIN_ARGS], run, "metrics.jsonl"),
+    "evaluate --per-product": lambda tmp, data, run: (_evaluate(data, run, tmp / "out" / "per.jsonl"), tmp / "out",
+                                                      "per.jsonl"),
+    "report": lambda tmp, data, run: (["report", str(run), "--data", str(data), "--out", str(tmp / "out")],
+                                      tmp / "out", str(tmp / "out")),
+    "features": lambda tmp, data, run: (_features_args(tmp), tmp / "out", str(tmp / "out")),
+}
+
+
+@pytest.mark.parametrize("case", FULL_DISK)
+def test_a_full_disk_names_the_file_and_leaves_no_empty_file(case: str, copies, tmp_path: Path, capsys, monkeypatch):
+    argv, full, expected = FULL_DISK[case](tmp_path, *copies)
+    if case == "report":
+        assert main(_evaluate(copies[0], copies[1], copies[1] / "test_per_product.jsonl")) == 0
+    sizes = {p: p.stat().st_size for p in copies[1].rglob("*") if p.is_file()}
+    before = set(tmp_path.rglob("*"))
+    _fill_disk(monkeypatch, full)
+    cli_error(capsys, argv, expected, "no space left on device")
+    monkeypatch.undo()
+    written = [p for p in set(tmp_path.rglob("*")) - before if p.is_file()]
+    assert not [p for p in written if p.stat().st_size == 0], f"empty files stayed: {written}"
+    assert not [p for p in written if ".tmp" in p.name], "a temporary file stayed"
+    if case == "train --resume":  # the run it resumes is as it was (checkpoints and all)
+        assert {p: p.stat().st_size for p in copies[1].rglob("*") if p.is_file()} == sizes

@@ -112,9 +112,11 @@ def write_atomically(path: Path, data: str | bytes) -> None:
         raise write_error(path, error) from None
 
 
-def write_error(path: Path, error: OSError) -> MrhpError:
-    """The one-line error of a failed write of `path`: a full disk is said in words."""
-    reason = "no space left on device" if error.errno in (errno.ENOSPC, errno.EDQUOT) else (error.strerror or str(error))
+def write_error(path: Path, error: Exception) -> MrhpError:
+    """The one-line error of a failed write of `path` (an OSError, or a library's error that wraps one, such as
+    safetensors' "No space left on device (os error 28)"): a full disk is said in words."""
+    full = getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(error)
+    reason = "no space left on device" if full else (getattr(error, "strerror", None) or str(error))
     return MrhpError(f"{path}: cannot write ({reason}); nothing was written")
 
 

@@ -53,6 +53,7 @@ from mrhp.features.images import (
     prefetch,
     region_grid,
 )
+from mrhp.outputs import write_error
 from mrhp.progress import progress_bar
 
 logger = logging.getLogger(__name__)
@@ -72,6 +73,9 @@ def write_atomic(path: Path, write: Callable[[io.BufferedWriter], None]) -> None
         with tmp.open("wb") as handle:
             write(handle)
         os.replace(tmp, path)
+    except OSError as error:  # a full disk: name the file and say so
+        tmp.unlink(missing_ok=True)
+        raise write_error(path, error) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

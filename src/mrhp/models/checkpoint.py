@@ -20,6 +20,7 @@ from mrhp.config import Config, config_from_dict
 from mrhp.data.text import Vocabulary
 from mrhp.errors import MrhpError
 from mrhp.models.registry import build_model
+from mrhp.outputs import write_error
 
 FORMAT = "mrhp-checkpoint"
 VERSION = 1
@@ -84,8 +85,12 @@ def save_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
         tensors["rng.torch"] = checkpoint.rng.clone()
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(temporary), metadata={"mrhp": json.dumps(header)})
-    os.replace(temporary, path)
+    try:
+        save_file(tensors, str(temporary), metadata={"mrhp": json.dumps(header)})
+        os.replace(temporary, path)
+    except (OSError, SafetensorError) as error:  # a full disk: no half-written file stays behind
+        temporary.unlink(missing_ok=True)
+        raise write_error(path, error) from None
 
 
 # What a checkpoint header holds: key -> (JSON types allowed, required). Anything else is refused by name.

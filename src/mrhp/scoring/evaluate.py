@@ -19,6 +19,7 @@ from mrhp.data.prepared import PreparedDataset, PreparedSplit
 from mrhp.errors import MrhpError
 from mrhp.models.checkpoint import Checkpoint
 from mrhp.objectives.metrics import METRICS, ranking_metrics, summarize
+from mrhp.outputs import write_atomically
 from mrhp.progress import progress_bar
 from mrhp.scoring.loop import score_groups
 
@@ -126,12 +127,12 @@ def evaluate_split(
 def write_per_product(path: Path, product_ids: list[str], values: dict[str, np.ndarray], split: str) -> None:
     """One JSON object per product: product id, split and its metric values in [0, 1]; lines are in split
     order, so two systems evaluated on the same split can be compared pairwise."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as out:
-        for row, product_id in enumerate(product_ids):
-            record = {"product_id": product_id, "split": split}
-            record.update({name: float(values[name][row]) for name in METRICS})
-            out.write(json.dumps(record) + "\n")
+    lines = []
+    for row, product_id in enumerate(product_ids):
+        record = {"product_id": product_id, "split": split}
+        record.update({name: float(values[name][row]) for name in METRICS})
+        lines.append(json.dumps(record) + "\n")
+    write_atomically(path, "".join(lines))
 
 
 def format_metrics(summary: dict[str, float]) -> str:

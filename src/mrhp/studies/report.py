@@ -46,6 +46,7 @@ from mrhp.errors import MrhpError
 from mrhp.models.checkpoint import Checkpoint, load_checkpoint
 from mrhp.objectives.losses import MODALITY_KEYS
 from mrhp.objectives.metrics import METRICS, paired_test
+from mrhp.outputs import write_atomically
 from mrhp.scoring.evaluate import score_split
 from mrhp.studies.compare import (
     Comparison,
@@ -342,7 +343,7 @@ def _plots(out: Path, comparison: Comparison, ablations: dict, distance_results:
         ax.set_title(title)
         ax.legend(fontsize=8)
         fig.tight_layout()
-        fig.savefig(out / name, dpi=120)
+        _save_figure(fig, out / name)
         plt.close(fig)
         written.append(name)
 
@@ -360,10 +361,19 @@ def _plots(out: Path, comparison: Comparison, ablations: dict, distance_results:
             ax.set_xlabel("helpfulness label")
         np.atleast_1d(axes)[0].legend(fontsize=8)
         fig.tight_layout()
-        fig.savefig(out / "distances.png", dpi=120)
+        _save_figure(fig, out / "distances.png")
         plt.close(fig)
         written.append("distances.png")
     return written
+
+
+def _save_figure(fig, path: Path) -> None:
+    """A plot as PNG, written atomically (a full disk leaves no empty file)."""
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=120, format="png")
+    write_atomically(path, buffer.getvalue())
 
 
 def write_report(paths: list[Path], data: Path, out: Path, split: str = "test", title: str | None = None) -> Path:
@@ -396,6 +406,6 @@ def write_report(paths: list[Path], data: Path, out: Path, split: str = "test", 
     if plots:
         sections.append("## Plots\n\n" + "\n\n".join(f"![{name}]({name})" for name in plots))
     path = out / "report.md"
-    path.write_text("\n\n".join(sections) + "\n", encoding="utf-8")
+    write_atomically(path, "\n\n".join(sections) + "\n")
     log.info("wrote %s", path)
     return path

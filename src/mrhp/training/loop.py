@@ -16,7 +16,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -43,6 +42,7 @@ from mrhp.objectives.losses import (
     pairwise_ranking_loss,
     set_contrastive_loss,
 )
+from mrhp.outputs import write_atomically, write_error
 from mrhp.progress import progress_bar
 from mrhp.scoring.evaluate import evaluate_split, format_metrics
 
@@ -152,9 +152,7 @@ def _keep_metrics_through(path: Path, epoch: int) -> None:
         if not line.endswith("\n") or int(record.get("epoch", 0)) > epoch:
             break
         kept.append(line)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text("".join(kept), encoding="utf-8")
-    os.replace(temporary, path)  # a kill during the rewrite leaves the old file whole
+    write_atomically(path, "".join(kept))  # a kill during the rewrite leaves the old file whole
 
 
 def train_epoch(net: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
@@ -266,7 +264,7 @@ def _train(config: Config, dataset: PreparedDataset, run_dir: Path, resume: bool
         scheduler.load_state_dict(saved.state["scheduler"])
         scaler.load_state_dict(saved.state.get("grad_scaler", {}))
     if runtime.main:
-        (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8")
+        write_atomically(run_dir / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
     net = distributed.wrap(model, runtime)
 
     dev_split, data, threshold = dataset.split("dev"), config.data, dataset.relevance_threshold
@@ -315,8 +313,11 @@ def _train(config: Config, dataset: PreparedDataset, run_dir: Path, resume: bool
 def _write_epoch(run_dir: Path, record: dict, improved: bool, optimizer: torch.optim.Optimizer,
                  snapshot: Checkpoint) -> None:
     """Rank 0's files of an epoch: its metrics line, the best checkpoint when it improved, the last one."""
-    with (run_dir / "metrics.jsonl").open("a", encoding="utf-8") as out:
-        out.write(json.dumps(record) + "\n")
+    try:  # a torn last line (a full disk) is dropped on --resume
+        with (run_dir / "metrics.jsonl").open("a", encoding="utf-8") as out:
+            out.write(json.dumps(record) + "\n")
+    except OSError as error:
+        raise write_error(run_dir / "metrics.jsonl", error) from None
     if improved:
         save_checkpoint(run_dir / "best.safetensors", snapshot)
     snapshot.optimizer, snapshot.rng = optimizer.state_dict(), torch.get_rng_state()
