@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import TINY_TRAIN_ARGS, prepare_tiny_dataset, write_lines
-from test_bad_inputs import PRODUCTS, REVIEWS, WIDTH, _request, _write_jsonl, cli_error
+from test_bad_inputs import PRODUCTS, REVIEWS, WIDTH, _request, _rewrite, _set, _write_jsonl, cli_error
 
 from mrhp.cli import main
 from mrhp.studies.synthetic import SyntheticSpec, write_official_dataset
@@ -116,8 +116,9 @@ DATA_LOST = {
         ["train", "--data", str(data), "--out", str(run), *TINY_TRAIN_ARGS], run, ("--out", "--resume")),
     "predict --output a FIFO": lambda tmp, data, run: (
         _predict(run, tmp, _fifo(tmp)), run, ("--output", "not a regular file")),
-    "predict --output /dev/null": lambda tmp, data, run: (
-        _predict(run, tmp, Path("/dev/null")), run, ("--output", "not a regular file")),
+    # A link to the device, not /dev/null itself: a wrong implementation run as root would replace the node.
+    "predict --output a link to /dev/null": lambda tmp, data, run: (
+        _predict(run, tmp, _link(tmp, Path("/dev/null"), hard=False)), run, ("--output", "not a regular file")),
     "evaluate --per-product a FIFO without a reader": lambda tmp, data, run: (
         _evaluate(data, run, _fifo(tmp)), run, ("--per-product", "not a regular file")),
 }
@@ -225,3 +226,87 @@ def test_a_full_disk_names_the_file_and_leaves_no_empty_file(case: str, copies, 
     assert not [p for p in written if ".tmp" in p.name], "a temporary file stayed"
     if case == "train --resume":  # the run it resumes is as it was (checkpoints and all)
         assert {p: p.stat().st_size for p in copies[1].rglob("*") if p.is_file()} == sizes
+
+
+# ---- resuming: a run continues only from its own data and a whole, well-formed training state ---------------------
+
+
+def _header(change):
+    """A change of last.safetensors' header."""
+    return {"header_change": change}
+
+
+def _state(key, value):
+    return _header(_set(f"state.{key}", value))
+
+
+def _tensors(change):
+    return {"tensor_change": change}
+
+
+def _first_moment(change):
+    def apply(tensors: dict) -> None:
+        name = next(name for name in tensors if name.startswith("optimizer.") and name.endswith(".exp_avg"))
+        change(tensors, name)
+    return apply
+
+
+def _swap_vocabulary(data: Path) -> None:
+    words = (data / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    words[2], words[3] = words[3], words[2]
+    (data / "vocab.txt").write_text("".join(word + "\n" for word in words), encoding="utf-8")
+
+
+def _other_threshold(data: Path) -> None:
+    meta = json.loads((data / "dataset.json").read_text(encoding="utf-8"))
+    meta["relevance_threshold"] += 1
+    (data / "dataset.json").write_text(json.dumps(meta), encoding="utf-8")
+
+
+def _first_group(key, value):
+    def change(header: dict) -> None:
+        header["optimizer"]["param_groups"][0][key] = value
+    return _header(change)
+
+
+# name -> (a change of last.safetensors (see test_bad_inputs._rewrite), or of the dataset copy; expected text)
+RESUME_CASES = {
+    "another vocabulary of the same size": (_swap_vocabulary, "another vocabulary"),
+    "another relevance threshold": (_other_threshold, "relevance threshold"),
+    "empty scheduler state": (_state("scheduler", {}), "'scheduler'"),
+    "missing optimizer tensors": (_tensors(lambda t: [t.pop(n) for n in list(t) if n.startswith("optimizer.")]),
+                                  "optimizer"),
+    "a missing Adam moment": (_tensors(_first_moment(lambda t, n: t.pop(n))), "exp_avg"),
+    "epoch a string": (_state("epoch", "1"), "'epoch'"),
+    "epoch negative": (_state("epoch", -1), "'epoch'"),
+    "best_metric a string": (_state("best_metric", "high"), "'best_metric'"),
+    "lr a string": (_first_group("lr", "fast"), "'lr'"),
+    "empty param_groups": (_header(lambda h: h["optimizer"].__setitem__("param_groups", [])), "parameter groups"),
+    "RNG of another dtype": (_tensors(lambda t: t.__setitem__("rng.torch", t["rng.torch"].float())), "random state"),
+    "RNG truncated": (_tensors(lambda t: t.__setitem__("rng.torch", t["rng.torch"][:100].clone())), "random state"),
+    "Adam moment of another shape": (_tensors(_first_moment(lambda t, n: t.__setitem__(n, torch.zeros(3)))),
+                                     "exp_avg"),
+}
+
+
+@pytest.mark.parametrize("case", RESUME_CASES)
+def test_resume_refuses_other_data_and_damaged_states(case: str, copies, capsys):
+    data, run = copies
+    change, expected = RESUME_CASES[case]
+    if callable(change):
+        change(data)
+    else:
+        last = run / "last.safetensors"
+        _rewrite(last, last.with_name("changed.safetensors"), **change).replace(last)
+    before = _digest(run)
+    cli_error(capsys, ["train", "--data", str(data), "--out", str(run), "--resume", "--set", "train.epochs=2",
+                       *TINY_TRAIN_ARGS], "--resume", expected)
+    assert _digest(run) == before
+
+
+def test_resume_names_a_metrics_line_whose_epoch_is_not_a_number(copies, capsys):
+    data, run = copies
+    lines = (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    (run / "metrics.jsonl").write_text(json.dumps({**json.loads(lines[0]), "epoch": "one"}) + "\n", encoding="utf-8")
+    cli_error(capsys, ["train", "--data", str(data), "--out", str(run), "--resume", "--set", "train.epochs=2",
+                       *TINY_TRAIN_ARGS], "metrics.jsonl", "line 1", "field 'epoch'")

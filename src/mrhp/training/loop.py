@@ -31,7 +31,7 @@ from mrhp.config import Config
 from mrhp.data.batching import Batch, training_batches
 from mrhp.data.loader import PlannedBatches, batch_loader
 from mrhp.data.prepared import PreparedDataset
-from mrhp.errors import MrhpError
+from mrhp.errors import DataError, MrhpError
 from mrhp.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from mrhp.models.paper import ModelOutput
 from mrhp.models.registry import build_model, initialise_from_data
@@ -144,12 +144,18 @@ def _keep_metrics_through(path: Path, epoch: int) -> None:
     if not path.exists():
         return
     kept = []
-    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(keepends=True), start=1):
         try:
             record = json.loads(line)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             break
-        if not line.endswith("\n") or int(record.get("epoch", 0)) > epoch:
+        if not line.endswith("\n"):
+            break
+        recorded = record.get("epoch") if isinstance(record, dict) else None
+        if not isinstance(recorded, int) or isinstance(recorded, bool) or recorded < 1:
+            raise DataError(f"epoch is {recorded!r}, not a positive integer (a damaged run log); use a new run "
+                            "folder", file=path, line=number, field="epoch")
+        if recorded > epoch:
             break
         kept.append(line)
     write_atomically(path, "".join(kept))  # a kill during the rewrite leaves the old file whole
@@ -200,10 +206,16 @@ def train(
         return _train(config, dataset, run_dir, resume, progress and runtime.main, runtime)
 
 
-def _resume_from(last_path: Path, config: Config, runtime: Runtime) -> Checkpoint:
+def _resume_from(last_path: Path, config: Config, runtime: Runtime, dataset: PreparedDataset) -> Checkpoint:
     """The checkpoint to resume from, when it was written by the same config (epochs, device and loader workers
-    may change) and world size."""
+    may change), world size and data (vocabulary and relevance threshold), and holds a whole training state."""
     saved = load_checkpoint(last_path)
+    if saved.vocab.tokens != dataset.vocab.tokens:
+        raise MrhpError(f"--resume: {last_path} was trained with another vocabulary than {dataset.path}'s; use the "
+                        "dataset it was trained on, or a new run folder")
+    if saved.relevance_threshold != dataset.relevance_threshold:
+        raise MrhpError(f"--resume: {last_path} was trained with relevance threshold {saved.relevance_threshold}, "
+                        f"{dataset.path} has {dataset.relevance_threshold}; use a new run folder")
     free = {"epochs": 0, "device": "", "loader_workers": 0}
     if dataclasses.replace(saved.config.train, **free) != dataclasses.replace(config.train, **free) or (
         (saved.config.model, saved.config.loss, saved.config.data) != (config.model, config.loss, config.data)
@@ -217,10 +229,79 @@ def _resume_from(last_path: Path, config: Config, runtime: Runtime) -> Checkpoin
     if missing:
         raise MrhpError(f"--resume: {last_path} holds no complete training state (missing: {', '.join(missing)}); "
                         "use a new run folder")
+    _check_training_state(saved, last_path)
     if saved.state.get("world_size", 1) != runtime.world_size:
         raise MrhpError(f"--resume: {last_path} was trained by {saved.state.get('world_size', 1)} processes, not "
                         f"{runtime.world_size}: the global batch would change; use the same --nproc-per-node")
     return saved
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _same_kind(saved: object, fresh: object) -> bool:
+    """A saved optimizer setting has the JSON kind of a fresh optimizer's (a number stays a number, ...)."""
+    if isinstance(fresh, bool) or fresh is None:
+        return saved is None or isinstance(saved, bool)
+    if _is_number(fresh):
+        return _is_number(saved) and math.isfinite(saved)
+    if isinstance(fresh, (tuple, list)):
+        return isinstance(saved, (tuple, list)) and len(saved) == len(fresh) and all(map(_same_kind, saved, fresh))
+    return isinstance(saved, type(fresh))
+
+
+def _check_training_state(saved: Checkpoint, path: Path) -> None:
+    """The progress, optimizer, scheduler and random state of `last.safetensors` are those `_train` writes (names,
+    types and shapes), so that a damaged or hand-edited file is refused by name rather than crashing (or silently
+    continuing) later."""
+    def damaged(what: str) -> MrhpError:
+        return MrhpError(f"--resume: {path}: {what}; the training state is damaged, use a new run folder")
+
+    state = saved.state
+    for key in ("epoch", "best_epoch"):
+        if not isinstance(state[key], int) or isinstance(state[key], bool) or state[key] < 0:
+            raise damaged(f"state '{key}' is {state[key]!r}, not an integer >= 0")
+    if not _is_number(state["best_metric"]) or math.isnan(state["best_metric"]):
+        raise damaged(f"state 'best_metric' is {state['best_metric']!r}, not a number")
+    if state["best"] is not None and not isinstance(state["best"], dict):
+        raise damaged("state 'best' is not an object")
+    model = saved.model
+    fresh_optimizer = torch.optim.Adam(model.parameters(), lr=1.0)
+    fresh_scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(fresh_optimizer, mode="max")
+    scheduler = state["scheduler"]
+    wanted = set(fresh_scheduler.state_dict())
+    if not isinstance(scheduler, dict) or not wanted <= set(scheduler):
+        missing = sorted(wanted - set(scheduler)) if isinstance(scheduler, dict) else ["all"]
+        raise damaged(f"state 'scheduler' lacks {', '.join(missing)}")
+    groups, fresh_groups = saved.optimizer["param_groups"], fresh_optimizer.state_dict()["param_groups"]
+    if not isinstance(groups, list) or len(groups) != len(fresh_groups):
+        raise damaged(f"the optimizer has {len(groups) if isinstance(groups, list) else 'no'} parameter groups, "
+                      f"not {len(fresh_groups)}")
+    for group, fresh in zip(groups, fresh_groups):
+        for key, value in fresh.items():
+            if not isinstance(group, dict) or key not in group or not _same_kind(group[key], value):
+                raise damaged(f"optimizer setting '{key}' is "
+                              f"{group.get(key, 'missing') if isinstance(group, dict) else 'missing'!r}")
+        if group["params"] != fresh["params"]:
+            raise damaged("the optimizer's parameter list differs from the model's")
+    parameters = list(model.parameters())
+    for index, moments in saved.optimizer["state"].items():
+        if not 0 <= index < len(parameters):
+            raise damaged(f"optimizer state for parameter {index}, which the model does not have")
+        for key in ("step", "exp_avg", "exp_avg_sq"):
+            value = moments.get(key)
+            shape = () if key == "step" else parameters[index].shape
+            if not isinstance(value, torch.Tensor) or value.shape != shape or not value.is_floating_point():
+                found = "missing" if value is None else f"of shape {tuple(getattr(value, 'shape', ()))}"
+                raise damaged(f"optimizer tensor {index}.{key} is {found}, expected shape {tuple(shape)}")
+    # Parameters that never got a gradient have no moments, so only a trained run with none at all is certain.
+    if state["epoch"] > 0 and not saved.optimizer["state"]:
+        raise damaged("the optimizer holds no moments (its tensors are missing)")
+    rng = torch.get_rng_state()
+    if saved.rng.dtype != rng.dtype or saved.rng.shape != rng.shape:
+        raise damaged(f"the random state is {saved.rng.dtype} of shape {tuple(saved.rng.shape)}, expected "
+                      f"{rng.dtype} of shape {tuple(rng.shape)}")
 
 
 def _train(config: Config, dataset: PreparedDataset, run_dir: Path, resume: bool, progress: bool,
@@ -234,7 +315,7 @@ def _train(config: Config, dataset: PreparedDataset, run_dir: Path, resume: bool
     model = build_model(config.model)
     state: dict[str, object] = {"epoch": 0, "best_metric": -math.inf, "best_epoch": 0, "best": None,
                                 "world_size": runtime.world_size}
-    saved = _resume_from(last_path, config, runtime) if resume and last_path.exists() else None
+    saved = _resume_from(last_path, config, runtime, dataset) if resume and last_path.exists() else None
     if saved is not None:
         model.load_state_dict(saved.model.state_dict())
         torch.set_rng_state(saved.rng)
