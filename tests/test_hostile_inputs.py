@@ -310,3 +310,111 @@ def test_resume_names_a_metrics_line_whose_epoch_is_not_a_number(copies, capsys)
     (run / "metrics.jsonl").write_text(json.dumps({**json.loads(lines[0]), "epoch": "one"}) + "\n", encoding="utf-8")
     cli_error(capsys, ["train", "--data", str(data), "--out", str(run), "--resume", "--set", "train.epochs=2",
                        *TINY_TRAIN_ARGS], "metrics.jsonl", "line 1", "field 'epoch'")
+
+
+# ---- numbers: integers over 4,300 digits, ratings beyond float, ragged regions ----------------------------------
+
+HUGE = "9" * 5000  # a JSON integer Python's int() refuses to parse (over 4,300 digits)
+FAR = 10**400  # an integer json reads, beyond float's range
+
+
+def _raw(record: dict, field: str) -> str:
+    """`record` as one JSON line whose `field` is the integer HUGE, written as raw digits."""
+    return json.dumps({**record, field: "@HUGE@"}).replace('"@HUGE@"', HUGE)
+
+
+def _numbers_jsonl(tmp: Path) -> tuple[list[str], str]:
+    folder = tmp / "data"
+    folder.mkdir()
+    (folder / "products.jsonl").write_text("".join(json.dumps(p) + "\n" for p in PRODUCTS), encoding="utf-8")
+    lines = [json.dumps(r) for r in REVIEWS]
+    lines[1] = _raw(REVIEWS[1], "votes")
+    (folder / "reviews.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return _prepare_jsonl(folder, tmp / "out")[:-3] + ["--out", str(tmp / "out")], "reviews.jsonl"
+
+
+def _numbers_csv(tmp: Path) -> tuple[list[str], str]:
+    from test_bad_inputs import FINEFOOD_GOOD, FINEFOOD_HEADER
+
+    path = tmp / "Reviews.csv"
+    path.write_text(FINEFOOD_HEADER + FINEFOOD_GOOD + f"99,P1,U99,N,{HUGE},1,5,1,S,T\r\n", encoding="utf-8",
+                    newline="")
+    return ["prepare", "--format", "finefood", "--input", str(path), "--out", str(tmp / "out"), "--split-fractions",
+            "1", "0", "0", "--min-reviews", "1"], "HelpfulnessNumerator"
+
+
+def _numbers_amazon(tmp: Path, which: str, field: str, value: str) -> tuple[list[str], str]:
+    from test_bad_inputs import AMAZON_META, AMAZON_REVIEWS
+
+    rows = {"reviews": [json.dumps(r) for r in AMAZON_REVIEWS], "metadata": [json.dumps(m) for m in AMAZON_META]}
+    source = (AMAZON_REVIEWS if which == "reviews" else AMAZON_META)[1]
+    rows[which][1] = _raw(source, field).replace(HUGE, value)
+    for name, lines in rows.items():
+        (tmp / f"{name}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return ["prepare", "--format", "amazon2023", "--input", str(tmp / "reviews.jsonl"), "--metadata",
+            str(tmp / "metadata.jsonl"), "--out", str(tmp / "out"), "--split-fractions", "1", "0", "0",
+            "--min-reviews", "1"], f"{which}.jsonl"
+
+
+def _numbers_official(tmp: Path) -> tuple[list[str], str]:
+    argv, folder = _prepare_official(tmp)
+    relevance = folder / "tiny.rel.train"
+    relevance.write_text(relevance.read_text(encoding="utf-8").replace('"upvotes": 1', f'"upvotes": {HUGE}', 1),
+                         encoding="utf-8")
+    return [*argv[:-3], "--out", str(tmp / "out")], "tiny.rel.train"
+
+
+def _numbers_request(tmp: Path, run: Path, line: str) -> tuple[list[str], str]:
+    (tmp / "requests.jsonl").write_text(json.dumps(_request()) + "\n" + line + "\n", encoding="utf-8")
+    return ["predict", "--checkpoint", str(run / "best.safetensors"), "--input", str(tmp / "requests.jsonl"),
+            "--output", str(tmp / "ranked.jsonl"), "--no-progress"], "line 2"
+
+
+def _numbers_compare(tmp: Path) -> tuple[list[str], str]:
+    rows = [{"product_id": f"p{k}", "split": "test", "map": 0.5, "ndcg@3": 0.5, "ndcg@5": 0.5} for k in range(3)]
+    (tmp / "a.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    (tmp / "b.jsonl").write_text(_raw(rows[0], "map") + "\n", encoding="utf-8")
+    return ["compare", str(tmp / "a.jsonl"), str(tmp / "b.jsonl")], "b.jsonl"
+
+
+def _numbers_manifest(tmp: Path) -> tuple[list[str], str]:
+    folder = _jsonl_inputs(tmp)
+    products = [{**PRODUCTS[0], "images": ["https://example.invalid/a.jpg"]}, *PRODUCTS[1:]]
+    _write_jsonl(folder, products, REVIEWS)
+    (tmp / "fetched").mkdir()
+    (tmp / "fetched" / "manifest.jsonl").write_text(_raw({"url": "https://example.invalid/a.jpg"}, "tries") + "\n",
+                                                    encoding="utf-8")
+    return ["fetch-images", "--products", str(folder / "products.jsonl"), "--reviews", str(folder / "reviews.jsonl"),
+            "--out", str(tmp / "fetched"), "--no-progress"], "manifest.jsonl"
+
+
+def _request_with(path: tuple, raw_value: str) -> str:
+    body = _request()
+    holder = body
+    for part in path[:-1]:
+        holder = holder[part]
+    holder[path[-1]] = "@VALUE@"
+    return json.dumps(body).replace('"@VALUE@"', raw_value)
+
+
+# name -> function(tmp, run copy) -> (argv, the file or field the error names)
+NUMBERS = {
+    "jsonl votes of 5,000 digits": lambda tmp, run: _numbers_jsonl(tmp),
+    "csv votes of 5,000 digits": lambda tmp, run: _numbers_csv(tmp),
+    "amazon2023 helpful_vote of 5,000 digits": lambda tmp, run: _numbers_amazon(tmp, "reviews", "helpful_vote", HUGE),
+    "amazon2023 metadata of 5,000 digits": lambda tmp, run: _numbers_amazon(tmp, "metadata", "title", HUGE),
+    "amazon2023 rating 10**400": lambda tmp, run: _numbers_amazon(tmp, "reviews", "rating", str(FAR)),
+    "official relevance of 5,000 digits": lambda tmp, run: _numbers_official(tmp),
+    "request rating of 5,000 digits": lambda tmp, run: _numbers_request(tmp, run, _request_with(("reviews", 0, "rating"), HUGE)),
+    "request rating 10**400": lambda tmp, run: _numbers_request(tmp, run, _request_with(("reviews", 0, "rating"), str(FAR))),
+    "request ragged inline regions": lambda tmp, run: _numbers_request(tmp, run, _request_with(("images",), '[{"regions": [[1, [2]]]}]')),
+    "compare per-product value of 5,000 digits": lambda tmp, run: _numbers_compare(tmp),
+    "fetch manifest number of 5,000 digits": lambda tmp, run: _numbers_manifest(tmp),
+}
+
+
+@pytest.mark.parametrize("case", NUMBERS)
+def test_huge_numbers_are_named_errors(case: str, copies, tmp_path: Path, capsys):
+    argv, named = NUMBERS[case](tmp_path, copies[1])
+    cli_error(capsys, argv, named)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "ranked.jsonl").exists()

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mrhp import jsontext
 from mrhp.compute.devices import DEVICE_FORMS, PRECISIONS, is_device_name
 from mrhp.errors import MrhpError
 from mrhp.objectives.losses import REDUCTIONS, WEIGHTINGS
@@ -236,7 +237,7 @@ def load_config(path: Path | None = None, sets: typing.Sequence[str] = (), base:
         except OSError as error:
             raise MrhpError(f"cannot read config file {path}: {error.strerror}") from None
         try:
-            overrides = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+            overrides = jsontext.loads(text) if path.suffix == ".json" else tomllib.loads(text)
         except (ValueError, tomllib.TOMLDecodeError) as error:
             raise MrhpError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'TOML'}: {error}") from None
         config = apply_overrides(config, overrides, str(path))

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mrhp import jsontext
 from mrhp.data.records import (
     SPLIT_NAMES,
     FeatureProblem,
@@ -69,7 +70,7 @@ def parse_image_urls(value: object) -> list[str]:
             return []
         if text[0] in "[{":
             try:
-                decoded = json.loads(text)
+                decoded = jsontext.loads(text)
             except RecursionError:
                 raise ValueError("img_url is a JSON list nested too deeply to read") from None
             except json.JSONDecodeError:
@@ -104,7 +105,7 @@ def read_json_document(path: Path) -> list[tuple[str, dict]]:
     rows follow the key order of the first column. A field absent from a record is absent from its dict.
     """
     try:
-        data = json.loads(path.read_bytes())
+        data = jsontext.loads(path.read_bytes())
     except FileNotFoundError:
         raise DataError("file not found", file=path) from None
     except OSError as exc:

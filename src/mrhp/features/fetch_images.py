@@ -48,7 +48,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mrhp import __version__
+from mrhp import __version__, jsontext
 from mrhp.data.jsonl import ImageFeatures, link_image_files
 from mrhp.data.prepared import PreparedDataset
 from mrhp.data.records import FeatureProblem, RawDataset
@@ -173,7 +173,7 @@ def read_manifest(path: Path) -> dict[str, dict]:
         if not raw.strip():
             continue
         try:
-            entry = json.loads(raw)
+            entry = jsontext.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError):
             if number == len(lines):  # no newline after it: cut while being written
                 logger.warning("%s: line %d is incomplete (an interrupted run); ignored", path, number)

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mrhp import jsontext
 from mrhp.data.records import FeatureProblem
 from mrhp.errors import MrhpError
 from mrhp.features.images import (
@@ -170,7 +171,7 @@ class ImageFeatureFolder:
         manifest = self.path / "features.json"
         if manifest.is_file():
             try:
-                stored = json.loads(manifest.read_text(encoding="utf-8"))
+                stored = jsontext.loads(manifest.read_text(encoding="utf-8"))
             except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
                 raise MrhpError(f"{manifest}: unreadable settings of the image feature folder ({exc})") from None
             if not isinstance(stored, dict) or stored.get("format") != FOLDER_FORMAT:

@@ -15,7 +15,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from mrhp import __version__
+from mrhp import __version__, jsontext
 from mrhp.config import Config, config_from_dict
 from mrhp.data.text import Vocabulary
 from mrhp.errors import MrhpError
@@ -140,7 +140,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
     except (SafetensorError, OSError, ValueError) as error:
         raise MrhpError(f"{path}: not a readable checkpoint ({error})") from None
     try:
-        header = json.loads(metadata["mrhp"])
+        header = jsontext.loads(metadata["mrhp"])
     except (KeyError, ValueError):
         raise MrhpError(f"{path}: not an mrhp checkpoint (no 'mrhp' header)") from None
     if not isinstance(header, dict):

@@ -30,6 +30,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import os
 import threading
 from collections.abc import Mapping, Sequence
@@ -335,9 +336,13 @@ class RequestReader:
         value = item.get("rating")
         if value is None:
             return float("nan")
-        if isinstance(value, bool) or not isinstance(value, int | float) or not np.isfinite(value):
+        try:  # float() of an integer beyond float's range is an OverflowError
+            rating = float(value) if isinstance(value, int | float) and not isinstance(value, bool) else math.nan
+        except OverflowError:
+            rating = math.nan
+        if not math.isfinite(rating):
             raise self.error((*loc, "rating"), f"expected a finite number, got {_shown(value)}")
-        return float(value)
+        return rating
 
     def product_text(self, request: Mapping) -> str:
         text, name, description = (self.string(request, key, (), required=False)
@@ -388,7 +393,10 @@ class RequestReader:
                 return None
             if any(len(row) != len(rows[0]) for row in rows):
                 raise self.error(loc, "rows of unequal length: expected [n_regions, F]")
-        array = np.asarray(rows)
+        try:
+            array = np.asarray(rows)
+        except (ValueError, TypeError, OverflowError):  # rows whose values are lists themselves: [[1, [2]]]
+            raise self.error(loc, "expected region features [n_regions, F]: a list of lists of numbers") from None
         if array.dtype.kind not in "iuf":
             raise self.error(loc, f"expected numbers, got values of type {array.dtype}")
         return self.checked(array, loc)
