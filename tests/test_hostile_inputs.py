@@ -418,3 +418,111 @@ def test_huge_numbers_are_named_errors(case: str, copies, tmp_path: Path, capsys
     argv, named = NUMBERS[case](tmp_path, copies[1])
     cli_error(capsys, argv, named)
     assert not (tmp_path / "out").exists() and not (tmp_path / "ranked.jsonl").exists()
+
+
+# ---- settings out of range ----------------------------------------------------------------------------------------
+
+
+def cli_fails(capsys, argv: list[str], *expected: str) -> str:
+    """`cli_error`, also for argparse's own errors (a SystemExit with status 2 and its `mrhp CMD: error:` line)."""
+    try:
+        return cli_error(capsys, argv, *expected)
+    except SystemExit as exit_info:
+        err = capsys.readouterr().err
+        lines = [line for line in err.splitlines() if line.startswith(f"mrhp {argv[0]}: error: ")]
+        assert exit_info.code == 2 and "Traceback" not in err and len(lines) == 1, err[-2000:]
+        assert all(text in lines[0] for text in expected), lines[0]
+        return lines[0]
+
+
+HOSTILE_SETTINGS = ["model.num_heads=0", "model.conv_kernel=4", f"train.threads={10**12}", "train.seed=-1",
+                    f"train.seed={2**70}", f"model.embedding_dim={10**7}", f"model.interaction_layers={10**6}",
+                    f"train.loader_workers={10**9}"]
+
+
+@pytest.mark.parametrize("setting", HOSTILE_SETTINGS)
+def test_hostile_settings_stop_train_before_any_work(setting: str, trained: tuple[Path, Path], tmp_path: Path,
+                                                     capsys):
+    out = tmp_path / "run"
+    cli_error(capsys, ["train", "--data", str(trained[0]), "--out", str(out), "--set", setting, "--no-progress"],
+              setting.split("=")[0])
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("setting", ["train.lr=1e30", "loss.o_p=1e308"])
+def test_a_diverging_run_says_so(setting: str, trained: tuple[Path, Path], tmp_path: Path, capsys):
+    cli_error(capsys, ["train", "--data", str(trained[0]), "--out", str(tmp_path / "run"), *TINY_TRAIN_ARGS,
+                       "--set", setting, "--set", "train.epochs=6"], "training diverged")
+
+
+@pytest.mark.parametrize("setting", [("num_heads", 0), ("conv_kernel", 4), ("interaction_layers", 10**6)])
+def test_hostile_checkpoint_settings_are_named(setting: tuple, copies, tmp_path: Path, capsys):
+    data, run = copies
+    bad = _rewrite(run / "best.safetensors", tmp_path / "bad.safetensors",
+                   header_change=_set(f"config.model.{setting[0]}", setting[1]))
+    cli_error(capsys, ["evaluate", "--checkpoint", str(bad), "--data", str(data), "--no-progress"], "bad.safetensors",
+              f"model.{setting[0]}")
+
+
+def _with_npy(tmp: Path, regions) -> Path:
+    import numpy as np
+
+    np.save(tmp / "x.npy", np.asarray(regions, dtype=np.float32))
+    return tmp / "x.npy"
+
+
+def _with_pth(tmp: Path) -> list[str]:
+    argv, folder = _prepare_official(tmp)
+    first = next((folder / "features").rglob("*.pth"))
+    torch.save([{"x": torch.zeros(3, 0)}], first)
+    return [*argv[:-3], "--out", str(tmp / "out"), "--max-missing-image-rate", "0"]
+
+
+# name -> function(tmp, prepared copy, run copy) -> (argv, expected texts)
+HOSTILE_OPTIONS = {
+    "floor --seed -1": lambda tmp, data, run: (["floor", "--data", str(data), "--method", "random", "--seed", "-1"],
+                                               ("--seed",)),
+    "floor --threads -4": lambda tmp, data, run: (["floor", "--data", str(data), "--method", "lambdamart",
+                                                   "--threads", "-4"], ("--threads",)),
+    "prepare --seed -1": lambda tmp, data, run: (_prepare_jsonl(_jsonl_inputs(tmp), tmp / "out") + ["--seed", "-1"],
+                                                 ("--seed",)),
+    "prepare --split-fractions nan": lambda tmp, data, run: (
+        _prepare_jsonl(_jsonl_inputs(tmp), tmp / "out") + ["--split-fractions", "nan", "0.5", "0.5"],
+        ("--split-fractions",)),
+    "prepare --max-regions-per-item -1": lambda tmp, data, run: (
+        _prepare_jsonl(_jsonl_inputs(tmp), tmp / "out") + ["--max-regions-per-item", "-1"],
+        ("--max-regions-per-item",)),
+    "prepare --relevance-threshold 99": lambda tmp, data, run: (
+        _prepare_jsonl(_jsonl_inputs(tmp), tmp / "out") + ["--relevance-threshold", "99"],
+        ("--relevance-threshold 99",)),
+    "prepare --relevance-threshold -3": lambda tmp, data, run: (
+        _prepare_jsonl(_jsonl_inputs(tmp), tmp / "out") + ["--relevance-threshold", "-3"],
+        ("--relevance-threshold -3",)),
+    "features --input-size 40000": lambda tmp, data, run: (_features_args(tmp) + ["--input-size", "40000"],
+                                                           ("--input-size",)),
+    "features --threads 10**12": lambda tmp, data, run: (_features_args(tmp) + ["--threads", str(10**12)],
+                                                         ("--threads",)),
+    "fetch-images --backoff nan": lambda tmp, data, run: (
+        ["fetch-images", "--prepared", str(data), "--out", str(tmp / "out"), "--backoff", "nan"], ("--backoff",)),
+    "fetch-images --connect-timeout nan": lambda tmp, data, run: (
+        ["fetch-images", "--prepared", str(data), "--out", str(tmp / "out"), "--connect-timeout", "nan"],
+        ("--connect-timeout",)),
+    "fetch-images --user-agent not ASCII": lambda tmp, data, run: (
+        ["fetch-images", "--prepared", str(data), "--out", str(tmp / "out"), "--user-agent", "mrhp\u00e9"],
+        ("--user-agent",)),
+    **{f"config file holding {kind}": (lambda text: lambda tmp, data, run: (
+        (tmp / "config.json").write_text(text, encoding="utf-8") and
+        ["train", "--data", str(data), "--out", str(tmp / "out"), "--config", str(tmp / "config.json")],
+        ("config.json",)))(text) for kind, text in {"an array": "[1, 2]", "null": "null", "a string": '"x"'}.items()},
+    ".npy region width 0 in a request": lambda tmp, data, run: (
+        _numbers_request(tmp, run, _request_with(("images",), json.dumps([str(_with_npy(tmp, [[]] * 2))])))[0],
+        ("line 2", "images")),
+    ".pth region width 0": lambda tmp, data, run: (_with_pth(tmp), (".pth",)),
+}
+
+
+@pytest.mark.parametrize("case", HOSTILE_OPTIONS)
+def test_hostile_options_are_named(case: str, copies, tmp_path: Path, capsys):
+    argv, expected = HOSTILE_OPTIONS[case](tmp_path, *copies)
+    cli_fails(capsys, argv, *expected)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "ranked.jsonl").exists()

@@ -13,7 +13,7 @@ import sys
 
 # Python's default limit (sys.get_int_max_str_digits), fixed here so that a changed limit changes nothing.
 MAX_INTEGER_DIGITS = 4300
-_LONG_INTEGER = re.compile(r"-?\d{%d,}" % (MAX_INTEGER_DIGITS + 1))
+_LONG_INTEGER = re.compile(rf"-?\d{{{MAX_INTEGER_DIGITS + 1},}}")
 
 
 class _TooLong(Exception):

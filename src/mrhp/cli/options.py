@@ -9,12 +9,16 @@ import typing
 from collections.abc import Callable
 from pathlib import Path
 
+from mrhp.config import MAX_SEED, MAX_THREADS
 from mrhp.features.images import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_INPUT_SIZE,
     DEFAULT_MAX_PIXELS,
 )
 from mrhp.objectives.metrics import TIES
+
+# EfficientNet-Lite0's input side: the default is 224, and memory grows with its square.
+MAX_INPUT_SIZE = 2048
 
 # Where each command writes: checked before it does any work (a read-only or wrong-kind path is an error at once).
 _OUTPUT_FOLDERS = {"prepare": "out", "features": "out", "fetch-images": "out", "train": "out", "demo": "out",
@@ -49,18 +53,35 @@ def check_outputs(args: argparse.Namespace) -> None:
         check_not_an_input(file, option, inputs)
 
 
-def at_least(minimum: int) -> Callable[[str], int]:
-    """An argparse type: an integer >= `minimum`, else the usual `mrhp CMD: error: argument --X: ...` (exit 2)."""
+def at_least(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer >= `minimum` (and <= `maximum`), else the usual `mrhp CMD: error: argument --X:
+    ...` (exit 2)."""
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text[:40]!r}") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            bound = f"within [{minimum}, {maximum}]" if maximum is not None else f">= {minimum}"
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {value}")
         return value
 
     return parse
+
+
+def fraction(text: str) -> float:
+    """An argparse type: a finite number within [0, 1] (NaN and inf are refused)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text[:40]!r}") from None
+    if not 0.0 <= value <= 1.0:  # also False for NaN
+        raise argparse.ArgumentTypeError(f"must be a number within [0, 1], got {text[:40]}")
+    return value
+
+
+SEED = at_least(0, MAX_SEED)  # the type of every --seed option
+THREADS = at_least(1, MAX_THREADS)  # the type of every --threads option
 
 
 def settings_options(parser: argparse.ArgumentParser, settings: type) -> None:
@@ -87,7 +108,7 @@ def split_options(sub: argparse.ArgumentParser, ties_default: str | None, ties_h
 
 
 def image_options(group: argparse._ActionsContainer) -> None:
-    group.add_argument("--input-size", type=int, default=DEFAULT_INPUT_SIZE, help="image side in pixels fed to EfficientNet-Lite0 (grid ceil(N/32))")
-    group.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="images per forward pass")
-    group.add_argument("--threads", type=int, help="threads for decoding and the network (default: all cores)")
-    group.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse images with more pixels (decompression bomb guard)")
+    group.add_argument("--input-size", type=at_least(32, MAX_INPUT_SIZE), default=DEFAULT_INPUT_SIZE, help="image side in pixels fed to EfficientNet-Lite0 (grid ceil(N/32))")
+    group.add_argument("--batch-size", type=at_least(1), default=DEFAULT_BATCH_SIZE, help="images per forward pass")
+    group.add_argument("--threads", type=THREADS, help="threads for decoding and the network (default: all cores)")
+    group.add_argument("--max-pixels", type=at_least(1), default=DEFAULT_MAX_PIXELS, help="refuse images with more pixels (decompression bomb guard)")

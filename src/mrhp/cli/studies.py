@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mrhp.cli.options import progress_option
+from mrhp.cli.options import SEED, progress_option
 from mrhp.objectives.metrics import PAIRED_TESTS
 
 
@@ -63,7 +63,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
     demo = commands.add_parser("demo", help="synthetic data -> prepare -> train 3 systems -> test table")
     demo.add_argument("--out", type=Path, default=Path("demo-run"))
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=SEED, default=0)
     demo.add_argument("--config", type=Path, help="config overrides applied over the demo's own settings")
     demo.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE")
     progress_option(demo)

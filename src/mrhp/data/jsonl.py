@@ -188,8 +188,9 @@ def load_npy_regions(path: Path) -> np.ndarray:
         if handle.read(6) != b"\x93NUMPY":
             raise ValueError("not a .npy file (no NumPy header)")
     array = np.load(path, mmap_mode="r", allow_pickle=False)
-    if array.ndim != 2 or not np.issubdtype(array.dtype, np.number):
-        raise ValueError(f"expected a numeric [n_regions, F] array, got shape {array.shape} dtype {array.dtype}")
+    if array.ndim != 2 or not np.issubdtype(array.dtype, np.number) or array.shape[1] < 1:
+        raise ValueError(f"expected a numeric [n_regions, F] array with F >= 1, got shape {array.shape} dtype "
+                         f"{array.dtype}")
     return array
 
 

@@ -219,7 +219,8 @@ class PthFeatures(FeatureSource):
                 if self.max_regions_per_image is not None and x.ndim == 2:
                     x = x[: self.max_regions_per_image]
                 x = x.float().numpy()
-            if not isinstance(x, np.ndarray) or x.ndim != 2 or not np.issubdtype(x.dtype, np.number):
+            if (not isinstance(x, np.ndarray) or x.ndim != 2 or not np.issubdtype(x.dtype, np.number)
+                    or x.shape[1] < 1):
                 shape = getattr(x, "shape", None)
                 return self._problem(f"image {k}: 'x' is not a numeric [n_regions, F] array (shape {shape})")
             images.append(x)

@@ -238,6 +238,13 @@ def _write_prepared(
     states: _StoreSink,
 ) -> dict:
     train = source.splits["train"]
+    labels = [review.label for split in source.splits.values() for review in split.reviews]
+    low, high = (min(labels), max(labels)) if labels else (0, 0)
+    # A review is relevant iff its label is above the threshold: outside [low, high) none or all of them are, and
+    # every metric is then a constant.
+    if labels and not low <= relevance_threshold < high:
+        raise MrhpError(f"--relevance-threshold {relevance_threshold}: the labels are {low}..{high}; the threshold "
+                        f"must be within {low}..{high - 1} for some but not all reviews to be relevant")
     counts = count_tokens(progress_bar(_tokens_of(train), desc="counting train tokens", unit="text", leave=False,
                                        total=len(train.products) + len(train.reviews)))
     vocab = Vocabulary.from_counts(counts, min_count=min_count, max_size=max_vocab_size)

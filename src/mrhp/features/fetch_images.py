@@ -39,6 +39,7 @@ import importlib.util
 import itertools
 import json
 import logging
+import math
 import random
 import re
 import time
@@ -116,8 +117,14 @@ class FetchSettings:
     def __post_init__(self) -> None:
         for setting in fields(self):
             value = getattr(self, setting.name)
+            option = f"--{setting.name.replace('_', '-')}"
+            # NaN passes every comparison test below as False, and inf would never end a wait.
+            if isinstance(value, float) and not math.isfinite(value):
+                raise MrhpError(f"{option} must be a finite number, got {value}")
             if isinstance(value, (int, float)) and value < 0:
                 raise MrhpError(f"{setting.name} must be >= 0, got {value}")
+        if not (self.user_agent.isascii() and self.user_agent.isprintable()):
+            raise MrhpError(f"--user-agent must be printable ASCII (an HTTP header value), got {self.user_agent!r}")
         for name in ("concurrency", "max_bytes", "max_pixels"):
             if getattr(self, name) < 1:
                 raise MrhpError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -45,7 +45,7 @@ def score_split(
     bar.close()
     scores = combine_scores(scores, runtime, f"split '{split.name}'")
     if np.isnan(scores).any():
-        raise RuntimeError(f"{int(np.isnan(scores).sum())} reviews of split '{split.name}' got no finite score")
+        raise NonFiniteScores(f"{int(np.isnan(scores).sum())} reviews of split '{split.name}' got no finite score")
     return scores
 
 
@@ -68,6 +68,10 @@ def check_fits(checkpoint: Checkpoint, dataset: PreparedDataset) -> None:
                                          or int(stored.get("dim", -1)) != model.text_state_dim):
         raise MrhpError(f"{where}: the model reads {model.text_encoder!r} token states of width "
                         f"{model.text_state_dim}; the data holds {stored or 'none'}")
+
+
+class NonFiniteScores(RuntimeError):
+    """The model scored some reviews NaN: its weights are finite but its scores overflow (a diverging run)."""
 
 
 def per_product_metrics(

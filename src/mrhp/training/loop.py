@@ -44,7 +44,7 @@ from mrhp.objectives.losses import (
 )
 from mrhp.outputs import write_atomically, write_error
 from mrhp.progress import progress_bar
-from mrhp.scoring.evaluate import evaluate_split, format_metrics
+from mrhp.scoring.evaluate import NonFiniteScores, evaluate_split, format_metrics
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +161,12 @@ def _keep_metrics_through(path: Path, epoch: int) -> None:
     write_atomically(path, "".join(kept))  # a kill during the rewrite leaves the old file whole
 
 
+def diverged(what: str, config: Config) -> MrhpError:
+    """The error of a run whose loss or weights stopped being finite (too high a learning rate or loss scale)."""
+    return MrhpError(f"training diverged: {what}; lower train.lr (now {config.train.lr}) or the loss settings "
+                     f"(loss.o_p {config.loss.o_p}, loss.o_n {config.loss.o_n}), or set train.grad_clip")
+
+
 def train_epoch(net: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
                 batches: Iterable[Batch], config: Config, device: torch.device,
                 bar) -> tuple[dict[str, float], int, float]:
@@ -176,6 +182,8 @@ def train_epoch(net: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.
         waited += time.perf_counter() - started
         with autocast(device, config.train.precision):
             loss, parts = joint_loss(net(batch), batch, config)
+        if not all(math.isfinite(value) for value in parts.values()):  # the values are on the host already
+            raise diverged(f"the loss is {parts} at step {steps + 1}", config)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if config.train.grad_clip > 0:
@@ -365,11 +373,16 @@ def _train(config: Config, dataset: PreparedDataset, run_dir: Path, resume: bool
         loader = batch_loader(batches, workers=config.train.loader_workers, pin_memory=runtime.device.type == "cuda")
         sums, steps, waited = train_epoch(net, optimizer, scaler, loader, config, runtime.device, bar)
         bar.close()
+        if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+            raise diverged(f"weights became NaN or infinite in epoch {epoch}", config)
         train_seconds = time.perf_counter() - started
         totals = runtime.sum(np.array([steps, *sums.values()], dtype=np.float64))  # same keys on every rank
-        dev = runtime.from_main(evaluate_split(model, dev_split, data=data, feature_dim=dataset.feature_dim,
-                                               threshold=threshold, ties=config.train.ties, progress=progress,
-                                               runtime=runtime).summary)
+        try:
+            dev = runtime.from_main(evaluate_split(model, dev_split, data=data, feature_dim=dataset.feature_dim,
+                                                   threshold=threshold, ties=config.train.ties, progress=progress,
+                                                   runtime=runtime).summary)
+        except NonFiniteScores as error:
+            raise diverged(f"after epoch {epoch}, {error}", config) from None
         scheduler.step(dev[select])
         record = {
             "epoch": epoch,
