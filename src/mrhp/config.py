@@ -15,7 +15,6 @@ sub-modules take plain arguments.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import tomllib
 import typing

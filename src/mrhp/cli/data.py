@@ -7,7 +7,14 @@ import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mrhp.cli.options import SEED, at_least, fraction, image_options, progress_option, settings_options
+from mrhp.cli.options import (
+    SEED,
+    at_least,
+    fraction,
+    image_options,
+    progress_option,
+    settings_options,
+)
 from mrhp.data.dumps import DUMP_FORMATS
 from mrhp.data.official import DEFAULT_MAX_REGIONS_PER_IMAGE, PRODUCT_TEXT_CHOICES
 from mrhp.errors import MrhpError
