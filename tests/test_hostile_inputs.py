@@ -526,3 +526,31 @@ def test_hostile_options_are_named(case: str, copies, tmp_path: Path, capsys):
     argv, expected = HOSTILE_OPTIONS[case](tmp_path, *copies)
     cli_fails(capsys, argv, *expected)
     assert not (tmp_path / "out").exists() and not (tmp_path / "ranked.jsonl").exists()
+
+
+# ---- files that are not files: a FIFO or a device named as an image or feature file --------------------------------
+
+
+def _special(tmp: Path, name: str, kind: str) -> Path:
+    path = tmp / name
+    if kind == "FIFO":
+        os.mkfifo(path)
+    else:  # a link to an endless device
+        path.symlink_to("/dev/zero")
+    return path
+
+
+@pytest.mark.parametrize("kind", ["FIFO", "link to /dev/zero"])
+def test_a_request_naming_a_special_npy_file_is_a_named_error(kind: str, copies, tmp_path: Path, capsys):
+    path = _special(tmp_path, "x.npy", kind)
+    argv, _ = _numbers_request(tmp_path, copies[1], _request_with(("images",), json.dumps([str(path)])))
+    cli_error(capsys, argv, "line 2", "images", "not a regular file")
+
+
+@pytest.mark.parametrize("kind", ["FIFO", "link to /dev/zero"])
+def test_features_lists_a_special_image_file_as_a_problem(kind: str, tmp_path: Path, capsys):
+    argv = _features_args(tmp_path)
+    (tmp_path / "data" / "a.png").unlink()
+    _special(tmp_path / "data", "a.png", kind)
+    assert main(argv) == 0
+    assert "not a regular file" in capsys.readouterr().out

@@ -78,6 +78,7 @@ from mrhp.data.records import (
     votes_to_level,
 )
 from mrhp.errors import DataError, MrhpError
+from mrhp.files import open_regular
 
 logger = logging.getLogger(__name__)
 
@@ -183,7 +184,7 @@ def load_npy_regions(path: Path) -> np.ndarray:
 
     Raises ``OSError`` / ``ValueError`` when the file is missing, unreadable or not a numeric 2-D array.
     """
-    with open(path, "rb") as handle:
+    with open_regular(path) as handle:
         # numpy calls any other file "pickled data", and some of its errors quote the file's first bytes.
         if handle.read(6) != b"\x93NUMPY":
             raise ValueError("not a .npy file (no NumPy header)")

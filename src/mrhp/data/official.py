@@ -43,6 +43,7 @@ from mrhp.data.records import (
     unique_ids,
 )
 from mrhp.errors import DataError
+from mrhp.files import open_regular
 
 logger = logging.getLogger(__name__)
 
@@ -198,7 +199,8 @@ class PthFeatures(FeatureSource):
             return LoadedFeatures(np.zeros((0, 0), dtype=np.float32), [FeatureProblem(str(self.path),
                                                                                       "file not found")])
         try:
-            content = torch.load(self.path, map_location="cpu", weights_only=not self.unsafe_unpickle)
+            with open_regular(self.path) as handle:
+                content = torch.load(handle, map_location="cpu", weights_only=not self.unsafe_unpickle)
         except pickle.UnpicklingError as exc:
             if not self.unsafe_unpickle and str(exc).startswith("Weights only load failed"):
                 raise DataError("holds objects other than tensors, lists and dicts; loading it would unpickle them, "

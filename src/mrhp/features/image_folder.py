@@ -54,6 +54,7 @@ from mrhp.features.images import (
     prefetch,
     region_grid,
 )
+from mrhp.files import read_regular
 from mrhp.outputs import write_error
 from mrhp.progress import progress_bar
 
@@ -205,7 +206,7 @@ class ImageFeatureFolder:
         """In a worker thread: ``(sha256, pixels)`` of an image to extract, ``(sha256, None)`` when its features
         exist, or the problem."""
         try:
-            data = path.read_bytes()
+            data = read_regular(path)
         except FileNotFoundError:
             return FeatureProblem(str(path), "file not found")
         except OSError as exc:
