@@ -554,3 +554,79 @@ def test_features_lists_a_special_image_file_as_a_problem(kind: str, tmp_path: P
     _special(tmp_path / "data", "a.png", kind)
     assert main(argv) == 0
     assert "not a regular file" in capsys.readouterr().out
+
+
+# ---- mismatched data: runs, checkpoints and per-product files that do not belong to the data -----------------------
+
+
+def _tokens_beyond_vocabulary(data: Path) -> None:
+    import numpy as np
+
+    path = data / "test" / "review_tokens.npy"
+    tokens = np.load(path)
+    tokens[0] = len((data / "vocab.txt").read_text(encoding="utf-8").splitlines()) + 5
+    np.save(path, tokens)
+
+
+def _evaluated(data: Path, run: Path) -> Path:
+    assert main(_evaluate(data, run, run / "test_per_product.jsonl")) == 0
+    return run
+
+
+def _other_products(data: Path) -> None:
+    path = data / "test" / "product_ids.json"
+    path.write_text(json.dumps([f"other-{k}" for k in range(len(json.loads(path.read_text())))]), encoding="utf-8")
+
+
+def _report(tmp: Path, data: Path, *runs: Path) -> list[str]:
+    return ["report", *map(str, runs), "--data", str(data), "--out", str(tmp / "out")]
+
+
+def _per_product_rows(count: int, split: object = "test") -> str:
+    return "".join(json.dumps({"product_id": f"p{k}", "split": split, "map": 0.5, "ndcg@3": 0.5, "ndcg@5": 0.5})
+                   + "\n" for k in range(count))
+
+
+def _compare_files(tmp: Path, first: str, second: str) -> list[str]:
+    (tmp / "a.jsonl").write_text(first, encoding="utf-8")
+    (tmp / "b.jsonl").write_text(second, encoding="utf-8")
+    return ["compare", str(tmp / "a.jsonl"), str(tmp / "b.jsonl")]
+
+
+def _prepare_change(change):
+    def apply(tmp: Path, data: Path, run: Path) -> Path:
+        _evaluated(data, run)
+        change(data)
+        return data
+    return apply
+
+
+# name -> function(tmp, prepared copy, run copy) -> (argv, expected texts)
+MISMATCHED = {
+    "evaluate, token ids beyond the vocabulary": lambda tmp, data, run: (
+        _tokens_beyond_vocabulary(data) or _evaluate(data, run, tmp / "per.jsonl"), ("review_tokens.npy",)),
+    "floor, token ids beyond the vocabulary": lambda tmp, data, run: (
+        _tokens_beyond_vocabulary(data) or ["floor", "--data", str(data), "--method", "length"],
+        ("review_tokens.npy",)),
+    "report, another vocabulary": lambda tmp, data, run: (
+        _report(tmp, _prepare_change(_swap_vocabulary)(tmp, data, run), run), ("different vocabularies",)),
+    "report, products the data lacks": lambda tmp, data, run: (
+        _report(tmp, _prepare_change(_other_products)(tmp, data, run), run), ("are not in split 'test'",)),
+    "report, one run twice through a symlink": lambda tmp, data, run: (
+        _evaluated(data, run) and (tmp / "again").symlink_to(run) or _report(tmp, data, run, tmp / "again"),
+        ("given twice",)),
+    "compare, one file twice through a hard link": lambda tmp, data, run: (
+        _compare_files(tmp, _per_product_rows(3), "") and os.link(tmp / "a.jsonl", tmp / "c.jsonl")
+        or ["compare", str(tmp / "a.jsonl"), str(tmp / "c.jsonl")], ("given twice",)),
+    "compare, one product per file": lambda tmp, data, run: (
+        _compare_files(tmp, _per_product_rows(1), _per_product_rows(1)), ("a.jsonl", "at least 2")),
+    "compare, split null": lambda tmp, data, run: (
+        _compare_files(tmp, _per_product_rows(3), _per_product_rows(3, split=None)), ("b.jsonl", "field 'split'")),
+}
+
+
+@pytest.mark.parametrize("case", MISMATCHED)
+def test_mismatched_data_is_a_named_error(case: str, copies, tmp_path: Path, capsys):
+    argv, expected = MISMATCHED[case](tmp_path, *copies)
+    cli_error(capsys, argv, *expected)
+    assert not (tmp_path / "out" / "report.md").exists()

@@ -322,6 +322,13 @@ class PreparedDataset:
         if name not in self.splits:
             raise DataError(f"no split {name!r} (available: {', '.join(self.splits)})", file=self.path)
         if name not in self._split_cache:
-            self._split_cache[name] = PreparedSplit(self.path / name, name, self._store, self.feature_dim,
-                                                    self._text_store, self._spelling)
+            split = PreparedSplit(self.path / name, name, self._store, self.feature_dim, self._text_store,
+                                  self._spelling)
+            for kind in KINDS:  # an id beyond the vocabulary would index past the embedding table
+                tokens = split._tokens[kind]
+                if tokens.size and (int(tokens.min()) < 0 or int(tokens.max()) >= len(self.vocab)):
+                    raise DataError(f"token ids {int(tokens.min())}..{int(tokens.max())} are outside the vocabulary "
+                                    f"of {self.path / 'vocab.txt'} (0..{len(self.vocab) - 1})",
+                                    file=split.path / f"{kind}_tokens.npy")
+            self._split_cache[name] = split
         return self._split_cache[name]

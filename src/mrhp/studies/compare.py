@@ -14,6 +14,7 @@ file and the products that differ.
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +58,12 @@ class Comparison:
 def per_product_name(split: str) -> str:
     """The name of a run folder's per-product file for `split`."""
     return f"{split}_per_product.jsonl"
+
+
+def file_identity(path: Path) -> tuple[int, int]:
+    """(device, inode): the same for every name of one file or folder (symlinks and hard links included)."""
+    info = os.stat(path)
+    return info.st_dev, info.st_ino
 
 
 def per_product_file(path: Path, split: str = "test") -> Path:
@@ -105,15 +112,19 @@ def read_per_product(path: Path, split: str = "test") -> PerProductRun:
                 raise DataError(f"product {product!r} already on line {seen[product]}", file=path, line=number,
                                 field="product_id")
             seen[product] = number
-            splits.add(str(record["split"]))
+            if not isinstance(record["split"], str):
+                raise DataError(f"expected a split name, got {record['split']!r}", file=path, line=number,
+                                field="split")
+            splits.add(record["split"])
             for metric in METRICS:
                 value = record[metric]
                 if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
                     raise DataError(f"expected a number in [0, 1], got {value!r}", file=path, line=number, field=metric)
                 values[metric].append(float(value))
             product_ids.append(product)
-    if not product_ids:
-        raise DataError("no product", file=path)
+    if len(product_ids) < 2:  # a paired test over products needs two of them
+        raise DataError(f"{len(product_ids) or 'no'} product{'s' if not product_ids else ''}: a comparison needs at "
+                        "least 2", file=path)
     if len(splits) > 1:
         raise DataError(f"mixes splits {sorted(splits)}; one file per split", file=path, field="split")
     arrays = {metric: np.asarray(column) for metric, column in values.items()}
@@ -215,12 +226,12 @@ def group_runs(paths: list[Path], systems: list[str], split: str = "test") -> di
     if not runs:
         raise MrhpError("nothing to compare: give per-product files or run folders, or --system NAME=FILE,...")
     # One file counted twice would pass for two seeds (and shrink every standard deviation).
-    given: dict[Path, str] = {}
+    given: dict[tuple[int, int], str] = {}
     for system, members in runs.items():
         for run in members:
-            resolved = run.path.resolve()
-            if resolved in given:
-                raise MrhpError(f"{run.path} is given twice (system {given[resolved]!r} and {system!r}): each run "
+            identity = file_identity(run.path)  # also through a symlink or a hard link
+            if identity in given:
+                raise MrhpError(f"{run.path} is given twice (system {given[identity]!r} and {system!r}): each run "
                                 "may count once")
-            given[resolved] = system
+            given[identity] = system
     return runs

@@ -47,11 +47,12 @@ from mrhp.models.checkpoint import Checkpoint, load_checkpoint
 from mrhp.objectives.losses import MODALITY_KEYS
 from mrhp.objectives.metrics import METRICS, paired_test
 from mrhp.outputs import write_atomically
-from mrhp.scoring.evaluate import score_split
+from mrhp.scoring.evaluate import check_fits, score_split
 from mrhp.studies.compare import (
     Comparison,
     PerProductRun,
     compare_systems,
+    file_identity,
     read_per_product,
     system_name,
 )
@@ -106,9 +107,14 @@ class System:
 def read_systems(paths: list[Path], split: str) -> dict[str, System]:
     """Group run folders into systems (as `mrhp compare`), each with its per-product files and checkpoints."""
     systems: dict[str, System] = {}
+    seen: dict[tuple[int, int], Path] = {}
     for path in sorted(Path(p) for p in paths):
         if not path.is_dir():
             raise MrhpError(f"{path}: not a run folder (mrhp report reads run folders with best.safetensors)")
+        identity = file_identity(path)  # one run through a symlink would pass for a second seed
+        if identity in seen:
+            raise MrhpError(f"{path} is the run {seen[identity]} given twice: each run may count once")
+        seen[identity] = path
         checkpoint = path / "best.safetensors"
         config = load_checkpoint(checkpoint).config
         name = system_name(path)
@@ -367,6 +373,18 @@ def _plots(out: Path, comparison: Comparison, ablations: dict, distance_results:
     return written
 
 
+def _check_runs_fit(systems: dict[str, System], dataset: PreparedDataset, split: str) -> None:
+    """Every run was trained on `dataset` (vocabulary, image width, text states) and evaluated on its `split`."""
+    products = set(dataset.split(split).product_ids)
+    for system in systems.values():
+        for checkpoint, run in zip(system.checkpoints, system.runs):
+            check_fits(load_checkpoint(checkpoint), dataset)
+            missing = [product for product in run.product_ids if product not in products]
+            if missing:
+                raise MrhpError(f"{run.path}: {len(missing)} products are not in split {split!r} of {dataset.path} "
+                                f"(e.g. {', '.join(missing[:3])}): give the dataset the run was evaluated on")
+
+
 def _save_figure(fig, path: Path) -> None:
     """A plot as PNG, written atomically (a full disk leaves no empty file)."""
     import io
@@ -380,6 +398,7 @@ def write_report(paths: list[Path], data: Path, out: Path, split: str = "test", 
     """Write `out/report.md` (and its PNG plots) from the run folders `paths` on the prepared dataset `data`."""
     dataset = PreparedDataset.open(data)
     systems = read_systems(paths, split)
+    _check_runs_fit(systems, dataset, split)
     out.mkdir(parents=True, exist_ok=True)
     comparison, main = main_table(systems)
     ablations, ablation_text = ablation_table(systems)
