@@ -630,3 +630,114 @@ def test_mismatched_data_is_a_named_error(case: str, copies, tmp_path: Path, cap
     argv, expected = MISMATCHED[case](tmp_path, *copies)
     cli_error(capsys, argv, *expected)
     assert not (tmp_path / "out" / "report.md").exists()
+
+
+# ---- fetching: deadlines, odd URLs, the address guard, no echoed bytes ---------------------------------------------
+
+
+class _Server:
+    """A local HTTP server: /image.png an image, /secret a text answer, /slow one byte every 0.2 s."""
+
+    def __init__(self):
+        import io
+        import threading
+        import time
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        from PIL import Image
+
+        buffer = io.BytesIO()
+        Image.new("RGB", (32, 24), (10, 200, 10)).save(buffer, "PNG")
+        png = buffer.getvalue()
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                body = {"/image.png": png, "/secret": b"SECRET-TOKEN internal admin page"}.get(self.path)
+                if self.path == "/slow":
+                    self.send_response(200)
+                    self.send_header("Content-Length", "1000")
+                    self.end_headers()
+                    for _ in range(50):
+                        try:
+                            self.wfile.write(b"x")
+                            self.wfile.flush()
+                        except OSError:
+                            return
+                        time.sleep(0.2)
+                    return
+                self.send_response(200 if body is not None else 404)
+                self.send_header("Content-Length", str(len(body or b"")))
+                self.end_headers()
+                self.wfile.write(body or b"")
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture()
+def server():
+    pytest.importorskip("httpx")
+    running = _Server()
+    yield running
+    running.close()
+
+
+def _fetch(tmp: Path, urls: list[str], *options: str) -> dict[str, dict]:
+    """Run fetch-images on a JSON-lines dataset whose first product lists `urls`; the manifest by URL."""
+    folder = tmp / "data"
+    _write_jsonl(folder, [{**PRODUCTS[0], "images": urls}, *PRODUCTS[1:]], REVIEWS)
+    assert main(["fetch-images", "--products", str(folder / "products.jsonl"), "--reviews",
+                 str(folder / "reviews.jsonl"), "--out", str(tmp / "fetched"), "--no-progress", "--retries", "0",
+                 "--per-host-rate", "0", *options]) == 0
+    lines = (tmp / "fetched" / "manifest.jsonl").read_text(encoding="utf-8").splitlines()
+    return {entry["url"]: entry for entry in map(json.loads, lines)}
+
+
+# name -> (URL paths given the server's port, options, the URL whose outcome is checked, its outcome)
+FETCHING = {
+    "a server that sends a byte every 0.2 s": (["http://127.0.0.1:{port}/slow"],
+                                               ["--allow-private-addresses", "--deadline", "1"], 0, "timed_out"),
+    "port 99999": (["http://127.0.0.1:99999/a.jpg", "http://127.0.0.1:{port}/image.png"],
+                   ["--allow-private-addresses"], 0, "bad_url"),
+    "an xn-- host": (["http://xn--/a.jpg", "http://127.0.0.1:{port}/image.png"], ["--allow-private-addresses"], 0,
+                     "bad_url"),
+    "loopback, refused by default": (["http://127.0.0.1:{port}/image.png"], [], 0, "private_address"),
+    "hex-encoded loopback": (["http://0x7f000001:{port}/image.png"], [], 0, "private_address"),
+    "localhost by name": (["http://localhost:{port}/image.png"], [], 0, "private_address"),
+    "loopback, allowed by the option": (["http://127.0.0.1:{port}/image.png"], ["--allow-private-addresses"], 0, "ok"),
+}
+
+
+@pytest.mark.parametrize("case", FETCHING)
+def test_fetching_fails_only_the_url_at_fault(case: str, server, tmp_path: Path):
+    urls, options, checked, outcome = FETCHING[case]
+    urls = [url.format(port=server.port) for url in urls]
+    manifest = _fetch(tmp_path, urls, *options)
+    assert manifest[urls[checked]]["outcome"] == outcome, manifest[urls[checked]]
+    for other in urls[1:]:  # the run went on: the other URL was fetched
+        assert manifest[other]["outcome"] == "ok"
+
+
+def test_a_response_that_is_not_an_image_is_not_echoed(server, tmp_path: Path, capsys):
+    url = f"http://127.0.0.1:{server.port}/secret"
+    manifest = _fetch(tmp_path, [url], "--allow-private-addresses")
+    assert manifest[url]["outcome"] == "not_an_image"
+    assert "SECRET" not in (tmp_path / "fetched" / "manifest.jsonl").read_text() + capsys.readouterr().out
+
+
+def test_prepared_references_that_are_not_strings_are_named(copies, tmp_path: Path, capsys):
+    data = copies[0]
+    count = len(json.loads((data / "train" / "product_ids.json").read_text()))
+    (data / "train" / "product_image_refs.json").write_text(json.dumps([[5]] * count), encoding="utf-8")
+    cli_error(capsys, ["fetch-images", "--prepared", str(data), "--out", str(tmp_path / "out")],
+              "product_image_refs.json")

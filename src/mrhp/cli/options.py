@@ -90,6 +90,10 @@ def settings_options(parser: argparse.ArgumentParser, settings: type) -> None:
     for setting in dataclasses.fields(settings):
         kind = next(t for t in typing.get_args(hints[setting.name]) or (hints[setting.name],) if t is not type(None))
         default = "" if setting.default is None else f" (default {setting.default})"
+        if kind is bool:  # a switch: bool("False") would be True
+            parser.add_argument(f"--{setting.name.replace('_', '-')}", action="store_true", default=setting.default,
+                                help=setting.metadata["help"])
+            continue
         parser.add_argument(f"--{setting.name.replace('_', '-')}", type=kind, default=setting.default,
                             help=setting.metadata["help"] + default)
 

@@ -240,11 +240,11 @@ def _write_prepared(
     train = source.splits["train"]
     labels = [review.label for split in source.splits.values() for review in split.reviews]
     low, high = (min(labels), max(labels)) if labels else (0, 0)
-    # A review is relevant iff its label is above the threshold: outside [low, high) none or all of them are, and
-    # every metric is then a constant.
-    if labels and not low <= relevance_threshold < high:
+    # A review is relevant iff its label is above the threshold. A threshold far outside the labels is a mistake
+    # (every metric would be a constant); one step outside is allowed for small or one-sided data.
+    if labels and not low - 1 <= relevance_threshold <= high:
         raise MrhpError(f"--relevance-threshold {relevance_threshold}: the labels are {low}..{high}; the threshold "
-                        f"must be within {low}..{high - 1} for some but not all reviews to be relevant")
+                        f"must be within {low - 1}..{high} (a review is relevant iff its label is above it)")
     counts = count_tokens(progress_bar(_tokens_of(train), desc="counting train tokens", unit="text", leave=False,
                                        total=len(train.products) + len(train.reviews)))
     vocab = Vocabulary.from_counts(counts, min_count=min_count, max_size=max_vocab_size)

@@ -225,8 +225,9 @@ class PreparedSplit:
             return None
         refs = load_json(path)
         size = self.num_products if kind == "product" else self.num_reviews
-        if not isinstance(refs, list) or len(refs) != size:
-            raise DataError(f"expected a JSON list of {size} lists of URLs", file=path)
+        if not isinstance(refs, list) or len(refs) != size or not all(
+                isinstance(item, list) and all(isinstance(url, str) for url in item) for item in refs):
+            raise DataError(f"expected a JSON list of {size} lists of URL strings", file=path)
         return refs
 
 
