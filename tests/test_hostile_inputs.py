@@ -741,3 +741,62 @@ def test_prepared_references_that_are_not_strings_are_named(copies, tmp_path: Pa
     (data / "train" / "product_image_refs.json").write_text(json.dumps([[5]] * count), encoding="utf-8")
     cli_error(capsys, ["fetch-images", "--prepared", str(data), "--out", str(tmp_path / "out")],
               "product_image_refs.json")
+
+
+# ---- the service: bounded batch wait, image files per request, slow bodies -----------------------------------------
+
+
+@pytest.mark.parametrize("wait", ["inf", "1e12", "nan", "-1"])
+def test_serve_refuses_a_batch_wait_that_would_stall_the_scorer(wait: str, copies, capsys):
+    cli_error(capsys, ["serve", "--checkpoint", str(copies[1] / "best.safetensors"), "--batch-wait-ms", wait],
+              "--batch-wait-ms")
+
+
+def test_the_service_caps_image_files_per_request(tmp_path: Path):
+    import base64
+    import io
+
+    images = pytest.importorskip("mrhp.features.images")
+    if not images.images_available():
+        pytest.skip("the images extra is not installed")
+    from conftest import tiny_checkpoint_file
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    from mrhp.ranking.serve.app import create_app
+    from mrhp.ranking.serve.settings import ServeSettings
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(buffer, "PNG")
+    image = {"data": base64.b64encode(buffer.getvalue()).decode()}
+    path = tiny_checkpoint_file(tmp_path / "wide.safetensors", image_dim=images.FEATURE_DIM)
+    body = {"text": "pot", "reviews": [{"review_id": f"r{k}", "text": "great", "images": [image, image]}
+                                       for k in range(3)]}
+    with TestClient(create_app(path, ServeSettings(threads=1, max_image_files=4)),
+                    raise_server_exceptions=False) as client:
+        refused = client.post("/v1/rank", json=body)
+        allowed = client.post("/v1/rank", json={**body, "reviews": body["reviews"][:2]})
+    assert refused.status_code == 422, refused.text
+    assert "reviews[2].images[0]" in refused.json()["message"] and "more than 4 image files" in refused.json()["message"]
+    assert allowed.status_code == 200, allowed.text
+
+
+def test_a_body_that_never_arrives_whole_gets_408(copies):
+    import socket
+
+    from conftest import serving
+
+    from mrhp.ranking.serve.app import create_app
+    from mrhp.ranking.serve.settings import ServeSettings
+
+    app = create_app(copies[1] / "best.safetensors", ServeSettings(threads=1, body_timeout_s=0.5))
+    with serving(app) as url:
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=20) as client:
+            client.sendall(b"POST /v1/rank HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                           b"Content-Length: 100\r\n\r\n{\"text\"")
+            answer = b""
+            while chunk := client.recv(4096):  # the server answers, then closes the connection
+                answer += chunk
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert b"did not arrive whole" in answer

@@ -89,7 +89,7 @@ def check_not_an_input(output: Path, option: str, inputs: Iterable[Path], *, rep
         if _identity(given) is None:
             continue
         if target is not None and target == _identity(given):
-            raise MrhpError(f"{option} {output}: is the input {given}; writing there would destroy it")
+            raise MrhpError(f"{option} {output}: is the input {given}; writing there would overwrite the input")
         if target is not None and given.is_dir() and not output.is_dir() and _within(output, given):
             raise MrhpError(f"{option} {output}: is a file inside the input folder {given}; writing there would "
                             "destroy it")

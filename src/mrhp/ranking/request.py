@@ -97,6 +97,7 @@ class RequestLimits:
 
     max_reviews: int | None = None
     max_text_chars: int | None = None
+    max_image_files: int | None = None  # base64 image files decoded and run through the feature extractor
 
 
 @dataclass
@@ -231,6 +232,7 @@ class RequestReader:
         self.uses_images = uses_images
         self.feature_dim = checkpoint.config.model.image_dim
         self.ignored_width: int | None = None  # the size the images a model without an image side ignores share
+        self.image_files_read = 0
 
     def error(self, loc: Loc, reason: str) -> RequestError:
         return RequestError(loc, reason, self.where)
@@ -411,6 +413,11 @@ class RequestReader:
         if not self.uses_images:
             return None
         self.image_files_usable(loc)
+        self.image_files_read += 1  # each costs a forward pass of the extractor: refused before that work
+        limit = self.limits.max_image_files
+        if limit is not None and self.image_files_read > limit:
+            raise self.error(loc, f"more than {limit} image files in one request (the limit); send region features "
+                                  "or fewer images")
         result = self.image_files.from_bytes(content, source=field_name(loc))
         if not result.ok:
             raise self.error(loc, f"unusable image: {result.error}")
