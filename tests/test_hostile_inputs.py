@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -800,3 +801,29 @@ def test_a_body_that_never_arrives_whole_gets_408(copies):
                 answer += chunk
     assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
     assert b"did not arrive whole" in answer
+
+
+# ---- kill -9 with loader workers ------------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="workers follow their parent through prctl")
+def test_loader_workers_end_quietly_when_training_is_killed(trained: tuple[Path, Path], tmp_path: Path):
+    import signal
+    import subprocess
+    import time
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "mrhp.cli", "train", "--data", str(trained[0]), "--out", str(tmp_path / "run"),
+               *TINY_TRAIN_ARGS, "--set", "train.epochs=500", "--set", "train.loader_workers=2",
+               "--set", "data.batch_rows=4"]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 2) and time.monotonic() < deadline:
+        assert process.poll() is None, process.stderr.read().decode()[-2000:]
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    # The pipe ends once every worker holding it has ended: they must end, and say nothing.
+    stderr = process.stderr.read().decode()
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr[-2000:]
