@@ -7,6 +7,7 @@ the service, the documented status with a JSON body)."""
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import json
 import os
@@ -16,8 +17,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_TRAIN_ARGS, prepare_tiny_dataset, write_lines
-from test_bad_inputs import PRODUCTS, REVIEWS, WIDTH, _request, _rewrite, _set, _write_jsonl, cli_error
+from conftest import TINY_TRAIN_ARGS, prepare_tiny_dataset
+from test_bad_inputs import (
+    PRODUCTS,
+    REVIEWS,
+    WIDTH,
+    _request,
+    _rewrite,
+    _set,
+    _write_jsonl,
+    cli_error,
+)
 
 from mrhp.cli import main
 from mrhp.studies.synthetic import SyntheticSpec, write_official_dataset
@@ -479,6 +489,12 @@ def _with_pth(tmp: Path) -> list[str]:
     return [*argv[:-3], "--out", str(tmp / "out"), "--max-missing-image-rate", "0"]
 
 
+def _config_file(text: str, tmp: Path, data: Path, run: Path) -> tuple[list[str], tuple]:
+    (tmp / "config.json").write_text(text, encoding="utf-8")
+    return ["train", "--data", str(data), "--out", str(tmp / "out"), "--config", str(tmp / "config.json")], \
+        ("config.json",)
+
+
 # name -> function(tmp, prepared copy, run copy) -> (argv, expected texts)
 HOSTILE_OPTIONS = {
     "floor --seed -1": lambda tmp, data, run: (["floor", "--data", str(data), "--method", "random", "--seed", "-1"],
@@ -511,10 +527,8 @@ HOSTILE_OPTIONS = {
     "fetch-images --user-agent not ASCII": lambda tmp, data, run: (
         ["fetch-images", "--prepared", str(data), "--out", str(tmp / "out"), "--user-agent", "mrhp\u00e9"],
         ("--user-agent",)),
-    **{f"config file holding {kind}": (lambda text: lambda tmp, data, run: (
-        (tmp / "config.json").write_text(text, encoding="utf-8") and
-        ["train", "--data", str(data), "--out", str(tmp / "out"), "--config", str(tmp / "config.json")],
-        ("config.json",)))(text) for kind, text in {"an array": "[1, 2]", "null": "null", "a string": '"x"'}.items()},
+    **{f"config file holding {kind}": functools.partial(_config_file, text)
+       for kind, text in {"an array": "[1, 2]", "null": "null", "a string": '"x"'}.items()},
     ".npy region width 0 in a request": lambda tmp, data, run: (
         _numbers_request(tmp, run, _request_with(("images",), json.dumps([str(_with_npy(tmp, [[]] * 2))])))[0],
         ("line 2", "images")),
