@@ -841,3 +841,24 @@ def test_loader_workers_end_quietly_when_training_is_killed(trained: tuple[Path,
     # The pipe ends once every worker holding it has ended: they must end, and say nothing.
     stderr = process.stderr.read().decode()
     assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr[-2000:]
+
+
+# ---- paths: folder names that are not UTF-8 (valid on Linux) -------------------------------------------------------
+
+
+def test_a_folder_whose_name_is_not_utf8_works_end_to_end(trained: tuple[Path, Path], tmp_path: Path):
+    folder = Path(os.fsdecode(os.fsencode(tmp_path) + b"/caf\xe9"))  # Latin-1 bytes: not UTF-8
+    try:
+        folder.mkdir()
+    except (OSError, UnicodeEncodeError):
+        pytest.skip("this file system refuses names that are not UTF-8")
+    _write_jsonl(folder / "data", PRODUCTS, REVIEWS)
+    assert main(_prepare_jsonl(folder / "data", folder / "prepared")[:-3] + ["--out", str(folder / "prepared")]) == 0
+    assert main(["train", "--data", str(folder / "prepared"), "--out", str(folder / "run"), "--set", "train.epochs=1",
+                 *TINY_TRAIN_ARGS]) == 0
+    data, run = folder / "trained-data", folder / "trained-run"
+    shutil.copytree(trained[0], data)
+    shutil.copytree(trained[1], run)
+    assert main(_evaluate(data, run, run / "test_per_product.jsonl")) == 0
+    assert main(["report", str(run), "--data", str(data), "--out", str(folder / "report")]) == 0
+    assert "caf\\udce9" in (folder / "report" / "report.md").read_text(encoding="utf-8")

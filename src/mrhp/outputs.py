@@ -105,7 +105,8 @@ def write_atomically(path: Path, data: str | bytes) -> None:
     temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with temporary.open("wb") as out:
-            out.write(data.encode("utf-8") if isinstance(data, str) else data)
+            # A path that is not UTF-8 (a surrogate in Python) is written as its escape "\udcff", not refused.
+            out.write(data.encode("utf-8", "backslashreplace") if isinstance(data, str) else data)
         os.replace(temporary, path)
     except OSError as error:
         temporary.unlink(missing_ok=True)

@@ -317,8 +317,11 @@ def _write_prepared(
         "counts": counts_meta,
         "report": report,
     }
-    (tmp / "dataset.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    (tmp / "report.txt").write_text(format_report(report) + "\n", encoding="utf-8")
+    # Paths in the source may hold bytes that are not UTF-8 (valid in Linux file names, surrogates in Python): as
+    # JSON escapes ("\udcff") they read back as the same path; the report shows them the same way.
+    (tmp / "dataset.json").write_bytes((json.dumps(meta, indent=1, ensure_ascii=False) + "\n")
+                                       .encode("utf-8", "backslashreplace"))
+    (tmp / "report.txt").write_bytes((format_report(report) + "\n").encode("utf-8", "backslashreplace"))
     return report
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, load_file, save_file
 from torch import nn
 
 from mrhp import __version__, jsontext
@@ -128,15 +128,30 @@ def _check_header(header: dict, path: Path) -> None:
         raise MrhpError(f"{path}: checkpoint header 'optimizer' lacks its 'param_groups' list or 'scalars' object")
 
 
+def _read_safetensors(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The metadata and tensors of a safetensors file. safetensors opens only UTF-8 paths; a file name with other
+    bytes (valid on Linux) is read here and parsed from memory."""
+    try:
+        os.fsencode(path).decode("utf-8")
+    except UnicodeDecodeError:
+        data = Path(path).read_bytes()
+        size = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8:8 + size]) if len(data) >= 8 + size else None
+        if not isinstance(header, dict):
+            raise ValueError("no safetensors header") from None
+        return header.get("__metadata__") or {}, load(data)
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+    return metadata, load_file(str(path))
+
+
 def load_checkpoint(path: Path) -> Checkpoint:
     """Rebuild the model, config and vocabulary from a checkpoint file alone (no pickle)."""
     path = Path(path)
     if not path.is_file():
         raise MrhpError(f"checkpoint not found: {path}")
     try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-        tensors = load_file(str(path))
+        metadata, tensors = _read_safetensors(path)
     except (SafetensorError, OSError, ValueError) as error:
         raise MrhpError(f"{path}: not a readable checkpoint ({error})") from None
     try:
