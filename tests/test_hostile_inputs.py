@@ -862,3 +862,56 @@ def test_a_folder_whose_name_is_not_utf8_works_end_to_end(trained: tuple[Path, P
     assert main(_evaluate(data, run, run / "test_per_product.jsonl")) == 0
     assert main(["report", str(run), "--data", str(data), "--out", str(folder / "report")]) == 0
     assert "caf\\udce9" in (folder / "report" / "report.md").read_text(encoding="utf-8")
+
+
+# ---- messages: one line that names the file and the key ------------------------------------------------------------
+
+
+def _weights(change):
+    def apply(tensors: dict) -> None:
+        name = sorted(n for n in tensors if n.startswith("model.") and tensors[n].is_floating_point())[0]
+        change(tensors, name)
+    return {"tensor_change": apply}
+
+
+def _first_weight_name(run: Path) -> str:
+    from safetensors import safe_open
+
+    with safe_open(str(run / "best.safetensors"), framework="pt") as handle:
+        return sorted(n for n in handle.keys() if n.startswith("model."))[0]
+
+
+CHECKPOINT_MESSAGES = {  # name -> (change, texts the one error line holds besides the weight's name)
+    "a missing weight": (_weights(lambda t, n: t.pop(n)), ("missing",)),
+    "an extra weight": ({"tensor_change": lambda t: t.__setitem__("model.extra.weight", torch.zeros(2))},
+                        ("unexpected model.extra.weight",)),
+    "a misshapen weight": (_weights(lambda t, n: t.__setitem__(n, torch.zeros(3, 3))), ("of shape (3, 3)",)),
+}
+
+
+@pytest.mark.parametrize("case", CHECKPOINT_MESSAGES)
+def test_checkpoint_weight_errors_are_one_line_naming_the_key(case: str, copies, tmp_path: Path, capsys):
+    data, run = copies
+    change, expected = CHECKPOINT_MESSAGES[case]
+    bad = _rewrite(run / "best.safetensors", tmp_path / "bad.safetensors", **change)
+    line = cli_error(capsys, ["evaluate", "--checkpoint", str(bad), "--data", str(data), "--no-progress"],
+                     "bad.safetensors", *expected)
+    if case != "an extra weight":
+        assert _first_weight_name(run) in line
+    assert "Error(s) in loading state_dict" not in capsys.readouterr().err + line
+
+
+CONFIG_FILES = {  # name -> (file name, bytes)
+    "not UTF-8": ("bad.toml", b"[train]\nlr = 0.1 # caf\xe9\n"),
+    "nested too deeply (JSON)": ("bad.json", b"[" * 100_000 + b"]" * 100_000),
+    "nested too deeply (TOML)": ("bad.toml", b"x = " + b"[" * 100_000 + b"]" * 100_000 + b"\n"),
+}
+
+
+@pytest.mark.parametrize("case", CONFIG_FILES)
+def test_config_files_that_cannot_be_read_are_named(case: str, trained: tuple[Path, Path], tmp_path: Path, capsys):
+    name, content = CONFIG_FILES[case]
+    (tmp_path / name).write_bytes(content)
+    cli_error(capsys, ["train", "--data", str(trained[0]), "--out", str(tmp_path / "run"), "--config",
+                       str(tmp_path / name)], name)
+    assert not (tmp_path / "run").exists()

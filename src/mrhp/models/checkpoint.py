@@ -145,6 +145,22 @@ def _read_safetensors(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     return metadata, load_file(str(path))
 
 
+def _weights_mismatch(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor]) -> str:
+    """One line naming the weights that are missing, extra or of another shape ("" when they match), instead of
+    PyTorch's multi-line `load_state_dict` report."""
+    def named(keys: list[str]) -> str:
+        return ", ".join(f"model.{key}" for key in keys[:3]) + (f" (and {len(keys) - 3} more)" if len(keys) > 3 else "")
+
+    missing = sorted(set(expected) - set(found))
+    extra = sorted(set(found) - set(expected))
+    shapes = sorted(key for key in set(expected) & set(found) if expected[key].shape != found[key].shape)
+    parts = [f"missing {named(missing)}"] if missing else []
+    parts += [f"unexpected {named(extra)}"] if extra else []
+    parts += [f"{named(shapes)} of shape {tuple(found[shapes[0]].shape)}, expected "
+              f"{tuple(expected[shapes[0]].shape)}"] if shapes else []
+    return "; ".join(parts)
+
+
 def load_checkpoint(path: Path) -> Checkpoint:
     """Rebuild the model, config and vocabulary from a checkpoint file alone (no pickle)."""
     path = Path(path)
@@ -189,10 +205,10 @@ def load_checkpoint(path: Path) -> Checkpoint:
         # A diverged run saves NaN/inf weights; its scores would be NaN, which no JSON answer can carry.
         if value.is_floating_point() and not bool(torch.isfinite(value).all()):
             raise MrhpError(f"{path}: weight tensor model.{name} holds NaN or infinite values (a diverged run?)")
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as error:
-        raise MrhpError(f"{path}: weights do not match the saved config: {error}") from None
+    mismatch = _weights_mismatch(model.state_dict(), weights)
+    if mismatch:
+        raise MrhpError(f"{path}: weights do not match the saved config: {mismatch}")
+    model.load_state_dict(weights)
     model.eval()
     try:
         optimizer = _unflatten_optimizer(tensors, header["optimizer"]) if "optimizer" in header else None
