@@ -869,7 +869,7 @@ def test_a_folder_whose_name_is_not_utf8_works_end_to_end(trained: tuple[Path, P
 
 def _weights(change):
     def apply(tensors: dict) -> None:
-        name = sorted(n for n in tensors if n.startswith("model.") and tensors[n].is_floating_point())[0]
+        name = min(n for n in tensors if n.startswith("model.") and tensors[n].is_floating_point())
         change(tensors, name)
     return {"tensor_change": apply}
 
@@ -878,7 +878,7 @@ def _first_weight_name(run: Path) -> str:
     from safetensors import safe_open
 
     with safe_open(str(run / "best.safetensors"), framework="pt") as handle:
-        return sorted(n for n in handle.keys() if n.startswith("model."))[0]
+        return min(n for n in handle.keys() if n.startswith("model."))  # noqa: SIM118 (safe_open has no __iter__)
 
 
 CHECKPOINT_MESSAGES = {  # name -> (change, texts the one error line holds besides the weight's name)

@@ -138,7 +138,7 @@ def _read_safetensors(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
         size = int.from_bytes(data[:8], "little")
         header = json.loads(data[8:8 + size]) if len(data) >= 8 + size else None
         if not isinstance(header, dict):
-            raise ValueError("no safetensors header") from None
+            raise ValueError("no safetensors header")  # noqa: TRY004 (the loader's errors are ValueErrors)
         return header.get("__metadata__") or {}, load(data)
     with safe_open(str(path), framework="pt") as handle:
         metadata = handle.metadata() or {}
@@ -156,8 +156,9 @@ def _weights_mismatch(expected: dict[str, torch.Tensor], found: dict[str, torch.
     shapes = sorted(key for key in set(expected) & set(found) if expected[key].shape != found[key].shape)
     parts = [f"missing {named(missing)}"] if missing else []
     parts += [f"unexpected {named(extra)}"] if extra else []
-    parts += [f"{named(shapes)} of shape {tuple(found[shapes[0]].shape)}, expected "
-              f"{tuple(expected[shapes[0]].shape)}"] if shapes else []
+    if shapes:
+        first = shapes[0]
+        parts.append(f"{named(shapes)} of shape {tuple(found[first].shape)}, expected {tuple(expected[first].shape)}")
     return "; ".join(parts)
 
 

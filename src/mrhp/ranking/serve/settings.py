@@ -10,7 +10,6 @@ from mrhp.compute.devices import DEVICE_FORMS, is_device_name
 from mrhp.errors import MrhpError
 from mrhp.features.images import DEFAULT_INPUT_SIZE, DEFAULT_MAX_REGIONS
 
-
 MAX_BATCH_WAIT_MS = 1000.0
 MAX_BODY_TIMEOUT_S = 3600.0
 
