@@ -915,3 +915,24 @@ def test_config_files_that_cannot_be_read_are_named(case: str, trained: tuple[Pa
     cli_error(capsys, ["train", "--data", str(trained[0]), "--out", str(tmp_path / "run"), "--config",
                        str(tmp_path / name)], name)
     assert not (tmp_path / "run").exists()
+
+
+def test_report_refuses_a_text_only_run_on_data_with_images(tmp_path: Path, capsys):
+    """The same texts prepared with and without image features: one vocabulary, so only the images differ."""
+    import numpy as np
+
+    products = [{"product_id": f"P{k}", "text": f"product {k} pot", "split": split}
+                for k, split in enumerate(["train", "train", "dev", "dev", "test", "test"])]
+    reviews = [{"review_id": f"R{k}{j}", "product_id": f"P{k}", "text": f"review {j} of {k} is fine", "votes": 3 * j}
+               for k in range(6) for j in range(3)]
+    _write_jsonl(tmp_path / "plain", products, reviews)
+    np.save(tmp_path / "a.npy", np.ones((2, 4), dtype=np.float32))
+    _write_jsonl(tmp_path / "pictured", [{**p, "images": [str(tmp_path / "a.npy")]} for p in products], reviews)
+    for name in ("plain", "pictured"):
+        assert main(_prepare_jsonl(tmp_path / name, tmp_path / f"{name}-data")[:-3]
+                    + ["--out", str(tmp_path / f"{name}-data")]) == 0
+    run = tmp_path / "plain-run"
+    assert main(["train", "--data", str(tmp_path / "plain-data"), "--out", str(run), "--set", "train.epochs=1",
+                 *TINY_TRAIN_ARGS]) == 0
+    assert main(_evaluate(tmp_path / "plain-data", run, run / "test_per_product.jsonl")) == 0
+    cli_error(capsys, _report(tmp_path, tmp_path / "pictured-data", run), "region features")
