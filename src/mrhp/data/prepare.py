@@ -214,6 +214,10 @@ def prepare_dataset(
     return report
 
 
+# The top of the label scale of the paper's data and of the votes schemes (`votes_to_level`): levels 0..4.
+LABEL_SCALE_TOP = 4
+
+
 def check_prepare_out(out_dir: Path, overwrite: bool) -> None:
     """Before any work: `out_dir` can be written and, unless `overwrite`, is empty or absent. Removes what a killed
     earlier run left beside it (its temporary folder)."""
@@ -238,13 +242,13 @@ def _write_prepared(
     states: _StoreSink,
 ) -> dict:
     train = source.splits["train"]
-    labels = [review.label for split in source.splits.values() for review in split.reviews]
-    low, high = (min(labels), max(labels)) if labels else (0, 0)
-    # A review is relevant iff its label is above the threshold. A threshold far outside the labels is a mistake
-    # (every metric would be a constant); one step outside is allowed for small or one-sided data.
-    if labels and not low - 1 <= relevance_threshold <= high:
-        raise MrhpError(f"--relevance-threshold {relevance_threshold}: the labels are {low}..{high}; the threshold "
-                        f"must be within {low - 1}..{high} (a review is relevant iff its label is above it)")
+    high = max((review.label for split in source.splits.values() for review in split.reviews), default=0)
+    # A review is relevant iff its label is above the threshold. A threshold outside the label scale (0..4, or the
+    # data's highest label) is a mistake: every metric would be a constant. Small test data may have fewer levels.
+    top = max(high, LABEL_SCALE_TOP)
+    if not -1 <= relevance_threshold <= top:
+        raise MrhpError(f"--relevance-threshold {relevance_threshold}: must be within -1..{top} (labels are 0..{top}; "
+                        "a review is relevant iff its label is above the threshold)")
     counts = count_tokens(progress_bar(_tokens_of(train), desc="counting train tokens", unit="text", leave=False,
                                        total=len(train.products) + len(train.reviews)))
     vocab = Vocabulary.from_counts(counts, min_count=min_count, max_size=max_vocab_size)
