@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from mrhp.config import Config, DataConfig, ModelConfig, ModelInputs
 from mrhp.data.batching import Item, RankingList, collate
@@ -199,3 +201,67 @@ def cli_error(capsys, argv: list[str], *expected: str) -> str:
     for text in expected:
         assert text in lines[0], f"{text!r} not in {lines[0]!r}"
     return lines[0]
+
+
+# The JSON-lines dataset of the bad-input cases: 4 products (2 train, 1 dev, 1 test), 3 reviews each.
+PRODUCTS = [
+    {"product_id": "P1", "name": "steel pot", "description": "six quart", "split": "train"},
+    {"product_id": "P2", "text": "glass lid for the pot", "split": "train"},
+    {"product_id": "P3", "text": "a pan", "split": "dev"},
+    {"product_id": "P4", "text": "a knife", "split": "test"},
+]
+REVIEWS = [
+    {"review_id": f"R{p}{k}", "product_id": f"P{p}", "text": f"review {k} of product {p} is fine", "votes": 3 * k}
+    for p in range(1, 5) for k in range(3)
+]
+
+
+def write_jsonl(folder: Path, products: list, reviews: list) -> tuple[Path, Path]:
+    """products.jsonl and reviews.jsonl in `folder` (a bytes row is written as it is)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = folder / "products.jsonl", folder / "reviews.jsonl"
+    for path, rows in zip(paths, (products, reviews)):
+        path.write_bytes(b"".join((row if isinstance(row, bytes) else dumped(row).encode()) + b"\n" for row in rows))
+    return paths
+
+
+def rewrite_checkpoint(source: Path, target: Path, header_change=None, tensor_change=None, raw_header: str | None = None) -> Path:
+    """A copy of checkpoint `source` at `target`, its header and tensors changed by the given functions (or its
+    header replaced by `raw_header`)."""
+    tensors = load_file(str(source))
+    with safe_open(str(source), framework="pt") as handle:
+        header = json.loads(handle.metadata()["mrhp"])
+    if header_change is not None:
+        header_change(header)
+    if tensor_change is not None:
+        tensor_change(tensors)
+    save_file(tensors, str(target), metadata={"mrhp": raw_header if raw_header is not None else json.dumps(header)})
+    return target
+
+
+def header_set(path: str, value):
+    """A header change: set the key at dotted `path` (DELETE removes it)."""
+    def change(header: dict) -> None:
+        *parents, last = path.split(".")
+        holder = header
+        for part in parents:
+            holder = holder[part]
+        if value is DELETE:
+            del holder[last]
+        else:
+            holder[last] = value
+    return change
+
+
+# Small valid public dumps of the bad-input cases: Amazon'23 reviews and metadata, Fine Food CSV lines.
+def amazon_review(parent: str, user: str, votes: int) -> dict:
+    return {"rating": 4.0, "title": "a title", "text": f"review by {user}", "images": [], "asin": parent,
+            "parent_asin": parent, "user_id": user, "timestamp": 1470972512000, "helpful_vote": votes,
+            "verified_purchase": True}
+
+
+AMAZON_REVIEWS = [amazon_review(f"P{p}", f"U{p}{k}", k * 4) for p in range(3) for k in range(3)]
+AMAZON_META = [{"parent_asin": f"P{p}", "title": f"magazine {p}", "description": ["monthly"], "features": ["print"],
+                "images": []} for p in range(3)]
+FINEFOOD_HEADER = "Id,ProductId,UserId,ProfileName,HelpfulnessNumerator,HelpfulnessDenominator,Score,Time,Summary,Text\r\n"
+FINEFOOD_GOOD = "".join(f"{k},P{k % 3},U{k},Name,{k % 4},{k % 4},5,100,Sum,Text {k}\r\n" for k in range(1, 10))

@@ -12,42 +12,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 from support import (
     DELETE,
     WIDTH,
     cli_error,
+    header_set,
+    rewrite_checkpoint,
     trained_request,
 )
 
 # ---- checkpoints -------------------------------------------------------------------------------------------------
-
-
-def _rewrite(source: Path, target: Path, header_change=None, tensor_change=None, raw_header: str | None = None) -> Path:
-    tensors = load_file(str(source))
-    with safe_open(str(source), framework="pt") as handle:
-        header = json.loads(handle.metadata()["mrhp"])
-    if header_change is not None:
-        header_change(header)
-    if tensor_change is not None:
-        tensor_change(tensors)
-    save_file(tensors, str(target), metadata={"mrhp": raw_header if raw_header is not None else json.dumps(header)})
-    return target
-
-
-def _set(path: str, value):
-    """A header change: set the key at dotted `path` (DELETE removes it)."""
-    def change(header: dict) -> None:
-        *parents, last = path.split(".")
-        holder = header
-        for part in parents:
-            holder = holder[part]
-        if value is DELETE:
-            del holder[last]
-        else:
-            holder[last] = value
-    return change
 
 
 def _first_weight(change):
@@ -58,27 +32,27 @@ def _first_weight(change):
 
 
 CHECKPOINT_CASES = {  # name -> (how to make the file from a good one, expected text)
-    **{f"no {key}": ({"header_change": _set(key, DELETE)}, f"'{key}'")
+    **{f"no {key}": ({"header_change": header_set(key, DELETE)}, f"'{key}'")
        for key in ("config", "vocab", "relevance_threshold")},
-    "no format": ({"header_change": _set("format", DELETE)}, "not an mrhp checkpoint"),
-    "no version": ({"header_change": _set("version", DELETE)}, "version"),
-    **{f"{key} is {kind}": ({"header_change": _set(key, value)}, f"'{key}'")
+    "no format": ({"header_change": header_set("format", DELETE)}, "not an mrhp checkpoint"),
+    "no version": ({"header_change": header_set("version", DELETE)}, "version"),
+    **{f"{key} is {kind}": ({"header_change": header_set(key, value)}, f"'{key}'")
        for key, bad in {"config": {"a number": 5, "a list": []}, "vocab": {"a number": 5, "a string": "a b"},
                         "relevance_threshold": {"a string": "1", "a bool": True, "a float": 1.5},
                         "metrics": {"a list": []}, "state": {"a number": 5}, "optimizer": {"a string": "x"},
                         "model_name": {"a number": 5}}.items()
        for kind, value in bad.items()},
-    "vocab of numbers": ({"header_change": _set("vocab", [0, 1, 2])}, "vocab"),
-    "vocab without <unk>": ({"header_change": _set("vocab", ["<pad>", "a", "b"])}, "vocab"),
-    "config max_tokens negative": ({"header_change": _set("config.data.max_tokens", -5)}, "data.max_tokens"),
-    "config model name": ({"header_change": _set("config.model.name", "nope")}, "model.name"),
-    "config unknown setting": ({"header_change": _set("config.model.colour", "red")}, "colour"),
-    "config section not a table": ({"header_change": _set("config.train", 3)}, "train"),
-    "config dropout string": ({"header_change": _set("config.model.dropout", "high")}, "model.dropout"),
-    "vocab size differs from config": ({"header_change": _set("inputs.vocab_size", 3)}, "vocab"),
-    "image width differs from weights": ({"header_change": _set("inputs.image_dim", WIDTH + 1)}, "weights"),
-    "model name differs": ({"header_change": _set("model_name", "mcr")}, "model"),
-    "version from the future": ({"header_change": _set("version", 99)}, "version 99"),
+    "vocab of numbers": ({"header_change": header_set("vocab", [0, 1, 2])}, "vocab"),
+    "vocab without <unk>": ({"header_change": header_set("vocab", ["<pad>", "a", "b"])}, "vocab"),
+    "config max_tokens negative": ({"header_change": header_set("config.data.max_tokens", -5)}, "data.max_tokens"),
+    "config model name": ({"header_change": header_set("config.model.name", "nope")}, "model.name"),
+    "config unknown setting": ({"header_change": header_set("config.model.colour", "red")}, "colour"),
+    "config section not a table": ({"header_change": header_set("config.train", 3)}, "train"),
+    "config dropout string": ({"header_change": header_set("config.model.dropout", "high")}, "model.dropout"),
+    "vocab size differs from config": ({"header_change": header_set("inputs.vocab_size", 3)}, "vocab"),
+    "image width differs from weights": ({"header_change": header_set("inputs.image_dim", WIDTH + 1)}, "weights"),
+    "model name differs": ({"header_change": header_set("model_name", "mcr")}, "model"),
+    "version from the future": ({"header_change": header_set("version", 99)}, "version 99"),
     "header not JSON": ({"raw_header": "{not json"}, "header"),
     "header a list": ({"raw_header": "[1, 2]"}, "not a JSON object"),
     "NaN weight": ({"tensor_change": _first_weight(lambda t, n: t[n].view(-1).__setitem__(0, math.nan))}, "NaN"),
@@ -97,7 +71,7 @@ def _checkpoint_case(case: str, good: Path, folder: Path) -> tuple[Path, str]:
         target.write_bytes(good.read_bytes()[: good.stat().st_size // 2] if content is None else content)
         return target, "bad.safetensors"
     change, expected = CHECKPOINT_CASES[case]
-    return _rewrite(good, target, **change), expected
+    return rewrite_checkpoint(good, target, **change), expected
 
 
 @pytest.mark.parametrize("command", ["evaluate", "predict"])
@@ -122,6 +96,6 @@ def test_evaluate_refuses_a_dataset_prepared_with_another_vocabulary(trained: tu
 
     words = PreparedDataset.open(prepared).vocab.tokens
     swapped = [*words[:2], words[3], words[2], *words[4:]]
-    path = _rewrite(good, tmp_path / "bad.safetensors", header_change=_set("vocab", swapped))
+    path = rewrite_checkpoint(good, tmp_path / "bad.safetensors", header_change=header_set("vocab", swapped))
     cli_error(capsys, ["evaluate", "--checkpoint", str(path), "--data", str(prepared), "--no-progress"],
               "different vocabularies", "first difference at id 2")

@@ -11,8 +11,12 @@ from pathlib import Path
 
 import pytest
 from support import (
+    AMAZON_META,
+    AMAZON_REVIEWS,
     DEEP,
     DELETE,
+    FINEFOOD_GOOD,
+    FINEFOOD_HEADER,
     SURROGATE,
     cli_error,
     dumped,
@@ -23,15 +27,6 @@ from mrhp.cli import main
 # ---- prepare --format amazon2023 and finefood (the public dumps) ------------------------------------------------
 
 
-def _amazon_review(parent: str, user: str, votes: int) -> dict:
-    return {"rating": 4.0, "title": "a title", "text": f"review by {user}", "images": [], "asin": parent,
-            "parent_asin": parent, "user_id": user, "timestamp": 1470972512000, "helpful_vote": votes,
-            "verified_purchase": True}
-
-
-AMAZON_REVIEWS = [_amazon_review(f"P{p}", f"U{p}{k}", k * 4) for p in range(3) for k in range(3)]
-AMAZON_META = [{"parent_asin": f"P{p}", "title": f"magazine {p}", "description": ["monthly"], "features": ["print"],
-                "images": []} for p in range(3)]
 AMAZON_CASES = {  # name -> (file, line index, field, value)
     **{f"parent_asin {kind}": ("reviews", 1, "parent_asin", value)
        for kind, value in {"missing": DELETE, "empty": "", "list": [], "surrogate": SURROGATE}.items()},
@@ -65,8 +60,6 @@ def test_amazon2023_errors_name_file_line_and_field(case: str, tmp_path: Path, c
                        "--min-reviews", "1"], f"{which}.jsonl", f"line {index + 1}", *named)
 
 
-FINEFOOD_HEADER = "Id,ProductId,UserId,ProfileName,HelpfulnessNumerator,HelpfulnessDenominator,Score,Time,Summary,Text\r\n"
-FINEFOOD_GOOD = "".join(f"{k},P{k % 3},U{k},Name,{k % 4},{k % 4},5,100,Sum,Text {k}\r\n" for k in range(1, 10))
 FINEFOOD_CASES = {  # name -> (bytes of the record put on line 3, expected texts)
     "too few fields": (b"90,P1,U90,N,1,1,5,1,S\r\n", ("line 3", "fields")),
     "too many fields": (b"90,P1,U90,N,1,1,5,1,S,T,extra\r\n", ("line 3", "fields")),

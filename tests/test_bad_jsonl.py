@@ -16,25 +16,16 @@ from support import (
     BAD_TEXTS,
     DEEP,
     DELETE,
+    PRODUCTS,
+    REVIEWS,
     SURROGATE,
     cli_error,
-    dumped,
+    write_jsonl,
 )
 
 from mrhp.cli import main
 
 # ---- prepare --format jsonl -------------------------------------------------------------------------------------
-
-PRODUCTS = [
-    {"product_id": "P1", "name": "steel pot", "description": "six quart", "split": "train"},
-    {"product_id": "P2", "text": "glass lid for the pot", "split": "train"},
-    {"product_id": "P3", "text": "a pan", "split": "dev"},
-    {"product_id": "P4", "text": "a knife", "split": "test"},
-]
-REVIEWS = [
-    {"review_id": f"R{p}{k}", "product_id": f"P{p}", "text": f"review {k} of product {p} is fine", "votes": 3 * k}
-    for p in range(1, 5) for k in range(3)
-]
 
 BAD_IMAGES = {"number": 5, "string": "a.npy", "object": {}, "number entry": [5], "null entry": [None],
               "list entry": [["a.npy"]], "surrogate path": [SURROGATE + ".npy"], "deep": DEEP}
@@ -80,14 +71,6 @@ RAW_LINES = {"malformed JSON": b'{"product_id": "P9", ', "array": b"[1, 2]", "nu
              "deep": b"[" * 100_000 + b"]" * 100_000}
 
 
-def _write_jsonl(folder: Path, products: list, reviews: list) -> tuple[Path, Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = folder / "products.jsonl", folder / "reviews.jsonl"
-    for path, rows in zip(paths, (products, reviews)):
-        path.write_bytes(b"".join((row if isinstance(row, bytes) else dumped(row).encode()) + b"\n" for row in rows))
-    return paths
-
-
 def _prepare_jsonl(products: Path, reviews: Path, out: Path) -> list[str]:
     return ["prepare", "--format", "jsonl", "--products", str(products), "--reviews", str(reviews), "--out", str(out),
             "--min-count", "1"]
@@ -95,7 +78,7 @@ def _prepare_jsonl(products: Path, reviews: Path, out: Path) -> list[str]:
 
 def test_the_unchanged_jsonl_data_prepares(tmp_path: Path):
     """The matrix's base files are good: every case below fails because of its one change."""
-    products, reviews = _write_jsonl(tmp_path, PRODUCTS, REVIEWS)
+    products, reviews = write_jsonl(tmp_path, PRODUCTS, REVIEWS)
     assert main(_prepare_jsonl(products, reviews, tmp_path / "out")) == 0
 
 
@@ -107,7 +90,7 @@ def test_jsonl_field_errors_name_file_line_and_field(case: str, tmp_path: Path, 
         del rows[which][index][field]
     else:
         rows[which][index][field] = value
-    products, reviews = _write_jsonl(tmp_path / "data", rows["products"], rows["reviews"])
+    products, reviews = write_jsonl(tmp_path / "data", rows["products"], rows["reviews"])
     out = tmp_path / "out"
     # The error names the line and, unless the line cannot be read at all, the field.
     named = () if value is DEEP else (f"field '{NAMED_FIELD.get(case, field)}'",)
@@ -120,18 +103,18 @@ def test_jsonl_field_errors_name_file_line_and_field(case: str, tmp_path: Path, 
 def test_jsonl_bad_lines_name_file_and_line(case: str, which: str, tmp_path: Path, capsys):
     rows = {"products": list(PRODUCTS), "reviews": list(REVIEWS)}
     rows[which] = [*rows[which][:2], RAW_LINES[case], *rows[which][2:]]
-    products, reviews = _write_jsonl(tmp_path / "data", rows["products"], rows["reviews"])
+    products, reviews = write_jsonl(tmp_path / "data", rows["products"], rows["reviews"])
     cli_error(capsys, _prepare_jsonl(products, reviews, tmp_path / "out"), f"{which}.jsonl", "line 3")
 
 
 def test_an_empty_reviews_file_is_an_error(tmp_path: Path, capsys):
-    products, reviews = _write_jsonl(tmp_path / "data", PRODUCTS, [])
+    products, reviews = write_jsonl(tmp_path / "data", PRODUCTS, [])
     cli_error(capsys, _prepare_jsonl(products, reviews, tmp_path / "out"), "reviews.jsonl", "no reviews")
     assert not (tmp_path / "out").exists()
 
 
 def test_prepare_removes_the_temporary_folder_of_a_killed_run(tmp_path: Path):
-    products, reviews = _write_jsonl(tmp_path / "data", PRODUCTS, REVIEWS)
+    products, reviews = write_jsonl(tmp_path / "data", PRODUCTS, REVIEWS)
     dead = 2**22 + 12345  # above Linux's default pid_max: no process has it
     stale = tmp_path / f".out.tmp-{dead}-0123abcd"
     (stale / "features").mkdir(parents=True)

@@ -1,9 +1,11 @@
 """The one atomic write (mrhp.outputs.write_atomic): the old result or the new one, never half, nothing left over."""
 
+import errno
 from pathlib import Path
 
 import pytest
 
+from mrhp.errors import MrhpError
 from mrhp.outputs import write_atomic, write_text_atomic
 
 
@@ -13,9 +15,9 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path: Pat
 
     def half_then_fail(temporary: Path) -> None:
         temporary.write_text("ha")  # a wrong helper would rename this half-written file into place
-        raise OSError("No space left on device")
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-    with pytest.raises(OSError):
+    with pytest.raises(MrhpError, match=r"metrics.jsonl: cannot write \(no space left on device\); nothing was written"):
         write_atomic(path, half_then_fail)
     assert path.read_text() == "old\n" and sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl"]
     write_text_atomic(path, "new\n")

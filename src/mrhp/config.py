@@ -20,7 +20,6 @@ and a run. Training ignores that table (`prepare_section` returns it).
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import tomllib
 import typing
@@ -28,10 +27,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mrhp import jsontext
 from mrhp.compute.devices import DEVICE_FORMS, PRECISIONS, is_device_name
 from mrhp.errors import MrhpError
 from mrhp.objectives.losses import REDUCTIONS, WEIGHTINGS
 from mrhp.objectives.metrics import METRICS, TIES
+
+# Threads and loader processes beyond any machine; seeds as numpy's generators take them.
+MAX_THREADS = 4096
+MAX_SEED = 2**32 - 1
 
 # The paper's model and the baselines of its Tables 3-4 (SPEC 8); `mrhp.models.registry` builds each by name.
 MODEL_NAMES = ("mrhp", "mcr", "conv-knrm", "prh-net", "bimpm", "eg-cnn", "sse-cross", "dr-net")
@@ -180,7 +184,6 @@ class Config:
         _check(self.loss.weighting in WEIGHTINGS, f"loss.weighting must be one of {WEIGHTINGS}")
         _check(self.loss.ranking_reduction in REDUCTIONS, f"loss.ranking_reduction must be one of {REDUCTIONS}")
         _check(self.loss.contrastive_reduction in REDUCTIONS, f"loss.contrastive_reduction must be one of {REDUCTIONS}")
-        _check(self.model.hidden_size % self.model.num_heads == 0, "model.hidden_size must be divisible by model.num_heads")
         _check(is_device_name(self.train.device), f"train.device must be one of {DEVICE_FORMS}, got {self.train.device!r}")
         _check(self.train.precision in PRECISIONS, f"train.precision must be one of {PRECISIONS}")
         _check(self.model.name in MODEL_NAMES, f"model.name must be one of {MODEL_NAMES}, got {self.model.name!r}")
@@ -188,6 +191,9 @@ class Config:
             # NaN fails every comparison, so it is out of any range; inf is refused explicitly.
             ok = low <= value <= high and (not isinstance(value, float) or math.isfinite(value))
             _check(ok, f"{name} must be a finite number within [{low}, {high}], got {value}")
+        _check(self.model.hidden_size % self.model.num_heads == 0, "model.hidden_size must be divisible by model.num_heads")
+        # An even kernel would shift the convolution's output by one position against the padding mask.
+        _check(self.model.conv_kernel % 2 == 1, f"model.conv_kernel must be odd, got {self.model.conv_kernel}")
         _check(self.model.dropout < 1.0, f"model.dropout must be below 1 (1 drops everything), got {self.model.dropout}")
         _check(self.train.lr > 0, f"train.lr must be > 0, got {self.train.lr}")
         from mrhp.features.text_encoder import (
@@ -213,15 +219,17 @@ class Config:
         big = math.inf
         limits = {
             "data": {"max_tokens": 1, "max_regions": 1, "batch_rows": 1, "max_list_size": 2, "eval_batch_rows": 1},
-            "model": {"hidden_size": 1, "embedding_dim": 1, "num_heads": 1, "interaction_layers": 1,
-                      "image_encoder_layers": 0, "feedforward_size": 1, "conv_kernel": 1, "dropout": (0.0, 1.0),
-                      "text_tuned_layers": 0, "side_hidden_size": 1},
+            # Upper bounds far above any useful model, so that a typo fails here rather than exhausting memory.
+            "model": {"hidden_size": (1, 8192), "embedding_dim": (1, 8192), "num_heads": (1, 8192),
+                      "interaction_layers": (1, 64), "image_encoder_layers": (0, 64), "feedforward_size": (1, 65536),
+                      "conv_kernel": (1, 63), "dropout": (0.0, 1.0), "text_tuned_layers": 0,
+                      "side_hidden_size": (1, 8192)},
             "loss": {"margin": 0.0, "min_gap": 1, "contrastive_weight": 0.0, "helpful_level": 0,
                      "circle_margin": 0.0, "circle_scale": 0.0, "o_p": (-big, big), "o_n": (-big, big),
                      "set_contrastive_weight": 0.0},
             "train": {"epochs": 1, "lr": 0.0, "weight_decay": 0.0, "grad_clip": 0.0, "lr_factor": (0.0, 1.0),
-                      "lr_patience": 0, "early_stopping_patience": 0, "threads": 0,
-                      "loader_workers": 0},
+                      "lr_patience": 0, "early_stopping_patience": 0, "threads": (0, MAX_THREADS),
+                      "loader_workers": (0, MAX_THREADS), "seed": (0, MAX_SEED)},
         }
         return {f"{section}.{key}": (getattr(getattr(self, section), key), *(bound if isinstance(bound, tuple)
                                                                               else (bound, big)))
@@ -300,12 +308,18 @@ def _read_file(path: Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise MrhpError(f"cannot read config file {path}: {error.strerror}") from None
+    except UnicodeDecodeError as error:
+        raise MrhpError(f"{path}: the config file is not UTF-8 text ({error.reason} at byte {error.start})") from None
+    kind = "JSON" if path.suffix == ".json" else "TOML"
     try:
-        tables = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+        tables = jsontext.loads(text) if path.suffix == ".json" else tomllib.loads(text)
     except (ValueError, tomllib.TOMLDecodeError) as error:
-        raise MrhpError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'TOML'}: {error}") from None
+        raise MrhpError(f"{path}: not valid {kind}: {error}") from None
+    except RecursionError:
+        raise MrhpError(f"{path}: the config file nests tables or arrays too deeply to read") from None
     if not isinstance(tables, dict):
-        raise MrhpError(f"{path}: expected a table of sections, got {type(tables).__name__}")
+        raise MrhpError(f"{path}: the config file holds a {type(tables).__name__}, expected a {kind} object of "
+                        "sections ({\"train\": {\"lr\": 0.001}})")
     return tables
 
 

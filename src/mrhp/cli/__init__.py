@@ -45,7 +45,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as error:  # a read-only output, a folder where a file is expected, a full disk: name the path
         print(f"mrhp {args.command}: error: {error}", file=sys.stderr)
         return 2
-    except UnicodeError as error:  # a text that cannot be encoded or decoded that no reader caught first
+    except UnicodeEncodeError as error:  # a text or path (not UTF-8 on disk) that no writer escaped first
+        print(f"mrhp {args.command}: error: cannot write text or a path as UTF-8 ({error})", file=sys.stderr)
+        return 2
+    except UnicodeError as error:  # a text that cannot be decoded that no reader caught first
         print(f"mrhp {args.command}: error: an input holds text that is not valid Unicode ({error})", file=sys.stderr)
         return 2
     except RecursionError:

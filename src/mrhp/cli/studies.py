@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mrhp.cli.options import config_options, progress_option
+from mrhp.cli.options import SEED, config_options, progress_option
 from mrhp.studies.stats import TESTS
 
 
@@ -75,7 +75,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
     demo = commands.add_parser("demo", help="synthetic data -> prepare -> train 3 systems -> test table")
     demo.add_argument("--out", type=Path, default=Path("demo-run"))
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=SEED, default=0)
     config_options(demo, reads=", applied over the demo's own settings")
     progress_option(demo)
     demo.set_defaults(handler=_demo)

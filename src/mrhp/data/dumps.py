@@ -64,6 +64,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from mrhp import jsontext
 from mrhp.data.dump_files import SkipLog, csv_records, json_objects
 from mrhp.data.dump_pipeline import (
     SPLIT_BY,
@@ -164,7 +165,7 @@ def _parse_votes(value: object, path: Path, line: int, name: str) -> int:
         return value
     elif isinstance(value, float) and value >= 0 and value.is_integer():
         return int(value)
-    elif isinstance(value, str) and _VOTES_RE.fullmatch(value.strip()):
+    elif isinstance(value, str) and _VOTES_RE.fullmatch(value.strip()) and jsontext.integer_text_fits(value):
         return int(value.strip().replace(",", ""))
     raise RecordError(f"expected a vote count (an integer >= 0, e.g. 12 or \"1,024\"), got {value!r}", f"bad {name}",
                       file=path, line=line, field=name)
@@ -236,7 +237,7 @@ class _DumpFields(Fields):
             return None
         try:
             rating = float(value) if not isinstance(value, bool) else math.nan
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: an integer beyond float's range
             rating = math.nan
         if not math.isfinite(rating):
             raise self.error(f"expected a number, got {value!r}", name)
@@ -252,7 +253,7 @@ class _DumpFields(Fields):
             if not text.startswith("["):
                 return tuple(part.strip() for part in text.split("|") if part.strip())
             try:
-                value = json.loads(text)
+                value = jsontext.loads(text)
             except (json.JSONDecodeError, RecursionError):
                 raise self.error("not a JSON list of image references", name) from None
         if isinstance(value, list) and all(isinstance(v, str) for v in value):

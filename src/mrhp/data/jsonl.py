@@ -81,6 +81,7 @@ from mrhp.data.records import (
     votes_to_level,
 )
 from mrhp.errors import DataError, MrhpError
+from mrhp.files import open_regular
 
 logger = logging.getLogger(__name__)
 
@@ -181,13 +182,14 @@ def load_npy_regions(path: Path) -> np.ndarray:
 
     Raises ``OSError`` / ``ValueError`` when the file is missing, unreadable or not a numeric 2-D array.
     """
-    with open(path, "rb") as handle:
+    with open_regular(path) as handle:
         # numpy calls any other file "pickled data", and some of its errors quote the file's first bytes.
         if handle.read(6) != b"\x93NUMPY":
             raise ValueError("not a .npy file (no NumPy header)")
     array = np.load(path, mmap_mode="r", allow_pickle=False)
-    if array.ndim != 2 or not np.issubdtype(array.dtype, np.number):
-        raise ValueError(f"expected a numeric [n_regions, F] array, got shape {array.shape} dtype {array.dtype}")
+    if array.ndim != 2 or not np.issubdtype(array.dtype, np.number) or array.shape[1] < 1:
+        raise ValueError(f"expected a numeric [n_regions, F] array with F >= 1, got shape {array.shape} dtype "
+                         f"{array.dtype}")
     return array
 
 

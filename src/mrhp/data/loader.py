@@ -5,6 +5,12 @@ come in pinned memory, so that copying them to the device does not block the hos
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
+import os
+import signal
+import sys
 from collections.abc import Sequence
 
 import numpy as np
@@ -46,8 +52,20 @@ class PlannedBatches(Dataset):
         return {**self.__dict__, "_splits": None}
 
 
+def _die_with_parent(parent: int, _worker: int) -> None:
+    """In a worker process: end when the training process ends, also by kill -9. Left alone, a worker would find
+    its pipe broken at its next batch and print a BrokenPipeError traceback after the user's command had died.
+    Linux only (prctl PR_SET_PDEATHSIG); elsewhere torch's own watchdog ends the workers a little later."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before the line above took effect
+        os._exit(0)
+
+
 def batch_loader(batches: PlannedBatches, *, workers: int, pin_memory: bool) -> DataLoader:
     """The batches in plan order. The loader draws its worker seeds from a generator of its own, so that iterating
-    it leaves torch's global random stream (dropout) as it was."""
+    it leaves torch's global random stream (dropout) as it was; workers end with the training process."""
     return DataLoader(batches, batch_size=None, shuffle=False, num_workers=workers, pin_memory=pin_memory,
-                      generator=torch.Generator(), prefetch_factor=4 if workers else None)
+                      generator=torch.Generator(), prefetch_factor=4 if workers else None,
+                      worker_init_fn=functools.partial(_die_with_parent, os.getpid()) if workers else None)

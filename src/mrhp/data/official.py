@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mrhp import jsontext
 from mrhp.data.records import (
     SPLIT_NAMES,
     FeatureProblem,
@@ -44,6 +45,7 @@ from mrhp.data.records import (
     unique_ids,
 )
 from mrhp.errors import DataError
+from mrhp.files import open_regular
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +99,7 @@ def parse_image_urls(value: object) -> list[str]:
             return []
         if text[0] in "[{":
             try:
-                decoded = json.loads(text)
+                decoded = jsontext.loads(text)
             except RecursionError:
                 raise ValueError("img_url is a JSON list nested too deeply to read") from None
             except json.JSONDecodeError:
@@ -132,7 +134,7 @@ def read_json_document(path: Path) -> list[tuple[str, dict]]:
     rows follow the key order of the first column. A field absent from a record is absent from its dict.
     """
     try:
-        data = json.loads(path.read_bytes())
+        data = jsontext.loads(path.read_bytes())
     except FileNotFoundError:
         raise DataError("file not found", file=path) from None
     except OSError as exc:
@@ -225,7 +227,8 @@ class PthFeatures(FeatureSource):
             return LoadedFeatures(np.zeros((0, 0), dtype=np.float32), [FeatureProblem(str(self.path),
                                                                                       "file not found")])
         try:
-            content = torch.load(self.path, map_location="cpu", weights_only=not self.unsafe_unpickle)
+            with open_regular(self.path) as handle:
+                content = torch.load(handle, map_location="cpu", weights_only=not self.unsafe_unpickle)
         except pickle.UnpicklingError as exc:
             if not self.unsafe_unpickle and str(exc).startswith("Weights only load failed"):
                 raise DataError("holds objects other than tensors, lists and dicts; loading it would unpickle them, "
@@ -246,7 +249,8 @@ class PthFeatures(FeatureSource):
                 if self.max_regions_per_image is not None and x.ndim == 2:
                     x = x[: self.max_regions_per_image]
                 x = x.float().numpy()
-            if not isinstance(x, np.ndarray) or x.ndim != 2 or not np.issubdtype(x.dtype, np.number):
+            if (not isinstance(x, np.ndarray) or x.ndim != 2 or not np.issubdtype(x.dtype, np.number)
+                    or x.shape[1] < 1):
                 shape = getattr(x, "shape", None)
                 return self._problem(f"image {k}: 'x' is not a numeric [n_regions, F] array (shape {shape})")
             images.append(x)

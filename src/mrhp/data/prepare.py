@@ -227,6 +227,10 @@ def prepare_dataset(
     return report
 
 
+# The top of the label scale of the paper's data and of the votes schemes (`votes_to_level`): levels 0..4.
+LABEL_SCALE_TOP = 4
+
+
 def check_prepare_out(out_dir: Path, overwrite: bool) -> None:
     """Before any work: `out_dir` can be written and, unless `overwrite`, is empty or absent. Removes what a killed
     earlier run left beside it (its temporary folder)."""
@@ -252,6 +256,13 @@ def _write_prepared(
     shared: SharedVocabulary | None,
 ) -> dict:
     train = source.splits["train"]
+    high = max((review.label for split in source.splits.values() for review in split.reviews), default=0)
+    # A review is relevant iff its label is above the threshold. A threshold outside the label scale (0..4, or the
+    # data's highest label) is a mistake: every metric would be a constant. Small test data may have fewer levels.
+    top = max(high, LABEL_SCALE_TOP)
+    if not -1 <= relevance_threshold <= top:
+        raise MrhpError(f"--relevance-threshold {relevance_threshold}: must be within -1..{top} (labels are 0..{top}; "
+                        "a review is relevant iff its label is above the threshold)")
     counts = count_tokens(progress_bar(_tokens_of(train), desc="counting train tokens", unit="text", leave=False,
                                        total=len(train.products) + len(train.reviews)))
     vocab = (shared.vocab if shared is not None
@@ -337,8 +348,11 @@ def _write_prepared(
         "counts": counts_meta,
         "report": report,
     }
-    (tmp / "dataset.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    (tmp / "report.txt").write_text(format_report(report) + "\n", encoding="utf-8")
+    # Paths in the source may hold bytes that are not UTF-8 (valid in Linux file names, surrogates in Python): as
+    # JSON escapes ("\udcff") they read back as the same path; the report shows them the same way.
+    (tmp / "dataset.json").write_bytes((json.dumps(meta, indent=1, ensure_ascii=False) + "\n")
+                                       .encode("utf-8", "backslashreplace"))
+    (tmp / "report.txt").write_bytes((format_report(report) + "\n").encode("utf-8", "backslashreplace"))
     return report
 
 

@@ -253,8 +253,9 @@ class PreparedSplit:
             return None
         refs = load_json(path)
         size = self.num_products if kind == "product" else self.num_reviews
-        if not isinstance(refs, list) or len(refs) != size:
-            raise DataError(f"expected a JSON list of {size} lists of URLs", file=path)
+        if not isinstance(refs, list) or len(refs) != size or not all(
+                isinstance(item, list) and all(isinstance(url, str) for url in item) for item in refs):
+            raise DataError(f"expected a JSON list of {size} lists of URL strings", file=path)
         return refs
 
 
@@ -370,8 +371,15 @@ class PreparedDataset:
         if name not in self.splits:
             raise DataError(f"no split {name!r} (available: {', '.join(self.splits)})", file=self.path)
         if name not in self._split_cache:
-            self._split_cache[name] = PreparedSplit(self.path / name, name, self._store, self.feature_dim,
-                                                    self._text_store, self._spelling)
+            split = PreparedSplit(self.path / name, name, self._store, self.feature_dim, self._text_store,
+                                  self._spelling)
+            for kind in KINDS:  # an id beyond the vocabulary would index past the embedding table
+                tokens = split._tokens[kind]
+                if tokens.size and (int(tokens.min()) < 0 or int(tokens.max()) >= len(self.vocab)):
+                    raise DataError(f"token ids {int(tokens.min())}..{int(tokens.max())} are outside the vocabulary "
+                                    f"of {self.path / 'vocab.txt'} (0..{len(self.vocab) - 1})",
+                                    file=split.path / f"{kind}_tokens.npy")
+            self._split_cache[name] = split
         return self._split_cache[name]
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mrhp import jsontext
 from mrhp.errors import DataError
 
 SPLIT_NAMES = ("train", "dev", "test")
@@ -282,7 +283,7 @@ def parse_object_line(raw: bytes, path: Path, line_no: int) -> dict | None:
     if not line.strip():
         return None
     try:
-        obj = json.loads(line)
+        obj = jsontext.loads(line)
     except json.JSONDecodeError as exc:
         raise DataError(f"invalid JSON ({exc.msg}, column {exc.colno})", file=path, line=line_no) from None
     except RecursionError:

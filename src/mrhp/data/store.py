@@ -27,6 +27,7 @@ from types import TracebackType
 
 import numpy as np
 
+from mrhp import jsontext
 from mrhp.errors import DataError
 from mrhp.outputs import move_into_place, temporary_beside
 
@@ -42,7 +43,7 @@ _DTYPES = {"float16": np.dtype("<f2"), "float32": np.dtype("<f4")}
 def load_json(path: Path) -> object:
     """The content of a JSON file; ``DataError`` naming the file when it cannot be read or parsed."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return jsontext.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DataError(f"cannot read JSON ({exc})", file=path) from None
 

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mrhp import jsontext
 from mrhp.data.records import FeatureProblem
 from mrhp.errors import MrhpError
 from mrhp.features.images import (
@@ -51,6 +52,7 @@ from mrhp.features.images import (
     prefetch,
     region_grid,
 )
+from mrhp.files import read_regular
 from mrhp.outputs import write_atomic, write_text_atomic
 from mrhp.progress import progress_bar
 
@@ -155,7 +157,7 @@ class ImageFeatureFolder:
         manifest = self.path / "features.json"
         if manifest.is_file():
             try:
-                stored = json.loads(manifest.read_text(encoding="utf-8"))
+                stored = jsontext.loads(manifest.read_text(encoding="utf-8"))
             except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
                 raise MrhpError(f"{manifest}: unreadable settings of the image feature folder ({exc})") from None
             if not isinstance(stored, dict) or stored.get("format") != FOLDER_FORMAT:
@@ -189,7 +191,7 @@ class ImageFeatureFolder:
         """In a worker thread: ``(sha256, pixels)`` of an image to extract, ``(sha256, None)`` when its features
         exist, or the problem."""
         try:
-            data = path.read_bytes()
+            data = read_regular(path)
         except FileNotFoundError:
             return FeatureProblem(str(path), "file not found")
         except OSError as exc:

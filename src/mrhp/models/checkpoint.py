@@ -5,21 +5,22 @@ anywhere can be opened safely, and it needs no other input."""
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, load_file, save_file
 from torch import nn
 
-from mrhp import __version__
+from mrhp import __version__, jsontext
 from mrhp.config import INPUT_SETTINGS, Config, ModelConfig, ModelInputs, config_from_dict
 from mrhp.data.text import Vocabulary
 from mrhp.errors import MrhpError
 from mrhp.models.registry import build_model
-from mrhp.outputs import write_atomic
+from mrhp.outputs import write_atomic, write_error
 
 FORMAT = "mrhp-checkpoint"
 VERSION = 1
@@ -85,7 +86,10 @@ def save_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
     if checkpoint.rng is not None:
         tensors["rng.torch"] = checkpoint.rng.clone()
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, lambda temporary: save_file(tensors, str(temporary), metadata={"mrhp": json.dumps(header)}))
+    try:
+        write_atomic(path, lambda temporary: save_file(tensors, str(temporary), metadata={"mrhp": json.dumps(header)}))
+    except SafetensorError as error:  # safetensors' own error for a failed write, such as a full disk
+        raise write_error(path, error) from None
 
 
 # What a checkpoint header holds: key -> (JSON types allowed, required). Anything else is refused by name.
@@ -140,19 +144,51 @@ def _config_and_inputs(header: dict, path: Path) -> tuple[Config, ModelInputs]:
     return config, ModelInputs.from_dict(saved, source=f"{path}: header 'inputs'")
 
 
+def _read_safetensors(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The metadata and tensors of a safetensors file. safetensors opens only UTF-8 paths; a file name with other
+    bytes (valid on Linux) is read here and parsed from memory."""
+    try:
+        os.fsencode(path).decode("utf-8")
+    except UnicodeDecodeError:
+        data = Path(path).read_bytes()
+        size = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8:8 + size]) if len(data) >= 8 + size else None
+        if not isinstance(header, dict):
+            raise ValueError("no safetensors header")  # noqa: TRY004 (the loader's errors are ValueErrors)
+        return header.get("__metadata__") or {}, load(data)
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+    return metadata, load_file(str(path))
+
+
+def _weights_mismatch(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor]) -> str:
+    """One line naming the weights that are missing, extra or of another shape ("" when they match), instead of
+    PyTorch's multi-line `load_state_dict` report."""
+    def named(keys: list[str]) -> str:
+        return ", ".join(f"model.{key}" for key in keys[:3]) + (f" (and {len(keys) - 3} more)" if len(keys) > 3 else "")
+
+    missing = sorted(set(expected) - set(found))
+    extra = sorted(set(found) - set(expected))
+    shapes = sorted(key for key in set(expected) & set(found) if expected[key].shape != found[key].shape)
+    parts = [f"missing {named(missing)}"] if missing else []
+    parts += [f"unexpected {named(extra)}"] if extra else []
+    if shapes:
+        first = shapes[0]
+        parts.append(f"{named(shapes)} of shape {tuple(found[first].shape)}, expected {tuple(expected[first].shape)}")
+    return "; ".join(parts)
+
+
 def load_checkpoint(path: Path) -> Checkpoint:
     """Rebuild the model, config and vocabulary from a checkpoint file alone (no pickle)."""
     path = Path(path)
     if not path.is_file():
         raise MrhpError(f"checkpoint not found: {path}")
     try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-        tensors = load_file(str(path))
+        metadata, tensors = _read_safetensors(path)
     except (SafetensorError, OSError, ValueError) as error:
         raise MrhpError(f"{path}: not a readable checkpoint ({error})") from None
     try:
-        header = json.loads(metadata["mrhp"])
+        header = jsontext.loads(metadata["mrhp"])
     except (KeyError, ValueError):
         raise MrhpError(f"{path}: not an mrhp checkpoint (no 'mrhp' header)") from None
     if not isinstance(header, dict):
@@ -186,10 +222,10 @@ def load_checkpoint(path: Path) -> Checkpoint:
         # A diverged run saves NaN/inf weights; its scores would be NaN, which no JSON answer can carry.
         if value.is_floating_point() and not bool(torch.isfinite(value).all()):
             raise MrhpError(f"{path}: weight tensor model.{name} holds NaN or infinite values (a diverged run?)")
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as error:
-        raise MrhpError(f"{path}: weights do not match the saved config: {error}") from None
+    mismatch = _weights_mismatch(model.state_dict(), weights)
+    if mismatch:
+        raise MrhpError(f"{path}: weights do not match the saved config: {mismatch}")
+    model.load_state_dict(weights)
     model.eval()
     try:
         optimizer = _unflatten_optimizer(tensors, header["optimizer"]) if "optimizer" in header else None

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from mrhp import jsontext
 from mrhp.data.records import parse_object_line
 from mrhp.errors import MrhpError
 from mrhp.outputs import write_text_atomic
@@ -78,7 +79,7 @@ def _write_progress(path: Path, progress: _Progress) -> None:
 
 def _read_progress(path: Path) -> _Progress:
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
+        record = jsontext.loads(path.read_text(encoding="utf-8"))
         if record.pop("format") != PROGRESS_FORMAT or record.pop("version") != PROGRESS_VERSION:
             raise ValueError("not a progress file of this mrhp version")
         return _Progress(**record)

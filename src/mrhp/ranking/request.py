@@ -96,6 +96,7 @@ class RequestLimits:
     max_text_chars: int | None = None
     known_fields_only: bool = False  # refuse fields the format does not have (else they are ignored)
     null_is_absent: bool = False  # a JSON null stands for an absent field (else it is a value of the wrong type)
+    max_image_files: int | None = None  # base64 image files decoded and run through the feature extractor
 
 
 @dataclass
@@ -226,7 +227,7 @@ class RequestReader:
             raise product.error(f"{len(reviews)} reviews exceed the limit of {limits.max_reviews} per request",
                                 "reviews")
         explain = product.explain(self.explains, self.checkpoint.config.model.name)
-        images = _RequestImages(self, base_dir, where)
+        images = _RequestImages(self, base_dir, where, limits)
         product_regions, _ = images.regions(product)
         review_ids: list[str] = []
         texts: list[str] = []
@@ -285,13 +286,16 @@ class _RequestImages:
     """The images of one request as region features. A model without an image side ignores them once their form
     is checked; they must still agree with each other in width (`ignored_width`)."""
 
-    def __init__(self, reader: RequestReader, base_dir: Path | None, where: str | None) -> None:
+    def __init__(self, reader: RequestReader, base_dir: Path | None, where: str | None,
+                 limits: RequestLimits) -> None:
         self.reader = reader
         self.uses_images = reader.uses_images
         self.feature_dim = reader.feature_dim
         self.base_dir = base_dir
         self.where = where
+        self.limits = limits
         self.ignored_width: int | None = None
+        self.image_files_read = 0
 
     def error(self, loc: Loc, reason: str) -> RequestError:
         return RequestError(loc, reason, self.where)
@@ -339,7 +343,7 @@ class _RequestImages:
                 raise self.error(loc, "rows of unequal length: expected [n_regions, F]")
         try:
             array = np.asarray(rows)
-        except (ValueError, OverflowError):  # rows holding lists, or integers beyond any dtype
+        except (ValueError, TypeError, OverflowError):  # rows whose values are lists themselves: [[1, [2]]]
             raise self.error(loc, "expected region features [n_regions, F]: a list of lists of numbers") from None
         if array.dtype.kind not in "iuf":
             raise self.error(loc, f"expected numbers, got values of type {array.dtype}")
@@ -355,6 +359,11 @@ class _RequestImages:
         if not self.uses_images:
             return None
         image_files = self.usable_image_files(loc)
+        self.image_files_read += 1  # each costs a forward pass of the extractor: refused before that work
+        limit = self.limits.max_image_files
+        if limit is not None and self.image_files_read > limit:
+            raise self.error(loc, f"more than {limit} image files in one request (the limit); send region features "
+                                  "or fewer images")
         result = image_files.from_bytes(content, source=field_name(loc))
         if not result.ok:
             raise self.error(loc, f"unusable image: {result.error}")

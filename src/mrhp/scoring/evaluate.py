@@ -45,7 +45,7 @@ def score_split(
     bar.close()
     scores = combine_scores(scores, runtime, f"split '{split.name}'")
     if np.isnan(scores).any():
-        raise RuntimeError(f"{int(np.isnan(scores).sum())} reviews of split '{split.name}' got no finite score")
+        raise NonFiniteScores(f"{int(np.isnan(scores).sum())} reviews of split '{split.name}' got no finite score")
     return scores
 
 
@@ -76,6 +76,10 @@ def check_fits(checkpoint: Checkpoint, dataset: PreparedDataset) -> None:
         if int(stored["dim"]) != inputs.text_state_dim:
             raise MrhpError(f"{where}: the model reads token states of width {inputs.text_state_dim}; the data "
                             f"holds {stored['dim']}")
+
+
+class NonFiniteScores(RuntimeError):
+    """The model scored some reviews NaN: its weights are finite but its scores overflow (a diverging run)."""
 
 
 def per_product_metrics(

@@ -49,8 +49,8 @@ from mrhp.errors import MrhpError
 from mrhp.models.checkpoint import Checkpoint, load_checkpoint
 from mrhp.objectives.losses import MODALITY_KEYS
 from mrhp.objectives.metrics import METRICS
-from mrhp.outputs import write_text_atomic
-from mrhp.scoring.evaluate import score_split
+from mrhp.outputs import write_atomic, write_text_atomic
+from mrhp.scoring.evaluate import check_fits, score_split
 from mrhp.scoring.loop import forward_groups
 from mrhp.studies.compare import (
     Comparison,
@@ -427,7 +427,7 @@ def _plots(out: Path, comparison: Comparison, ablations: dict, distance_results:
         ax.set_title(title)
         ax.legend(fontsize=8)
         fig.tight_layout()
-        fig.savefig(out / name, dpi=120)
+        _save_figure(fig, out / name)
         plt.close(fig)
         written.append(name)
 
@@ -445,10 +445,32 @@ def _plots(out: Path, comparison: Comparison, ablations: dict, distance_results:
             ax.set_xlabel("helpfulness label")
         np.atleast_1d(axes)[0].legend(fontsize=8)
         fig.tight_layout()
-        fig.savefig(out / "distances.png", dpi=120)
+        _save_figure(fig, out / "distances.png")
         plt.close(fig)
         written.append("distances.png")
     return written
+
+
+def _check_runs_fit(systems: dict[str, System], dataset: PreparedDataset, split: str) -> None:
+    """Every run was trained on `dataset` (vocabulary, image width, text states) and evaluated on its `split`."""
+    products = set(dataset.split(split).product_ids)
+    for system in systems.values():
+        for checkpoint, run in zip(system.checkpoints, system.runs):
+            check_fits(load_checkpoint(checkpoint), dataset)
+            missing = [product for product in run.product_ids if product not in products]
+            if missing:
+                raise MrhpError(f"{run.path}: {len(missing)} products are not in split {split!r} of {dataset.path} "
+                                f"(e.g. {', '.join(missing[:3])}): give the dataset the run was evaluated on")
+
+
+def _save_figure(fig, path: Path) -> None:
+    """A plot as PNG, written atomically (a full disk leaves no empty file)."""
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=120, format="png")
+    data = buffer.getvalue()
+    write_atomic(path, lambda temporary: temporary.write_bytes(data))
 
 
 def write_report(paths: list[Path], data: Path, out: Path, split: str = "test", title: str | None = None,
@@ -457,6 +479,7 @@ def write_report(paths: list[Path], data: Path, out: Path, split: str = "test", 
     `reference` and `baseline` name the systems of those roles (`assign_roles`)."""
     dataset = PreparedDataset.open(data)
     systems = read_systems(paths, split)
+    _check_runs_fit(systems, dataset, split)
     roles = assign_roles(systems, reference, baseline)
     comparison, main = main_table(roles)
     table5 = significance_table(roles)

@@ -38,7 +38,7 @@ from mrhp.config import Config, ModelInputs
 from mrhp.data.batching import Batch, mixed_training_batches
 from mrhp.data.loader import PlannedBatches, batch_loader
 from mrhp.data.prepared import PreparedDataset, check_same_interface
-from mrhp.errors import MrhpError
+from mrhp.errors import DataError, MrhpError
 from mrhp.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from mrhp.models.paper import ModelOutput
 from mrhp.models.registry import build_model, initialise_from_data
@@ -50,9 +50,9 @@ from mrhp.objectives.losses import (
     set_contrastive_loss,
 )
 from mrhp.objectives.metrics import METRICS, summarize
-from mrhp.outputs import write_text_atomic
+from mrhp.outputs import write_error, write_text_atomic
 from mrhp.progress import progress_bar
-from mrhp.scoring.evaluate import evaluate_split, format_metrics
+from mrhp.scoring.evaluate import NonFiniteScores, evaluate_split, format_metrics
 
 log = logging.getLogger(__name__)
 
@@ -146,15 +146,27 @@ def _keep_metrics_through(path: Path, epoch: int) -> None:
     if not path.exists():
         return
     kept = []
-    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(keepends=True), start=1):
         try:
             record = json.loads(line)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             break
-        if not line.endswith("\n") or int(record.get("epoch", 0)) > epoch:
+        if not line.endswith("\n"):
+            break
+        recorded = record.get("epoch") if isinstance(record, dict) else None
+        if not isinstance(recorded, int) or isinstance(recorded, bool) or recorded < 1:
+            raise DataError(f"epoch is {recorded!r}, not a positive integer (a damaged run log); use a new run "
+                            "folder", file=path, line=number, field="epoch")
+        if recorded > epoch:
             break
         kept.append(line)
     write_text_atomic(path, "".join(kept))  # a kill during the rewrite leaves the old file whole
+
+
+def diverged(what: str, config: Config) -> MrhpError:
+    """The error of a run whose loss or weights stopped being finite (too high a learning rate or loss scale)."""
+    return MrhpError(f"training diverged: {what}; lower train.lr (now {config.train.lr}) or the loss settings "
+                     f"(loss.o_p {config.loss.o_p}, loss.o_n {config.loss.o_n}), or set train.grad_clip")
 
 
 def train_epoch(net: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
@@ -172,6 +184,8 @@ def train_epoch(net: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.
         waited += time.perf_counter() - started
         with autocast(device, config.train.precision):
             loss, parts = joint_loss(net(batch), batch, config)
+        if not all(math.isfinite(value) for value in parts.values()):  # the values are on the host already
+            raise diverged(f"the loss is {parts} at step {steps + 1}", config)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if config.train.grad_clip > 0:
@@ -194,6 +208,10 @@ def train(
 
     Several sources must share one vocabulary, text encoder and widths (`check_same_interface`); the epochs mix
     their lists as `data.source_sampling` says, and each epoch's metrics line gives dev per source and pooled."""
+    run_dir = Path(run_dir)
+    if not resume and any((run_dir / name).exists() for name in ("last.safetensors", "best.safetensors")):
+        raise MrhpError(f"--out {run_dir}: holds a trained run already; continue it with --resume, or give another "
+                        "folder (training over it would replace its checkpoints)")
     paths = [Path(p) for p in ([data] if isinstance(data, (str, os.PathLike)) else data or config.data.paths)]
     if not paths:
         raise MrhpError("no training data: give --data (repeatable) or data.paths in the config")
@@ -230,27 +248,107 @@ def pooled_dev(model: nn.Module, datasets: Sequence[PreparedDataset], names: Seq
     return summarize({metric: np.concatenate(parts) for metric, parts in values.items()}), by_source
 
 
-def _resume_from(last_path: Path, config: Config, inputs: ModelInputs, runtime: Runtime) -> Checkpoint:
+def _resume_from(last_path: Path, config: Config, inputs: ModelInputs, runtime: Runtime,
+                 dataset: PreparedDataset) -> Checkpoint:
     """The checkpoint to resume from, when it was written by the same config (epochs, device and loader workers
-    may change) and world size."""
+    may change), world size and data (vocabulary and relevance threshold), and holds a whole training state."""
     saved = load_checkpoint(last_path)
+    if saved.vocab.tokens != dataset.vocab.tokens:
+        raise MrhpError(f"--resume: {last_path} was trained with another vocabulary than {dataset.path}'s; use the "
+                        "dataset it was trained on, or a new run folder")
+    if saved.relevance_threshold != dataset.relevance_threshold:
+        raise MrhpError(f"--resume: {last_path} was trained with relevance threshold {saved.relevance_threshold}, "
+                        f"{dataset.path} has {dataset.relevance_threshold}; use a new run folder")
     free = {"epochs": 0, "device": "", "loader_workers": 0}
+    # The data may have moved (a copied run folder and dataset): its folders' names and count must stay, and the
+    # vocabulary and threshold are checked above.
+    saved_data, data = (dataclasses.replace(d, paths=tuple(Path(p).name for p in d.paths))
+                        for d in (saved.config.data, config.data))
     if dataclasses.replace(saved.config.train, **free) != dataclasses.replace(config.train, **free) or (
-        (saved.config.model, saved.config.loss, saved.config.data) != (config.model, config.loss, config.data)
+        (saved.config.model, saved.config.loss, saved_data) != (config.model, config.loss, data)
     ) or saved.inputs != inputs:
         raise MrhpError(
             f"--resume: the config differs from the one saved in {last_path} (only train.epochs, train.device and "
-            "train.loader_workers may change); use a new run folder"
+            "train.loader_workers may change, and the datasets' folders may move); use a new run folder"
         )
     missing = [key for key in ("epoch", "best_metric", "best_epoch", "best", "scheduler") if key not in saved.state]
     missing += [name for name, value in (("optimizer", saved.optimizer), ("rng", saved.rng)) if value is None]
     if missing:
         raise MrhpError(f"--resume: {last_path} holds no complete training state (missing: {', '.join(missing)}); "
                         "use a new run folder")
+    _check_training_state(saved, last_path)
     if saved.state.get("world_size", 1) != runtime.world_size:
         raise MrhpError(f"--resume: {last_path} was trained by {saved.state.get('world_size', 1)} processes, not "
                         f"{runtime.world_size}: the global batch would change; use the same --nproc-per-node")
     return saved
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _same_kind(saved: object, fresh: object) -> bool:
+    """A saved optimizer setting has the JSON kind of a fresh optimizer's (a number stays a number, ...)."""
+    if isinstance(fresh, bool) or fresh is None:
+        return saved is None or isinstance(saved, bool)
+    if _is_number(fresh):
+        return _is_number(saved) and math.isfinite(saved)
+    if isinstance(fresh, (tuple, list)):
+        return isinstance(saved, (tuple, list)) and len(saved) == len(fresh) and all(map(_same_kind, saved, fresh))
+    return isinstance(saved, type(fresh))
+
+
+def _check_training_state(saved: Checkpoint, path: Path) -> None:
+    """The progress, optimizer, scheduler and random state of `last.safetensors` are those `_train` writes (names,
+    types and shapes), so that a damaged or hand-edited file is refused by name rather than crashing (or silently
+    continuing) later."""
+    def damaged(what: str) -> MrhpError:
+        return MrhpError(f"--resume: {path}: {what}; the training state is damaged, use a new run folder")
+
+    state = saved.state
+    for key in ("epoch", "best_epoch"):
+        if not isinstance(state[key], int) or isinstance(state[key], bool) or state[key] < 0:
+            raise damaged(f"state '{key}' is {state[key]!r}, not an integer >= 0")
+    if not _is_number(state["best_metric"]) or math.isnan(state["best_metric"]):
+        raise damaged(f"state 'best_metric' is {state['best_metric']!r}, not a number")
+    if state["best"] is not None and not isinstance(state["best"], dict):
+        raise damaged("state 'best' is not an object")
+    model = saved.model
+    fresh_optimizer = torch.optim.Adam(model.parameters(), lr=1.0)
+    fresh_scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(fresh_optimizer, mode="max")
+    scheduler = state["scheduler"]
+    wanted = set(fresh_scheduler.state_dict())
+    if not isinstance(scheduler, dict) or not wanted <= set(scheduler):
+        missing = sorted(wanted - set(scheduler)) if isinstance(scheduler, dict) else ["all"]
+        raise damaged(f"state 'scheduler' lacks {', '.join(missing)}")
+    groups, fresh_groups = saved.optimizer["param_groups"], fresh_optimizer.state_dict()["param_groups"]
+    if not isinstance(groups, list) or len(groups) != len(fresh_groups):
+        raise damaged(f"the optimizer has {len(groups) if isinstance(groups, list) else 'no'} parameter groups, "
+                      f"not {len(fresh_groups)}")
+    for group, fresh in zip(groups, fresh_groups):
+        for key, value in fresh.items():
+            if not isinstance(group, dict) or key not in group or not _same_kind(group[key], value):
+                raise damaged(f"optimizer setting '{key}' is "
+                              f"{group.get(key, 'missing') if isinstance(group, dict) else 'missing'!r}")
+        if group["params"] != fresh["params"]:
+            raise damaged("the optimizer's parameter list differs from the model's")
+    parameters = list(model.parameters())
+    for index, moments in saved.optimizer["state"].items():
+        if not 0 <= index < len(parameters):
+            raise damaged(f"optimizer state for parameter {index}, which the model does not have")
+        for key in ("step", "exp_avg", "exp_avg_sq"):
+            value = moments.get(key)
+            shape = () if key == "step" else parameters[index].shape
+            if not isinstance(value, torch.Tensor) or value.shape != shape or not value.is_floating_point():
+                found = "missing" if value is None else f"of shape {tuple(getattr(value, 'shape', ()))}"
+                raise damaged(f"optimizer tensor {index}.{key} is {found}, expected shape {tuple(shape)}")
+    # Parameters that never got a gradient have no moments, so only a trained run with none at all is certain.
+    if state["epoch"] > 0 and not saved.optimizer["state"]:
+        raise damaged("the optimizer holds no moments (its tensors are missing)")
+    rng = torch.get_rng_state()
+    if saved.rng.dtype != rng.dtype or saved.rng.shape != rng.shape:
+        raise damaged(f"the random state is {saved.rng.dtype} of shape {tuple(saved.rng.shape)}, expected "
+                      f"{rng.dtype} of shape {tuple(rng.shape)}")
 
 
 def _train(config: Config, inputs: ModelInputs, datasets: list[PreparedDataset], run_dir: Path, resume: bool,
@@ -272,7 +370,7 @@ def _train(config: Config, inputs: ModelInputs, datasets: list[PreparedDataset],
     # Which datasets the model learned from, by name and vocabulary (the checkpoint's record of its sources).
     sources = [{"name": name, "path": str(d.path), "vocab_fingerprint": d.vocab_fingerprint}
                for name, d in zip(names, datasets)]
-    saved = _resume_from(last_path, config, inputs, runtime) if resume and last_path.exists() else None
+    saved = _resume_from(last_path, config, inputs, runtime, dataset) if resume and last_path.exists() else None
     if saved is not None:
         model.load_state_dict(saved.model.state_dict())
         torch.set_rng_state(saved.rng)
@@ -323,9 +421,14 @@ def _train(config: Config, inputs: ModelInputs, datasets: list[PreparedDataset],
         loader = batch_loader(batches, workers=config.train.loader_workers, pin_memory=runtime.device.type == "cuda")
         sums, steps, waited = train_epoch(net, optimizer, scaler, loader, config, runtime.device, bar)
         bar.close()
+        if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+            raise diverged(f"weights became NaN or infinite in epoch {epoch}", config)
         train_seconds = time.perf_counter() - started
         totals = runtime.sum(np.array([steps, *sums.values()], dtype=np.float64))  # same keys on every rank
-        dev, dev_by_source = runtime.from_main(pooled_dev(model, datasets, names, config, progress, runtime))
+        try:
+            dev, dev_by_source = runtime.from_main(pooled_dev(model, datasets, names, config, progress, runtime))
+        except NonFiniteScores as error:
+            raise diverged(f"after epoch {epoch}, {error}", config) from None
         scheduler.step(dev[select])
         record = {
             "epoch": epoch,
@@ -351,8 +454,11 @@ def _train(config: Config, inputs: ModelInputs, datasets: list[PreparedDataset],
 def _write_epoch(run_dir: Path, record: dict, improved: bool, optimizer: torch.optim.Optimizer,
                  snapshot: Checkpoint) -> None:
     """Rank 0's files of an epoch: its metrics line, the best checkpoint when it improved, the last one."""
-    with (run_dir / "metrics.jsonl").open("a", encoding="utf-8") as out:
-        out.write(json.dumps(record) + "\n")
+    try:  # a torn last line (a full disk) is dropped on --resume
+        with (run_dir / "metrics.jsonl").open("a", encoding="utf-8") as out:
+            out.write(json.dumps(record) + "\n")
+    except OSError as error:
+        raise write_error(run_dir / "metrics.jsonl", error) from None
     if improved:
         save_checkpoint(run_dir / "best.safetensors", snapshot)
     snapshot.optimizer, snapshot.rng = optimizer.state_dict(), torch.get_rng_state()

@@ -151,9 +151,10 @@ class _BodyLimit:
     so a client can never make the server hold more than that per request; and, for a POST, 415 to a body not
     declared as JSON (also when no Content-Type is given) and 422 to one that is not UTF-8 (RFC 8259 JSON)."""
 
-    def __init__(self, app: Any, max_bytes: int) -> None:
+    def __init__(self, app: Any, max_bytes: int, timeout: float) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout = timeout  # seconds for the whole body: a client sending a byte now and then is cut off
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -164,8 +165,14 @@ class _BodyLimit:
             await self._too_large(int(declared), scope, receive, send)
             return
         chunks, size, more = [], 0, True
+        deadline = asyncio.get_running_loop().time() + self.timeout
         while more:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), deadline - asyncio.get_running_loop().time())
+            except TimeoutError:
+                await _error(408, f"the request body did not arrive whole within {self.timeout:g} s")(
+                    scope, receive, send)
+                return
             if message["type"] != "http.request":  # client went away
                 return
             chunks.append(message.get("body", b""))
@@ -330,6 +337,8 @@ def describe(ranker: Ranker, checkpoint_path: Path, settings: ServeSettings) -> 
         "limits": {
             "max_request_bytes": settings.max_request_bytes,
             "max_reviews": settings.max_reviews,
+            "max_image_files": settings.max_image_files,
+            "body_timeout_s": settings.body_timeout_s,
             "max_text_chars": settings.max_text_chars,
             "max_queued": settings.max_queued,
             "batch_rows": ranker.batch_rows,
@@ -376,7 +385,7 @@ def create_app(checkpoint_path: Path, settings: ServeSettings | None = None) -> 
             f"[n_regions, {checkpoint.inputs.image_dim}]; base64 image files: {image_files.note} (else 501)."
         ),
     )
-    app.add_middleware(_BodyLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(_BodyLimit, max_bytes=settings.max_request_bytes, timeout=settings.body_timeout_s)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _internal_error)
@@ -389,7 +398,8 @@ def create_app(checkpoint_path: Path, settings: ServeSettings | None = None) -> 
 def _add_routes(app: FastAPI, ranker: Ranker, scorer: BatchScorer, settings: ServeSettings,
                 description: dict[str, Any]) -> None:
     limits = RequestLimits(max_reviews=settings.max_reviews, max_text_chars=settings.max_text_chars,
-                           known_fields_only=True, null_is_absent=True)
+                           known_fields_only=True, null_is_absent=True,
+                           max_image_files=settings.max_image_files)
     errors = {
         413: {"model": ErrorResponse, "description": f"request body over {settings.max_request_bytes} bytes"},
         415: {"model": ErrorResponse, "description": "a body that is not declared as application/json"},
