@@ -3,11 +3,11 @@
 The data and settings are those of `mrhp demo` (`mrhp.studies.synthetic`, `mrhp.studies.demo.demo_config`: width 64, 8 epochs,
 learning rate 2e-3, selection on dev by MAP); each model is trained once per seed, evaluated once on test, and
 its per-product values are written to `OUT/runs/{model}-seed{seed}/test_per_product.jsonl`. The table is that
-of `mrhp compare` over those files (mean +/- sd over seeds, paired t-test against the reference), plus the
+of `mrhp compare` over those files (mean +/- sd over seeds, its default test against the reference), plus the
 training time of each model.
 
     python benchmarks/all_models_demo.py [--out all-models-demo] [--seeds 0 1 2] [--models mcr mrhp ...]
-        [--reference mcr] [--threads 1] [--set section.key=value ...]
+        [--reference mcr] [--threads 1] [--set section.key=value ...] [--smoke]
 """
 
 from __future__ import annotations
@@ -16,9 +16,11 @@ import argparse
 import logging
 from pathlib import Path
 
+from _common import add_smoke, demo_data, smoke_config
+
 from mrhp.config import MODEL_NAMES, apply_overrides, parse_set
 from mrhp.studies.compare import compare_systems, format_comparison, group_runs
-from mrhp.studies.demo import demo_config, prepare_demo_data
+from mrhp.studies.demo import demo_config
 from mrhp.studies.experiment import run_system
 
 
@@ -33,15 +35,18 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads per run (train.threads); at these sizes extra threads mostly wait")
     parser.add_argument("--no-progress", action="store_true")
+    add_smoke(parser)
     args = parser.parse_args()
+    if args.smoke:  # two models (the reference and the paper's), toy sizes
+        args.models, args.reference, args.seeds, args.no_progress = ["mcr", "mrhp"], "mcr", [0], True
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
     )
     if args.reference not in args.models:
         parser.error(f"--reference {args.reference} is not among --models")
 
-    dataset = prepare_demo_data(args.out, seed=0)
-    base = apply_overrides(demo_config(), parse_set(args.set), "--set").validate()
+    dataset = demo_data(args.out, args.smoke)
+    base = apply_overrides(smoke_config(demo_config(), args.smoke), parse_set(args.set), "--set").validate()
     seconds: dict[str, list[float]] = {}
     run_dirs = []
     for name in args.models:
@@ -52,7 +57,7 @@ def main() -> None:
             seconds.setdefault(name, []).append(result.seconds)
             run_dirs.append(result.run_dir)
 
-    comparison = compare_systems(group_runs(run_dirs, []), reference=args.reference, test="t")
+    comparison = compare_systems(group_runs(run_dirs, []), reference=args.reference)
     print()
     print("Test split of the synthetic demo data, every model with the demo's settings (selected on dev)")
     print(format_comparison(comparison))

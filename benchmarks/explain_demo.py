@@ -10,7 +10,7 @@ two questions of the review-text shares:
 2. Do the product's topic words get a larger share than the other words? (mean share over all words, and the
    fraction of reviews holding both kinds whose topic words have the larger mean share)
 
-    python benchmarks/explain_demo.py [--run demo-run] [--seed 0] [--top 3]
+    python benchmarks/explain_demo.py [--run demo-run] [--seed 0] [--top 3] [--smoke]
 
 `--run` is an `mrhp demo --out` folder (its `prepared/` data and `runs/full-model/best.safetensors`); `--seed` the
 seed it was made with. One torch thread.
@@ -19,12 +19,14 @@ seed it was made with. One torch thread.
 from __future__ import annotations
 
 import argparse
+import tempfile
 from collections import Counter
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
+from _common import add_smoke, demo_data, smoke_config
 
 from mrhp.data.batching import chunk_product_reviews, split_item_lists
 from mrhp.data.prepared import PreparedDataset
@@ -38,8 +40,16 @@ def main() -> None:
     parser.add_argument("--run", type=Path, default=Path("demo-run"), help="an `mrhp demo --out` folder")
     parser.add_argument("--seed", type=int, default=0, help="the seed the demo data was made with")
     parser.add_argument("--top", type=int, default=3, help="words with the largest positive share per review")
+    add_smoke(parser)
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.smoke:  # a stand-in for the demo run: a toy full model on a few products of the demo data
+        from mrhp.studies.demo import demo_config
+        from mrhp.studies.experiment import run_system
+
+        args.run, args.seed = Path(tempfile.mkdtemp(prefix="explain-demo-smoke-")), 0
+        run_system("full model", smoke_config(demo_config(), True), demo_data(args.run, True), args.run / "runs",
+                   progress=False)
     checkpoint = load_checkpoint(args.run / "runs" / "full-model" / "best.safetensors")
     dataset = PreparedDataset.open(args.run / "prepared")
     split = dataset.split("test")
@@ -80,11 +90,11 @@ def main() -> None:
                     mixed += 1
                     wins += int(weights[own].mean() > weights[~own].mean())
     print(f"{split.num_reviews} test reviews of {split.num_products} products, full model of {args.run}")
-    print(f"top-{args.top} words by positive share that are the product's topic words: {hits / top_count:.1%} "
-          f"({hits} of {top_count}); base rate among all review words: {base / word_count:.1%}")
-    print(f"mean share of a product-topic word: {np.mean(topic_shares):+.4f} ({len(topic_shares)} words); "
-          f"of any other word: {np.mean(other_shares):+.4f} ({len(other_shares)} words)")
-    print(f"reviews with both kinds of words whose topic words have the larger mean share: {wins / mixed:.1%} "
+    print(f"top-{args.top} words by positive share that are the product's topic words: {hits / max(top_count, 1):.1%} "
+          f"({hits} of {top_count}); base rate among all review words: {base / max(word_count, 1):.1%}")
+    print(f"mean share of a product-topic word: {np.mean(topic_shares or [np.nan]):+.4f} ({len(topic_shares)} words); "
+          f"of any other word: {np.mean(other_shares or [np.nan]):+.4f} ({len(other_shares)} words)")
+    print(f"reviews with both kinds of words whose topic words have the larger mean share: {wins / max(mixed, 1):.1%} "
           f"({wins} of {mixed})")
 
 

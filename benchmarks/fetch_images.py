@@ -9,7 +9,7 @@ and bytes per second. Then the downloaded files go through the feature folder of
 (:class:`mrhp.features.image_folder.ImageFeatureFolder`, ``--threads`` threads) in the same run: images per second. The
 download step is not the bottleneck when its rate at a usual concurrency is above the extractor's.
 
-    python benchmarks/fetch_images.py [--images 64] [--latency 0.05] [--concurrency 1 4 16 64] [--threads 1]
+    python benchmarks/fetch_images.py [--images 64] [--latency 0.05] [--concurrency 1 4 16 64] [--threads 1] [--smoke]
 
 Needs the ``fetch`` and ``images`` extras.
 """
@@ -17,6 +17,7 @@ Needs the ``fetch`` and ``images`` extras.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import subprocess
 import sys
@@ -25,6 +26,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from _common import add_smoke
 from image_features import make_images
 
 from mrhp.features.fetch_images import FetchSettings, fetch_images
@@ -69,10 +71,19 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
     parser.add_argument("--threads", type=int, default=1, help="feature extractor threads")
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
+    add_smoke(parser)
     args = parser.parse_args()
     if args.serve is not None:
         serve(args.serve, args.latency)
         return
+    if args.smoke:
+        from mrhp.features.images import images_available
+
+        if not images_available() or importlib.util.find_spec("httpx") is None:
+            print("--smoke: the fetch and images extras are not both installed; nothing to measure")
+            return
+        args = argparse.Namespace(**{**vars(args), "images": 2, "width": 64, "height": 64, "latency": 0.0,
+                                     "concurrency": [2], "threads": 1})
 
     from mrhp.features.image_folder import ImageFeatureFolder
 
@@ -95,7 +106,8 @@ def main() -> None:
             print(f"{'concurrency':>11} {'images/s':>9} {'MiB/s':>7} {'seconds':>8}")
             for concurrency in args.concurrency:
                 out = root / f"fetched-{concurrency}"
-                settings = FetchSettings(concurrency=concurrency, per_host_rate=0)
+                settings = FetchSettings(concurrency=concurrency, per_host_rate=0,
+                                         allow_private_addresses=True)  # the local test server
                 report = fetch_images(urls, out, settings, progress=False)
                 assert report["outcomes"] == {"ok": len(urls)}, report["outcomes"]
                 print(f"{concurrency:>11} {report['files_per_second']:>9.1f} "

@@ -11,6 +11,7 @@ its own, measures after one warm-up batch:
 * peak resident memory of the subprocess.
 
     python benchmarks/image_features.py [--threads 2] [--images 64] [--batch-sizes 1 4 16 32] [--input-size 224]
+        [--smoke]
 
 Needs the ``images`` extra (``pip install 'mrhp[images]'``).
 """
@@ -18,16 +19,14 @@ Needs the ``images`` extra (``pip install 'mrhp[images]'``).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from _common import add_smoke, allocator, peak_rss_gb, python, report_result, run_child
 
 from mrhp.features.images import DEFAULT_INPUT_SIZE
 
@@ -76,7 +75,6 @@ def measure(args: argparse.Namespace) -> dict:
     for first in range(0, len(paths), args.batch_size):
         extractor.forward(pixels[first: first + args.batch_size])
     network = len(paths) / (time.perf_counter() - start)
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {
         "batch_size": args.batch_size,
         "threads": args.threads,
@@ -84,7 +82,7 @@ def measure(args: argparse.Namespace) -> dict:
         "end_to_end_images_per_s": round(end_to_end, 2),
         "decode_images_per_s_1_thread": round(decode, 2),
         "network_images_per_s": round(network, 2),
-        "peak_rss_mb": round(peak_kb / 1024, 1),
+        "peak_rss_mb": round(peak_rss_gb() * 1e3, 1),
     }
 
 
@@ -98,16 +96,24 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 16, 32])
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     parser.add_argument("--batch-size", type=int, help=argparse.SUPPRESS)
+    add_smoke(parser)
     args = parser.parse_args()
     if args.batch_size is not None:
-        print(json.dumps(measure(args)))
+        report_result(measure(args))
         return
+    if args.smoke:
+        from mrhp.features.images import images_available
+
+        if not images_available():
+            print("--smoke: the images extra is not installed; nothing to measure")
+            return
+        args = argparse.Namespace(**{**vars(args), "threads": 1, "images": 2, "width": 64, "height": 64,
+                                     "input_size": 64, "batch_sizes": [2]})
 
     import torch
 
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs visible, load average "
-          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}; MALLOC_* = "
-          f"{ {k: v for k, v in os.environ.items() if k.startswith('MALLOC_')} }")
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}; allocator: {allocator()}")
     with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()
         make_images(Path(folder), args.images, args.width, args.height)
@@ -117,13 +123,11 @@ def main() -> None:
         print(f"{'batch':>5}  {'end-to-end img/s':>16}  {'network img/s':>13}  {'decode img/s (1 thread)':>23}  "
               f"{'peak RSS MB':>11}")
         for batch_size in args.batch_sizes:
-            command = [sys.executable, __file__, "--folder", folder, "--batch-size", str(batch_size),
-                       "--threads", str(args.threads), "--input-size", str(args.input_size)]
-            output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-            row = json.loads(output.strip().splitlines()[-1])
+            row = run_child(python(__file__, "--folder", folder, "--batch-size", str(batch_size),
+                                   "--threads", str(args.threads), "--input-size", str(args.input_size)))
             print(f"{batch_size:>5}  {row['end_to_end_images_per_s']:>16}  {row['network_images_per_s']:>13}  "
                   f"{row['decode_images_per_s_1_thread']:>23}  {row['peak_rss_mb']:>11}")
-            print(json.dumps(row), file=sys.stderr)
+            print(row, file=sys.stderr)
 
 
 if __name__ == "__main__":

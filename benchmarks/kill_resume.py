@@ -10,7 +10,7 @@ reference:
 - train: the metrics lines (without their wall-clock seconds) and every weight of `last.safetensors`;
 - predict: the output file, byte for byte.
 
-    python benchmarks/kill_resume.py [--trials 5] [--seed 0] [--work DIR]
+    python benchmarks/kill_resume.py [--trials 5] [--seed 0] [--work DIR] [--smoke]
 
 Runs with one torch thread per process. Prints one line per trial and the counts.
 """
@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 import torch
+from _common import add_smoke
 from safetensors.torch import load_file
 
 from mrhp.studies.synthetic import SyntheticSpec, write_official_dataset
@@ -82,12 +83,17 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=5, help="kills per command")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, default=None, help="work folder (default: a temporary one, removed)")
+    add_smoke(parser)
     args = parser.parse_args()
     torch.set_num_threads(1)
     rng = random.Random(args.seed)
     work = args.work or Path(tempfile.mkdtemp(prefix="mrhp-kill-"))
     work.mkdir(parents=True, exist_ok=True)
-    spec = SyntheticSpec(products=(60, 10, 10), reviews_per_product=(3, 8), num_topics=4, feature_dim=16)
+    products, request_count, train_settings = (60, 10, 10), 3000, TRAIN_SETTINGS
+    if args.smoke:  # one kill per command, of toy runs
+        args.trials, products, request_count = 1, (8, 4, 4), 20
+        train_settings = [*TRAIN_SETTINGS, "--set", "train.epochs=2"]
+    spec = SyntheticSpec(products=products, reviews_per_product=(3, 8), num_topics=4, feature_dim=16)
     features = write_official_dataset(work / "official", "demo", spec)
     prepare = ["prepare", "--format", "mrhp", "--data-dir", str(work / "official"), "--category", "demo",
                "--features", str(features), "--min-count", "1", "--overwrite"]
@@ -95,11 +101,11 @@ def main() -> None:
     status, err, prepare_s = run(mrhp(*prepare, "--out", str(work / "prepared")))
     assert status == 0, err
     status, err, train_s = run(mrhp("train", "--data", str(work / "prepared"), "--out", str(work / "run"),
-                                    *TRAIN_SETTINGS))
+                                    *train_settings))
     assert status == 0, err
     requests = work / "requests.jsonl"
     with requests.open("w") as out:
-        for k in range(3000):
+        for k in range(request_count):
             reviews = [{"review_id": f"r{j}", "text": f"word{j} review text number {k} " * (1 + j % 5)}
                        for j in range(6)]
             out.write(json.dumps({"product_id": f"p{k}", "text": f"product {k}", "reviews": reviews}) + "\n")
@@ -121,7 +127,7 @@ def main() -> None:
                 argv = mrhp(*prepare, "--out", str(target))
                 again = argv
             elif command == "train":
-                argv = mrhp("train", "--data", str(work / "prepared"), "--out", str(target), *TRAIN_SETTINGS)
+                argv = mrhp("train", "--data", str(work / "prepared"), "--out", str(target), *train_settings)
                 again = [*argv, "--resume"]
             else:
                 argv = mrhp(*predict, "--output", str(target))

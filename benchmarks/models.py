@@ -1,14 +1,14 @@
 """Cost of every model of the registry on the same inputs, at the paper's sizes (SPEC 9), on CPU.
 
-Inputs (`make_batch` of benchmarks/speed.py): 32 product-review rows per step (4 products x 8 reviews), 128 text
-tokens for the product and every review, 128 image regions of 2048-d for each, d = 128, vocabulary 50,000 x
-300-d, every other setting at its default. For each model: parameters, training step time (forward, loss,
+Inputs (`synthetic_batch` of benchmarks/_common.py, as in benchmarks/speed.py): 32 product-review rows per step
+(4 products x 8 reviews), 128 text tokens for the product and every review, 128 image regions of 2048-d for each,
+d = 128, vocabulary 50,000 x 300-d, every other setting at its default. For each model: parameters, training step time (forward, loss,
 backward, Adam step; the paper's model with its contrastive term, the baselines with the hinge loss alone),
 inference time per review, and peak resident memory (ru_maxrss) after inference and after training, each model
 in a fresh subprocess. Then the growth of MCR next to the paper's model when texts and images grow together
 (`--lengths`, default 32/64/128/256 tokens and regions): training step time and peak memory.
 
-    python benchmarks/models.py [--threads 2] [--steps 3] [--models mrhp mcr ...] [--lengths 32 64 128 256]
+    python benchmarks/models.py [--threads 2] [--steps 3] [--models mrhp mcr ...] [--lengths 32 64 128 256] [--smoke]
 
 Allocator: glibc defaults unless MALLOC_* variables are set in the environment; they are printed. The machine
 may be shared: the load average at the start is printed with the figures.
@@ -17,41 +17,39 @@ may be shared: the load average at the start is printed with the figures.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import resource
-import statistics
-import subprocess
-import sys
-import time
 
+import _common
 import torch
-from speed import make_batch
+from _common import (
+    add_smoke,
+    allocator,
+    median_seconds,
+    peak_rss_gb,
+    python,
+    report_result,
+    synthetic_batch,
+)
+
+SMOKE_SIZES = {"threads": 1, "steps": 1, "rows": 4, "reviews_per_product": 2, "tokens": 8, "regions": 4,
+               "feature_dim": 16, "vocab": 50, "models": ["mrhp", "mcr"], "lengths": [8]}
 
 
 def measure(name: str, tokens: int, regions: int, args: argparse.Namespace) -> dict[str, float]:
     """In a child process: `args.steps` timed steps after one warm-up step, inference first, then training."""
-    from mrhp.config import Config, ModelConfig
+    from mrhp.config import Config, ModelConfig, ModelInputs
     from mrhp.models.registry import build_model
     from mrhp.training.loop import joint_loss
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model_config = ModelConfig(name=name, vocab_size=args.vocab, embedding_dim=300, image_dim=args.feature_dim)
+    model_config = ModelConfig(name=name)
     config = Config(model=model_config)
-    model = build_model(model_config)
+    model = build_model(model_config, ModelInputs(vocab_size=args.vocab, image_dim=args.feature_dim, embedding_dim=300))
     products = args.rows // args.reviews_per_product
-    batch = make_batch(products, args.reviews_per_product, tokens, regions, args.feature_dim, args.vocab)
+    batch = synthetic_batch(products, args.reviews_per_product, tokens, regions, args.feature_dim, args.vocab)
     rows = products * args.reviews_per_product
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)  # as mrhp.training.loop does
-
-    def timed(step) -> float:
-        times = []
-        for _ in range(args.steps + 1):  # the first step warms up
-            started = time.perf_counter()
-            step()
-            times.append(time.perf_counter() - started)
-        return statistics.median(times[1:])
 
     def infer() -> None:
         model.eval()
@@ -65,10 +63,10 @@ def measure(name: str, tokens: int, regions: int, args: argparse.Namespace) -> d
         loss.backward()
         optimizer.step()
 
-    infer_seconds = timed(infer)
-    infer_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
-    train_seconds = timed(train)
-    train_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
+    infer_seconds = median_seconds(infer, args.steps)
+    infer_peak = peak_rss_gb()
+    train_seconds = median_seconds(train, args.steps)
+    train_peak = peak_rss_gb()
     return {
         "parameters": sum(p.numel() for p in model.parameters()),
         "train_seconds_per_step": train_seconds,
@@ -79,18 +77,18 @@ def measure(name: str, tokens: int, regions: int, args: argparse.Namespace) -> d
     }
 
 
-def run_child(name: str, tokens: int, regions: int, args: argparse.Namespace) -> dict[str, float] | str:
+def measured(name: str, tokens: int, regions: int, args: argparse.Namespace) -> dict[str, float] | str:
     """One measurement in a fresh interpreter, so its peak memory is its own; returns the error text on failure."""
-    command = [
-        sys.executable, __file__, "--child", name, "--child-tokens", str(tokens), "--child-regions", str(regions),
+    command = python(
+        __file__, "--child", name, "--child-tokens", str(tokens), "--child-regions", str(regions),
         "--threads", str(args.threads), "--steps", str(args.steps), "--rows", str(args.rows),
         "--reviews-per-product", str(args.reviews_per_product), "--feature-dim", str(args.feature_dim),
         "--vocab", str(args.vocab),
-    ]
-    finished = subprocess.run(command, capture_output=True, text=True)
-    if finished.returncode != 0:
-        return finished.stderr.strip().splitlines()[-1] if finished.stderr.strip() else f"exit {finished.returncode}"
-    return json.loads(finished.stdout.strip().splitlines()[-1])
+    )
+    try:
+        return _common.run_child(command)
+    except RuntimeError as error:
+        return str(error).strip().splitlines()[-1]
 
 
 def main() -> None:
@@ -111,13 +109,15 @@ def main() -> None:
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--child-tokens", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--child-regions", type=int, help=argparse.SUPPRESS)
+    add_smoke(parser)
     args = parser.parse_args()
+    if args.smoke:
+        args = argparse.Namespace(**{**vars(args), **SMOKE_SIZES})
     if args.child:
-        print(json.dumps(measure(args.child, args.child_tokens, args.child_regions, args)))
+        report_result(measure(args.child, args.child_tokens, args.child_regions, args))
         return
 
-    allocator = {key: value for key, value in os.environ.items() if key.startswith("MALLOC_")} or "glibc defaults"
-    print(f"torch {torch.__version__}, {args.threads} threads, allocator: {allocator}, "
+    print(f"torch {torch.__version__}, {args.threads} threads, allocator: {allocator()}, "
           f"load average at start {os.getloadavg()[0]:.1f}")
     print(f"{args.rows} rows per step ({args.rows // args.reviews_per_product} products x {args.reviews_per_product} "
           f"reviews), {args.tokens} tokens, {args.regions} regions x {args.feature_dim}-d, "
@@ -127,7 +127,7 @@ def main() -> None:
     print(header)
     print("-" * len(header))
     for name in args.models:
-        result = run_child(name, args.tokens, args.regions, args)
+        result = measured(name, args.tokens, args.regions, args)
         if isinstance(result, str):
             print(f"{name:<10} failed: {result}")
             continue
@@ -145,7 +145,7 @@ def main() -> None:
     for length in args.lengths:
         cells = []
         for name in ("mrhp", "mcr"):
-            result = run_child(name, length, length, args)
+            result = measured(name, length, length, args)
             if isinstance(result, str):
                 cells.append(f"{'failed':>16}{'':>12}")
             else:

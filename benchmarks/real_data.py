@@ -31,6 +31,10 @@ after 2 epochs without dev improvement, one torch thread.
 
     python benchmarks/real_data.py [--shared ../shared/data] [--datasets finefood amazon2023-magazine ...]
         [--seeds 0 1 2 3 4] [--out runs/real-data] [--quick] [--dev-study]
+
+``--pooled`` runs the pooled study of ``benchmarks/pooled_study.py`` instead (one model on every set, MDSD and
+Steam included, beside per-set models and the floors; a left-out MDSD domain; the split by time), with
+``--smoke`` on generated stand-in data, ``--epochs``, ``--no-time-split`` and ``--sampling-study``.
 """
 
 from __future__ import annotations
@@ -46,17 +50,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from pooled_study import (
+    SETS as POOLED_SETS,  # the sibling module, found beside this script
+)
 
 from mrhp.config import Config, apply_overrides, load_config
 from mrhp.data.dumps import read_dump
 from mrhp.data.prepare import prepare_dataset
 from mrhp.data.prepared import PreparedDataset
 from mrhp.features.text_encoder import StateEncoder
-from mrhp.objectives.metrics import METRICS, paired_test
+from mrhp.objectives.metrics import METRICS
 from mrhp.scoring.evaluate import evaluate_split, write_per_product
 from mrhp.studies.compare import per_product_name
 from mrhp.studies.experiment import run_folder, run_system
 from mrhp.studies.floors import evaluate_floor
+from mrhp.studies.stats import CORRECTION, TESTS, holm, paired_test, product_means
 from mrhp.training.loop import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -200,8 +208,9 @@ def run_set(shared: Path, key: str, seeds: list[int], out: Path, epochs: int | N
         ties = Config().train.ties  # the floors are scored as the models are
 
         def record(system: str, product_ids: list[str], values: dict, dev_map: float, seconds: float) -> None:
-            entry = results.setdefault(system, {"values": [], "dev_map": [], "seconds": []})
+            entry = results.setdefault(system, {"values": [], "product_ids": [], "dev_map": [], "seconds": []})
             entry["values"].append({name: values[name] for name in METRICS})
+            entry["product_ids"].append(list(product_ids))
             entry["dev_map"].append(dev_map)
             entry["seconds"].append(seconds)
             summary = "  ".join(f"{k.upper()} {100 * float(np.mean(values[k])):6.2f}" for k in METRICS)
@@ -244,19 +253,9 @@ def set_report(key: str, outcome: dict, seeds: list[int]) -> str:
     best_floor = max(FLOORS, key=lambda s: statistics.mean(results[s]["dev_map"]))
     # The floor chosen on dev is the rule; the length and LambdaMART floors are both shown, so that a floor that
     # does better on test than on dev cannot flatter a model.
-    lines += ["", f"Paired tests against the floors (best by dev MAP: {best_floor}), per-product values pooled over "
-                  "seeds (pairs: product x seed):", "",
-              "| system | floor | metric | system - floor | pairs | paired t p | randomization p |",
-              "|---|---|---|---|---|---|---|"]
-    for system in results:
-        if system in FLOORS:
-            continue
-        for floor in ("length floor", "LambdaMART floor"):
-            for name in METRICS:
-                a = np.concatenate([v[name] for v in results[system]["values"]])
-                b = np.concatenate([v[name] for v in results[floor]["values"]])
-                lines.append(f"| {system} | {floor} | {name.upper()} | {100 * (a.mean() - b.mean()):+.2f} | {a.size} | "
-                             f"{paired_test(a, b, 't'):.3g} | {paired_test(a, b, 'randomization', seed=0):.3g} |")
+    runs = {system: list(zip(entry["product_ids"], entry["values"])) for system, entry in results.items()}
+    lines += ["", f"Tests against the floors (best by dev MAP: {best_floor}):", "",
+              floor_tests(runs, [system for system in results if system not in FLOORS])]
     lines += ["", "Dev diagnostics (per seed):", "", "```json", json.dumps(outcome["diagnostics"], indent=1), "```"]
     return "\n".join(lines)
 
@@ -272,17 +271,34 @@ def paired_tests_from_files(out: Path, key: str, seeds: list[int]) -> str:
                  for seed in seeds]
         for system in ["length floor", "LambdaMART floor", *systems_]
     }
-    lines = ["| system | floor | metric | system - floor | pairs | paired t p | randomization p |",
-             "|---|---|---|---|---|---|---|"]
+    runs = {system: [(run.product_ids, run.values) for run in members] for system, members in values.items()}
+    return floor_tests(runs, systems_)
+
+
+def floor_tests(runs: dict[str, list[tuple[list[str], dict[str, np.ndarray]]]], systems_: list[str]) -> str:
+    """Every system of `systems_` against the length and the LambdaMART floor per metric: the tests over products
+    (`mrhp.studies.stats`; each seed has its own split, so each product's value is averaged over the seeds that
+    test it, and a product is one sample), Holm-adjusted over the table. `runs` maps a system to its
+    `(product_ids, {metric: values})` per seed."""
+    rows, raw = [], []
     for system in systems_:
         for floor in ("length floor", "LambdaMART floor"):
             for name in METRICS:
-                a = np.concatenate([run.values[name] for run in values[system]])
-                b = np.concatenate([run.values[name] for run in values[floor]])
-                assert all(x.product_ids == y.product_ids for x, y in zip(values[system], values[floor]))
-                lines.append(f"| {system} | {floor} | {name.upper()} | {100 * (a.mean() - b.mean()):+.2f} | {a.size} | "
-                             f"{paired_test(a, b, 't'):.3g} | {paired_test(a, b, 'randomization', seed=0):.3g} |")
-    return "\n".join(lines)
+                ours = product_means([(ids, values[name]) for ids, values in runs[system]])
+                theirs = product_means([(ids, values[name]) for ids, values in runs[floor]])
+                assert ours.keys() == theirs.keys(), "a system and its floor were tested on other products"
+                a, b = np.asarray(list(ours.values())), np.asarray([theirs[p] for p in ours])
+                raw += [paired_test(a, b, "t"), paired_test(a, b, "randomization", seed=0)]
+                difference = 100 * (a.mean() - b.mean())
+                rows.append(f"| {system} | {floor} | {name.upper()} | {difference:+.2f} | {a.size} |")
+    adjusted = iter(holm(raw))
+    header = (f"| system | floor | metric | system - floor | products | p products-t ({CORRECTION}) | "
+              f"p products-randomization ({CORRECTION}) |")
+    lines = [header, "|---|---|---|---|---|---|---|"]
+    lines += [f"{row} {next(adjusted):.3g} | {next(adjusted):.3g} |" for row in rows]
+    note = (f"{CORRECTION}-adjusted over the {len(raw)} p-values of this table; products-t: {TESTS['products-t']}; "
+            f"products-randomization: {TESTS['products-randomization']}.")
+    return "\n".join([*lines, "", note])
 
 
 def plot(key: str, results: dict, path: Path) -> None:
@@ -346,16 +362,38 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shared", type=Path, default=REPO / ".." / "shared" / "data",
                         help="the folder of the real samples (default ../shared/data)")
-    parser.add_argument("--datasets", nargs="+", choices=tuple(SETS), default=tuple(SETS))
+    parser.add_argument("--datasets", nargs="+", choices=tuple(dict.fromkeys([*SETS, *POOLED_SETS])),
+                        default=tuple(SETS), help="the sets (--pooled: default all of them, mdsd and steam included)")
     parser.add_argument("--seeds", type=int, nargs="+", help="split and training seeds (default 0..4; --quick 0)")
     parser.add_argument("--out", type=Path, default=Path("runs/real-data"))
     parser.add_argument("--quick", action="store_true", help="1 seed, 1 epoch: a smoke run, not a result")
     parser.add_argument("--dev-study", action="store_true", help="train the DEV_STUDY variants, report dev only")
+    parser.add_argument("--pooled", action="store_true",
+                        help="the pooled study (benchmarks/pooled_study.py): one model on every set, per-set models, "
+                             "floors, a left-out MDSD domain, the split by time; report in OUT/pooled.md")
+    parser.add_argument("--smoke", action="store_true",
+                        help="the pooled study on generated stand-in data with a tiny model, in seconds (checks, measures "
+                             "nothing; implies --pooled)")
+    parser.add_argument("--epochs", type=int, help="with --pooled: at most this many epochs (default: the config's)")
+    parser.add_argument("--sampling-study", action="store_true",
+                        help="with --pooled: train the pooled model under each data.source_sampling, report pooled dev only")
+    parser.add_argument("--no-time-split", action="store_true", help="with --pooled: leave out the split by time")
     parser.add_argument("--tests-only", action="store_true",
                         help="print the paired tests of a finished run in --out from its per-product files")
     args = parser.parse_args()
-    keys = [key for key in args.datasets if (args.shared / SETS[key].reviews).is_file()]
-    for key in args.datasets:
+    if args.pooled or args.smoke:
+        from pooled_study import run_pooled
+
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+        command = "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
+        seeds = args.seeds or ([0, 1] if args.smoke else [0, 1, 2, 3, 4])
+        chosen = None if "--datasets" not in sys.argv else args.datasets
+        return run_pooled(args.shared, seeds, args.out, smoke=args.smoke, epochs=args.epochs,
+                          config_path=REAL_DATA_CONFIG, datasets=chosen, with_time=not args.no_time_split,
+                          command=command, sampling=args.sampling_study)
+    chosen = [key for key in args.datasets if key in SETS]  # mdsd and steam: --pooled only
+    keys = [key for key in chosen if (args.shared / SETS[key].reviews).is_file()]
+    for key in chosen:
         if key not in keys:
             print(f"real_data: {key} skipped: {args.shared / SETS[key].reviews} not found")
     if not keys:

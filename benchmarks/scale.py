@@ -25,7 +25,7 @@ traffic: no fusion, no cache) and the operators, and times the collation of a ba
 PROJECTION for one H200 from its data-sheet peaks, marked as such. --compile also times the same steps with
 torch.compile in one process.
 
-    python benchmarks/scale.py [--out DIR] [--steps 8] [--warmup 2] [--threads 2] [--workers 0] [--compile]
+    python benchmarks/scale.py [--out DIR] [--steps 8] [--warmup 2] [--threads 2] [--workers 0] [--compile] [--smoke]
 """
 
 from __future__ import annotations
@@ -34,10 +34,8 @@ import argparse
 import itertools
 import json
 import os
-import resource
 import shutil
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,6 +43,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _common import add_smoke, peak_rss_gb, python, report_result
+from _common import run_child as run_command
 
 SIZES = {"products": 18_000, "reviews": 462_000, "tokens": 128, "regions": 128, "feature_dim": 2048,
          "vocab": 50_000, "dev_products": 200}
@@ -60,6 +60,7 @@ TARGET_ROWS_PER_S = 7_700  # the issue's goal: a Home epoch in 60 s on one H100/
 def build_dataset(path: Path, pool: int) -> None:
     """Write the prepared dataset (format of mrhp.data.prepared) unless one of the same sizes is there."""
     from mrhp.data.prepared import PREPARED_FORMAT, PREPARED_VERSION
+    from mrhp.data.side import STORED_SIDE_FEATURES
     from mrhp.data.store import FeatureStoreWriter
 
     wanted = {**SIZES, "pool": pool}
@@ -89,13 +90,15 @@ def build_dataset(path: Path, pool: int) -> None:
                                                                 dtype=np.int32))
             np.save(folder / f"{kind}_token_offsets.npy", np.arange(count + 1, dtype=np.int64) * SIZES["tokens"])
             np.save(folder / f"{kind}_image.npy", rng.integers(0, pool, count, dtype=np.int64))
+            (folder / f"{kind}_unk_words.txt").write_text("", encoding="utf-8")  # every word is in the vocabulary
+            np.save(folder / f"{kind}_unk_offsets.npy", np.zeros(count + 1, dtype=np.int64))
         np.save(folder / "review_product.npy", np.repeat(np.arange(products, dtype=np.int64), per_product))
         np.save(folder / "labels.npy", rng.integers(0, 5, reviews, dtype=np.int64))
         np.save(folder / "review_rating.npy", rng.integers(1, 6, reviews).astype(np.float32))
         counts[split] = sizes
     meta = {"format": PREPARED_FORMAT, "version": PREPARED_VERSION, "source": {"generator": "benchmarks/scale.py"},
             "relevance_threshold": 1, "feature_dim": SIZES["feature_dim"], "splits": ["train", "dev"],
-            "counts": counts}
+            "counts": counts, "side_features": list(STORED_SIDE_FEATURES)}  # no side-feature files: unknown
     (path / "dataset.json").write_text(json.dumps(meta, indent=1) + "\n")
     marker.write_text(json.dumps(wanted))
     print(f"dataset written to {path} in {time.perf_counter() - started:.0f} s")
@@ -108,31 +111,32 @@ def measure(args: argparse.Namespace) -> None:
     from mrhp.compute import distributed
     from mrhp.compute.devices import grad_scaler
     from mrhp.config import Config, TrainConfig
-    from mrhp.data.batching import training_batches
+    from mrhp.data.batching import mixed_training_batches
     from mrhp.data.loader import PlannedBatches, batch_loader
     from mrhp.data.prepared import PreparedDataset
     from mrhp.models.registry import build_model
     from mrhp.progress import progress_bar
-    from mrhp.training.loop import resolve_config, train_epoch
+    from mrhp.training.loop import model_inputs, train_epoch
 
     torch.set_num_threads(args.threads)
     dataset = PreparedDataset.open(args.out)
-    config = resolve_config(Config(train=TrainConfig(device=args.device, precision=args.precision,
-                                                     loader_workers=args.workers)), dataset)
+    config = Config(train=TrainConfig(device=args.device, precision=args.precision, loader_workers=args.workers))
+    inputs = model_inputs(config, dataset)
     with distributed.session(args.device) as runtime:
         device = runtime.device
         torch.manual_seed(0)
-        model = build_model(config.model).to(device)
+        model = build_model(config.model, inputs).to(device)
         optimizer = torch.optim.Adam(model.parameters(), lr=config.train.lr, fused=True)
         scaler = grad_scaler(device, config.train.precision)
         net = distributed.wrap(model, runtime)
         if args.compile:
             net = torch.compile(net)
         data = config.data
-        plan = distributed.shard_steps(training_batches(dataset.split("train"), data.batch_rows, data.max_list_size,
-                                                        seed=0, epoch=1), runtime)[:args.warmup + args.steps]
-        rows = sum(len(reviews) for groups in plan[args.warmup:] for _, reviews in groups)
-        batches = PlannedBatches(dataset, "train", plan, max_tokens=data.max_tokens, max_regions=data.max_regions)
+        plan = distributed.shard_steps(mixed_training_batches([dataset.split("train")], "products", data.batch_rows,
+                                                              data.max_list_size, seed=0, epoch=1),
+                                       runtime)[:args.warmup + args.steps]
+        rows = sum(len(reviews) for groups in plan[args.warmup:] for _, _, reviews in groups)
+        batches = PlannedBatches([dataset], "train", plan, max_tokens=data.max_tokens, max_regions=data.max_regions)
         stream = iter(batch_loader(batches, workers=args.workers, pin_memory=device.type == "cuda"))
         bar = progress_bar(show=False)
         train_epoch(net, optimizer, scaler, itertools.islice(stream, args.warmup), config, device, bar)
@@ -146,18 +150,18 @@ def measure(args: argparse.Namespace) -> None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - started
-        peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
+        peak_gb = peak_rss_gb()
         gpu_gb = torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else 0.0
         # Per-rank figures, each in its own slot, summed over the ranks.
         slots = np.zeros((5, runtime.world_size))
         slots[:, runtime.rank] = (rows, seconds, waited, peak_gb, gpu_gb)
         slots = runtime.sum(slots)
         if runtime.main:
-            print("RESULT " + json.dumps({
+            report_result({
                 "ranks": runtime.world_size, "steps": steps, "rows": float(slots[0].sum()),
                 "seconds": float(slots[1].max()), "wait_share": float((slots[2] / slots[1]).mean()),
                 "peak_gb": slots[3].tolist(), "gpu_gb": slots[4].tolist(),
-            }))
+            })
 
 
 def profile(args: argparse.Namespace) -> None:
@@ -167,11 +171,11 @@ def profile(args: argparse.Namespace) -> None:
     from torch.utils.flop_counter import FlopCounterMode
 
     from mrhp.config import Config
-    from mrhp.data.batching import training_batches
+    from mrhp.data.batching import mixed_training_batches
     from mrhp.data.loader import PlannedBatches
     from mrhp.data.prepared import PreparedDataset
     from mrhp.models.registry import build_model
-    from mrhp.training.loop import joint_loss, resolve_config
+    from mrhp.training.loop import joint_loss, model_inputs
 
     class Traffic(TorchDispatchMode):
         """Bytes of the tensors every aten operator reads and writes; views move nothing and are skipped."""
@@ -192,15 +196,16 @@ def profile(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads)
     dataset = PreparedDataset.open(args.out)
-    config = resolve_config(Config(), dataset)
+    config = Config()
     data = config.data
-    plan = training_batches(dataset.split("train"), data.batch_rows, data.max_list_size, seed=0, epoch=1)[:12]
-    batches = PlannedBatches(dataset, "train", plan, max_tokens=data.max_tokens, max_regions=data.max_regions)
+    plan = mixed_training_batches([dataset.split("train")], "products", data.batch_rows, data.max_list_size,
+                                  seed=0, epoch=1)[:12]
+    batches = PlannedBatches([dataset], "train", plan, max_tokens=data.max_tokens, max_regions=data.max_regions)
     started = time.perf_counter()
     inputs = [batches[i] for i in range(len(plan))]
     collate_ms = (time.perf_counter() - started) / len(plan) * 1e3
     torch.manual_seed(0)
-    model = build_model(config.model)
+    model = build_model(config.model, model_inputs(config, dataset))
     optimizer = torch.optim.Adam(model.parameters(), lr=config.train.lr, fused=True)
 
     def step(batch) -> None:
@@ -216,10 +221,10 @@ def profile(args: argparse.Namespace) -> None:
     traffic = Traffic()
     with traffic:
         step(inputs[2])
-    print("RESULT " + json.dumps({"flops": flops.get_total_flops(), "bytes": traffic.bytes,
-                                  "operators": traffic.operators, "rows": int(inputs[1].review_labels.numel()),
-                                  "rows_traffic": int(inputs[2].review_labels.numel()), "collate_ms": collate_ms,
-                                  "collate_rows": float(np.mean([b.review_labels.numel() for b in inputs]))}))
+    report_result({"flops": flops.get_total_flops(), "bytes": traffic.bytes,
+                   "operators": traffic.operators, "rows": int(inputs[1].review_labels.numel()),
+                   "rows_traffic": int(inputs[2].review_labels.numel()), "collate_ms": collate_ms,
+                   "collate_rows": float(np.mean([b.review_labels.numel() for b in inputs]))})
 
 
 # ---- the parent ------------------------------------------------------------------------------------------------
@@ -241,16 +246,8 @@ def run_child(args: argparse.Namespace, mode: str, *, processes: int = 1, thread
         command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node",
                    str(processes), "--master-addr", "127.0.0.1", "--master-port", str(free_port()), __file__, *options]
     else:
-        command = [sys.executable, __file__, *options]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    try:
-        finished = subprocess.run(command, capture_output=True, text=True, env=env, timeout=args.timeout, check=False)
-    except subprocess.TimeoutExpired:
-        raise RuntimeError(f"the {mode} measurement ran past --timeout {args.timeout} s") from None
-    lines = [line for line in finished.stdout.splitlines() if line.startswith("RESULT ")]
-    if finished.returncode != 0 or not lines:
-        raise RuntimeError(f"the {mode} measurement ({' '.join(command[1:])}) failed:\n{finished.stderr[-4000:]}")
-    return json.loads(lines[-1][len("RESULT "):])
+        command = python(__file__, *options)
+    return run_command(command, env={**os.environ, "OMP_NUM_THREADS": str(threads)}, timeout=args.timeout)
 
 
 def report(name: str, result: dict) -> float:
@@ -309,7 +306,12 @@ def main() -> None:
     parser.add_argument("--child", choices=("measure", "profile"), help=argparse.SUPPRESS)
     parser.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
     parser.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
+    add_smoke(parser)
     args = parser.parse_args()
+    if args.smoke:  # a toy dataset in a fresh folder, one timed step, one process
+        SIZES.update(products=16, reviews=128, tokens=8, regions=4, feature_dim=16, vocab=50, dev_products=4)
+        args.pool, args.steps, args.warmup = 4, 1, 1
+        args.out = Path(tempfile.mkdtemp(prefix="mrhp-scale-smoke-"))
     if args.child == "measure":
         measure(args)
         return
@@ -323,9 +325,10 @@ def main() -> None:
           f"{SIZES['feature_dim']}-d per item from a pool of {args.pool}; per-rank batch 32 rows; "
           f"loader workers {args.workers}")
     one = report(f"cpu 1 process, {args.threads} threads", run_child(args, "measure", threads=args.threads))
-    ddp = report("cpu DDP 2 processes (gloo), 1 thread", run_child(args, "measure", processes=2, threads=1))
-    print(f"DDP scaling: 2 gloo processes give {ddp / one:.2f}x the rows/s of 1 process with {args.threads} threads "
-          "(target >= 0.8)")
+    if not args.smoke:
+        ddp = report("cpu DDP 2 processes (gloo), 1 thread", run_child(args, "measure", processes=2, threads=1))
+        print(f"DDP scaling: 2 gloo processes give {ddp / one:.2f}x the rows/s of 1 process with {args.threads} "
+              "threads (target >= 0.8)")
     if torch.cuda.is_available():
         for precision in ("fp32", "bf16"):
             report(f"1 GPU {precision}", run_child(args, "measure", threads=args.threads, device="cuda",

@@ -13,6 +13,7 @@ and after it stops, and the ratio service / in-process (their mean).
     python benchmarks/serve.py [--requests 120] [--clients 4] [--max-seconds 90] [--reviews 8] [--words 40]
                                [--regions 8] [--image-dim 1280] [--vocab 20000] [--threads N] [--workers 1]
                                [--checkpoint PATH]
+    python benchmarks/serve.py --smoke             # 4 short requests to a small model: checks, measures nothing
 
 With `--text-config configs/real-data.toml` it measures instead a model of that config (pretrained text encoder,
 untrained otherwise: latency does not depend on the weights) for each `--precisions` variant and each
@@ -51,7 +52,8 @@ import httpx
 import numpy as np
 import torch
 
-from mrhp.config import Config, ModelConfig, load_config
+from _common import add_smoke
+from mrhp.config import Config, ModelConfig, ModelInputs, load_config
 from mrhp.data.text import PAD, UNK, Vocabulary
 from mrhp.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from mrhp.models.registry import build_model
@@ -64,10 +66,11 @@ from text_encoder import load_reviews  # noqa: E402  (the benchmark beside this 
 
 def paper_size_checkpoint(path: Path, vocab: int, image_dim: int) -> None:
     torch.manual_seed(0)
-    config = Config(model=ModelConfig(vocab_size=vocab, image_dim=image_dim)).validate()
+    config = Config(model=ModelConfig()).validate()
+    inputs = ModelInputs(vocab_size=vocab, image_dim=image_dim, embedding_dim=config.model.embedding_dim)
     words = [PAD, UNK] + [f"w{i}" for i in range(vocab - 2)]
-    save_checkpoint(path, Checkpoint(model=build_model(config.model), config=config, vocab=Vocabulary(words),
-                                     relevance_threshold=1))
+    save_checkpoint(path, Checkpoint(model=build_model(config.model, inputs), config=config, inputs=inputs,
+                                     vocab=Vocabulary(words), relevance_threshold=1))
 
 
 def make_requests(count: int, reviews: int, words: int, regions: int, vocab: int, image_dim: int) -> list[dict]:
@@ -301,7 +304,7 @@ def main() -> None:
     parser.add_argument("--precisions", nargs="+", default=["fp32", "int8"], help="text encoder variants (--text-config)")
     parser.add_argument("--thread-counts", type=int, nargs="+", default=[1, 2], help="server threads (--text-config)")
     parser.add_argument("--data", type=Path, default=Path("../shared/data"), help="Magazine reviews (--text-config)")
-    parser.add_argument("--smoke", action="store_true", help="with --text-config: 3 requests of 2 reviews, 1 thread")
+    add_smoke(parser)
     args = parser.parse_args()
     if args.text_config is not None:
         if args.smoke:
@@ -314,6 +317,9 @@ def main() -> None:
             args.clients = 8
         text_model_study(args)
         return
+    if args.smoke:  # the same path end to end with a small vocabulary, 4 short requests and 1 client
+        args.requests, args.clients, args.reviews, args.words, args.regions = 4, 1, 2, 5, 2
+        args.image_dim, args.vocab, args.threads, args.in_process_requests, args.max_seconds = 8, 100, 1, 2, 30.0
 
     with tempfile.TemporaryDirectory() as folder:
         path = args.checkpoint
@@ -323,7 +329,7 @@ def main() -> None:
         checkpoint = load_checkpoint(path)
         model_config = checkpoint.config.model
         requests = make_requests(args.requests, args.reviews, args.words, args.regions, len(checkpoint.vocab),
-                                 model_config.image_dim)
+                                 checkpoint.inputs.image_dim)
         bodies = [json.dumps(r).encode() for r in requests]
         load_before = os.getloadavg()[0]
         torch.set_num_threads(args.threads)
@@ -358,7 +364,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {os.cpu_count()} CPU cores, {args.threads} torch threads, {args.workers} "
           f"worker(s); load average {load_before:.1f} before, {load_after:.1f} after")
     print(f"model: {model_config.name}, d={model_config.hidden_size}, D={model_config.interaction_layers}, "
-          f"vocabulary {model_config.vocab_size}, image features {model_config.image_dim}-d")
+          f"vocabulary {checkpoint.inputs.vocab_size}, image features {checkpoint.inputs.image_dim}-d")
     print(f"request: {args.reviews} reviews, {args.words} words per text, {args.regions} regions per item, "
           f"{statistics.mean(len(b) for b in bodies) / 1e3:.0f} kB of JSON on average")
     print(f"load: {done} of {len(bodies)} requests done in {wall:.1f} s from {args.clients} clients "

@@ -14,8 +14,8 @@ Per set and training seed: the baseline (`paper loss`) and, for each weight of `
 weight is chosen by the mean dev MAP over the seeds (or over ``--select-seeds`` only; the other seeds then train
 the baseline and the chosen weight alone); the test split is then evaluated once, for the baseline and the chosen
 weight only (the other weights never see test). The table has dev and test MAP / NDCG@3 / NDCG@5 (x100,
-mean ± sd over seeds) and the paired tests of `mrhp.studies.compare` (each product's value averaged over seeds; paired t
-and randomization) of the chosen weight against the baseline, on dev and on test.
+mean ± sd over seeds) and the tests of `mrhp.studies.compare` (its default, min F' with 2+ seeds, and the
+randomization test over products) of the chosen weight against the baseline, on dev and on test.
 
 Resumable: a finished run keeps its result in its folder (``OUT/{set}/{system}-seed{N}/``), and a rerun skips it,
 so the work can be cut into pieces of a few minutes, each under the shared CPU lock:
@@ -24,6 +24,7 @@ so the work can be cut into pieces of a few minutes, each under the shared CPU l
     flock /tmp/mrhp-cpu.lock python benchmarks/set_contrastive.py --sets amazon2023-magazine --seeds 0
     ...
     python benchmarks/set_contrastive.py          # every run done: selects the weight, tests, prints the table
+    python benchmarks/set_contrastive.py --smoke  # a tiny run in seconds (tests/test_benchmarks.py): measures nothing
 
 ``--shared`` is the folder of the real samples (default ../shared/data); an absent one is skipped with a message.
 """
@@ -35,16 +36,18 @@ import json
 import logging
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
+from _common import add_smoke, demo_data, smoke_config
 
 from mrhp.config import Config, apply_overrides, load_config
 from mrhp.data.prepared import PreparedDataset
 from mrhp.objectives.metrics import METRICS
 from mrhp.studies.compare import compare_systems, format_comparison, read_per_product
-from mrhp.studies.demo import demo_config, prepare_demo_data
+from mrhp.studies.demo import demo_config
 from mrhp.studies.experiment import evaluate_best
 from mrhp.training.loop import train
 
@@ -64,12 +67,13 @@ def folder(out: Path, key: str, system: str, seed: int) -> Path:
     return out / key / f"{slug}-seed{seed}"
 
 
-def open_dataset(key: str, shared: Path, out: Path) -> tuple[PreparedDataset, Config]:
-    """The set's prepared dataset (prepared once, reused by later runs) and its baseline config."""
+def open_dataset(key: str, shared: Path, out: Path, smoke: bool = False) -> tuple[PreparedDataset, Config]:
+    """The set's prepared dataset (prepared once, reused by later runs) and its baseline config; with `smoke`,
+    toy data and settings."""
     if key == "demo":
         prepared = out / key / "data" / "prepared"
-        dataset = PreparedDataset.open(prepared) if prepared.is_dir() else prepare_demo_data(out / key / "data", 0)
-        return dataset, demo_config()
+        dataset = PreparedDataset.open(prepared) if prepared.is_dir() else demo_data(out / key / "data", smoke)
+        return dataset, smoke_config(demo_config(), smoke)
     sys.path.insert(0, str(REPO / "benchmarks"))
     from real_data import MODEL_OVERRIDES, CachedStates, prepare_seed
 
@@ -160,7 +164,7 @@ def report(key: str, dataset: PreparedDataset, chosen: str, choice: str, seeds: 
             seconds = statistics.mean(r["seconds"] for r in results[system])
             lines.append(f"| {system} | {split} | " + " | ".join(cells) + f" | {epochs} | {seconds:.0f} |")
     for split in ("dev", "test"):
-        for test in ("t", "randomization"):
+        for test in (None, "products-randomization"):  # None: compare's default (min-f with 2+ seeds)
             comparison = compare_systems(runs[split], reference=BASELINE, test=test)
             lines += ["", "```", format_comparison(comparison), "```"]
     return "\n".join(lines)
@@ -180,7 +184,11 @@ def main() -> int:
     parser.add_argument("--weights", type=float, nargs="+", default=[0.1, 1.0],
                         help="candidate loss.set_contrastive_weight values, chosen on dev")
     parser.add_argument("--out", type=Path, default=Path("runs/set-contrastive"))
+    add_smoke(parser)
     args = parser.parse_args()
+    if args.smoke:  # the demo set only, one seed and weight, toy sizes, in a fresh folder
+        args.sets, args.seeds, args.all_seeds, args.weights = ["demo"], [0], [0], [1.0]
+        args.out = Path(tempfile.mkdtemp(prefix="set-contrastive-smoke-"))
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(1)
     started = time.perf_counter()
@@ -189,7 +197,7 @@ def main() -> int:
         if key == REAL_SET and not (args.shared / REAL_SET).is_dir():
             print(f"set_contrastive: {key} skipped: {args.shared / REAL_SET} not found")
             continue
-        dataset, base = open_dataset(key, args.shared, args.out)
+        dataset, base = open_dataset(key, args.shared, args.out, args.smoke)
         select_seeds = args.select_seeds or args.all_seeds
         train_runs(key, dataset, base, args.weights, [s for s in args.seeds if s in select_seeds], args.out)
         selected = choose_weight(args.out, key, args.weights, select_seeds)

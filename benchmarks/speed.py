@@ -7,7 +7,7 @@ subprocess so that its peak resident memory (ru_maxrss) is its own. Printed: tra
 loss, backward, Adam step), inference rows/s, peak memory, model GFLOP per row counted by
 torch.utils.flop_counter, achieved GFLOP/s, and a 2048^3 fp32 matmul peak measured in the same run.
 
-    python benchmarks/speed.py [--threads 2] [--steps 5] [--rows 32] [--reviews-per-product 8]
+    python benchmarks/speed.py [--threads 2] [--steps 5] [--rows 32] [--reviews-per-product 8] [--smoke]
 
 Allocator: glibc defaults unless MALLOC_* variables are set in the environment; they are printed.
 """
@@ -15,71 +15,46 @@ Allocator: glibc defaults unless MALLOC_* variables are set in the environment; 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import resource
-import statistics
-import subprocess
 import sys
-import time
 
 import torch
+from _common import (
+    add_smoke,
+    allocator,
+    median_seconds,
+    peak_rss_gb,
+    python,
+    report_result,
+    run_child,
+    synthetic_batch,
+)
 
 REFERENCE = {"train_rows_per_s": 0.75, "infer_rows_per_s": "2.2-3.0", "peak_gb_at_32_rows": 15.7}
 TARGET = {"train_rows_per_s": 10.0, "infer_rows_per_s": 30.0, "peak_gb_at_32_rows": 2.0}
-
-
-def make_batch(products: int, reviews: int, tokens: int, regions: int, feature_dim: int, vocab: int):
-    from mrhp.data.batching import Batch
-
-    n = products * reviews
-    generator = torch.Generator().manual_seed(0)
-    labels = torch.zeros(products, reviews, dtype=torch.int64)
-    labels[:, 0] = 3  # one helpful positive per list, the rest negatives
-    return Batch(
-        product_tokens=torch.randint(2, vocab, (products, tokens), generator=generator),
-        product_token_mask=torch.ones(products, tokens, dtype=torch.bool),
-        product_regions=torch.randn(products, regions, feature_dim, generator=generator),
-        product_region_mask=torch.ones(products, regions, dtype=torch.bool),
-        review_tokens=torch.randint(2, vocab, (n, tokens), generator=generator),
-        review_token_mask=torch.ones(n, tokens, dtype=torch.bool),
-        review_regions=torch.randn(n, regions, feature_dim, generator=generator),
-        review_region_mask=torch.ones(n, regions, dtype=torch.bool),
-        review_product=torch.arange(products).repeat_interleave(reviews),
-        list_group=torch.arange(products),
-        review_labels=labels.reshape(-1),
-        list_rows=torch.arange(n).view(products, reviews),
-        list_mask=torch.ones(products, reviews, dtype=torch.bool),
-    )
+SMOKE_SIZES = {"threads": 1, "steps": 1, "rows": 4, "reviews_per_product": 2, "tokens": 8, "regions": 4,
+               "feature_dim": 16, "vocab": 50, "matmul": 64}
 
 
 def measure(mode: str, args: argparse.Namespace) -> dict[str, float]:
-    """Run in a child process: time `args.steps` steps after one warm-up step."""
+    """Run in a child process: the median of `args.steps` steps after one warm-up step."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from mrhp.config import Config, ModelConfig
-    from mrhp.models.paper import HelpfulnessModel
+    from mrhp.config import Config, ModelConfig, ModelInputs
+    from mrhp.models.registry import build_model
     from mrhp.training.loop import joint_loss
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model_config = ModelConfig(
-        vocab_size=args.vocab, embedding_dim=300, image_dim=args.feature_dim,
-        checkpoint_activations=not args.no_checkpointing,
-    )
-    config = Config(model=model_config)
-    model = HelpfulnessModel(model_config)
-    products = args.rows // args.reviews_per_product
-    batch = make_batch(products, args.reviews_per_product, args.tokens, args.regions, args.feature_dim, args.vocab)
-    rows = products * args.reviews_per_product
     if mode == "matmul":
-        a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-        times = []
-        for _ in range(args.steps + 1):
-            started = time.perf_counter()
-            a @ b
-            times.append(time.perf_counter() - started)
-        return {"gflops": 2 * 2048**3 / statistics.median(times[1:]) / 1e9}
+        a, b = torch.randn(args.matmul, args.matmul), torch.randn(args.matmul, args.matmul)
+        return {"gflops": 2 * args.matmul**3 / median_seconds(lambda: a @ b, args.steps) / 1e9}
+    config = Config(model=ModelConfig(checkpoint_activations=not args.no_checkpointing))
+    inputs = ModelInputs(vocab_size=args.vocab, image_dim=args.feature_dim, embedding_dim=300)
+    model = build_model(config.model, inputs)
+    products = args.rows // args.reviews_per_product
+    batch = synthetic_batch(products, args.reviews_per_product, args.tokens, args.regions, args.feature_dim,
+                            args.vocab)
+    rows = products * args.reviews_per_product
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)  # as mrhp.training.loop does
 
     def step() -> None:
@@ -94,13 +69,8 @@ def measure(mode: str, args: argparse.Namespace) -> dict[str, float]:
             with torch.no_grad():
                 model(batch)
 
-    times = []
-    for _ in range(args.steps + 1):  # the first step warms up
-        started = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - started)
-    seconds = statistics.median(times[1:])
-    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # before the FLOP counter's own step
+    seconds = median_seconds(step, args.steps)
+    peak_gb = peak_rss_gb()  # before the FLOP counter's own step
     with FlopCounterMode(display=False) as counter:
         step()
     flops = counter.get_total_flops()
@@ -123,26 +93,30 @@ def main() -> None:
     parser.add_argument("--regions", type=int, default=128)
     parser.add_argument("--feature-dim", type=int, default=2048)
     parser.add_argument("--vocab", type=int, default=50_000)
+    parser.add_argument("--matmul", type=int, default=2048, help="side of the fp32 matmul that measures the peak")
     parser.add_argument("--no-checkpointing", action="store_true", help="keep every activation for backward")
     parser.add_argument("--child", choices=("train", "infer", "matmul"), help=argparse.SUPPRESS)
+    add_smoke(parser)
     args = parser.parse_args()
+    if args.smoke:
+        args = argparse.Namespace(**{**vars(args), **SMOKE_SIZES})
     if args.child:
-        print(json.dumps(measure(args.child, args)))
+        report_result(measure(args.child, args))
         return
-    allocator = {key: value for key, value in os.environ.items() if key.startswith("MALLOC_")} or "glibc defaults"
-    print(f"torch {torch.__version__}, {args.threads} threads, allocator: {allocator}")
+    print(f"torch {torch.__version__}, {args.threads} threads, allocator: {allocator()}")
     print(f"activation checkpointing: {'off' if args.no_checkpointing else 'on'}")
     print(f"rows per step {args.rows} ({args.rows // args.reviews_per_product} products x {args.reviews_per_product} reviews), "
           f"{args.tokens} tokens, {args.regions} regions x {args.feature_dim}-d, median of {args.steps} steps")
     results = {}
+    flags = {"child", "no_checkpointing", "smoke"}
     for mode in ("matmul", "train", "infer"):
-        child = [sys.executable, __file__, "--child", mode] + [
-            f"--{key.replace('_', '-')}={value}" for key, value in vars(args).items() if key not in ("child", "no_checkpointing")
-        ] + (["--no-checkpointing"] if args.no_checkpointing else [])
-        finished = subprocess.run(child, capture_output=True, text=True)
-        if finished.returncode != 0:
-            sys.exit(f"the {mode} measurement failed:\n{finished.stderr}")
-        results[mode] = json.loads(finished.stdout.strip().splitlines()[-1])
+        child = python(__file__, "--child", mode, *(f"--{key.replace('_', '-')}={value}"
+                                                    for key, value in vars(args).items() if key not in flags),
+                       *(["--no-checkpointing"] if args.no_checkpointing else []))
+        try:
+            results[mode] = run_child(child)
+        except RuntimeError as error:
+            sys.exit(f"the {mode} measurement failed: {error}")
     peak = results["matmul"]["gflops"]
     for mode in ("train", "infer"):
         r = results[mode]
@@ -151,7 +125,7 @@ def main() -> None:
             f"peak memory {r['peak_gb']:.2f} GB  {r['gflop_per_row']:.2f} GFLOP/row  "
             f"{r['achieved_gflops']:.1f} GFLOP/s = {100 * r['achieved_gflops'] / peak:.0f}% of matmul peak"
         )
-    print(f"matmul peak (2048^3 fp32, same run): {peak:.1f} GFLOP/s")
+    print(f"matmul peak ({args.matmul}^3 fp32, same run): {peak:.1f} GFLOP/s")
     print(f"reference (SPEC 9): {REFERENCE}")
     print(f"targets: {TARGET}")
     ratio = results["train"]["rows_per_s"] / REFERENCE["train_rows_per_s"]

@@ -14,7 +14,7 @@ review text), else generated sentences of review-like length.
 
     python benchmarks/text_encoder.py [--data ../shared/data] [--reviews 200] [--threads 1 2] [--rounds 3]
                                       [--encoders minilm multilingual-e5] [--max-tokens 128] [--onnxruntime]
-    python benchmarks/text_encoder.py --smoke     # a few generated texts, MiniLM, 1 thread: seconds
+    python benchmarks/text_encoder.py --smoke      # 6 generated texts, MiniLM, 1 thread, 1 round: checks, measures nothing
 
 Needs the ``text`` extra (``pip install 'mrhp[text]'``).
 """
@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _common import add_smoke
 
 from mrhp.features.text_encoder import PretrainedText, encode_texts, load_pretrained
 
@@ -162,7 +163,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--encoders", nargs="+", default=["minilm", "multilingual-e5"])
     parser.add_argument("--onnxruntime", action="store_true", help="also MiniLM in ONNX Runtime (if installed)")
-    parser.add_argument("--smoke", action="store_true", help="6 generated texts, MiniLM, 1 thread, 1 round")
+    add_smoke(parser)
     args = parser.parse_args()
     if args.smoke:
         args.reviews, args.threads, args.rounds, args.encoders = 6, [1], 1, ["minilm"]

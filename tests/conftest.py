@@ -1,41 +1,11 @@
-"""What several test modules share: tiny models and their inputs, tiny prepared datasets, a JSON-lines writer, and
-pinning torch to one thread. Test modules import the plain helpers (`from conftest import ...`); `one_thread` is a
-fixture."""
+"""The fixtures several test modules share. Plain helpers live in `support.py`."""
 
 from __future__ import annotations
 
-import gzip
-import json
-import socket
-import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-
-from mrhp.config import Config, DataConfig, ModelConfig
-from mrhp.data.batching import Item, RankingList, collate
-from mrhp.data.text import Vocabulary
-from mrhp.models.checkpoint import Checkpoint, save_checkpoint
-from mrhp.models.registry import build_model
-from mrhp.studies.synthetic import SyntheticSpec, write_official_dataset
-
-VOCAB, FEATURES = 40, 6  # vocabulary size and image region width of the tiny models
-# The vocabulary of `tiny_checkpoint_file`: real words first, so requests can be written in words.
-WORDS = ["<pad>", "<unk>", "great", "pot", "lid", "steel", "bad", "handle", "cheap", "heavy", "ok", "love", "it",
-         "the", "is", "a", "and", "broke", "after", "week"]
-WORDS += [f"w{k}" for k in range(VOCAB - len(WORDS))]
-
-# `mrhp train` options for a model small enough to train in seconds on one thread.
-TINY_TRAIN_ARGS = [
-    "--set", "model.hidden_size=16", "--set", "model.embedding_dim=8", "--set", "model.num_heads=2",
-    "--set", "model.interaction_layers=2", "--set", "model.feedforward_size=16", "--set", "train.lr=0.003",
-    "--set", "data.batch_rows=16", "--set", "train.threads=1", "--no-progress",
-]
 
 
 @pytest.fixture(scope="module")
@@ -47,99 +17,30 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def tiny_model_config(**overrides) -> ModelConfig:
-    """The paper's model (or, with `name=`, a baseline) at a size that runs in milliseconds."""
-    settings = dict(hidden_size=16, embedding_dim=8, num_heads=2, interaction_layers=2, feedforward_size=32,
-                    dropout=0.0, vocab_size=VOCAB, image_dim=FEATURES)
-    return ModelConfig(**{**settings, **overrides})
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory) -> tuple[Path, Path]:
+    """(prepared dataset, its trained checkpoint): the tiny trained model of the bad-input matrix (test_bad_*.py),
+    trained once for the session."""
+    from support import TINY_TRAIN_ARGS, WIDTH, prepare_tiny_dataset
+
+    from mrhp.cli import main
+    from mrhp.studies.synthetic import SyntheticSpec
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("matrix")
+    spec = SyntheticSpec(products=(8, 3, 3), reviews_per_product=(3, 5), num_topics=3, feature_dim=WIDTH)
+    prepared = prepare_tiny_dataset(root, spec)
+    assert main(["train", "--data", str(prepared), "--out", str(root / "run"), "--set", "train.epochs=1",
+                 *TINY_TRAIN_ARGS]) == 0
+    return prepared, root / "run" / "best.safetensors"
 
 
-def item(rng: np.random.Generator, tokens: int, regions: int) -> Item:
-    return Item(rng.integers(2, VOCAB, size=tokens), rng.standard_normal((regions, FEATURES)).astype(np.float32))
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> Path:
+    """A tiny prepared dataset (official-format synthetic data, 12/4/4 products) for the end-to-end tests."""
+    from support import prepare_tiny_dataset
 
+    from mrhp.studies.synthetic import SyntheticSpec
 
-def ranking(rng: np.random.Generator, reviews: int, tokens: int = 5, regions: int = 3, group: int = 0) -> RankingList:
-    """A product with `reviews` random reviews of 1..`tokens` tokens and 0..`regions` regions, random labels."""
-    return RankingList(
-        product=item(rng, tokens, regions),
-        reviews=[
-            item(rng, int(rng.integers(1, tokens + 1)), int(rng.integers(0, regions + 1))) for _ in range(reviews)
-        ],
-        labels=[int(x) for x in rng.integers(0, 5, size=reviews)],
-        review_indices=list(range(reviews)),
-        group=group,
-    )
-
-
-def without_images(original: RankingList) -> RankingList:
-    """`original` with every image region removed (texts, labels and order kept)."""
-    return RankingList(
-        Item(original.product.tokens, original.product.regions[:0]),
-        [Item(r.tokens, r.regions[:0]) for r in original.reviews],
-        original.labels, original.review_indices, original.group,
-    )
-
-
-def scores_of(model: torch.nn.Module, lists: list[RankingList]) -> torch.Tensor:
-    with torch.no_grad():
-        return model(collate(lists, max_tokens=32, max_regions=32, feature_dim=FEATURES)).row_scores
-
-
-def prepare_tiny_dataset(root: Path, spec: SyntheticSpec) -> Path:
-    """The synthetic generator's official-format files for `spec` under `root/official`, prepared by
-    `mrhp prepare` (every word kept) into `root/prepared`, which is returned."""
-    from mrhp.cli import (
-        main,  # here, so that only the tests that prepare data depend on the CLI
-    )
-
-    features = write_official_dataset(root / "official", "tiny", spec)
-    status = main([
-        "prepare", "--format", "mrhp", "--data-dir", str(root / "official"), "--category", "tiny",
-        "--features", str(features), "--min-count", "1", "--out", str(root / "prepared"),
-    ])
-    assert status == 0
-    return root / "prepared"
-
-
-def write_lines(path: Path, rows: list, compress: bool = False) -> Path:
-    """One line per row: a dict as JSON, a string as it is (to write malformed lines); gzip with `compress`."""
-    text = "".join((row if isinstance(row, str) else json.dumps(row)) + "\n" for row in rows)
-    if compress:
-        with gzip.open(path, "wt", encoding="utf-8") as out:
-            out.write(text)
-    else:
-        path.write_text(text, encoding="utf-8")
-    return path
-
-
-@contextmanager
-def serving(app) -> Iterator[str]:
-    """Run `app` under uvicorn on 127.0.0.1 with a free port (a socket bound here, so no race) in a thread."""
-    import uvicorn  # the serve extra: only the tests that serve need it
-
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=20)
-        sock.close()
-
-
-def tiny_checkpoint_file(path: Path, seed: int = 0, **overrides) -> Path:
-    """A tiny untrained model of `tiny_model_config(**overrides)` saved as a checkpoint whose vocabulary is `WORDS`
-    (scores arbitrary but deterministic)."""
-    torch.manual_seed(seed)
-    config = Config(data=DataConfig(max_tokens=12, max_regions=8, eval_batch_rows=8),
-                    model=tiny_model_config(**overrides)).validate()
-    save_checkpoint(path, Checkpoint(model=build_model(config.model), config=config, vocab=Vocabulary(WORDS),
-                                     relevance_threshold=1, metrics={}, state={"epoch": 1}))
-    return path
+    spec = SyntheticSpec(products=(12, 4, 4), reviews_per_product=(3, 6), num_topics=4, feature_dim=8)
+    return prepare_tiny_dataset(tmp_path_factory.mktemp("e2e"), spec)

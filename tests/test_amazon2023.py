@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import write_lines
+from support import write_lines
 
 from mrhp.cli import main
 from mrhp.data.dumps import read_dump

@@ -3,13 +3,15 @@ empty texts, a decreasing loss, checkpoints; plus the comparison of per-product 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import (
+from scipy import stats
+from support import (
     FEATURES,
     TINY_TRAIN_ARGS,
     VOCAB,
@@ -17,11 +19,11 @@ from conftest import (
     prepare_tiny_dataset,
     ranking,
     scores_of,
+    tiny_inputs,
     tiny_model_config,
     without_images,
     write_lines,
 )
-from scipy import stats
 
 from mrhp.cli import main
 from mrhp.config import Config, ModelConfig, load_config
@@ -37,6 +39,7 @@ from mrhp.models.registry import (
     MODEL_NAMES,
     TEXT_ONLY,
     build_model,
+    capabilities,
     initialise_from_data,
     reads_images,
 )
@@ -59,7 +62,7 @@ def tiny_config(name: str) -> ModelConfig:
 
 def tiny_model(name: str) -> torch.nn.Module:
     torch.manual_seed(0)
-    model = build_model(tiny_config(name))
+    model = build_model(tiny_config(name), tiny_inputs())
     initialise_from_data(model, None)
     return model.eval()
 
@@ -103,7 +106,7 @@ def test_images_are_read_only_by_multimodal_models(name):
     without = without_images(with_images)
     model = tiny_model(name)
     same = torch.allclose(scores_of(model, [with_images]), scores_of(model, [without]), atol=1e-6)
-    assert same == (name in TEXT_ONLY) and reads_images(tiny_config(name)) == (name not in TEXT_ONLY)
+    assert same == (name in TEXT_ONLY) and reads_images(tiny_config(name), tiny_inputs()) == (name not in TEXT_ONLY)
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
@@ -157,7 +160,7 @@ def test_the_product_changes_the_score(name):
     base = scores_of(model, [original])
     text_changed = scores_of(model, [changed_product(original, rng, text=True, image=False)])
     image_changed = scores_of(model, [changed_product(original, rng, text=False, image=True)])
-    reads_product = name != "eg-cnn"  # EG-CNN reads the review alone (its paper ranks within one product)
+    reads_product = capabilities(name).product  # EG-CNN reads the review alone (its paper ranks within one product)
     assert (not torch.allclose(base, text_changed, atol=1e-6)) == reads_product
     assert (not torch.allclose(base, image_changed, atol=1e-6)) == (name not in TEXT_ONLY)
 
@@ -178,24 +181,73 @@ def test_product_aware_attention_reads_the_product():
     assert torch.allclose(empty, review.mean(dim=1), atol=1e-6)
 
 
-def test_mcr_kernel_max_pooling_reads_product_by_review_similarities():
-    """MCR's kernel max pooling runs over [Lp, Lr] cosine matrices (Conv-KNRM's translation matrices), built from
-    both sides: each entry is cos(product_i, review_j), padded cells are 0, and either side changes the features."""
+def test_mcr_kernel_max_pooling_crosses_every_pair_of_ngram_maps():
+    """MCR's text kernel max pooling runs over one [Lp, Lr] cosine matrix per (product n-gram map, review n-gram
+    map) pair, 3 x 3 = 9 channels as the reference's cross-match layer builds them (not over the cosines of the
+    summed maps): channel 3i + j holds cos(product gram i, review gram j); padded cells are 0; either side changes
+    the pooled features."""
     torch.manual_seed(0)
-    product, review, attended = torch.randn(2, 3, 4), torch.randn(2, 5, 4), torch.randn(2, 5, 4)
+    products, reviews = [torch.randn(2, 3, 4) for _ in range(3)], [torch.randn(2, 5, 4) for _ in range(3)]
     p_mask = torch.tensor([[True, True, False], [True, True, True]])
     r_mask = torch.tensor([[True] * 5, [True, True, False, False, False]])
-    grid, cells = similarity_channels(product * p_mask[..., None], p_mask, [review, attended], r_mask)
-    assert grid.shape == (2, 2, 3, 5) and torch.equal(cells, p_mask[:, :, None] & r_mask[:, None, :])
-    cosine = torch.nn.functional.cosine_similarity(product[0, 1], review[0, 4], dim=0)
-    assert torch.isclose(grid[0, 0, 1, 4], cosine, atol=1e-6) and grid[0, :, 2].eq(0).all()
-    assert grid[1, :, :, 2:].eq(0).all()
-    pooling = KernelMaxPooling(2)
+    grid, cells = similarity_channels(products, p_mask, reviews, r_mask)
+    assert grid.shape == (2, 9, 3, 5) and torch.equal(cells, p_mask[:, :, None] & r_mask[:, None, :])
+    for i in range(3):
+        for j in range(3):
+            cosine = torch.nn.functional.cosine_similarity(products[i][0, 1], reviews[j][0, 4], dim=0)
+            assert torch.isclose(grid[0, 3 * i + j, 1, 4], cosine, atol=1e-6), (i, j)
+    summed = torch.nn.functional.cosine_similarity(sum(products)[0, 1], sum(reviews)[0, 4], dim=0)
+    assert not torch.isclose(grid[0, :, 1, 4], summed, atol=1e-3).any()  # no channel is the summed maps' cosine
+    assert grid[0, :, 2].eq(0).all() and grid[1, :, :, 2:].eq(0).all()
+    pooling = KernelMaxPooling(9, kernels=2, filters=4, top_k=16)
     features = pooling(grid, cells)
-    other_product, _ = similarity_channels(-product * p_mask[..., None], p_mask, [review, attended], r_mask)
-    other_review, _ = similarity_channels(product * p_mask[..., None], p_mask, [review.flip(1), attended], r_mask)
+    assert features.shape == (2, 2 * 4 * 16)
+    other_product, _ = similarity_channels([-x for x in products], p_mask, reviews, r_mask)
+    other_review, _ = similarity_channels(products, p_mask, [x.flip(1) for x in reviews], r_mask)
     assert not torch.allclose(features, pooling(other_product, cells))
     assert not torch.allclose(features, pooling(other_review, cells))
+
+
+def test_mcr_pools_with_the_reference_sizes():
+    """config/lazada/*.json of the reference: text 2 kernel sizes x 4 filters x top-16 over 9 channels, images
+    4 x 8 x top-8 over 1 channel; each pooled block layer-normalised."""
+    model = tiny_model("mcr")
+    assert [conv.kernel_size for conv in model.text_kmp.convs] == [(1, 1), (2, 2)]
+    assert [conv.kernel_size for conv in model.image_kmp.convs] == [(1, 1), (2, 2), (3, 3), (4, 4)]
+    assert {conv.in_channels for conv in model.text_kmp.convs} == {9}
+    assert {conv.out_channels for conv in model.image_kmp.convs} == {8}
+    rng = np.random.default_rng(3)
+    features = model.features(collate([ranking(rng, 3, tokens=6)], max_tokens=32, max_regions=32,
+                                      feature_dim=FEATURES))
+    assert features["text_match"].shape == (3, 128) and features["image_match"].shape == (3, 256)
+    assert torch.allclose(features["image_match"].mean(dim=1), torch.zeros(3), atol=1e-5)  # LayerNorm
+
+
+def test_mcr_product_aware_features_follow_the_product_they_attend_to():
+    """MCR's product-aware features, read where the scorer reads them: the intra-modal ones move with the product
+    text (text) and image (image), the inter-modal ones with the product image (image -> review text) and text
+    (text -> review image), each only with its own product side. An attention that cancels itself (the masked mean
+    of G R over the product, = sum(R) / |Lp| whatever the product says) fails: it ignores the product's content,
+    while the other perspectives of MCR would still let the score move."""
+    rng = np.random.default_rng(11)
+    original = ranking(rng, 3, tokens=6, regions=3)
+    original.product = item(rng, 6, 3)
+    for review in original.reviews:
+        review.regions = rng.standard_normal((2, FEATURES)).astype(np.float32)
+    model = tiny_model("mcr")
+
+    def features(lists: RankingList) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            return model.features(collate([lists], max_tokens=32, max_regions=32, feature_dim=FEATURES))
+
+    base = features(original)
+    text = features(changed_product(original, rng, text=True, image=False))  # same lengths, other content
+    image = features(changed_product(original, rng, text=False, image=True))
+    moves = {name: (not torch.allclose(base[name], text[name], atol=1e-6),
+                    not torch.allclose(base[name], image[name], atol=1e-6))
+             for name in ("text_aware", "image_aware", "image_to_text", "text_to_image")}
+    assert moves == {"text_aware": (True, False), "image_aware": (False, True),
+                     "image_to_text": (False, True), "text_to_image": (True, False)}
 
 
 def test_sse_exchanges_embeddings_between_samples_of_the_same_label():
@@ -212,13 +264,62 @@ def test_sse_exchanges_embeddings_between_samples_of_the_same_label():
     assert torch.equal(share_embeddings(x, present, labels, probability=0.0), x)
 
 
-def test_sse_cross_gates_each_modality_by_the_other():
-    model = tiny_model("sse-cross")
-    t, v = torch.randn(2, model.dim), torch.randn(2, model.dim)
-    gated_t, gated_v = model.gate(t, v)
-    assert torch.allclose(gated_t, torch.sigmoid(model.text_gate(v)) * t)
-    assert torch.allclose(gated_v, torch.sigmoid(model.image_gate(t)) * v)
-    assert gated_v.eq(0).sum() == 0 and model.gate(t, torch.zeros_like(v))[1].eq(0).all()
+def sse_batch(rng: np.random.Generator, labels: list[int]):
+    """One product with text and image, and one review per label, each with text and image."""
+    original = ranking(rng, len(labels), tokens=6, regions=3)
+    original.product = item(rng, 6, 3)
+    original.labels = labels
+    for review in original.reviews:
+        review.regions = rng.standard_normal((2, FEATURES)).astype(np.float32)
+    return collate([original], max_tokens=32, max_regions=32, feature_dim=FEATURES)
+
+
+def test_sse_cross_forward_exchanges_reviews_of_the_same_label_in_training(monkeypatch):
+    """In training, with the exchange made certain, reviews 0 and 1 (label 0, each other's only partner) swap both
+    embeddings, so each gets the other's evaluation score; review 2 (label 1, alone) keeps its own. An exchange
+    across labels, or none, or one of the product, fails; in evaluation nothing is exchanged."""
+    import mrhp.models.baselines.sse_cross as sse
+
+    model = tiny_model("sse-cross")  # dropout 0: training and evaluation differ by the exchange alone
+    batch = sse_batch(np.random.default_rng(4), [0, 0, 1])
+    with torch.no_grad():
+        evaluated = model.eval()(batch).row_scores
+        monkeypatch.setattr(sse, "SHARE_PROBABILITY", 1.0)
+        assert torch.equal(model.eval()(batch).row_scores, evaluated)  # evaluation never exchanges
+        trained = model.train()(batch).row_scores
+    assert not torch.isclose(evaluated[0], evaluated[1])
+    assert torch.allclose(trained, evaluated[[1, 0, 2]], atol=1e-6)
+
+
+def test_sse_cross_forward_gates_each_modality_by_the_other():
+    """What the scorer reads (`[t'_p, v'_p, t'_r, v'_r, ...]`): the review's gated text vector t'_r changes when
+    only the review's image changes, and its gated image vector v'_r when only its text changes; a model whose
+    gates read their own modality (or no gates) keeps t'_r with the image changed. A review without an image gets
+    v'_r = 0 and its text still passes, gated by the absent image."""
+    model = tiny_model("sse-cross").eval()
+    d = model.dim
+    seen = []
+    model.scorer.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0]))
+    rng = np.random.default_rng(9)
+    batch = sse_batch(rng, [0, 1])
+
+    def scorer_input(**changes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        changed = dataclasses.replace(batch, **changes)
+        with torch.no_grad():
+            model(changed)
+        z = seen.pop()
+        return z[:, 2 * d:3 * d], z[:, 3 * d:4 * d]  # t'_r, v'_r: [N, d] each
+
+    t_r, v_r = scorer_input()
+    other_tokens = batch.review_tokens.clone()
+    other_tokens[batch.review_token_mask] = torch.from_numpy(
+        rng.integers(2, VOCAB, size=int(batch.review_token_mask.sum())))
+    _, v_text = scorer_input(review_tokens=other_tokens)
+    t_image, _ = scorer_input(review_regions=batch.review_regions + 1.0)
+    assert not torch.allclose(t_r, t_image, atol=1e-6)  # the image gates the text
+    assert not torch.allclose(v_r, v_text, atol=1e-6)  # the text gates the image
+    t_none, v_none = scorer_input(review_region_mask=torch.zeros_like(batch.review_region_mask))
+    assert v_none.eq(0).all() and not t_none.eq(0).all() and not torch.allclose(t_none, t_r, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
@@ -227,7 +328,7 @@ def test_checkpoint_round_trip(name, tmp_path):
     lists = [ranking(rng, 4), ranking(rng, 2, group=1)]
     model = tiny_model(name)
     config = Config(model=tiny_config(name))
-    save_checkpoint(tmp_path / "model.safetensors", Checkpoint(model, config, Vocabulary(TOKENS), 1))
+    save_checkpoint(tmp_path / "model.safetensors", Checkpoint(model, config, tiny_inputs(), Vocabulary(TOKENS), 1))
     loaded = load_checkpoint(tmp_path / "model.safetensors")
     assert type(loaded.model) is type(model) and loaded.config.model.name == name
     assert torch.equal(scores_of(model, lists), scores_of(loaded.model, lists))
@@ -318,18 +419,22 @@ def test_compare_means_sds_and_paired_test(tmp_path):
     b = [write_run(tmp_path / "b.jsonl", [0.1, 0.5, 0.2, 0.6])]
     assert system_name(a[0]) == "a" and system_name(a[0].parent) == "a" and system_name(b[0]) == "b"
     runs = {"a": [read_per_product(p) for p in a], "b": [read_per_product(p) for p in b]}
-    result = compare_systems(runs, reference="b", test="t")
+    result = compare_systems(runs, reference="b")  # bare files have no config, so no seed: products-t
     row_a = result.rows["a"]
     # Seed means of MAP: 0.5 and 0.6 -> mean 55.0, sample sd 7.07 (x100).
     assert row_a.seeds == 2 and row_a.mean["map"] == pytest.approx(55.0)
     assert row_a.sd["map"] == pytest.approx(100 * np.std([0.5, 0.6], ddof=1))
     averaged = np.array([0.3, 0.4, 0.6, 0.9])  # per-product mean over a's seeds
     expected = stats.ttest_rel(averaged, [0.1, 0.5, 0.2, 0.6]).pvalue
-    assert row_a.p_value["map"] == pytest.approx(expected)
-    assert row_a.p_value["ndcg@5"] == pytest.approx(expected)  # a constant scale changes no t statistic
+    assert result.test == "products-t" and result.family == 3
+    assert row_a.p_raw["map"] == pytest.approx(expected)
+    assert row_a.p_raw["ndcg@5"] == pytest.approx(expected)  # a constant scale changes no t statistic
+    # Holm over the table's 3 equal p-values: each is multiplied by 3 (then 2 and 1, kept monotone).
+    assert row_a.p_value == pytest.approx({metric: min(1.0, 3 * expected) for metric in row_a.p_value})
     assert result.rows["b"].p_value == {} and np.isnan(result.rows["b"].sd["map"])
     table = format_comparison(result)
-    assert "55.00 ± 7.07" in table and "reference" in table and f"{expected:.3g}" in table
+    assert "55.00 ± 7.07" in table and "reference" in table and f"{min(1.0, 3 * expected):.3g}" in table
+    assert "products-t test" in table and "Holm-adjusted over the 3 p-values" in table
 
 
 def test_compare_refuses_mismatched_runs(tmp_path):
@@ -337,11 +442,11 @@ def test_compare_refuses_mismatched_runs(tmp_path):
     other_split = read_per_product(write_run(tmp_path / "b.jsonl", [0.1, 0.2, 0.3, 0.4], split="dev"))
     fewer = read_per_product(write_run(tmp_path / "c.jsonl", [0.1, 0.2, 0.3], products=PRODUCTS[:3]))
     with pytest.raises(MrhpError, match="split 'dev'"):
-        compare_systems({"a": [good], "b": [other_split]}, reference="a", test="t")
+        compare_systems({"a": [good], "b": [other_split]}, reference="a", test="products-t")
     with pytest.raises(MrhpError, match="p4"):
-        compare_systems({"a": [good], "c": [fewer]}, reference="a", test="t")
+        compare_systems({"a": [good], "c": [fewer]}, reference="a", test="products-t")
     with pytest.raises(MrhpError, match="unknown reference"):
-        compare_systems({"a": [good]}, reference="z", test="t")
+        compare_systems({"a": [good]}, reference="z", test="products-t")
     (tmp_path / "bad.jsonl").write_text('{"product_id": "p1", "split": "test", "map": 0.5}\n')
     with pytest.raises(MrhpError, match=r"bad.jsonl, line 1.*ndcg@3"):
         read_per_product(tmp_path / "bad.jsonl")
@@ -352,10 +457,10 @@ def test_compare_command(tmp_path, capsys):
     write_run(tmp_path / "runs" / "mcr-seed1" / "test_per_product.jsonl", [0.3, 0.4, 0.5, 0.8])
     write_run(tmp_path / "runs" / "mrhp-seed0" / "test_per_product.jsonl", [0.5, 0.6, 0.6, 0.9])
     runs = sorted(str(p) for p in (tmp_path / "runs").iterdir())
-    assert main(["compare", *runs, "--reference", "mcr", "--test", "randomization"]) == 0
+    assert main(["compare", *runs, "--reference", "mcr", "--test", "products-randomization"]) == 0
     out = capsys.readouterr().out
     table = out[out.index("split test"):]
-    assert "randomization test against mcr" in table
+    assert "products-randomization test" in table and "against mcr" in table
     mcr_row = next(line for line in table.splitlines() if line.startswith("mcr "))
     assert mcr_row.split()[1] == "2" and "(reference)" in mcr_row  # two seeds grouped under one system
     assert main(["compare", *runs, "--reference", "nope"]) == 2

@@ -8,12 +8,13 @@ from __future__ import annotations
 import copy
 import gzip
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import write_lines
+from support import write_lines
 
 from mrhp.data.jsonl import read_jsonl
 from mrhp.data.official import parse_image_urls, read_official
@@ -672,3 +673,45 @@ def test_prepare_overwrite_and_open_errors(tmp_path: Path) -> None:
     (out / "dataset.json").write_text(json.dumps(meta), encoding="utf-8")
     with pytest.raises(DataError, match="version 99"):
         PreparedDataset.open(out)
+
+
+def old_layout(prepared: Path, to: Path) -> Path:
+    """A copy of `prepared` in the layout written before the words that became <unk> were kept (before commit
+    43fad2a): the same files, byte for byte, minus each split's `{kind}_unk_words.txt` and `{kind}_unk_offsets.npy`
+    (checked by preparing the same data with the code of 43fad2a^: only those files and the paths in dataset.json
+    and report.txt differ)."""
+    shutil.copytree(prepared, to)
+    for path in [*to.glob("*/*_unk_words.txt"), *to.glob("*/*_unk_offsets.npy")]:
+        path.unlink()
+    return to
+
+
+def test_a_dataset_prepared_before_unknown_words_were_kept_still_opens_and_trains(tmp_path: Path, capsys) -> None:
+    from support import TINY_TRAIN_ARGS
+
+    from mrhp.cli import main
+
+    write_official(tmp_path)
+    new = tmp_path / "prepared"
+    prepare_dataset(read_fixture(tmp_path), new, min_count=2, relevance_threshold=1)
+    old = old_layout(new, tmp_path / "old")
+    assert not list(old.glob("*/*_unk_*")) and list(new.glob("train/*_unk_words.txt"))
+    new_ds, old_ds = PreparedDataset.open(new), PreparedDataset.open(old)  # used to fail: KeyError 'product'
+    for name in new_ds.splits:
+        a, b = new_ds.split(name), old_ds.split(name)
+        assert a.product_ids == b.product_ids and a.review_ids == b.review_ids
+        np.testing.assert_array_equal(a.product_image, b.product_image)
+        np.testing.assert_array_equal(a.review_image, b.review_image)
+        for j in range(a.num_reviews):
+            np.testing.assert_array_equal(a.review_tokens(j), b.review_tokens(j))
+            np.testing.assert_array_equal(a.review_regions(j), b.review_regions(j))
+            unknown = a.review_tokens(j) == UNK_ID
+            # the old layout has no spelling of the words that became <unk>: they have no characters there
+            assert not b.review_chars(j)[unknown].any()
+            np.testing.assert_array_equal(a.review_chars(j)[~unknown], b.review_chars(j)[~unknown])
+    train = new_ds.split("train")
+    assert train.product_chars(0)[0].any()  # the new layout spells P1's first word, an <unk>
+    assert train.product_tokens(0)[0] == UNK_ID and not old_ds.split("train").product_chars(0)[0].any()
+    # EG-CNN reads characters, so it is the model that touches every part of the old layout
+    assert main(["train", "--data", str(old), "--out", str(tmp_path / "run"), "--set", "model.name=eg-cnn",
+                 "--set", "train.epochs=1", "--device", "cpu", *TINY_TRAIN_ARGS]) == 0, capsys.readouterr().err

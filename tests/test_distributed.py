@@ -15,18 +15,20 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_TRAIN_ARGS, prepare_tiny_dataset
+from support import TINY_TRAIN_ARGS, prepare_tiny_dataset
 
 from mrhp.cli import main
+from mrhp.compute import devices
 from mrhp.compute.distributed import Runtime, combine_scores, shard_lists, shard_steps
 from mrhp.config import load_config
 from mrhp.data.batching import collate, split_item_lists, training_batches
 from mrhp.data.prepared import PreparedDataset
+from mrhp.errors import MrhpError
 from mrhp.models.checkpoint import load_checkpoint
 from mrhp.models.registry import build_model, initialise_from_data
 from mrhp.scoring.evaluate import evaluate_split
 from mrhp.studies.synthetic import SyntheticSpec
-from mrhp.training.loop import joint_loss, resolve_config
+from mrhp.training.loop import joint_loss, model_inputs
 
 # Dropout off: the ranks draw their own masks, which one process cannot repeat.
 DDP_ARGS = [*TINY_TRAIN_ARGS, "--set", "data.batch_rows=8", "--set", "model.dropout=0"]
@@ -74,9 +76,10 @@ def test_two_processes_match_one_process_accumulating_the_same_global_batches(pr
     # (DDP averages the two ranks' gradients).
     dataset = PreparedDataset.open(prepared)
     sets = [DDP_ARGS[k + 1] for k, flag in enumerate(DDP_ARGS) if flag == "--set"] + ["train.epochs=1"]
-    config = resolve_config(load_config(None, sets), dataset)
+    config = load_config(None, sets)
+    inputs = model_inputs(config, dataset)
     torch.manual_seed(config.train.seed)
-    model = build_model(config.model)
+    model = build_model(config.model, inputs)
     initialise_from_data(model, None)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.train.lr, fused=True)
     split, data = dataset.split("train"), config.data
@@ -89,7 +92,7 @@ def test_two_processes_match_one_process_accumulating_the_same_global_batches(pr
             batch = collate(split_item_lists(split, groups), data.max_tokens, data.max_regions, dataset.feature_dim)
             (joint_loss(model(batch), batch, config)[0] / 2).backward()
         optimizer.step()
-    initial = build_model(config.model).state_dict()
+    initial = build_model(config.model, inputs).state_dict()
     moved = 0
     for name, value in model.state_dict().items():
         torch.testing.assert_close(ddp[name], value, rtol=1e-4, atol=1e-5, msg=name)
@@ -166,6 +169,67 @@ def test_bf16_autocast_on_cpu_trains_with_finite_losses_and_fp16_is_refused_ther
                  "--device", "cpu", *TINY_TRAIN_ARGS]) == 2
     error = capsys.readouterr().err
     assert "mrhp train: error: train.precision = 'fp16' is for CUDA devices; use bf16 on the CPU" in error
+    assert not (tmp_path / "fp16").exists()  # refused before the run folder is made
+
+
+def test_cpu_bf16_probe_is_torchs_own():
+    # On an AVX2-only CPU (no oneDNN bf16) the fallback is on; on an AVX-512 one it is off.
+    assert devices.cpu_supports_bf16() == (not torch.backends.mkldnn.is_available()
+                                           or torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    assert devices.lstm_in_float32(torch.device("cpu"), "bf16") == (not devices.cpu_supports_bf16())
+    assert not devices.lstm_in_float32(torch.device("cpu"), "fp32")
+    assert not devices.lstm_in_float32(torch.device("cuda"), "bf16")
+
+
+def test_bf16_on_a_gpu_without_bf16_is_refused_by_name(monkeypatch):
+    monkeypatch.setattr(devices, "cuda_supports_bf16", lambda device: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: "Tesla T4")
+    with pytest.raises(MrhpError, match=r"'bf16': the GPU cuda:0 \(Tesla T4\) has no bfloat16 support; use fp16"):
+        devices.check_precision(torch.device("cuda", 0), "bf16")
+    devices.check_precision(torch.device("cuda", 0), "fp16")
+    devices.check_precision(torch.device("cpu"), "bf16")  # the CPU runs bf16 everywhere (LSTMs kept in fp32)
+
+
+def test_run_lstm_keeps_lstms_in_float32_under_cpu_bf16_only_without_onednn_bf16(monkeypatch):
+    torch.manual_seed(0)
+    lstm = torch.nn.LSTM(4, 3, batch_first=True)
+    x = torch.randn(2, 5, 4)
+    reference, _ = lstm(x)
+    packed = torch.nn.utils.rnn.pack_padded_sequence(x.bfloat16(), torch.tensor([5, 2]), batch_first=True)
+    monkeypatch.setattr(devices, "cpu_supports_bf16", lambda: False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, _ = devices.run_lstm(lstm, x)
+        packed_out, _ = devices.run_lstm(lstm, packed)  # bf16 inputs (an earlier layer's output) are widened
+    assert out.dtype == torch.float32 and torch.equal(out, reference)  # the fp32 LSTM, bit for bit
+    assert packed_out.data.dtype == torch.float32
+
+    seen = []
+
+    def recording(inputs):  # what the LSTM is called with, without running oneDNN's bf16 kernel
+        seen.append((inputs, torch.is_autocast_enabled("cpu")))
+        return inputs, None
+
+    monkeypatch.setattr(devices, "cpu_supports_bf16", lambda: True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        devices.run_lstm(recording, x)
+    monkeypatch.setattr(devices, "cpu_supports_bf16", lambda: False)
+    devices.run_lstm(recording, x)  # no autocast: nothing to keep out of it
+    assert [(inputs is x, autocast_on) for inputs, autocast_on in seen] == [(True, True), (True, False)]
+
+
+@pytest.mark.parametrize("name", ["mrhp", "prh-net", "bimpm", "sse-cross", "dr-net"])
+def test_models_with_lstms_train_in_bf16_on_a_cpu_without_onednn_bf16(monkeypatch, name: str):
+    from support import FEATURES, ranking, tiny_model
+
+    monkeypatch.setattr(devices, "cpu_supports_bf16", lambda: False)
+    rng = np.random.default_rng(0)
+    batch = collate([ranking(rng, 4) for _ in range(2)], max_tokens=32, max_regions=32, feature_dim=FEATURES)
+    model = tiny_model(name=name)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        scores = model(batch).row_scores
+    scores.float().sum().backward()
+    assert scores.dtype == torch.bfloat16 and torch.isfinite(scores.float()).all()  # the rest stayed in bf16
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_lines
+from support import write_lines
 
 from mrhp.cli import main
 from mrhp.data.dumps import (

@@ -11,14 +11,14 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from conftest import (
+from support import (
     FEATURES,
     WORDS,
     ranking,
     scores_of,
     serving,
     tiny_checkpoint_file,
-    tiny_model_config,
+    tiny_model,
     without_images,
 )
 
@@ -44,7 +44,7 @@ def explained(model: HelpfulnessModel, lists: list[RankingList]):
 @pytest.mark.parametrize("side_features", [False, True])
 def test_bias_side_and_parts_add_up_to_the_score_and_the_sources_to_the_parts(side_features: bool):
     torch.manual_seed(0)
-    model = HelpfulnessModel(tiny_model_config(side_features=side_features)).eval()
+    model = tiny_model(side_features=side_features).eval()
     lists = [ranking(np.random.default_rng(seed), 5, tokens=7, regions=4, group=seed) for seed in range(3)]
     scores, explanation = explained(model, lists)
     assert torch.equal(scores, scores_of(model, lists))  # explaining changes no score
@@ -59,9 +59,78 @@ def test_bias_side_and_parts_add_up_to_the_score_and_the_sources_to_the_parts(si
     assert all((explanation.shares[name].abs() > 1e-6).any() for name in COMPONENTS)
 
 
+def gradient_times_input(model: HelpfulnessModel, lists: list[RankingList]) -> dict[str, torch.Tensor]:
+    """Each component position's share computed apart from `explain`: the gradient of the scores times the value
+    at the fused sequences that the scorer pools (eqs. 17-27), added up over the sequences holding the position.
+    The score is linear in the mean-pooled sequences and, through the max of eq. 17, piecewise linear in the
+    intra-modal CNN's output, so this is the exact split. Only for lists whose items need no padding (every
+    review of the same length and region count): the sequences are then plain concatenations."""
+    captured: dict[str, torch.Tensor] = {}
+
+    def keep(name: str):
+        def hook(module, inputs, output):
+            output.retain_grad()
+            captured[name] = output
+        return hook
+
+    handles = [model.fusion[name].register_forward_hook(keep(name)) for name in model.fusion]
+    handles.append(model.intra_modal_conv.register_forward_hook(keep("conv")))
+    batch = collate(lists, max_tokens=32, max_regions=32, feature_dim=FEATURES)
+    model(batch).row_scores.sum().backward()
+    for handle in handles:
+        handle.remove()
+    lengths = {"product_text": batch.product_token_mask.shape[1], "review_text": batch.review_token_mask.shape[1],
+               "product_image": batch.product_region_mask.shape[1], "review_image": batch.review_region_mask.shape[1]}
+    assert batch.review_token_mask.all() and batch.review_region_mask.all() and batch.product_token_mask.all()
+
+    def per_position(name: str) -> torch.Tensor:
+        value = captured[name]
+        return (value.grad * value).sum(dim=-1 if name != "conv" else 1).detach()  # [N, L]
+
+    sequences = {"text_image": ("product_text", "review_image"), "image_text": ("product_image", "review_text"),
+                 "product_pair": ("product_text", "product_image"), "review_pair": ("review_text", "review_image"),
+                 "conv": COMPONENTS}  # the CNN runs over [h_p, h_r, v_p, v_r] (packed: no padding here)
+    shares = {name: 0.0 for name in COMPONENTS}
+    for sequence, held in sequences.items():
+        pieces = per_position(sequence).split([lengths[name] for name in held], dim=1)
+        for name, piece in zip(held, pieces):
+            shares[name] = shares[name] + piece  # [N, L_name]
+    return shares
+
+
+def test_each_share_sits_at_its_own_position():
+    """The sums above hold whatever position a share is put at; here each position's share must equal the
+    gradient x input of that position, and padding must move no share."""
+    torch.manual_seed(5)
+    model = tiny_model(checkpoint_activations=False).eval()
+    rng = np.random.default_rng(11)
+    product = Item(rng.integers(2, 40, size=5), rng.standard_normal((3, FEATURES)).astype(np.float32))
+    reviews = [Item(rng.integers(2, 40, size=6), rng.standard_normal((4, FEATURES)).astype(np.float32))
+               for _ in range(3)]
+    plain = RankingList(product, reviews, [0, 1, 2], [0, 1, 2], 0)
+    _, explanation = explained(model, [plain])
+    expected = gradient_times_input(model, [plain])
+    for name in COMPONENTS:
+        assert torch.allclose(explanation.shares[name], expected[name], atol=1e-5), name
+        assert explanation.shares[name].abs().max() > 1e-4, name  # something to misplace
+        # Not a symmetric split that any order would pass: positions carry different shares.
+        assert explanation.shares[name][0].unique().numel() == explanation.shares[name].shape[1], name
+
+    # The same reviews beside a longer review with more regions (padding in every component of theirs, and
+    # interior padding in the CNN's concatenation): their shares stay at their positions, padding gets 0.
+    longer = Item(rng.integers(2, 40, size=9), rng.standard_normal((7, FEATURES)).astype(np.float32))
+    padded = RankingList(product, [*reviews, longer], [0, 1, 2, 0], [0, 1, 2, 3], 0)
+    _, beside = explained(model, [padded])
+    for name in ("product_text", "product_image"):
+        assert torch.allclose(beside.shares[name][:3], explanation.shares[name], atol=1e-5), name
+    for name, length in (("review_text", 6), ("review_image", 4)):
+        assert torch.allclose(beside.shares[name][:3, :length], explanation.shares[name], atol=1e-5), name
+        assert torch.equal(beside.shares[name][:3, length:], torch.zeros_like(beside.shares[name][:3, length:]))
+
+
 def test_removed_images_leave_exactly_zero_image_terms_where_the_equations_say():
     torch.manual_seed(1)
-    model = HelpfulnessModel(tiny_model_config()).eval()
+    model = tiny_model().eval()
     rng = np.random.default_rng(3)
     text = rng.integers(2, 40, size=6)
     with_images = RankingList(
@@ -99,7 +168,7 @@ def test_removed_images_leave_exactly_zero_image_terms_where_the_equations_say()
 
 def test_a_model_told_to_ignore_images_gives_them_nothing():
     torch.manual_seed(2)
-    model = HelpfulnessModel(tiny_model_config(use_images=False)).eval()
+    model = tiny_model(use_images=False).eval()
     _, explanation = explained(model, [ranking(np.random.default_rng(4), 4, regions=5)])
     assert not explanation.shares["product_image"].any() and not explanation.shares["review_image"].any()
 

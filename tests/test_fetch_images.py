@@ -22,8 +22,8 @@ import pytest
 pytest.importorskip("httpx")
 pytest.importorskip("PIL")
 
-from conftest import write_lines  # noqa: E402
 from PIL import Image  # noqa: E402
+from support import write_lines  # noqa: E402
 
 from mrhp.cli import main  # noqa: E402
 from mrhp.data.jsonl import read_jsonl  # noqa: E402
@@ -41,12 +41,12 @@ from mrhp.features.images import images_available  # noqa: E402
 # Tiny timeouts and backoff so that the file runs in seconds; 3 tries per URL.
 SETTINGS = FetchSettings(concurrency=4, per_host_rate=0, connect_timeout=1.0, read_timeout=0.3, retries=2,
                          backoff=0.01, max_backoff=0.05, max_retry_after=2.0, max_bytes=150_000, max_redirects=3,
-                         max_pixels=1_000_000)
+                         max_pixels=1_000_000, allow_private_addresses=True)
 SETTING_ARGS = [arg for f, value in (("concurrency", 4), ("per-host-rate", 0), ("connect-timeout", 1.0),
                                      ("read-timeout", 0.3), ("retries", 2), ("backoff", 0.01), ("max-backoff", 0.05),
                                      ("max-retry-after", 2.0), ("max-bytes", 150_000), ("max-redirects", 3),
                                      ("max-pixels", 1_000_000))
-                for arg in (f"--{f}", str(value))]
+                for arg in (f"--{f}", str(value))] + ["--allow-private-addresses"]
 
 
 def image_bytes(seed: int, fmt: str = "JPEG", size: tuple[int, int] = (96, 64)) -> bytes:
@@ -299,7 +299,8 @@ def test_killed_run_resumes_with_every_file_once(tmp_path: Path) -> None:
         out = tmp_path / "fetched"
         env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()} | {"OMP_NUM_THREADS": "1"}
         command = [sys.executable, "-m", "mrhp.cli", "fetch-images", "--products", str(products), "--reviews",
-                   str(reviews), "--out", str(out), "--concurrency", "2", "--per-host-rate", "0", "--no-progress"]
+                   str(reviews), "--out", str(out), "--concurrency", "2", "--per-host-rate", "0", "--no-progress",
+                   "--allow-private-addresses"]
         process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             deadline = time.monotonic() + 30

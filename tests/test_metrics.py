@@ -1,4 +1,4 @@
-"""Tests of mrhp.objectives.metrics: hand-computed MAP / NDCG cases, ties, padding, a ranx cross-check, paired tests."""
+"""Tests of mrhp.objectives.metrics: hand-computed MAP / NDCG cases, ties, padding, a ranx cross-check."""
 
 from __future__ import annotations
 
@@ -8,11 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from mrhp.objectives import metrics
 from mrhp.objectives.metrics import (
     average_precision,
     ndcg_at_k,
-    paired_test,
     rank_order,
     ranking_metrics,
     summarize,
@@ -183,47 +181,3 @@ def test_ranx_query_order_assumption() -> None:
     run = ranx.Run({"q2": {"a": 1.0, "x": 2.0}, "q10": {"b": 1.0, "y": 0.5}})
     values = ranx.evaluate(qrels, run, "map", return_mean=False)
     assert dict(zip(qrels.keys(), values.tolist())) == {"q2": 0.5, "q10": 1.0}
-
-
-class TestPairedTest:
-    def test_identical_inputs_give_one(self) -> None:
-        a = np.array([0.1, 0.5, 0.9, 0.3])
-        for method in ("t", "wilcoxon", "randomization"):
-            assert paired_test(a, a.copy(), method=method) == 1.0
-
-    def test_clear_shift_gives_tiny_p(self) -> None:
-        rng = np.random.default_rng(2)
-        a = rng.normal(size=200)
-        b = a - 1.0 + rng.normal(scale=0.1, size=200)
-        assert paired_test(a, b, "t") < 1e-10
-        assert paired_test(a, b, "wilcoxon") < 1e-10
-        # The randomization p-value cannot go below 1 / (resamples + 1).
-        assert paired_test(a, b, "randomization", resamples=2000) == pytest.approx(1 / 2001)
-
-    def test_matches_scipy_and_randomization_agrees_with_t(self) -> None:
-        stats = pytest.importorskip("scipy.stats")
-        rng = np.random.default_rng(8)
-        a = rng.normal(size=60)
-        b = a - 0.3 + rng.normal(scale=0.9, size=60)  # t-test p is about 0.03 for this seed
-        p_t = paired_test(torch.as_tensor(a), torch.as_tensor(b), "t")  # tensors are accepted
-        assert p_t == pytest.approx(stats.ttest_rel(a, b).pvalue, rel=1e-12)
-        assert paired_test(a, b, "wilcoxon") == pytest.approx(stats.wilcoxon(a, b).pvalue, rel=1e-12)
-        p_r = paired_test(a, b, "randomization", seed=7)
-        assert 0.001 < p_t < 0.2  # a borderline case, where agreement is informative
-        assert p_r == pytest.approx(p_t, abs=0.02)
-        assert paired_test(a, b, "randomization", seed=7) == p_r  # seeded: reproducible
-
-    def test_errors_and_conventions(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        with pytest.raises(ValueError, match="equal lengths"):
-            paired_test([0.1, 0.2], [0.1, 0.2, 0.3])
-        with pytest.raises(ValueError):
-            paired_test([0.1], [0.2], "t")
-        with pytest.raises(ValueError):
-            paired_test([0.1], [0.2], "bootstrap")
-        # Constant non-zero differences: zero variance, documented as p = 0 for the t-test.
-        assert paired_test([1.0, 2.0, 3.0], [0.5, 1.5, 2.5], "t") == 0.0
-        monkeypatch.setattr(metrics.importlib.util, "find_spec", lambda name: None)
-        with pytest.raises(ImportError, match="pip install scipy"):
-            paired_test([0.1, 0.2], [0.3, 0.1], "t")
-        # randomization needs only numpy
-        assert 0.0 < paired_test([0.1, 0.2], [0.3, 0.1], "randomization", resamples=100) <= 1.0

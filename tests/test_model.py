@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import FEATURES, ranking, scores_of, tiny_model_config, without_images
+from support import FEATURES, ranking, scores_of, tiny_model, without_images
 
 from mrhp.data.batching import Item, RankingList, collate, pack_groups
 from mrhp.models.paper import HelpfulnessModel, masked_max, masked_mean, pack_left
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def small_model(**overrides) -> HelpfulnessModel:
     torch.manual_seed(0)
-    return HelpfulnessModel(tiny_model_config(**overrides)).eval()
+    return tiny_model(**overrides).eval()
 
 
 def test_padding_changes_no_score():

@@ -16,12 +16,12 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from conftest import serving
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from support import serving
 
 from mrhp.cli import main
-from mrhp.config import Config, DataConfig, ModelConfig
+from mrhp.config import Config, DataConfig, ModelConfig, ModelInputs
 from mrhp.data.text import Vocabulary
 from mrhp.errors import MrhpError
 from mrhp.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
@@ -41,11 +41,12 @@ def tiny_checkpoint(path: Path, image_dim: int, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     config = Config(
         data=DataConfig(max_tokens=MAX_TOKENS, max_regions=5, eval_batch_rows=8),
-        model=ModelConfig(hidden_size=8, embedding_dim=6, num_heads=2, interaction_layers=1, feedforward_size=8,
-                          vocab_size=len(WORDS), image_dim=image_dim),
+        model=ModelConfig(hidden_size=8, embedding_dim=6, num_heads=2, interaction_layers=1, feedforward_size=8),
     ).validate()
-    model = build_model(config.model)
-    save_checkpoint(path, Checkpoint(model=model, config=config, vocab=Vocabulary(WORDS), relevance_threshold=1,
+    inputs = ModelInputs(vocab_size=len(WORDS), image_dim=image_dim, embedding_dim=6)
+    model = build_model(config.model, inputs)
+    save_checkpoint(path, Checkpoint(model=model, config=config, inputs=inputs, vocab=Vocabulary(WORDS),
+                                     relevance_threshold=1,
                                      metrics={"dev_map": 0.5}, state={"epoch": 1}))
     return path
 
@@ -189,7 +190,7 @@ def test_health_model_and_openapi(base_url: str, checkpoint_path: Path):
 BAD_REQUESTS = {
     "malformed JSON": ('{"text": "x", "reviews": [', 422, "malformed JSON at character"),
     "wrong type": ({"text": "x", "reviews": [{"review_id": "a", "text": 5}]}, 422, "reviews[0].text"),
-    "missing field": ({"text": "x"}, 422, "reviews: Field required"),
+    "missing field": ({"text": "x"}, 422, "reviews: missing required field"),
     "unknown field": ({"text": "x", "reviews": [], "reveiws": []}, 422, "reveiws"),
     "not an object": ([1, 2], 422, "body"),
     "two texts": ({"text": "x", "name": "y", "reviews": []}, 422, "either 'text' or 'name'"),

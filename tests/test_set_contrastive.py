@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import FEATURES, ranking, tiny_model_config
+from support import FEATURES, ranking, tiny_inputs, tiny_model_config
 
 from mrhp.config import Config, LossConfig, load_config
 from mrhp.data.batching import collate
@@ -148,7 +148,7 @@ def _tiny_batch_and_model():
     rng = np.random.default_rng(7)
     batch = collate([ranking(rng, 5), ranking(rng, 4, group=1), ranking(rng, 5, group=1)], 32, 32, FEATURES)
     torch.manual_seed(0)
-    return batch, build_model(tiny_model_config())
+    return batch, build_model(tiny_model_config(), tiny_inputs())
 
 
 def test_weight_zero_is_the_papers_objective_bit_for_bit(one_thread) -> None:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from mrhp.config import ModelConfig
+from mrhp.config import ModelConfig, ModelInputs
 from mrhp.data.batching import (
     SIDE_FEATURES,
     Item,
@@ -37,9 +37,11 @@ def test_side_features_by_hand():
 
 def model(**overrides) -> HelpfulnessModel:
     torch.manual_seed(0)
+    text_state_dim = overrides.pop("text_state_dim", 0)
     config = ModelConfig(hidden_size=8, embedding_dim=8, num_heads=2, interaction_layers=1, feedforward_size=16,
-                         dropout=0.0, vocab_size=VOCAB, image_dim=FEATURES, **overrides)
-    return HelpfulnessModel(config).eval()
+                         dropout=0.0, **overrides)
+    inputs = ModelInputs(vocab_size=VOCAB, image_dim=FEATURES, embedding_dim=8, text_state_dim=text_state_dim)
+    return HelpfulnessModel(config, inputs).eval()
 
 
 def ranking(rng: np.random.Generator, sizes: Sequence[int], ratings: Sequence[float], states: bool = False):

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import sys
-import types
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -91,17 +89,3 @@ def train(
     else:
         resolved = load_config(None if config is None else Path(config), overrides)
     return run_training(resolved, Path(data), Path(out), resume=resume, progress=progress)
-
-
-class _Package(types.ModuleType):
-    """`mrhp.training.loop` names both the function above and the training module. Importing a submodule binds it on its
-    package, which would replace the function; the module stays reachable where imports look for it first
-    (`sys.modules`, so `from mrhp.training.loop import ...` works)."""
-
-    def __setattr__(self, name: str, value: object) -> None:
-        if name == "train" and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

@@ -10,12 +10,16 @@ A config file (TOML or JSON) holds only overrides, as tables named after the sec
 and `--set section.key=value` overrides on the command line are applied after the file. The resolved config is
 saved as JSON with every run and inside every checkpoint. Only the top-level model and the trainer read it;
 sub-modules take plain arguments.
+
+A file may also hold a `[prepare]` table: options of `mrhp prepare` (its long option names with `_` for `-`, e.g.
+`format = "amazon2023"`, `drop_single_level = true`, `split_fractions = [0.6, 0.2, 0.2]`), read by
+`mrhp prepare --config FILE` under the options given on its command line, so that one file reproduces a dataset
+and a run. Training ignores that table (`prepare_section` returns it).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import tomllib
 import typing
@@ -23,18 +27,36 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mrhp import jsontext
 from mrhp.compute.devices import DEVICE_FORMS, PRECISIONS, is_device_name
 from mrhp.errors import MrhpError
 from mrhp.objectives.losses import REDUCTIONS, WEIGHTINGS
 from mrhp.objectives.metrics import METRICS, TIES
 
+# Threads and loader processes beyond any machine; seeds as numpy's generators take them.
+MAX_THREADS = 4096
+MAX_SEED = 2**32 - 1
+
 # The paper's model and the baselines of its Tables 3-4 (SPEC 8); `mrhp.models.registry` builds each by name.
 MODEL_NAMES = ("mrhp", "mcr", "conv-knrm", "prh-net", "bimpm", "eg-cnn", "sse-cross", "dr-net")
 
 
+# How the lists of several training sources are drawn into an epoch (data.source_sampling; see
+# mrhp.data.batching.mixed_training_batches): "products" = every list of every source once per epoch, so a source
+# weighs as much as its size; "balanced" = the same number of lists, an equal share from each source.
+SOURCE_SAMPLING = ("products", "balanced")
+
+
 @dataclass(frozen=True)
 class DataConfig:
-    """How lists of reviews are cut into batches (SPEC 3.5, 4: batches of products with their reviews)."""
+    """Which prepared datasets train one model, and how lists of reviews are cut into batches (SPEC 3.5, 4:
+    batches of products with their reviews)."""
+
+    # The prepared datasets trained on together (`mrhp train --data A --data B` replaces the list); each must be
+    # prepared with the first one's vocabulary and text encoder (`mrhp prepare --vocabulary-from`). Relative
+    # paths are read from the working directory.
+    paths: tuple[str, ...] = ()
+    source_sampling: str = "products"  # SOURCE_SAMPLING: how several sources share an epoch
 
     max_tokens: int = 128  # texts are cut at this many tokens (SPEC 3.1)
     max_regions: int = 128  # image regions kept per item (SPEC 2.1)
@@ -46,11 +68,11 @@ class DataConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     """The paper's model (SPEC 3), or by `name` a baseline (SPEC 8, `mrhp.models.registry`; the shared sizes apply to all).
-    `vocab_size` and `image_dim` are filled in from the prepared dataset."""
+    What the prepared dataset decides (vocabulary size, feature widths) is not here but in `ModelInputs`."""
 
     name: str = "mrhp"  # which model: the paper's ("mrhp") or a baseline of MODEL_NAMES (`mrhp train --model`)
     hidden_size: int = 128  # d
-    embedding_dim: int = 300  # replaced by the word vectors' width when vectors are given
+    embedding_dim: int = 300  # word embedding width when the dataset has no word vectors (else theirs)
     num_heads: int = 4  # 1 head: eq. 8 plus projection biases and an output projection
     interaction_layers: int = 5  # D
     image_encoder_layers: int = 1
@@ -70,10 +92,43 @@ class ModelConfig:
     # train and evaluate refuse a dataset made by the other, and predict and the service run the same one.
     text_encoder_precision: str = "fp32"
     side_features: bool = False
+    # Not in the paper either: stored side features (mrhp.data.side.STORED_SIDE_FEATURES, computed by `mrhp prepare`)
+    # fed to the same side channel, as comma-separated names, e.g. "age,verified"; "" = none. "age_rank"/"age"
+    # predict votes (older reviews collected them for longer), so leave them out to rank by quality.
+    extra_side_features: str = ""
     side_hidden_size: int = 16
-    vocab_size: int = 0
-    image_dim: int = 0
-    text_state_dim: int = 0  # filled in from the prepared dataset with a pretrained text encoder
+
+
+# Settings of `ModelConfig` before `ModelInputs` held them (a checkpoint written then has them in its config).
+INPUT_SETTINGS = ("vocab_size", "image_dim", "text_state_dim")
+
+
+@dataclass(frozen=True)
+class ModelInputs:
+    """What a model is built for that the prepared dataset decides, not the user (`mrhp.training.loop.model_inputs`
+    reads it from the dataset); saved in every checkpoint beside the config, from which the model is rebuilt."""
+
+    vocab_size: int  # words of the dataset's vocabulary, padding and <unk> included
+    image_dim: int  # region feature width F (0: the dataset has no images)
+    embedding_dim: int  # word embedding width: the dataset's word vectors', else `model.embedding_dim`
+    text_state_dim: int = 0  # width of the stored token states of a pretrained `model.text_encoder`, else 0
+
+    def to_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: object, source: str) -> ModelInputs:
+        """Rebuild saved inputs; errors name `source`."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        if not isinstance(values, dict) or set(values) - set(names):
+            raise MrhpError(f"{source}: expected an object with {', '.join(names)}, got {str(values)[:80]}")
+        for name, value in values.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise MrhpError(f"{source}: {name} must be an integer >= 0, got {value!r}")
+        try:
+            return cls(**values)
+        except TypeError:
+            raise MrhpError(f"{source}: expected an object with {', '.join(names)}") from None
 
 
 @dataclass(frozen=True)
@@ -128,11 +183,11 @@ class Config:
 
     def validate(self) -> Config:
         _check(self.train.ties in TIES, f"train.ties must be one of {TIES}")
+        _check(self.data.source_sampling in SOURCE_SAMPLING, f"data.source_sampling must be one of {SOURCE_SAMPLING}")
         _check(self.train.select_metric in METRICS, f"train.select_metric must be one of {METRICS}")
         _check(self.loss.weighting in WEIGHTINGS, f"loss.weighting must be one of {WEIGHTINGS}")
         _check(self.loss.ranking_reduction in REDUCTIONS, f"loss.ranking_reduction must be one of {REDUCTIONS}")
         _check(self.loss.contrastive_reduction in REDUCTIONS, f"loss.contrastive_reduction must be one of {REDUCTIONS}")
-        _check(self.model.hidden_size % self.model.num_heads == 0, "model.hidden_size must be divisible by model.num_heads")
         _check(is_device_name(self.train.device), f"train.device must be one of {DEVICE_FORMS}, got {self.train.device!r}")
         _check(self.train.precision in PRECISIONS, f"train.precision must be one of {PRECISIONS}")
         _check(self.model.name in MODEL_NAMES, f"model.name must be one of {MODEL_NAMES}, got {self.model.name!r}")
@@ -140,6 +195,9 @@ class Config:
             # NaN fails every comparison, so it is out of any range; inf is refused explicitly.
             ok = low <= value <= high and (not isinstance(value, float) or math.isfinite(value))
             _check(ok, f"{name} must be a finite number within [{low}, {high}], got {value}")
+        _check(self.model.hidden_size % self.model.num_heads == 0, "model.hidden_size must be divisible by model.num_heads")
+        # An even kernel would shift the convolution's output by one position against the padding mask.
+        _check(self.model.conv_kernel % 2 == 1, f"model.conv_kernel must be odd, got {self.model.conv_kernel}")
         _check(self.model.dropout < 1.0, f"model.dropout must be below 1 (1 drops everything), got {self.model.dropout}")
         _check(self.train.lr > 0, f"train.lr must be > 0, got {self.train.lr}")
         from mrhp.features.text_encoder import (  # here: the encoders' module imports torch
@@ -153,6 +211,13 @@ class Config:
                f"model.text_encoder_precision must be one of {TEXT_PRECISIONS}")
         _check(self.model.text_encoder != "lstm" or self.model.text_tuned_layers == 0,
                "model.text_tuned_layers is for a pretrained model.text_encoder")
+        from mrhp.data.side import STORED_SIDE_FEATURES, parse_side_names
+
+        try:
+            parse_side_names(self.model.extra_side_features)
+        except ValueError as exc:
+            raise MrhpError(f"invalid config: model.extra_side_features: {exc} (names: "
+                            f"{', '.join(STORED_SIDE_FEATURES)})") from None
         return self
 
 
@@ -161,16 +226,17 @@ class Config:
         big = math.inf
         limits = {
             "data": {"max_tokens": 1, "max_regions": 1, "batch_rows": 1, "max_list_size": 2, "eval_batch_rows": 1},
-            "model": {"hidden_size": 1, "embedding_dim": 1, "num_heads": 1, "interaction_layers": 1,
-                      "image_encoder_layers": 0, "feedforward_size": 1, "conv_kernel": 1, "dropout": (0.0, 1.0),
-                      "text_tuned_layers": 0, "side_hidden_size": 1, "vocab_size": 0, "image_dim": 0,
-                      "text_state_dim": 0},
+            # Upper bounds far above any useful model, so that a typo fails here rather than exhausting memory.
+            "model": {"hidden_size": (1, 8192), "embedding_dim": (1, 8192), "num_heads": (1, 8192),
+                      "interaction_layers": (1, 64), "image_encoder_layers": (0, 64), "feedforward_size": (1, 65536),
+                      "conv_kernel": (1, 63), "dropout": (0.0, 1.0), "text_tuned_layers": 0,
+                      "side_hidden_size": (1, 8192)},
             "loss": {"margin": 0.0, "min_gap": 1, "contrastive_weight": 0.0, "helpful_level": 0,
                      "circle_margin": 0.0, "circle_scale": 0.0, "o_p": (-big, big), "o_n": (-big, big),
                      "set_contrastive_weight": 0.0},
             "train": {"epochs": 1, "lr": 0.0, "weight_decay": 0.0, "grad_clip": 0.0, "lr_factor": (0.0, 1.0),
-                      "lr_patience": 0, "early_stopping_patience": 0, "threads": 0,
-                      "loader_workers": 0},
+                      "lr_patience": 0, "early_stopping_patience": 0, "threads": (0, MAX_THREADS),
+                      "loader_workers": (0, MAX_THREADS), "seed": (0, MAX_SEED)},
         }
         return {f"{section}.{key}": (getattr(getattr(self, section), key), *(bound if isinstance(bound, tuple)
                                                                               else (bound, big)))
@@ -183,7 +249,13 @@ def _check(ok: bool, message: str) -> None:
 
 
 def _coerce(value: Any, annotation: str, where: str) -> Any:
-    """Check a TOML/JSON value (or convert a `--set` string) against a field's annotated type."""
+    """Check a TOML/JSON value (or convert a `--set` string, comma-separated for a list) against a field's
+    annotated type."""
+    if annotation == "tuple[str, ...]":
+        items = [item.strip() for item in value.split(",") if item.strip()] if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)) or not all(isinstance(item, str) for item in items):
+            raise MrhpError(f"{where}: expected a list of strings, got {value!r}")
+        return tuple(items)
     kind = {"int": int, "float": float, "bool": bool, "str": str}[annotation]
     if isinstance(value, str) and kind is not str:
         text = value.strip().lower()
@@ -233,19 +305,47 @@ def parse_set(items: typing.Sequence[str]) -> dict[str, dict[str, str]]:
     return out
 
 
+# The table of a config file that holds `mrhp prepare` options rather than settings of the run.
+PREPARE_SECTION = "prepare"
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    """The tables of a TOML or JSON config file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise MrhpError(f"cannot read config file {path}: {error.strerror}") from None
+    except UnicodeDecodeError as error:
+        raise MrhpError(f"{path}: the config file is not UTF-8 text ({error.reason} at byte {error.start})") from None
+    kind = "JSON" if path.suffix == ".json" else "TOML"
+    try:
+        tables = jsontext.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    except (ValueError, tomllib.TOMLDecodeError) as error:
+        raise MrhpError(f"{path}: not valid {kind}: {error}") from None
+    except RecursionError:
+        raise MrhpError(f"{path}: the config file nests tables or arrays too deeply to read") from None
+    if not isinstance(tables, dict):
+        raise MrhpError(f"{path}: the config file holds a {type(tables).__name__}, expected a {kind} object of "
+                        "sections ({\"train\": {\"lr\": 0.001}})")
+    return tables
+
+
+def prepare_section(path: Path) -> dict[str, Any]:
+    """The `[prepare]` table of a config file (`mrhp prepare` options), empty when it has none."""
+    path = Path(path)
+    section = _read_file(path).get(PREPARE_SECTION, {})
+    if not isinstance(section, dict):
+        raise MrhpError(f"{path}: '{PREPARE_SECTION}' must be a table of options")
+    return section
+
+
 def load_config(path: Path | None = None, sets: typing.Sequence[str] = (), base: Config | None = None) -> Config:
-    """`base` (default: the defaults in code), then the overrides of `path` (TOML or JSON), then `--set` items."""
+    """`base` (default: the defaults in code), then the overrides of `path` (TOML or JSON; its `[prepare]` table
+    is `mrhp prepare`'s, not the run's), then `--set` items."""
     config = base or Config()
     if path is not None:
         path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as error:
-            raise MrhpError(f"cannot read config file {path}: {error.strerror}") from None
-        try:
-            overrides = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
-        except (ValueError, tomllib.TOMLDecodeError) as error:
-            raise MrhpError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'TOML'}: {error}") from None
+        overrides = {name: table for name, table in _read_file(path).items() if name != PREPARE_SECTION}
         config = apply_overrides(config, overrides, str(path))
     config = apply_overrides(config, parse_set(sets), "--set")
     return config.validate()

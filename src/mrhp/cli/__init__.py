@@ -13,6 +13,7 @@ from mrhp import __version__
 from mrhp.cli import data, evaluation, ranking, studies, training
 from mrhp.cli.options import check_outputs
 from mrhp.errors import MrhpError
+from mrhp.progress import bars_hidden
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,21 +27,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
     try:
+        if args.command == "prepare" and args.config is not None:
+            args = build_parser().parse_args(data.prepare_argv(args, argv))
         check_outputs(args)
-        return args.handler(args)
+        with bars_hidden(getattr(args, "no_progress", False)):
+            return args.handler(args)
     except MrhpError as error:
         print(f"mrhp {args.command}: error: {error}", file=sys.stderr)
         return 2
     except OSError as error:  # a read-only output, a folder where a file is expected, a full disk: name the path
         print(f"mrhp {args.command}: error: {error}", file=sys.stderr)
         return 2
-    except UnicodeError as error:  # a text that cannot be encoded or decoded that no reader caught first
+    except UnicodeEncodeError as error:  # a text or path (not UTF-8 on disk) that no writer escaped first
+        print(f"mrhp {args.command}: error: cannot write text or a path as UTF-8 ({error})", file=sys.stderr)
+        return 2
+    except UnicodeError as error:  # a text that cannot be decoded that no reader caught first
         print(f"mrhp {args.command}: error: an input holds text that is not valid Unicode ({error})", file=sys.stderr)
         return 2
     except RecursionError:

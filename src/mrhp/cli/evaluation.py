@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mrhp.cli.options import progress_option, split_options
+from mrhp.cli.options import SEED, THREADS, at_least, device_option, progress_option, split_options
 from mrhp.errors import MrhpError
 from mrhp.studies.floors import FLOOR_METHODS, TEXT_FEATURES
 
@@ -72,7 +72,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     """The evaluation commands."""
     evaluate = commands.add_parser("evaluate", help="MAP / NDCG@3 / NDCG@5 of a checkpoint on a split")
     evaluate.add_argument("--checkpoint", type=Path, required=True)
-    evaluate.add_argument("--device", default="auto", help="where the model scores: auto (default), cpu, cuda or cuda:N")
+    device_option(evaluate)
     split_options(evaluate, ties_default=None, ties_help="tie order (default: the checkpoint's)")
     progress_option(evaluate)
     evaluate.set_defaults(handler=_evaluate)
@@ -80,8 +80,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     floor = commands.add_parser("floor", help="a floor (random, review length, LightGBM LambdaMART) on a split, evaluated like a model")
     floor.add_argument("--method", choices=FLOOR_METHODS, required=True)
     split_options(floor, ties_default="pessimistic", ties_help="tie order (default pessimistic)")
-    floor.add_argument("--seed", type=int, default=0, help="seed of the random shuffles / LightGBM")
-    floor.add_argument("--shuffles", type=int, default=20, help="random: metrics are averaged over this many shuffles")
+    floor.add_argument("--seed", type=SEED, default=0, help="seed of the random shuffles / LightGBM")
+    floor.add_argument("--shuffles", type=at_least(1), default=20, help="random: metrics are averaged over this many shuffles")
     floor.add_argument("--text-features", choices=TEXT_FEATURES, default="tfidf", help="lambdamart: text summary features")
-    floor.add_argument("--threads", type=int, default=1, help="lambdamart: LightGBM threads")
+    floor.add_argument("--threads", type=THREADS, default=1, help="lambdamart: LightGBM threads")
     floor.set_defaults(handler=_floor)

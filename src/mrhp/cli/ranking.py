@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from mrhp.cli.options import progress_option, settings_options
+from mrhp.cli.options import device_option, progress_option, settings_options
 from mrhp.ranking.serve.settings import ServeSettings
 
 
@@ -39,7 +39,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     predict.add_argument("--explain", action="store_true",
                          help="add each review's explanation: its score split into fusion paths, top words and regions "
                               "(the paper's model only)")
-    predict.add_argument("--device", default="auto", help="where the model scores: auto (default), cpu, cuda or cuda:N")
+    device_option(predict)
     progress_option(predict)
     predict.set_defaults(handler=_predict)
 

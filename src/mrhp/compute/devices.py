@@ -5,14 +5,21 @@ A device is `auto` (the GPU when CUDA is usable, else the CPU), `cpu`, `cuda` (u
 rank's `LOCAL_RANK`, else the current one) or `cuda:N`. Mixed precision is autocast: `bf16` and `fp16` run the
 matrix products in 16 bits with float32 weights and optimizer state; `fp16` (CUDA only) also scales the loss (a
 gradient scaler) so that small gradients do not flush to zero.
+
+bf16 works on every CPU. oneDNN's bf16 LSTM needs AVX-512 (`torch.ops.mkldnn._is_mkldnn_bf16_supported()`); on a
+CPU without it (AVX2 only) autocast's bf16 LSTM fails ("could not create a primitive descriptor for the LSTM
+forward propagation primitive"), so there `run_lstm` keeps the LSTMs in float32 while every other product still
+runs in bf16. fp16 on the CPU is refused before any work (`check_precision`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 
 import torch
+from torch import nn
 
 from mrhp.errors import MrhpError
 
@@ -52,6 +59,53 @@ def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
     return torch.device("cuda", index)
 
 
+@functools.cache
+def cpu_supports_bf16() -> bool:
+    """Whether oneDNN runs bf16 kernels (the LSTM's among them) on this CPU: torch's own probe, True from AVX-512
+    up, False on AVX2-only CPUs. A torch built without oneDNN runs its own LSTM kernel, which takes bf16."""
+    return not torch.backends.mkldnn.is_available() or bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def cpu_capability() -> str:
+    """The widest vector instruction set torch's CPU kernels use here (e.g. `AVX2`, `AVX512`), for messages."""
+    return torch.backends.cpu.get_cpu_capability()
+
+
+def cuda_supports_bf16(device: torch.device) -> bool:
+    """Whether the GPU `device` takes bf16 autocast: torch's own probe, the one `torch.autocast` itself applies."""
+    with torch.cuda.device(device):
+        return torch.cuda.is_bf16_supported()
+
+
+def check_precision(device: torch.device, precision: str) -> None:
+    """`MrhpError` when `precision` cannot run on `device`: fp16 on the CPU (oneDNN has no fp16 LSTM there, and
+    bf16 is the CPU's 16-bit format), bf16 on a GPU without it (autocast would refuse it in the first step).
+    Called before a run writes anything."""
+    if precision == "fp16" and device.type == "cpu":
+        raise MrhpError("train.precision = 'fp16' is for CUDA devices; use bf16 on the CPU")
+    if precision == "bf16" and device.type == "cuda" and not cuda_supports_bf16(device):
+        raise MrhpError(f"train.precision = 'bf16': the GPU {device} ({torch.cuda.get_device_name(device)}) has no "
+                        "bfloat16 support; use fp16 there")
+
+
+def lstm_in_float32(device: torch.device, precision: str) -> bool:
+    """Whether `run_lstm` keeps LSTMs in float32 under this autocast: bf16 on a CPU without oneDNN bf16 support."""
+    return precision == "bf16" and device.type == "cpu" and not cpu_supports_bf16()
+
+
+def run_lstm(lstm: nn.LSTM, x: torch.Tensor | nn.utils.rnn.PackedSequence) -> tuple:
+    """`lstm(x)`, but in float32 with autocast off when the surrounding autocast is CPU bf16 and this CPU has no
+    oneDNN bf16 support (see the module docstring); elsewhere exactly `lstm(x)`. `x` is a tensor or a packed
+    sequence; the outputs are float32 in the fallback, which the bf16 products after it accept as they are."""
+    on_cpu = (x.data if isinstance(x, nn.utils.rnn.PackedSequence) else x).device.type == "cpu"
+    if on_cpu and torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16 and (
+        not cpu_supports_bf16()
+    ):
+        with torch.autocast("cpu", enabled=False):
+            return lstm(x.float())
+    return lstm(x)
+
+
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     """The autocast region of a forward pass and its loss in `precision` (a no-op for fp32)."""
     if precision == "fp32":
@@ -61,8 +115,6 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 
 def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
     """A loss scaler, enabled for fp16 only: disabled, its `scale`, `unscale_`, `step` and `update` are the plain
-    backward and optimizer step, bit for bit. fp16 on the CPU is refused (`MrhpError`): oneDNN has no fp16 LSTM
-    there, and bf16 is the CPU's 16-bit format."""
-    if precision == "fp16" and device.type == "cpu":
-        raise MrhpError("train.precision = 'fp16' is for CUDA devices; use bf16 on the CPU")
+    backward and optimizer step, bit for bit. A precision the device cannot run is refused (`check_precision`)."""
+    check_precision(device, precision)
     return torch.amp.GradScaler(device.type, enabled=precision == "fp16")

@@ -10,7 +10,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from mrhp.config import SOURCE_SAMPLING
 from mrhp.data.prepared import PreparedSplit
+from mrhp.data.side import STORED_SIDE_FEATURES
 from mrhp.data.text import MAX_WORD_CHARS
 
 
@@ -43,6 +45,7 @@ class Batch:
     review_states: Tensor  # [N, Sr, H] float32
     review_state_mask: Tensor  # [N, Sr] bool
     review_side: Tensor  # [N, SIDE_FEATURES] float32: side_features() of each review (model.side_features)
+    review_extra: Tensor  # [N, STORED_SIDE_FEATURES] float32: extra_side_inputs() (model.extra_side_features)
     review_chars: Tensor  # [N, Lr, MAX_WORD_CHARS] int32 code points of each review word (0 = none; EG-CNN)
 
     @property
@@ -63,14 +66,16 @@ class Batch:
 class Item:
     """One product or review: token ids [L], image region features [M, F] (M = 0 without image), token states
     [S, H] of a pretrained text encoder (None when the dataset stores none), for a review its star rating
-    (NaN = unknown), and the code points of its words [L, MAX_WORD_CHARS] (`mrhp.data.text.spell`; None = unknown,
-    read as no characters)."""
+    (NaN = unknown), the code points of its words [L, MAX_WORD_CHARS] (`mrhp.data.text.spell`; None = unknown,
+    read as no characters) and its stored side features [len(STORED_SIDE_FEATURES)] (`mrhp.data.side`; None =
+    all unknown)."""
 
     tokens: np.ndarray
     regions: np.ndarray
     states: np.ndarray | None = None
     rating: float = float("nan")
     chars: np.ndarray | None = None
+    side: np.ndarray | None = None
 
 
 # Side features of a review (model.side_features): log(1 + words), whether a star rating is known, and the
@@ -85,6 +90,24 @@ def side_features(words: int, rating: float) -> tuple[float, float, float]:
     return float(np.log1p(words)), float(known), (float(rating) - 3.0) / 2.0 if known else 0.0
 
 
+# How each stored side feature (mrhp.data.side.STORED_SIDE_FEATURES, in that order) enters a model: age_rank as
+# log(1 + rank) (ranks reach the thousands on Steam), the rating deviation halved (a 1-5 scale spans 4), the others
+# as they are; unknown (NaN) becomes 0, the value of the oldest review, an unverified or image-less one, or a
+# rating at the product's mean.
+_EXTRA_TRANSFORMS = (np.log1p, None, None, None, lambda x: x / 2.0)
+
+
+def extra_side_inputs(stored: np.ndarray | None) -> np.ndarray:
+    """float32 ``[len(STORED_SIDE_FEATURES)]`` model inputs of a review's stored side features (None = unknown)."""
+    if stored is None:
+        return np.zeros(len(STORED_SIDE_FEATURES), dtype=np.float32)
+    values = np.asarray(stored, dtype=np.float64).copy()  # [K]
+    for k, transform in enumerate(_EXTRA_TRANSFORMS):
+        if transform is not None:
+            values[k] = transform(values[k])
+    return np.nan_to_num(values, nan=0.0).astype(np.float32)
+
+
 @dataclass
 class RankingList:
     product: Item
@@ -94,8 +117,10 @@ class RankingList:
     group: int  # identity of the product (lists cut from one product share it)
 
 
-def split_item_lists(split: PreparedSplit, groups: Sequence[tuple[int, Sequence[int]]]) -> list[RankingList]:
-    """Materialise `(product index, review indices)` groups of a prepared split as ranking lists."""
+def split_item_lists(split: PreparedSplit, groups: Sequence[tuple[int, Sequence[int]]],
+                     group_offset: int = 0) -> list[RankingList]:
+    """Materialise `(product index, review indices)` groups of a prepared split as ranking lists; a list's group
+    is `group_offset` + its product index (an offset per source keeps products of several datasets apart)."""
     out = []
     for product, reviews in groups:
         out.append(
@@ -103,10 +128,11 @@ def split_item_lists(split: PreparedSplit, groups: Sequence[tuple[int, Sequence[
                 product=Item(split.product_tokens(product), split.product_regions(product),
                              split.product_states(product)),
                 reviews=[Item(split.review_tokens(j), split.review_regions(j), split.review_states(j),
-                              float(split.review_rating[j]), split.review_chars(j)) for j in reviews],
+                              float(split.review_rating[j]), split.review_chars(j), split.review_side[j])
+                         for j in reviews],
                 labels=[int(split.labels[j]) for j in reviews],
                 review_indices=[int(j) for j in reviews],
-                group=int(product),
+                group=group_offset + int(product),
             )
         )
     return out
@@ -131,18 +157,18 @@ def chunk_product_reviews(
     return groups
 
 
-def pack_groups(groups: Sequence[tuple[int, np.ndarray]], batch_rows: int) -> list[list[tuple[int, np.ndarray]]]:
-    """Greedily pack lists, in the given order, into batches of at most `batch_rows` rows (a single list larger
-    than that forms its own batch)."""
-    batches: list[list[tuple[int, np.ndarray]]] = []
-    current: list[tuple[int, np.ndarray]] = []
+def pack_groups(groups: Sequence[tuple], batch_rows: int) -> list[list[tuple]]:
+    """Greedily pack lists (tuples whose last element is the review indices), in the given order, into batches of
+    at most `batch_rows` rows (a single list larger than that forms its own batch)."""
+    batches: list[list[tuple]] = []
+    current: list[tuple] = []
     rows = 0
     for group in groups:
-        if current and rows + len(group[1]) > batch_rows:
+        if current and rows + len(group[-1]) > batch_rows:
             batches.append(current)
             current, rows = [], 0
         current.append(group)
-        rows += len(group[1])
+        rows += len(group[-1])
     if current:
         batches.append(current)
     return batches
@@ -152,8 +178,34 @@ def training_batches(
     split: PreparedSplit, batch_rows: int, max_list_size: int, seed: int, epoch: int
 ) -> list[list[tuple[int, np.ndarray]]]:
     """The batches of one training epoch; a function of (seed, epoch) alone, so a resumed run repeats them."""
+    mixed = mixed_training_batches([split], "products", batch_rows, max_list_size, seed, epoch)
+    return [[(product, reviews) for _, product, reviews in batch] for batch in mixed]
+
+
+def mixed_training_batches(
+    splits: Sequence[PreparedSplit], sampling: str, batch_rows: int, max_list_size: int, seed: int, epoch: int
+) -> list[list[tuple[int, int, np.ndarray]]]:
+    """The batches of one training epoch over several sources: each batch a list of `(source, product index,
+    review indices)` with the sources shuffled together; a function of (seed, epoch) alone. `sampling`
+    (`SOURCE_SAMPLING`): "products" takes every list of every source once; "balanced" takes as many lists in all,
+    an equal share from each source (a small source's lists repeat, a large one gives a fresh random subset each
+    epoch). One source gives the same epoch under both."""
+    if sampling not in SOURCE_SAMPLING:
+        raise ValueError(f"source sampling must be one of {SOURCE_SAMPLING}, got {sampling!r}")
     rng = np.random.default_rng([seed, epoch])
-    groups = chunk_product_reviews(split, max_list_size, rng)
+    per_source = [chunk_product_reviews(split, max_list_size, rng) for split in splits]
+    total = sum(len(groups) for groups in per_source)
+    groups: list[tuple[int, int, np.ndarray]] = []
+    for source, source_groups in enumerate(per_source):
+        if sampling == "balanced" and len(splits) > 1 and source_groups:
+            # An equal share of the epoch's lists (the remainder to the first sources): whole passes over the
+            # source's lists, then a random subset of them.
+            share = total // len(splits) + (source < total % len(splits))
+            passes, extra = divmod(share, len(source_groups))
+            picked = [*range(len(source_groups))] * passes + rng.permutation(len(source_groups))[:extra].tolist()
+        else:
+            picked = range(len(source_groups))
+        groups.extend((source, *source_groups[i]) for i in picked)
     order = rng.permutation(len(groups))
     return pack_groups([groups[i] for i in order], batch_rows)
 
@@ -223,6 +275,8 @@ def collate(lists: Sequence[RankingList], max_tokens: int, max_regions: int, fea
     review_states, review_state_mask = _pad_states(reviews, max_tokens)
     side = np.array([side_features(len(review.tokens), review.rating) for review in reviews],
                     dtype=np.float32).reshape(len(reviews), len(SIDE_FEATURES))
+    extra = np.array([extra_side_inputs(review.side) for review in reviews],
+                     dtype=np.float32).reshape(len(reviews), len(STORED_SIDE_FEATURES))  # [N, K]
     return Batch(
         product_tokens=product_tokens,
         product_token_mask=product_token_mask,
@@ -242,5 +296,6 @@ def collate(lists: Sequence[RankingList], max_tokens: int, max_regions: int, fea
         review_states=review_states,
         review_state_mask=review_state_mask,
         review_side=torch.from_numpy(side),
+        review_extra=torch.from_numpy(extra),
         review_chars=_pad_chars(reviews, max_tokens),
     )

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mrhp import jsontext
 from mrhp.data.records import RecordError
 from mrhp.errors import DataError
 
@@ -93,7 +94,7 @@ def json_objects(path: Path, skips: SkipLog, python_literals: bool = False) -> I
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
+            obj = jsontext.loads(line)
         except RecursionError:
             skips.skip(RecordError("JSON nested too deeply to read", "invalid JSON", file=path, line=line_no))
             continue

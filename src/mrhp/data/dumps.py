@@ -25,10 +25,20 @@ Formats (``mrhp prepare --format NAME --input FILE``; ``.gz`` files are read tra
 ``yelp``        Yelp Open Dataset reviews, JSON lines: ``review_id``, ``business_id`` (the product), ``text``,
                 ``useful`` (votes), ``stars``; optional ``--business`` JSON lines (``business_id``, ``name``,
                 ``categories``) give the product text ``name + " " + categories``.
+``steam``       Steam store reviews as the ``steamreviews`` package writes them: a folder of
+                ``review_<appid>.json`` files and their store pages ``appdetails/appID_<appid>.json``
+                (:mod:`mrhp.data.steam`; ``voted_up`` becomes the rating 5, a review that does not recommend the
+                game 1).
 ``csv``         any CSV / TSV (``.csv``, ``.tsv``) or JSON-lines (``.jsonl``, ``.json``, ``.ndjson``) file with a
                 column mapping (:func:`parse_column_mapping`): ``product``, ``text`` (one or more columns,
                 joined by a newline) and ``votes`` are required; ``review`` (default: ``line N``), ``rating``,
-                ``product_text`` and ``images`` / ``product_images`` (a JSON list, or ``|``-separated) optional.
+                ``time`` (an integer, seconds since 1970 UTC), ``product_text`` and ``images`` /
+                ``product_images`` (a JSON list, or ``|``-separated) optional.
+
+Review times (seconds since the epoch, UTC; kept per review in the prepared dataset): ``unixReviewTime`` (2018,
+2014), ``timestamp`` (2023, milliseconds, divided by 1000), ``Time`` (Fine Food), ``date`` (Yelp, an ISO date read
+as UTC), ``timestamp_created`` (Steam), the ``time`` column (csv). Verified purchase: ``verified`` (2018),
+``verified_purchase`` (2023), ``steam_purchase`` (Steam); unknown elsewhere.
 
 Review text of the Amazon formats is ``summary + "\\n" + reviewText`` (the title is part of what a reader sees);
 HTML line breaks (``<br />``, common in Fine Food) become newlines.
@@ -51,16 +61,20 @@ import re
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
+from mrhp import jsontext
 from mrhp.data.dump_files import SkipLog, csv_records, json_objects
 from mrhp.data.dump_pipeline import (
+    SPLIT_BY,
     DumpProduct,
     DumpReview,
     check_unique_review_ids,
+    drop_young_reviews,
     merge_products,
     merge_variants,
-    split_by_product,
+    split_reviews,
     unique_review_ids,
 )
 from mrhp.data.records import (
@@ -70,16 +84,17 @@ from mrhp.data.records import (
     RecordError,
     describe_source,
 )
+from mrhp.data.steam import read_steam
 from mrhp.errors import DataError, MrhpError
 
 logger = logging.getLogger(__name__)
 
-DUMP_FORMATS = ("amazon2018", "amazon2014", "amazon2023", "finefood", "yelp", "csv")
+DUMP_FORMATS = ("amazon2018", "amazon2014", "amazon2023", "finefood", "yelp", "steam", "csv")
 # Formats whose --metadata file gives the product side.
 METADATA_FORMATS = ("amazon2018", "amazon2014", "amazon2023")
 # Formats whose review copies are collapsed (and products sharing a copy merged): see merge_variants.
 MERGED_FORMATS = ("amazon2018", "amazon2014", "amazon2023", "finefood")
-COLUMN_KEYS = ("product", "review", "text", "votes", "rating", "product_text", "images", "product_images")
+COLUMN_KEYS = ("product", "review", "text", "votes", "rating", "time", "product_text", "images", "product_images")
 REQUIRED_COLUMNS = ("product", "text", "votes")
 FINEFOOD_COLUMNS = ("Id", "ProductId", "UserId", "HelpfulnessNumerator", "HelpfulnessDenominator", "Score", "Time",
                     "Summary", "Text")
@@ -98,6 +113,7 @@ class ColumnMapping:
     votes: str
     review: str | None = None
     rating: str | None = None
+    time: str | None = None
     product_text: str | None = None
     images: str | None = None
     product_images: str | None = None
@@ -105,7 +121,7 @@ class ColumnMapping:
     def columns(self) -> list[tuple[str, str]]:
         """``(key, column)`` for every mapped column."""
         pairs = [("product", self.product), *(("text", c) for c in self.text), ("votes", self.votes)]
-        for key in ("review", "rating", "product_text", "images", "product_images"):
+        for key in ("review", "rating", "time", "product_text", "images", "product_images"):
             if getattr(self, key) is not None:
                 pairs.append((key, getattr(self, key)))
         return pairs
@@ -149,7 +165,7 @@ def _parse_votes(value: object, path: Path, line: int, name: str) -> int:
         return value
     elif isinstance(value, float) and value >= 0 and value.is_integer():
         return int(value)
-    elif isinstance(value, str) and _VOTES_RE.fullmatch(value.strip()):
+    elif isinstance(value, str) and _VOTES_RE.fullmatch(value.strip()) and jsontext.integer_text_fits(value):
         return int(value.strip().replace(",", ""))
     raise RecordError(f"expected a vote count (an integer >= 0, e.g. 12 or \"1,024\"), got {value!r}", f"bad {name}",
                       file=path, line=line, field=name)
@@ -176,6 +192,44 @@ class _DumpFields(Fields):
     def votes(self, name: str) -> int:
         return _parse_votes(self.required(name), self.file, self.line, name)
 
+    def time(self, name: str, per_second: int = 1) -> int | None:
+        """A review time in whole seconds since the epoch (UTC) from an integer count of ``1 / per_second``
+        seconds (``per_second=1000`` for milliseconds); None for an absent or empty value."""
+        value = self.get(name)
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value.strip())
+        elif isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise self.error(f"expected a time as an integer >= 0 (since 1970, UTC), got {json.dumps(value)[:60]}",
+                             name)
+        return value // per_second
+
+    def date_time(self, name: str) -> int | None:
+        """A time written as an ISO date (``"2016-03-09 00:44:42"``, UTC) in seconds since the epoch; None for an
+        absent or empty value."""
+        value = self.get(name)
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        try:
+            moment = datetime.fromisoformat(value.strip()) if isinstance(value, str) else None
+        except ValueError:
+            moment = None
+        if moment is None:
+            raise self.error(f"expected a date such as \"2016-03-09 00:44:42\", got {json.dumps(value)[:60]}", name)
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        return int(moment.timestamp())
+
+    def flag(self, name: str) -> bool | None:
+        """An optional true/false field (None when absent)."""
+        value = self.get(name)
+        if value is None or isinstance(value, bool):
+            return value
+        raise self.error(f"expected true or false, got {json.dumps(value)[:60]}", name)
+
     def rating(self, name: str) -> float | None:
         """A star rating (finite number), None for an absent or empty value."""
         value = self.get(name)
@@ -183,7 +237,7 @@ class _DumpFields(Fields):
             return None
         try:
             rating = float(value) if not isinstance(value, bool) else math.nan
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: an integer beyond float's range
             rating = math.nan
         if not math.isfinite(rating):
             raise self.error(f"expected a number, got {value!r}", name)
@@ -199,7 +253,7 @@ class _DumpFields(Fields):
             if not text.startswith("["):
                 return tuple(part.strip() for part in text.split("|") if part.strip())
             try:
-                value = json.loads(text)
+                value = jsontext.loads(text)
             except (json.JSONDecodeError, RecursionError):
                 raise self.error("not a JSON list of image references", name) from None
         if isinstance(value, list) and all(isinstance(v, str) for v in value):
@@ -281,7 +335,10 @@ def _read_amazon(path: Path, skips: SkipLog, version: int, notes: Counter) -> li
             key = None if reviewer is None else (str(reviewer), str(time), summary, body)
             review_id = f"{asin}:{reviewer}:{time}" if reviewer is not None else f"{path.name}:line{f.line}"
             text = _clean_html(_join(summary, body))
-            reviews.append(DumpReview(asin, review_id, text, votes, rating, images, f.where, key))
+            seconds = f.time("unixReviewTime")
+            notes["reviews without unixReviewTime (time unknown)"] += seconds is None
+            verified = f.flag("verified") if version == 2018 else None
+            reviews.append(DumpReview(asin, review_id, text, votes, rating, images, f.where, key, seconds, verified))
     return reviews
 
 
@@ -321,7 +378,10 @@ def _read_amazon2023(path: Path, skips: SkipLog, notes: Counter) -> list[DumpRev
             key = None if user is None else (str(user), str(time), title, body)
             review_id = f"{parent}:{user}:{time}" if user is not None else f"{path.name}:line{f.line}"
             text = _clean_html(_join(title, body))
-            reviews.append(DumpReview(parent, review_id, text, votes, rating, images, f.where, key))
+            seconds = f.time("timestamp", per_second=1000)
+            notes["reviews without a timestamp (time unknown)"] += seconds is None
+            reviews.append(DumpReview(parent, review_id, text, votes, rating, images, f.where, key, seconds,
+                                      f.flag("verified_purchase")))
     return reviews
 
 
@@ -352,7 +412,7 @@ def _read_finefood(path: Path, skips: SkipLog, notes: Counter) -> list[DumpRevie
             summary, body, user = f.text("Summary"), f.text("Text"), f.text("UserId")
             key = (user, f.text("Time"), summary, body) if user.strip() else None
             text = _clean_html(_join(summary, body))
-            reviews.append(DumpReview(product, review_id, text, votes, rating, (), f.where, key))
+            reviews.append(DumpReview(product, review_id, text, votes, rating, (), f.where, key, f.time("Time")))
     return reviews
 
 
@@ -361,7 +421,8 @@ def _read_yelp(path: Path, skips: SkipLog) -> list[DumpReview]:
     for f in _json_records(path, skips):
         with skips.guard():
             business, review_id, text = f.id("business_id"), f.id("review_id"), f.string("text")
-            reviews.append(DumpReview(business, review_id, text, f.votes("useful"), f.rating("stars"), (), f.where))
+            reviews.append(DumpReview(business, review_id, text, f.votes("useful"), f.rating("stars"), (), f.where,
+                                      time=f.date_time("date")))
     return reviews
 
 
@@ -397,13 +458,14 @@ def _read_table(path: Path, skips: SkipLog, columns: ColumnMapping) -> tuple[lis
             votes = f.votes(columns.votes)
             rating = f.rating(columns.rating) if columns.rating is not None else None
             images = f.urls(columns.images) if columns.images else ()
+            time = f.time(columns.time) if columns.time is not None else None
             if with_product_side:
                 side = DumpProduct(f.text(columns.product_text) if columns.product_text else "",
                                    f.urls(columns.product_images) if columns.product_images else ())
                 if products.setdefault(product, side) != side:
                     raise f.error(f"product {product!r} has another text or images than on an earlier line",
                                   columns.product_text or columns.product_images, "inconsistent product")
-            reviews.append(DumpReview(product, review_id, text, votes, rating, images, f.where))
+            reviews.append(DumpReview(product, review_id, text, votes, rating, images, f.where, time=time))
     return reviews, products
 
 
@@ -418,6 +480,9 @@ def read_dump(
     lenient: bool = False,
     fractions: Sequence[float] = (0.8, 0.1, 0.1),
     seed: int = 0,
+    split_by: str = "product",
+    dump_date: int | None = None,
+    min_review_age_days: float = 30,
     votes_scheme: str = "log2",
     max_level: int = 4,
     min_reviews: int = 2,
@@ -428,13 +493,18 @@ def read_dump(
 
     Args:
         fmt: one of :data:`DUMP_FORMATS`.
-        input_path: the reviews file.
+        input_path: the reviews file (``steam``: the folder of ``review_<appid>.json`` files).
         metadata: Amazon metadata file (:data:`METADATA_FORMATS`), for product text and image URLs.
         metadata_features: ``amazon2023``: add the metadata's ``features`` list to the product text.
         business: Yelp business file (``yelp``), for product text.
         columns: the column mapping (``csv``; required there).
         lenient: skip and count malformed records instead of failing on the first.
-        fractions, seed: train/dev/test fractions of products and the seed of the split.
+        fractions, seed: train/dev/test fractions (of products, or of reviews with ``split_by="time"``) and the
+            seed of the product split.
+        split_by: ``"product"`` or ``"time"`` (:data:`~mrhp.data.dump_pipeline.SPLIT_BY`; see
+            :mod:`mrhp.data.dump_pipeline`).
+        dump_date: when the dump was collected (seconds since the epoch, UTC), None = unknown; reviews written
+            less than ``min_review_age_days`` before it are left out (too young to have collected votes).
         votes_scheme, max_level: vote count -> level mapping (:func:`~mrhp.data.records.votes_to_level`).
         min_reviews: products with fewer reviews (after de-duplication) are dropped.
         drop_single_level: also drop products whose reviews all have the same level.
@@ -455,6 +525,10 @@ def read_dump(
         raise MrhpError("--metadata-features is for --format amazon2023 with --metadata")
     if business is not None and fmt != "yelp":
         raise MrhpError(f"--business is for the yelp format, not {fmt}")
+    if split_by not in SPLIT_BY:
+        raise MrhpError(f"unknown --split-by {split_by!r} (choose from {', '.join(SPLIT_BY)})")
+    if min_review_age_days < 0:
+        raise MrhpError(f"--min-review-age must be >= 0 days, got {min_review_age_days}")
     if (columns is None) == (fmt == "csv"):
         raise MrhpError("--columns is required for --format csv and only used there")
     input_path = Path(input_path)
@@ -475,6 +549,8 @@ def read_dump(
         reviews = _read_yelp(input_path, skips)
         if business is not None:
             products = _read_yelp_business(Path(business), skips)
+    elif fmt == "steam":
+        reviews, products = read_steam(input_path, skips, counts)
     else:
         assert columns is not None
         reviews, products = _read_table(input_path, skips, columns)
@@ -485,7 +561,7 @@ def read_dump(
         counts.update(merge_counts)
         products = merge_products(products, product_of)
         counts["review ids made unique with the line number"] += unique_review_ids(reviews)
-    else:
+    elif fmt != "steam":  # the steam reader checks its ids itself (its reviews have no line)
         check_unique_review_ids(reviews, "review_id" if fmt == "yelp" else columns.review or "review")
     if business is not None:
         for review in reviews:
@@ -495,8 +571,11 @@ def read_dump(
                                        "unknown business", file=file, line=int(line), field="business_id"))
         reviews = [r for r in reviews if r.product_id in products]
 
-    splits, report = split_by_product(
-        reviews, products, input_path, fractions=fractions, seed=seed, votes_scheme=votes_scheme,
+    if dump_date is not None:
+        reviews, young = drop_young_reviews(reviews, dump_date, min_review_age_days)
+        counts.update(young)
+    splits, report = split_reviews(
+        reviews, products, input_path, split_by=split_by, fractions=fractions, seed=seed, votes_scheme=votes_scheme,
         max_level=max_level, min_reviews=min_reviews, drop_single_level=drop_single_level,
         relevance_threshold=relevance_threshold,
     )
@@ -516,6 +595,7 @@ def read_dump(
     source = describe_source(
         fmt, input_path, metadata=metadata, metadata_features=metadata_features, business=business,
         columns=dict(columns.columns()) if columns is not None else None, fractions=fractions, seed=seed,
+        split_by=split_by, dump_date=dump_date, min_review_age_days=min_review_age_days if dump_date else None,
         votes_scheme=votes_scheme, max_level=max_level, min_reviews=min_reviews, drop_single_level=drop_single_level,
         lenient=lenient,
     )

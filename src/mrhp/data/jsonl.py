@@ -33,6 +33,9 @@
                    :func:`votes_to_level`: ``"log2"`` (default) ``min(max_level, floor(log2(1 + votes)))``, i.e.
                    0 votes -> 0, 1-2 -> 1, 3-6 -> 2, 7-14 -> 3, 15+ -> 4; or ``"linear-cap"``
                    ``min(max_level, votes)``.
+``time``           optional: when the review was written, an integer number of seconds since 1970-01-01 UTC
+                   (Unix time; e.g. 1700000000 is 2023-11-14). It orders the reviews for ``age`` side features
+                   and the time split; absent = unknown.
 =================  ==========================================================================================
 
 Blank lines are ignored. Every error (malformed JSON, missing or mistyped field, duplicate id, review of an
@@ -64,7 +67,7 @@ from mrhp.data.records import (
     VOTE_SCHEMES,
     FeatureProblem,
     FeatureSource,
-    Fields,
+    ItemFields,
     LoadedFeatures,
     RawDataset,
     RawProduct,
@@ -78,6 +81,7 @@ from mrhp.data.records import (
     votes_to_level,
 )
 from mrhp.errors import DataError, MrhpError
+from mrhp.files import open_regular
 
 logger = logging.getLogger(__name__)
 
@@ -87,31 +91,27 @@ FEATURE_SUFFIX = ".npy"
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
-class _Fields(Fields):
-    """A record of the user format: the shared validators plus its product text, image list and review level."""
+def image_file_kind(entry: str | Path) -> str | None:
+    """What an image entry that names a file is, by its suffix: ``"features"`` (a ``.npy`` array), ``"image"``
+    (an image file) or None (neither); the one rule of the JSON-lines files and of requests."""
+    suffix = Path(entry).suffix.lower()
+    if suffix == FEATURE_SUFFIX:
+        return "features"
+    return "image" if suffix in RAW_IMAGE_SUFFIXES else None
+
+
+def not_a_feature_file(entry: str | Path) -> str:
+    return f"{entry} is neither a .npy feature file nor an image file ({', '.join(RAW_IMAGE_SUFFIXES)})"
+
+
+class _Fields(ItemFields):
+    """A record of the user format: the shared product and review fields plus its image paths and review level."""
 
     __slots__ = ()
 
-    def product_text(self) -> str:
-        """``text``, or ``name`` + " " + ``description`` (either may be absent)."""
-        text = self.string("text", required=False)
-        name = self.string("name", required=False)
-        description = self.string("description", required=False)
-        if text is not None:
-            if name is not None or description is not None:
-                raise self.error("give either 'text' or 'name'/'description', not both", "text")
-            return text
-        if name is None and description is None:
-            raise self.error("missing required field (or 'name' and/or 'description')", "text", "missing text")
-        return " ".join(part for part in (name, description) if part is not None)
-
     def image_entries(self) -> list[str]:
         """The ``images`` entries as given (paths or URLs), checked to be non-empty strings."""
-        value = self.get("images")
-        if value is None:
-            return []
-        if not isinstance(value, list):
-            raise self.error(f"expected a list of feature file paths, got {type(value).__name__}", "images")
+        value = self.images()
         for k, entry in enumerate(value):
             if not isinstance(entry, str) or not entry.strip():
                 raise self.error(f"entry {k} is not a non-empty path string: {entry!r}", "images")
@@ -133,16 +133,15 @@ class _Fields(Fields):
                     paths.append(found)
                     continue
                 entry = str(found)
-            suffix = Path(entry).suffix.lower()
-            if suffix in RAW_IMAGE_SUFFIXES and not image_files:
+            kind = image_file_kind(entry)
+            if kind == "image" and not image_files:
                 raise self.error(
                     f"entry {k} ({entry}) is an image file; image files need the image feature extractor "
                     "(`mrhp features` / `mrhp prepare --format jsonl` with the `images` extra installed: "
                     "pip install 'mrhp[images]'); otherwise give region features as .npy arrays [n_regions, F]",
                     "images")
-            if suffix != FEATURE_SUFFIX and suffix not in RAW_IMAGE_SUFFIXES:
-                raise self.error(f"entry {k} ({entry}) is not a .npy feature file (nor an image file: "
-                                 f"{', '.join(RAW_IMAGE_SUFFIXES)})", "images")
+            if kind is None:
+                raise self.error(f"entry {k}: {not_a_feature_file(entry)}", "images")
             path = Path(entry)
             paths.append(path if path.is_absolute() else base_dir / path)
         return paths
@@ -175,7 +174,7 @@ def _read_records(path: Path) -> list[_Fields]:
 
 
 def _is_image_file(path: Path) -> bool:
-    return path.suffix.lower() in RAW_IMAGE_SUFFIXES
+    return image_file_kind(path) == "image"
 
 
 def load_npy_regions(path: Path) -> np.ndarray:
@@ -183,13 +182,14 @@ def load_npy_regions(path: Path) -> np.ndarray:
 
     Raises ``OSError`` / ``ValueError`` when the file is missing, unreadable or not a numeric 2-D array.
     """
-    with open(path, "rb") as handle:
+    with open_regular(path) as handle:
         # numpy calls any other file "pickled data", and some of its errors quote the file's first bytes.
         if handle.read(6) != b"\x93NUMPY":
             raise ValueError("not a .npy file (no NumPy header)")
     array = np.load(path, mmap_mode="r", allow_pickle=False)
-    if array.ndim != 2 or not np.issubdtype(array.dtype, np.number):
-        raise ValueError(f"expected a numeric [n_regions, F] array, got shape {array.shape} dtype {array.dtype}")
+    if array.ndim != 2 or not np.issubdtype(array.dtype, np.number) or array.shape[1] < 1:
+        raise ValueError(f"expected a numeric [n_regions, F] array with F >= 1, got shape {array.shape} dtype "
+                         f"{array.dtype}")
     return array
 
 
@@ -315,10 +315,13 @@ def _read_reviews(path: Path, product_ids: Collection[str], products_name: str, 
         pid = f.id("product_id")
         if pid not in product_ids:
             raise f.error(f"unknown product {pid!r} (not in {products_name})", "product_id")
-        text = f.string("text")
+        text = f.review_text()
         label, source = f.label(votes_scheme, max_level)
         label_source[source] += 1
-        review = RawReview(rid, pid, text, label)
+        time = f.integer("time") if f.has("time") else None
+        if time is not None and time < 0:
+            raise f.error(f"expected seconds since 1970 (>= 0), got {time}", "time")
+        review = RawReview(rid, pid, text, label, time=time)
         images.attach(review, f, path.parent)
         reviews.append(review)
     return reviews, label_source

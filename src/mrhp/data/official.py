@@ -3,7 +3,8 @@
 Per category ``cat`` and split in (train, dev, test), three JSON documents in one folder:
 
 - ``{cat}.prd.{split}``: products, fields ``product_id``, ``name``, ``description``, ``img_url``;
-- ``{cat}.rvw.{split}``: reviews, fields ``review_id``, ``content``, ``img_url`` (Amazon also ``time``, unused);
+- ``{cat}.rvw.{split}``: reviews, fields ``review_id``, ``content``, ``img_url`` (Amazon also ``time``, kept as
+  the review's time when it can be read: see :func:`review_time`);
 - ``{cat}.rel.{split}``: relations, fields ``product_id``, ``review_id``, ``upvotes`` (already the helpfulness
   level 0..4, used as the label as it is).
 
@@ -23,10 +24,12 @@ import logging
 import pickle
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
+from mrhp import jsontext
 from mrhp.data.records import (
     SPLIT_NAMES,
     FeatureProblem,
@@ -42,6 +45,7 @@ from mrhp.data.records import (
     unique_ids,
 )
 from mrhp.errors import DataError
+from mrhp.files import open_regular
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +55,32 @@ MAX_LABEL = 4
 DEFAULT_MAX_REGIONS_PER_IMAGE = 32
 
 _MISSING = object()
+# Integer times above this are milliseconds (1e11 seconds is the year 5138).
+_MILLISECONDS_FROM = 10**11
+# Date spellings of review times: Amazon's reviewTime ("06 15, 2015") and ISO dates.
+_DATE_FORMATS = ("%m %d, %Y", "%Y-%m-%d", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S")
+
+
+def review_time(value: object) -> int | None:
+    """A review's ``time`` in seconds since the epoch (UTC), None when it cannot be read. The format does not fix
+    how the time is written, so this accepts seconds or milliseconds (an integer or a string of digits) and the
+    date spellings of :data:`_DATE_FORMATS` (read as UTC); anything else is unknown and counted, not an error."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, int):
+        return None if value < 0 else value // 1000 if value >= _MILLISECONDS_FROM else value
+    if isinstance(value, str):
+        for spelling in _DATE_FORMATS:
+            try:
+                moment = datetime.strptime(value.strip(), spelling)
+            except ValueError:
+                continue
+            return int(moment.replace(tzinfo=UTC).timestamp())
+    return None
 
 
 def parse_image_urls(value: object) -> list[str]:
@@ -69,7 +99,7 @@ def parse_image_urls(value: object) -> list[str]:
             return []
         if text[0] in "[{":
             try:
-                decoded = json.loads(text)
+                decoded = jsontext.loads(text)
             except RecursionError:
                 raise ValueError("img_url is a JSON list nested too deeply to read") from None
             except json.JSONDecodeError:
@@ -104,7 +134,7 @@ def read_json_document(path: Path) -> list[tuple[str, dict]]:
     rows follow the key order of the first column. A field absent from a record is absent from its dict.
     """
     try:
-        data = json.loads(path.read_bytes())
+        data = jsontext.loads(path.read_bytes())
     except FileNotFoundError:
         raise DataError("file not found", file=path) from None
     except OSError as exc:
@@ -197,7 +227,8 @@ class PthFeatures(FeatureSource):
             return LoadedFeatures(np.zeros((0, 0), dtype=np.float32), [FeatureProblem(str(self.path),
                                                                                       "file not found")])
         try:
-            content = torch.load(self.path, map_location="cpu", weights_only=not self.unsafe_unpickle)
+            with open_regular(self.path) as handle:
+                content = torch.load(handle, map_location="cpu", weights_only=not self.unsafe_unpickle)
         except pickle.UnpicklingError as exc:
             if not self.unsafe_unpickle and str(exc).startswith("Weights only load failed"):
                 raise DataError("holds objects other than tensors, lists and dicts; loading it would unpickle them, "
@@ -218,7 +249,8 @@ class PthFeatures(FeatureSource):
                 if self.max_regions_per_image is not None and x.ndim == 2:
                     x = x[: self.max_regions_per_image]
                 x = x.float().numpy()
-            if not isinstance(x, np.ndarray) or x.ndim != 2 or not np.issubdtype(x.dtype, np.number):
+            if (not isinstance(x, np.ndarray) or x.ndim != 2 or not np.issubdtype(x.dtype, np.number)
+                    or x.shape[1] < 1):
                 shape = getattr(x, "shape", None)
                 return self._problem(f"image {k}: 'x' is not a numeric [n_regions, F] array (shape {shape})")
             images.append(x)
@@ -259,6 +291,7 @@ class _Item:
     text: str
     features: PthFeatures | None
     has_urls: bool
+    time: int | None = None
 
 
 def _read_items(path: Path, kind: str, text_fields: Sequence[str], folder: _FeatureFolder, split: str,
@@ -268,7 +301,10 @@ def _read_items(path: Path, kind: str, text_fields: Sequence[str], folder: _Feat
     for fields, item_id in unique_ids(_records(path), kind):
         text = " ".join(_text(fields, name, nulls) for name in text_fields)
         has_urls = _has_image_urls(fields)
-        items[item_id] = _Item(fields, text, folder.source(split, fields, kind, item_id, has_urls), has_urls)
+        item = _Item(fields, text, folder.source(split, fields, kind, item_id, has_urls), has_urls)
+        if kind == "review":
+            item.time = review_time(fields.get("time"))
+        items[item_id] = item
     return items
 
 
@@ -292,7 +328,7 @@ def _relate(paths: dict[str, Path], products: dict[str, _Item], reviews: dict[st
                                f"{other_record}", "review_id")
         related[rid] = (pid, fields.record)
         review = reviews[rid]
-        relations.append(RawReview(rid, pid, review.text, label, review.features))
+        relations.append(RawReview(rid, pid, review.text, label, review.features, time=review.time))
     for rid, review in reviews.items():
         if rid not in related:
             raise review.fields.error(f"review {rid!r} has no relation in {paths['rel'].name}", "review_id")
@@ -364,6 +400,9 @@ def read_official(
         }
         notes[split] = {
             "null_text_fields": nulls,
+            "reviews_with_time": sum(item.time is not None for item in items["review"].values()),
+            "unreadable_review_times": sum(item.time is None and item.fields.get("time") is not None
+                                           for item in items["review"].values()),
             "items_with_image_urls_but_no_feature_folder": urls_without_folder,
         }
         for kind, n in urls_without_folder.items():

@@ -16,8 +16,9 @@ import logging
 import os
 import shutil
 import time
-import uuid
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -34,6 +35,7 @@ from mrhp.data.records import (
     RawSplit,
     check_missing_rate,
 )
+from mrhp.data.side import STORED_SIDE_FEATURES, review_times, stored_side_features
 from mrhp.data.store import NO_IMAGE, FeatureStoreWriter
 from mrhp.data.text import (
     UNK_ID,
@@ -43,7 +45,7 @@ from mrhp.data.text import (
     tokenize,
 )
 from mrhp.errors import DataError, MrhpError
-from mrhp.outputs import check_output_dir, remove_stale_temporaries
+from mrhp.outputs import check_output_dir, move_into_place, remove_stale_temporaries, temporary_beside
 from mrhp.progress import progress_bar
 
 logger = logging.getLogger(__name__)
@@ -64,6 +66,17 @@ class TextStateEncoder(Protocol):
 
     def encode(self, texts: Sequence[str]) -> list[np.ndarray]:
         """Token states float ``[S_i, dim]`` of each text (padding excluded, ``S_i >= 1``)."""
+
+
+@dataclass(frozen=True)
+class SharedVocabulary:
+    """The vocabulary a dataset is prepared against (``mrhp prepare --vocabulary-from``): ``vocab``, the word
+    vectors of its rows (float32 ``[V, E]``, None when its origin has none) and ``origin``, the folder or checkpoint
+    it came from (named in the report and in errors)."""
+
+    vocab: Vocabulary
+    embeddings: np.ndarray | None
+    origin: str
 
 
 class _ArrayWriter:
@@ -150,6 +163,7 @@ def prepare_dataset(
     feature_dtype: str = "float16",
     text_encoder: TextStateEncoder | None = None,
     overwrite: bool = False,
+    shared: SharedVocabulary | None = None,
 ) -> dict:
     """Tokenize, convert features and write a prepared dataset to ``out_dir``; returns the report.
 
@@ -168,6 +182,10 @@ def prepare_dataset(
         text_encoder: a pretrained text encoder whose token states of every product and review text are stored
             (float16, memory-mapped, in ``text_states/``) for models with ``model.text_encoder`` set; None = none.
         overwrite: replace an existing non-empty ``out_dir`` (otherwise that is an error).
+        shared: the vocabulary (and word vectors) of another prepared dataset or model to prepare against instead
+            of building one from this train split (``mrhp prepare --vocabulary-from``): words it lacks become
+            ``<unk>`` (their spelling kept), so several datasets share one vocabulary. ``min_count``,
+            ``max_vocab_size`` and ``vectors`` then do not apply (``vectors`` with it is an error).
 
     Raises:
         DataError: bad data, or too many missing images (see module docstring).
@@ -175,6 +193,8 @@ def prepare_dataset(
     """
     out_dir = Path(out_dir)
     check_prepare_out(out_dir, overwrite)
+    if shared is not None and vectors is not None:
+        raise MrhpError(f"word vectors come with the shared vocabulary of {shared.origin}; give no vectors with it")
     source.validate()
     train = source.splits.get("train")
     if train is None or not train.products:
@@ -186,7 +206,7 @@ def prepare_dataset(
     if not train.reviews:
         raise DataError("the train split has no reviews: nothing to learn a ranking from (is the reviews file "
                         "empty?)", file=source.source.get("reviews") or source.source.get("path"))
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = temporary_beside(out_dir)
     tmp.mkdir(parents=True)
     sink = _StoreSink(tmp / "features", feature_dtype)
     states = _StoreSink(tmp / "text_states", "float16")
@@ -194,7 +214,7 @@ def prepare_dataset(
         report = _write_prepared(
             source, tmp, sink, min_count=min_count, max_vocab_size=max_vocab_size, vectors=vectors,
             vectors_seed=vectors_seed, relevance_threshold=relevance_threshold, text_encoder=text_encoder,
-            states=states,
+            states=states, shared=shared,
         )
         sink.close()
         states.close()
@@ -203,16 +223,13 @@ def prepare_dataset(
         states.abort()
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if out_dir.exists():
-        # Move the old directory aside first, so that at every moment out_dir is either the old or the new one.
-        trash = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        os.replace(out_dir, trash)
-        os.replace(tmp, out_dir)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(tmp, out_dir)
+    move_into_place(tmp, out_dir)  # an old dataset is moved aside first: out_dir is always the old or the new one
     logger.info("prepared dataset written to %s", out_dir)
     return report
+
+
+# The top of the label scale of the paper's data and of the votes schemes (`votes_to_level`): levels 0..4.
+LABEL_SCALE_TOP = 4
 
 
 def check_prepare_out(out_dir: Path, overwrite: bool) -> None:
@@ -237,24 +254,39 @@ def _write_prepared(
     relevance_threshold: int,
     text_encoder: TextStateEncoder | None,
     states: _StoreSink,
+    shared: SharedVocabulary | None,
 ) -> dict:
     train = source.splits["train"]
+    high = max((review.label for split in source.splits.values() for review in split.reviews), default=0)
+    # A review is relevant iff its label is above the threshold. A threshold outside the label scale (0..4, or the
+    # data's highest label) is a mistake: every metric would be a constant. Small test data may have fewer levels.
+    top = max(high, LABEL_SCALE_TOP)
+    if not -1 <= relevance_threshold <= top:
+        raise MrhpError(f"--relevance-threshold {relevance_threshold}: must be within -1..{top} (labels are 0..{top}; "
+                        "a review is relevant iff its label is above the threshold)")
     counts = count_tokens(progress_bar(_tokens_of(train), desc="counting train tokens", unit="text", leave=False,
                                        total=len(train.products) + len(train.reviews)))
-    vocab = Vocabulary.from_counts(counts, min_count=min_count, max_size=max_vocab_size)
+    vocab = (shared.vocab if shared is not None
+             else Vocabulary.from_counts(counts, min_count=min_count, max_size=max_vocab_size))
     train_tokens = sum(counts.values())
     in_vocab = sum(n for token, n in counts.items() if token in vocab)
     vocab_report: dict = {
         "size": len(vocab),
-        "min_count": min_count,
-        "max_size": max_vocab_size,
+        "min_count": None if shared is not None else min_count,
+        "max_size": None if shared is not None else max_vocab_size,
         "train_token_types": len(counts),
         "train_tokens": train_tokens,
         "train_tokens_in_vocabulary": in_vocab / train_tokens if train_tokens else 0.0,
+        "fingerprint": vocab.fingerprint(),
+        "from": None if shared is None else shared.origin,
     }
     (tmp / "vocab.txt").write_text("".join(t + "\n" for t in vocab.to_list()), encoding="utf-8")
     vectors_report: dict | None = None
     embedding_dim = 0
+    if shared is not None and shared.embeddings is not None:
+        np.save(tmp / "embeddings.npy", shared.embeddings, allow_pickle=False)
+        embedding_dim = int(shared.embeddings.shape[1])
+        vectors_report = {"source": f"copied from {shared.origin}", "dim": embedding_dim}
     if vectors is not None:
         matrix, found = match_word_vectors(vectors, vocab, seed=vectors_seed)
         np.save(tmp / "embeddings.npy", matrix, allow_pickle=False)
@@ -271,11 +303,15 @@ def _write_prepared(
         }
     splits_report: dict = {}
     counts_meta: dict = {}
+    side = stored_side_features(source.splits)
     for name, split in source.splits.items():
         split_dir = tmp / name
         split_dir.mkdir()
         splits_report[name] = _write_split(split, split_dir, vocab, sink, source.max_missing_image_rate,
                                            relevance_threshold)
+        np.save(split_dir / "review_time.npy", review_times(split), allow_pickle=False)
+        np.save(split_dir / "review_side.npy", side[name], allow_pickle=False)
+        splits_report[name]["time"] = _time_report(split)
         counts_meta[name] = {"products": len(split.products), "reviews": len(split.reviews)}
     text_meta = text_report = None
     if text_encoder is not None:
@@ -305,15 +341,35 @@ def _write_prepared(
         "feature_dim": sink.dim,
         "feature_dtype": sink.dtype if sink.writer is not None else None,
         "vocab_size": len(vocab),
+        "vocab_fingerprint": vocab.fingerprint(),
         "embedding_dim": embedding_dim,
         "text_encoder": text_meta,
         "splits": list(source.splits),
+        "side_features": list(STORED_SIDE_FEATURES),
         "counts": counts_meta,
         "report": report,
     }
-    (tmp / "dataset.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    (tmp / "report.txt").write_text(format_report(report) + "\n", encoding="utf-8")
+    # Paths in the source may hold bytes that are not UTF-8 (valid in Linux file names, surrogates in Python): as
+    # JSON escapes ("\udcff") they read back as the same path; the report shows them the same way.
+    (tmp / "dataset.json").write_bytes((json.dumps(meta, indent=1, ensure_ascii=False) + "\n")
+                                       .encode("utf-8", "backslashreplace"))
+    (tmp / "report.txt").write_bytes((format_report(report) + "\n").encode("utf-8", "backslashreplace"))
     return report
+
+
+def _time_report(split: RawSplit) -> dict:
+    """How many reviews of ``split`` have a time, and the first and last (UTC dates)."""
+    times = [r.time for r in split.reviews if r.time is not None]
+    return {
+        "reviews_with_time": len(times),
+        "first": utc_date(min(times)) if times else None,
+        "last": utc_date(max(times)) if times else None,
+    }
+
+
+def utc_date(seconds: int) -> str:
+    """``YYYY-MM-DD`` of a time in seconds since the epoch (UTC)."""
+    return datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%d")
 
 
 def _write_text_states(source: RawDataset, tmp: Path, encoder: TextStateEncoder, sink: _StoreSink) -> dict:
@@ -468,13 +524,16 @@ def format_report(report: dict) -> str:
     if src:
         lines.append("source: " + ", ".join(f"{k}={v}" for k, v in src.items()))
     voc = report["vocabulary"]
+    origin = (f"shared with {voc['from']}" if voc.get("from") else f"min_count {voc['min_count']}"
+              + (f", max_size {voc['max_size']}" if voc.get("max_size") else ""))
     lines.append(
-        f"vocabulary: {voc['size']} tokens (min_count {voc['min_count']}"
-        + (f", max_size {voc['max_size']}" if voc.get("max_size") else "")
-        + f"); {voc['train_tokens_in_vocabulary']:.1%} of {voc['train_tokens']} train tokens in vocabulary"
+        f"vocabulary: {voc['size']} tokens ({origin}; fingerprint {voc.get('fingerprint', '?')})"
+        f"; {voc['train_tokens_in_vocabulary']:.1%} of {voc['train_tokens']} train tokens in vocabulary"
     )
     vec = report.get("vectors")
-    if vec:
+    if vec and "found" not in vec:
+        lines.append(f"word vectors: {vec['source']} (dim {vec['dim']})")
+    elif vec:
         lines.append(
             f"word vectors: {vec['source']} (dim {vec['dim']}): {vec['found']} words found, "
             f"{vec['type_coverage']:.1%} of vocabulary words, {vec['token_coverage']:.1%} of train tokens"
@@ -504,6 +563,10 @@ def format_report(report: dict) -> str:
                      f" (products without reviews: {s['products_without_reviews']})")
         lines.append(f"  lists with a single review: {s['single_review_lists']}, with a single distinct label: "
                      f"{s['single_label_lists']}, without a relevant review: {s['lists_without_relevant_review']}")
+        if s.get("time"):
+            t = s["time"]
+            lines.append(f"  review times: {t['reviews_with_time']} of {s['reviews']} known"
+                         + (f", {t['first']} to {t['last']} (UTC)" if t["first"] else ""))
         for kind in KINDS:
             t = s["text"][kind]
             im = s["images"][kind]
@@ -545,6 +608,11 @@ def format_dump_report(notes: dict) -> str:
     lines.append(f"products whose reviews all share one level (not rankable): {d['single_level_products']}, dropped: "
                  f"{d['single_level_products_dropped']} ({d['reviews_dropped_single_level']} reviews)")
     lines.append(f"labels: votes -> level by {d['votes_scheme']}")
+    if d.get("split_by") == "time":
+        cut = d["time_cutoffs"]
+        lines.append(f"split by time (UTC): dev from {cut['dev'] or '-'}, test from {cut['test'] or '-'}; "
+                     f"{d['split_lists_dropped']} product lists too small to rank in their split dropped "
+                     f"({d['reviews_dropped_in_split_lists']} reviews)")
     if d["image_note"]:
         lines.append(f"{d['items_with_image_urls']} items have image URLs; {d['image_note']}")
     for name, s in d["splits"].items():

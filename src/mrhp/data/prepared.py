@@ -5,7 +5,7 @@ memory-mapped arrays.
 
 Layout of a prepared dataset directory::
 
-    dataset.json     {"format": "mrhp-prepared", "version": 1, "source": {...}, "relevance_threshold": t,
+    dataset.json     {"format": "mrhp-prepared", "version": 2, "source": {...}, "relevance_threshold": t,
                       "feature_dim": F (0 = no images), "splits": [...], "counts": {...}, "report": {...}, ...}
     report.txt       the report in readable form (format_report)
     vocab.txt        one token per line (UTF-8), line i = id i; "<pad>" = 0, "<unk>" = 1
@@ -23,6 +23,10 @@ Layout of a prepared dataset directory::
         product_image.npy    int64 [P]  feature store row, -1 = no image
         review_image.npy     int64 [N]  feature store row, -1 = no image
         review_rating.npy    float32 [N] star rating, NaN = unknown (optional: older datasets lack it)
+        review_time.npy      int64 [N] when the review was written, seconds since 1970 (UTC); NO_TIME
+                             (-2**63) = unknown (version 2; version 1 datasets lack it: all unknown)
+        review_side.npy      float32 [N, K] the side features named in dataset.json "side_features"
+                             (mrhp.data.side.STORED_SIDE_FEATURES), NaN = unknown (version 2; version 1: all NaN)
         {kind}_image_refs.json  lists of image URLs kept as references, not features (only when some item has)
         {kind}_text_state.npy   int64 [P] / [N] row of the item's token states in text_states/ (only with a
                                 pretrained text encoder)
@@ -42,12 +46,16 @@ from pathlib import Path
 import numpy as np
 
 from mrhp.data.records import KINDS
+from mrhp.data.side import NO_TIME, STORED_SIDE_FEATURES
 from mrhp.data.store import NO_IMAGE, FeatureStore, load_json, read_meta
 from mrhp.data.text import PAD_ID, UNK_ID, Vocabulary, spell
-from mrhp.errors import DataError
+from mrhp.errors import DataError, MrhpError
 
 PREPARED_FORMAT = "mrhp-prepared"
-PREPARED_VERSION = 1
+# Version 2 added review_time.npy and review_side.npy; version 1 datasets still open (times and side features
+# unknown), so nothing prepared before has to be prepared again.
+PREPARED_VERSION = 2
+PREPARED_VERSIONS_READ = (1, 2)
 
 
 def _load_npy(path: Path, *, mmap: bool = False) -> np.ndarray:
@@ -70,6 +78,10 @@ class PreparedSplit:
         product_lengths, review_lengths: int64 ``[P]`` / ``[N]`` token counts (0 for an empty text).
         review_rating: float64 ``[N]`` star ratings, NaN where unknown (all NaN for datasets prepared before
             ratings were stored).
+        review_time: int64 ``[N]`` review times in seconds since the epoch (UTC), ``NO_TIME`` where unknown (all
+            unknown for version 1 datasets).
+        review_side: float32 ``[N, len(STORED_SIDE_FEATURES)]`` stored side features (:mod:`mrhp.data.side`),
+            NaN where unknown (all NaN for version 1 datasets).
     """
 
     def __init__(
@@ -103,6 +115,11 @@ class PreparedSplit:
                     offsets[-1] != tokens.shape[0] or np.any(np.diff(offsets) < 0):
                 raise DataError("token offsets do not match the tokens", file=path / f"{kind}_token_offsets.npy")
             self._tokens[kind], self._offsets[kind] = tokens, offsets
+            rows = _load_npy(path / f"{kind}_image.npy")
+            limit = store.num_items if store is not None else 0
+            if rows.shape != (sizes[kind],) or (rows.size and (rows.min() < -1 or rows.max() >= limit)):
+                raise DataError("image rows do not match the feature store", file=path / f"{kind}_image.npy")
+            images[kind] = rows.astype(np.int64, copy=False)
         self._unk_words: dict[str, list[str]] = {}
         self._unk_offsets: dict[str, np.ndarray] = {}
         for kind in KINDS:
@@ -118,11 +135,6 @@ class PreparedSplit:
                     np.any(np.diff(offsets) < 0):
                 raise DataError("unknown-word offsets do not match the unknown words", file=offsets_path)
             self._unk_words[kind], self._unk_offsets[kind] = words, offsets
-            rows = _load_npy(path / f"{kind}_image.npy")
-            limit = store.num_items if store is not None else 0
-            if rows.shape != (sizes[kind],) or (rows.size and (rows.min() < -1 or rows.max() >= limit)):
-                raise DataError("image rows do not match the feature store", file=path / f"{kind}_image.npy")
-            images[kind] = rows.astype(np.int64, copy=False)
         self.product_image: np.ndarray = images["product"]
         self._text_rows: dict[str, np.ndarray] = {}
         if text_store is not None:
@@ -149,6 +161,22 @@ class PreparedSplit:
         )
         if self.review_rating.shape != (self.num_reviews,):
             raise DataError("ratings do not match the reviews", file=rating_path)
+        time_path = path / "review_time.npy"
+        self.review_time: np.ndarray = (
+            _load_npy(time_path).astype(np.int64, copy=False) if time_path.exists()
+            else np.full(self.num_reviews, NO_TIME, dtype=np.int64)
+        )
+        if self.review_time.shape != (self.num_reviews,):
+            raise DataError("review times do not match the reviews", file=time_path)
+        side_path = path / "review_side.npy"
+        width = len(STORED_SIDE_FEATURES)
+        self.review_side: np.ndarray = (
+            _load_npy(side_path).astype(np.float32, copy=False) if side_path.exists()
+            else np.full((self.num_reviews, width), np.nan, dtype=np.float32)
+        )
+        if self.review_side.shape != (self.num_reviews, width):
+            raise DataError(f"side features {self.review_side.shape} do not match the reviews ({self.num_reviews}, "
+                            f"{width})", file=side_path)
         # Reviews grouped by product, file order kept within a product (stable sort).
         self._by_product = np.argsort(self.review_product, kind="stable")
         self._group_start = np.searchsorted(self.review_product[self._by_product], np.arange(self.num_products + 1))
@@ -225,8 +253,9 @@ class PreparedSplit:
             return None
         refs = load_json(path)
         size = self.num_products if kind == "product" else self.num_reviews
-        if not isinstance(refs, list) or len(refs) != size:
-            raise DataError(f"expected a JSON list of {size} lists of URLs", file=path)
+        if not isinstance(refs, list) or len(refs) != size or not all(
+                isinstance(item, list) and all(isinstance(url, str) for url in item) for item in refs):
+            raise DataError(f"expected a JSON list of {size} lists of URL strings", file=path)
         return refs
 
 
@@ -268,7 +297,10 @@ class PreparedDataset:
         """Open a prepared dataset; ``DataError`` naming the path if it is missing or of another format/version."""
         path = Path(path)
         meta_path = path / "dataset.json"
-        meta = read_meta(meta_path, "prepared dataset", PREPARED_FORMAT, PREPARED_VERSION)
+        meta = read_meta(meta_path, "prepared dataset", PREPARED_FORMAT, PREPARED_VERSIONS_READ)
+        if meta["version"] >= 2 and meta.get("side_features") != list(STORED_SIDE_FEATURES):
+            raise DataError(f"side features {meta.get('side_features')!r} are not this version's "
+                            f"{list(STORED_SIDE_FEATURES)}", file=meta_path, field="side_features")
         for key, kind in (("feature_dim", int), ("relevance_threshold", int), ("splits", list)):
             if not isinstance(meta.get(key), kind) or isinstance(meta.get(key), bool):
                 raise DataError(f"missing or invalid value {meta.get(key)!r}", file=meta_path, field=key)
@@ -305,6 +337,23 @@ class PreparedDataset:
     def __repr__(self) -> str:
         return f"PreparedDataset({str(self.path)!r}, splits={self.splits}, vocab={len(self.vocab)})"
 
+    @property
+    def vocab_fingerprint(self) -> str:
+        """:meth:`Vocabulary.fingerprint` of the vocabulary (computed, so datasets prepared before it was stored in
+        ``dataset.json`` have one too)."""
+        return self.vocab.fingerprint()
+
+    def interface(self) -> dict[str, object]:
+        """What a model trained on this dataset depends on: the vocabulary, the pretrained text encoder (name,
+        layer, width, token cut), the image region width and the word-vector width. Datasets trained on together
+        must agree on all of it (:func:`check_same_interface`)."""
+        return {
+            "vocabulary": f"{self.vocab_fingerprint} ({len(self.vocab)} words)",
+            "text encoder": self.text_encoder,
+            "image feature width": self.feature_dim,
+            "word-vector width": int(self.meta.get("embedding_dim") or 0),
+        }
+
     def embeddings(self) -> np.ndarray | None:
         """Initial word vectors float32 ``[V, E]``, or None when the dataset was prepared without vectors."""
         path = self.path / "embeddings.npy"
@@ -323,6 +372,27 @@ class PreparedDataset:
         if name not in self.splits:
             raise DataError(f"no split {name!r} (available: {', '.join(self.splits)})", file=self.path)
         if name not in self._split_cache:
-            self._split_cache[name] = PreparedSplit(self.path / name, name, self._store, self.feature_dim,
-                                                    self._text_store, self._spelling)
+            split = PreparedSplit(self.path / name, name, self._store, self.feature_dim, self._text_store,
+                                  self._spelling)
+            for kind in KINDS:  # an id beyond the vocabulary would index past the embedding table
+                tokens = split._tokens[kind]
+                if tokens.size and (int(tokens.min()) < 0 or int(tokens.max()) >= len(self.vocab)):
+                    raise DataError(f"token ids {int(tokens.min())}..{int(tokens.max())} are outside the vocabulary "
+                                    f"of {self.path / 'vocab.txt'} (0..{len(self.vocab) - 1})",
+                                    file=split.path / f"{kind}_tokens.npy")
+            self._split_cache[name] = split
         return self._split_cache[name]
+
+
+def check_same_interface(datasets: list[PreparedDataset]) -> None:
+    """``MrhpError`` naming both folders and what differs unless every dataset was prepared with the first one's
+    vocabulary, text encoder and widths (prepare the others with ``mrhp prepare --vocabulary-from FIRST``)."""
+    first = datasets[0]
+    expected = first.interface()
+    for other in datasets[1:]:
+        found = other.interface()
+        differ = [f"{key} {expected[key]!r} vs {found[key]!r}" for key in expected if expected[key] != found[key]]
+        if differ:
+            raise MrhpError(f"{first.path} and {other.path} were prepared differently: {'; '.join(differ)}; one run "
+                            f"needs one vocabulary and text encoder: prepare {other.path} with "
+                            f"`mrhp prepare ... --vocabulary-from {first.path}`")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mrhp import jsontext
 from mrhp.errors import DataError
 
 SPLIT_NAMES = ("train", "dev", "test")
@@ -112,7 +113,8 @@ class RawReview:
     """A review of product ``product_id`` with helpfulness level ``label`` (an integer >= 0).
 
     ``rating``: the reviewer's star rating when the source has one (None = unknown), for the floors
-    (:mod:`mrhp.studies.floors`); ``image_refs`` as for :class:`RawProduct`.
+    (:mod:`mrhp.studies.floors`); ``image_refs`` as for :class:`RawProduct`. ``time``: when the review was written,
+    in whole seconds since the epoch (UTC), None = unknown; ``verified``: a verified purchase, None = unknown.
     """
 
     id: str
@@ -122,6 +124,8 @@ class RawReview:
     features: FeatureSource | None = None
     rating: float | None = None
     image_refs: tuple[str, ...] = ()
+    time: int | None = None
+    verified: bool | None = None
 
 
 @dataclass
@@ -279,7 +283,7 @@ def parse_object_line(raw: bytes, path: Path, line_no: int) -> dict | None:
     if not line.strip():
         return None
     try:
-        obj = json.loads(line)
+        obj = jsontext.loads(line)
     except json.JSONDecodeError as exc:
         raise DataError(f"invalid JSON ({exc.msg}, column {exc.colno})", file=path, line=line_no) from None
     except RecursionError:
@@ -420,6 +424,44 @@ class Fields:
         if not 0 <= value <= max_level:
             raise self.error(f"level {value} out of range 0..{max_level}", name)
         return value
+
+
+class ItemFields(Fields):
+    """A product or a review of the project's own record shape, read by the same code wherever it comes from: a
+    line of ``products.jsonl``/``reviews.jsonl`` (:mod:`mrhp.data.jsonl`) or a ranking request
+    (:mod:`mrhp.ranking.request`). What an image entry is differs (a path or URL in files; inline features, base64
+    or a path in requests), so :meth:`images` checks the list and leaves its entries to the reader."""
+
+    __slots__ = ()
+
+    def product_text(self) -> str:
+        """``text``, or ``name`` + " " + ``description`` (either may be absent, not both with ``text``)."""
+        text = self.string("text", required=False)
+        name = self.string("name", required=False)
+        description = self.string("description", required=False)
+        if text is not None:
+            if name is not None or description is not None:
+                raise self.error("give either 'text' or 'name'/'description', not both", "text")
+            return text
+        if name is None and description is None:
+            raise self.error("missing product text: give 'text' (or 'name' and/or 'description')", "text",
+                             "missing text")
+        return " ".join(part for part in (name, description) if part is not None)
+
+    def review_text(self) -> str:
+        """The required review ``text`` (may be empty)."""
+        text = self.string("text")
+        assert text is not None
+        return text
+
+    def images(self) -> list:
+        """The ``images`` entries as given, ``[]`` when absent."""
+        value = self.get("images")
+        if value is None:
+            return []
+        if not isinstance(value, list | tuple):
+            raise self.error(f"expected a list of images, got {type(value).__name__}", "images")
+        return list(value)
 
 
 def unique_ids(records: Iterable[Fields], kind: str) -> Iterator[tuple[Fields, str]]:

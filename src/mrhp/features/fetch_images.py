@@ -36,11 +36,14 @@ import asyncio
 import email.utils
 import hashlib
 import importlib.util
+import ipaddress
 import itertools
 import json
 import logging
+import math
 import random
 import re
+import socket
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -48,13 +51,14 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mrhp import __version__
+from mrhp import __version__, jsontext
 from mrhp.data.jsonl import ImageFeatures, link_image_files
 from mrhp.data.prepared import PreparedDataset
 from mrhp.data.records import FeatureProblem, RawDataset
 from mrhp.errors import DataError, MrhpError
-from mrhp.features.image_folder import remove_stale_temporaries, write_atomic
+from mrhp.features.image_folder import remove_stale_temporaries
 from mrhp.features.images import DEFAULT_MAX_PIXELS, ImageError, load_image
+from mrhp.outputs import write_atomic, write_text_atomic
 from mrhp.progress import progress_bar
 
 if TYPE_CHECKING:
@@ -70,7 +74,8 @@ OUTCOMES = {
     "http_error": "another HTTP error status that is not retried (4xx, or an unexpected 1xx/3xx)",
     "server_error": "HTTP 5xx on every try",
     "rate_limited": "HTTP 429 on every try",
-    "timed_out": "connect or read timeout on every try",
+    "timed_out": "connect or read timeout, or no whole answer within the deadline, on every try",
+    "private_address": "the host resolves to a loopback, private, link-local or other non-public address",
     "truncated": "the connection closed before the whole body came, on every try",
     "connection_error": "connection refused or reset, or the name did not resolve, on every try",
     "too_large": "more than max_bytes, declared or streamed",
@@ -112,16 +117,27 @@ class FetchSettings:
     max_pixels: int = field(default=DEFAULT_MAX_PIXELS, metadata={
         "help": "images with more pixels are refused (decompression bomb guard, as in mrhp features)"})
     user_agent: str = field(default=f"mrhp/{__version__} (fetch-images)", metadata={"help": "User-Agent header"})
+    deadline: float = field(default=120.0, metadata={
+        "help": "seconds for one try of a file, all of it (a server that trickles bytes is given up)"})
+    allow_private_addresses: bool = field(default=False, metadata={
+        "help": "also fetch from loopback, private, link-local and other non-public addresses (refused by default: "
+                "a dataset's URLs could otherwise reach your internal network)"})
 
     def __post_init__(self) -> None:
         for setting in fields(self):
             value = getattr(self, setting.name)
+            option = f"--{setting.name.replace('_', '-')}"
+            # NaN passes every comparison test below as False, and inf would never end a wait.
+            if isinstance(value, float) and not math.isfinite(value):
+                raise MrhpError(f"{option} must be a finite number, got {value}")
             if isinstance(value, (int, float)) and value < 0:
                 raise MrhpError(f"{setting.name} must be >= 0, got {value}")
+        if not (self.user_agent.isascii() and self.user_agent.isprintable()):
+            raise MrhpError(f"--user-agent must be printable ASCII (an HTTP header value), got {self.user_agent!r}")
         for name in ("concurrency", "max_bytes", "max_pixels"):
             if getattr(self, name) < 1:
                 raise MrhpError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("connect_timeout", "read_timeout"):
+        for name in ("connect_timeout", "read_timeout", "deadline"):
             if getattr(self, name) <= 0:
                 raise MrhpError(f"{name} must be > 0, got {getattr(self, name)}")
 
@@ -173,7 +189,7 @@ def read_manifest(path: Path) -> dict[str, dict]:
         if not raw.strip():
             continue
         try:
-            entry = json.loads(raw)
+            entry = jsontext.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError):
             if number == len(lines):  # no newline after it: cut while being written
                 logger.warning("%s: line %d is incomplete (an interrupted run); ignored", path, number)
@@ -190,7 +206,7 @@ def read_manifest(path: Path) -> dict[str, dict]:
 
 def _write_manifest(path: Path, entries: Sequence[dict]) -> None:
     text = "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in entries)
-    write_atomic(path, lambda handle: handle.write(text.encode("utf-8")))
+    write_text_atomic(path, text)
 
 
 def _settled(folder: Path, entry: dict, retry_failed: bool) -> bool:
@@ -252,7 +268,10 @@ class _Downloader:
         """The final result of a URL and the number of tries it took."""
         tries = self.settings.retries + 1
         for attempt in range(1, tries + 1):
-            result = await self._try(url)
+            try:
+                result = await asyncio.wait_for(self._try(url), self.settings.deadline)
+            except TimeoutError:
+                result = _Result("timed_out", f"no complete answer within --deadline {self.settings.deadline:g} s")
             if result.outcome not in RETRIED or attempt == tries:
                 if result.outcome in RETRIED:
                     result.reason = f"{result.reason}; after {attempt} tries"
@@ -271,13 +290,17 @@ class _Downloader:
         for _ in range(self.settings.max_redirects + 1):
             try:
                 target = httpx.URL(current)
-            except httpx.InvalidURL as exc:
+                _ = target.host  # decodes an IDNA host: a malformed "xn--" label fails this URL only
+            except (httpx.InvalidURL, UnicodeError, ValueError) as exc:
                 return _Result("bad_url", f"{current}: {exc}")
             hop = "" if current == url else f" (redirected to {current})"
             if target.scheme not in ("http", "https"):
                 return _Result("bad_scheme", f"scheme {target.scheme!r}{hop}; only http and https are fetched")
             if not target.host:
                 return _Result("bad_url", f"no host{hop}")
+            refused = await self._refused_address(target, hop)
+            if refused is not None:
+                return refused
             host = f"{target.host}:{target.port or target.scheme}"
             await self._turn(host)
             try:
@@ -296,7 +319,31 @@ class _Downloader:
                 return _Result("bad_url", f"{exc}{hop}")
             except httpx.TransportError as exc:
                 return _Result("connection_error", f"{type(exc).__name__}: {str(exc)[:200]}{hop}")
+            except (UnicodeError, ValueError, OverflowError) as exc:  # a host IDNA cannot encode, a bad port, ...
+                return _Result("bad_url", f"{type(exc).__name__}: {str(exc)[:200]}{hop}")
         return _Result("too_many_redirects", f"more than {self.settings.max_redirects} redirects (last: {current})")
+
+    async def _refused_address(self, target: httpx.URL, hop: str) -> _Result | None:
+        """A result that fails the URL when its port is out of range or its host resolves to an address that is
+        not public (loopback, private, link-local, ...; unless `allow_private_addresses`); None to go on. Every
+        redirect hop is checked the same way. (The connection resolves the name again: a name that changes its
+        address in between is not caught.)"""
+        port = target.port or (443 if target.scheme == "https" else 80)
+        if not 1 <= port <= 65535:
+            return _Result("bad_url", f"port {port} is out of range{hop}")
+        if self.settings.allow_private_addresses:
+            return None
+        try:
+            found = await asyncio.get_running_loop().getaddrinfo(target.host, port, type=socket.SOCK_STREAM)
+        except (OSError, UnicodeError, ValueError) as exc:
+            return _Result("connection_error", f"cannot resolve {target.host!r} ({exc}){hop}")
+        for *_, address in found:
+            ip = ipaddress.ip_address(address[0].split("%", 1)[0])
+            ip = getattr(ip, "ipv4_mapped", None) or ip
+            if not ip.is_global:
+                return _Result("private_address", f"{target.host} resolves to {ip}, not a public address{hop}; "
+                                                  "--allow-private-addresses fetches it")
+        return None
 
     async def _receive(self, response: httpx.Response, host: str) -> _Result:
         """The body of a final response, read within the byte cap, then checked and stored."""
@@ -335,7 +382,8 @@ class _Downloader:
     def _store(self, data: bytes, status: int) -> _Result:
         suffix = image_suffix(data)
         if suffix is None:
-            return _Result("not_an_image", f"{len(data)} bytes, starts {data[:16]!r}", status, len(data))
+            # The bytes are never echoed: an internal service's answer must not end up in the manifest or report.
+            return _Result("not_an_image", f"{len(data)} bytes of no known image format", status, len(data))
         try:
             load_image(data, _CHECK_SIZE, self.settings.max_pixels)
         except ImageError as exc:
@@ -345,7 +393,7 @@ class _Downloader:
         path = self.folder / relative
         if not path.is_file():  # the same content from another URL is stored once
             path.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(path, lambda handle: handle.write(data))
+            write_atomic(path, lambda temporary: temporary.write_bytes(data))
         return _Result("ok", "", status, len(data), digest, relative)
 
 

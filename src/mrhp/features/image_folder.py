@@ -20,20 +20,19 @@ API::
 from __future__ import annotations
 
 import hashlib
-import io
 import itertools
 import json
 import logging
 import os
 import re
 import time
-import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
+from mrhp import jsontext
 from mrhp.data.records import FeatureProblem
 from mrhp.errors import MrhpError
 from mrhp.features.images import (
@@ -53,6 +52,8 @@ from mrhp.features.images import (
     prefetch,
     region_grid,
 )
+from mrhp.files import read_regular
+from mrhp.outputs import write_atomic, write_text_atomic
 from mrhp.progress import progress_bar
 
 logger = logging.getLogger(__name__)
@@ -62,29 +63,19 @@ FOLDER_VERSION = 1
 _TEMP_PATTERN = re.compile(r"^\..+\.tmp-(\d+)-[0-9a-f]{8}$")
 
 
-def write_atomic(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
-    """Write ``path`` through a temporary file in the same folder and rename it into place.
-
-    A process killed while writing leaves only ``.{name}.tmp-{pid}-{id}``, never a partial ``path``.
-    """
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        with tmp.open("wb") as handle:
-            write(handle)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _write_json_atomic(path: Path, value: object) -> None:
     text = json.dumps(value, indent=1, ensure_ascii=False) + "\n"
-    write_atomic(path, lambda handle: handle.write(text.encode("utf-8")))
+    write_text_atomic(path, text)
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
     path.parent.mkdir(exist_ok=True)
-    write_atomic(path, lambda handle: np.save(handle, array, allow_pickle=False))
+    write_atomic(path, lambda temporary: _np_save(temporary, array))
+
+
+def _np_save(path: Path, array: np.ndarray) -> None:
+    with path.open("wb") as handle:  # np.save given a name would add ".npy" to the temporary's
+        np.save(handle, array, allow_pickle=False)
 
 
 def _process_alive(pid: int) -> bool:
@@ -166,7 +157,7 @@ class ImageFeatureFolder:
         manifest = self.path / "features.json"
         if manifest.is_file():
             try:
-                stored = json.loads(manifest.read_text(encoding="utf-8"))
+                stored = jsontext.loads(manifest.read_text(encoding="utf-8"))
             except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
                 raise MrhpError(f"{manifest}: unreadable settings of the image feature folder ({exc})") from None
             if not isinstance(stored, dict) or stored.get("format") != FOLDER_FORMAT:
@@ -200,7 +191,7 @@ class ImageFeatureFolder:
         """In a worker thread: ``(sha256, pixels)`` of an image to extract, ``(sha256, None)`` when its features
         exist, or the problem."""
         try:
-            data = path.read_bytes()
+            data = read_regular(path)
         except FileNotFoundError:
             return FeatureProblem(str(path), "file not found")
         except OSError as exc:
@@ -307,7 +298,7 @@ class ImageFeatureFolder:
                 "features": None if problem else str(value.relative_to(self.path)),
                 "error": value.reason if problem else None,
             }, ensure_ascii=False) + "\n")
-        write_atomic(self.path / "index.jsonl", lambda handle: handle.write("".join(lines).encode("utf-8")))
+        write_text_atomic(self.path / "index.jsonl", "".join(lines))
         _write_json_atomic(self.path / "report.json", report)
         self.last_report = report
         logger.info("image features in %s: %d images, %d extracted, %d already there, %d failed (%.1f s)",

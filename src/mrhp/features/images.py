@@ -58,6 +58,7 @@ import numpy as np
 import torch
 
 from mrhp.errors import MrhpError
+from mrhp.files import read_regular
 from mrhp.progress import progress_bar
 
 logger = logging.getLogger(__name__)
@@ -210,7 +211,7 @@ def read_image_file(path: Path, size: int, max_pixels: int) -> tuple[bytes, np.n
     """The bytes of an image file and its pixels (:func:`load_image`); a missing or unreadable file is an
     :class:`ImageError`."""
     try:
-        data = path.read_bytes()
+        data = read_regular(path)
     except FileNotFoundError:
         raise ImageError("file not found") from None
     except OSError as exc:

@@ -561,3 +561,26 @@ def stored_precision(described: dict) -> str:
     """The precision recorded with stored states (a dataset's ``text_encoder`` entry); entries written before the
     int8 variant existed have none and were made in fp32."""
     return str(described.get("precision", FP32))
+
+
+def check_stored_states(stored: dict | None, encoder: str, tuned_layers: int, max_tokens: int, where: str,
+                        precision: str = FP32) -> None:
+    """``MrhpError`` unless ``stored`` (a prepared dataset's ``text_encoder`` entry, None when it stores no token
+    states) holds the states a model with ``model.text_encoder = encoder``, ``model.text_tuned_layers =
+    tuned_layers``, ``data.max_tokens = max_tokens`` and ``model.text_encoder_precision = precision`` reads, which
+    are also what predict and the service recompute for new texts (:class:`StateEncoder` with the same four
+    settings): the same encoder and variant, the layer below the tuned layers, and the same token cut. A cut of 128
+    read at 8 would be the first 8 states of a 128-token pass (no ``[SEP]``, every state attending to the 120 tokens
+    after it), not those of an 8-token pass; int8 states differ from fp32 ones by a few percent.
+    """
+    layer = pretrained_layer(encoder, tuned_layers)
+    wanted = {"name": encoder, "layer": layer, "max_tokens": max_tokens, "precision": precision}
+    held = None if stored is None else {**{key: stored.get(key) for key in wanted}, "precision": stored_precision(stored)}
+    if held != wanted:
+        found = "no token states" if held is None else (
+            f"{held['name']!r} {held['precision']} states of layer {held['layer']} cut at {held['max_tokens']} tokens")
+        raise MrhpError(
+            f"{where}: the model reads {encoder!r} {precision} states of layer {layer} cut at {max_tokens} tokens "
+            f"(model.text_encoder = {encoder!r}, model.text_tuned_layers = {tuned_layers}, data.max_tokens = "
+            f"{max_tokens}, model.text_encoder_precision = {precision!r}), the data holds {found}: prepare it with "
+            "the model's settings (mrhp prepare --config, or --set for each of the four)")

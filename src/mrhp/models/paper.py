@@ -32,8 +32,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from mrhp.config import ModelConfig
+from mrhp.compute.devices import run_lstm
+from mrhp.config import ModelConfig, ModelInputs
 from mrhp.data.batching import SIDE_FEATURES, Batch
+from mrhp.data.side import parse_side_names
 from mrhp.objectives.losses import MODALITY_KEYS
 
 # The four components of eqs. 5-14, named as the contrastive loss (eqs. 30-33) names the pooled vectors.
@@ -178,36 +180,36 @@ class CrossModalLayer(nn.Module):
 class HelpfulnessModel(nn.Module):
     """f(p, r): scores every product-review row of a batch (eqs. 2-29)."""
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, inputs: ModelInputs):
         super().__init__()
-        if config.vocab_size <= 2:
-            raise ValueError("ModelConfig.vocab_size must be set from the vocabulary before building the model")
+        if inputs.vocab_size <= 2:
+            raise ValueError("ModelInputs.vocab_size must count the vocabulary (padding, <unk> and words: > 2)")
         d, heads, drop = config.hidden_size, config.num_heads, config.dropout
         self.use_interaction = config.use_interaction
         self.checkpoint_activations = config.checkpoint_activations
-        self.use_images = config.use_images and config.image_dim > 0
-        self.image_dim = config.image_dim
+        self.use_images = config.use_images and inputs.image_dim > 0
+        self.image_dim = inputs.image_dim
         self.reads_states = config.text_encoder != "lstm"
         self.text_encoder_name = config.text_encoder
         self.embedding_dropout = nn.Dropout(drop)
         if not self.reads_states:
             # Text encoders (eqs. 2-3): one word embedding, separate LSTMs for product and review.
-            self.embedding = nn.Embedding(config.vocab_size, config.embedding_dim, padding_idx=0)
-            self.product_lstm = nn.LSTM(config.embedding_dim, d, batch_first=True)
-            self.review_lstm = nn.LSTM(config.embedding_dim, d, batch_first=True)
+            self.embedding = nn.Embedding(inputs.vocab_size, inputs.embedding_dim, padding_idx=0)
+            self.product_lstm = nn.LSTM(inputs.embedding_dim, d, batch_first=True)
+            self.review_lstm = nn.LSTM(inputs.embedding_dim, d, batch_first=True)
         else:
             # A pretrained transformer's token states, stored when preparing, replace LSTM(W_emb(T)): its top
             # `text_tuned_layers` layers (shared by product and review, as the pretrained encoder is) are trained
             # here, then separate projections H -> d for product and review, as the LSTMs were separate.
             from mrhp.features.text_encoder import PRETRAINED, TopLayers
 
-            if config.text_state_dim <= 0:
-                raise ValueError("ModelConfig.text_state_dim must be set from the prepared dataset")
+            if inputs.text_state_dim <= 0:
+                raise ValueError("ModelInputs.text_state_dim must be the width of the stored token states")
             self.text_top = TopLayers(PRETRAINED[config.text_encoder], config.text_tuned_layers, drop)
-            self.product_text_projection = nn.Linear(config.text_state_dim, d)
-            self.review_text_projection = nn.Linear(config.text_state_dim, d)
+            self.product_text_projection = nn.Linear(inputs.text_state_dim, d)
+            self.review_text_projection = nn.Linear(inputs.text_state_dim, d)
         # Image encoders (eq. 4): Linear F -> d, then self-attention; separate for product and review.
-        image_dim = max(config.image_dim, 1)
+        image_dim = max(inputs.image_dim, 1)
         self.product_image_projection = nn.Linear(image_dim, d)
         self.review_image_projection = nn.Linear(image_dim, d)
         self.product_image_encoder = nn.ModuleList(
@@ -228,12 +230,16 @@ class HelpfulnessModel(nn.Module):
         self.fusion = nn.ModuleDict({name: SelfAttentionBlock(d, heads, config.feedforward_size, drop) for name in fusion})
         self.intra_modal_conv = nn.Conv1d(d, d, config.conv_kernel, padding=config.conv_kernel // 2)
         self.scorer = nn.Linear(5 * d, 1)
-        # Not in the paper (model.side_features): review length and star rating, which pooling hides, added to
-        # the score through a small MLP.
+        # Not in the paper (model.side_features): review length and star rating, which pooling hides, and the
+        # stored side features named by model.extra_side_features, added to the score through a small MLP.
+        self.side_lengths = config.side_features
+        self.register_buffer("side_columns", torch.tensor(parse_side_names(config.extra_side_features),
+                                                          dtype=torch.int64), persistent=False)
+        side_width = len(SIDE_FEATURES) * config.side_features + len(self.side_columns)
         self.side_scorer = (
-            nn.Sequential(nn.Linear(len(SIDE_FEATURES), config.side_hidden_size), nn.GELU(),
+            nn.Sequential(nn.Linear(side_width, config.side_hidden_size), nn.GELU(),
                           nn.Linear(config.side_hidden_size, 1))
-            if config.side_features else None
+            if side_width else None
         )
 
     def run(self, module: nn.Module, *inputs: Tensor) -> Tensor:
@@ -255,7 +261,7 @@ class HelpfulnessModel(nn.Module):
         """tokens [X, L], mask [X, L] -> [X, L, d]. The LSTM runs left to right, so the outputs at real
         positions never depend on the padding that follows them."""
         embedded = self.embedding_dropout(self.embedding(tokens))  # [X, L, E]
-        encoded, _ = lstm(embedded)  # [X, L, d]
+        encoded, _ = run_lstm(lstm, embedded)  # [X, L, d]
         return encoded * mask[..., None].to(encoded.dtype)
 
     def load_pretrained_text(self) -> None:
@@ -281,8 +287,10 @@ class HelpfulnessModel(nn.Module):
             x = block(x, mask)  # [X, M, d]
         return x * mask[..., None].to(x.dtype)
 
-    def forward(self, batch: Batch, explain: bool = False) -> ModelOutput:
-        """Scores of every row; with `explain`, also their exact split (`Explanation`)."""
+    def components(self, batch: Batch) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """The encoded components (eqs. 2-4) of every row, `{name: [N, L_name, d]}`, and their masks
+        `{name: [N, L_name]}` (no region is real when the model uses no images); product encodings are computed
+        once per product, then gathered for each review row."""
         rows = batch.review_product  # [N]
         if self.reads_states:
             product_token_mask, review_token_mask = batch.product_state_mask, batch.review_state_mask
@@ -293,7 +301,6 @@ class HelpfulnessModel(nn.Module):
             product_region_mask = torch.zeros_like(product_region_mask)
             review_region_mask = torch.zeros_like(review_region_mask)
 
-        # Encoders (eqs. 2-4); product encodings once per product, then gathered for each review row.
         if self.reads_states:
             k_p = self.encode_states(self.product_text_projection, batch.product_states, product_token_mask)  # [B, Lp, d]
             k_r = self.encode_states(self.review_text_projection, batch.review_states, review_token_mask)  # [N, Lr, d]
@@ -318,20 +325,28 @@ class HelpfulnessModel(nn.Module):
             "product_image": product_region_mask[rows],  # [N, Mp]
             "review_image": review_region_mask,  # [N, Mr]
         }
+        return x, mask
 
-        # Multimodal interaction module (eqs. 9-14): each component attends to the other three.
-        if self.use_interaction:
-            out = {}
-            for name in COMPONENTS:
-                others = [other for other in COMPONENTS if other != name]
-                context = torch.cat([x[other] for other in others], dim=1)  # [N, Le, d], Le = sum of the others
-                context_mask = torch.cat([mask[other] for other in others], dim=1)  # [N, Le]
-                q = x[name]  # eq. 9: Q[0] = X_gamma
-                for layer in self.interaction[name]:
-                    q = self.run(layer, q, context, context_mask)  # [N, L_gamma, d]
-                out[name] = q * mask[name][..., None].to(q.dtype)
-        else:
-            out = x
+    def interact(self, x: dict[str, Tensor], mask: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The multimodal interaction module (eqs. 9-14): each component attends to the other three; padded
+        positions come out as zeros. Without the module (`use_interaction` off) the components as they are."""
+        if not self.use_interaction:
+            return x
+        out = {}
+        for name in COMPONENTS:
+            others = [other for other in COMPONENTS if other != name]
+            context = torch.cat([x[other] for other in others], dim=1)  # [N, Le, d], Le = sum of the others
+            context_mask = torch.cat([mask[other] for other in others], dim=1)  # [N, Le]
+            q = x[name]  # eq. 9: Q[0] = X_gamma
+            for layer in self.interaction[name]:
+                q = self.run(layer, q, context, context_mask)  # [N, L_gamma, d]
+            out[name] = q * mask[name][..., None].to(q.dtype)
+        return out
+
+    def forward(self, batch: Batch, explain: bool = False) -> ModelOutput:
+        """Scores of every row; with `explain`, also their exact split (`Explanation`)."""
+        x, mask = self.components(batch)  # encoders (eqs. 2-4)
+        out = self.interact(x, mask)  # eqs. 9-14
         h_p, h_r, v_p, v_r = (out[name] for name in COMPONENTS)  # eqs. 13-14
         m_hp, m_hr, m_vp, m_vr = (mask[name] for name in COMPONENTS)
 
@@ -366,7 +381,9 @@ class HelpfulnessModel(nn.Module):
         row_scores = self.scorer(z_final).squeeze(1)  # [N] eq. 29
         side = None
         if self.side_scorer is not None:
-            side = self.side_scorer(batch.review_side).squeeze(1)  # [N]
+            inputs = [batch.review_side] if self.side_lengths else []
+            inputs.append(batch.review_extra[:, self.side_columns])  # [N, len(side_columns)]
+            side = self.side_scorer(torch.cat(inputs, dim=1)).squeeze(1)  # [N]
             row_scores = row_scores + side  # [N]
         scores = row_scores[batch.list_rows] * batch.list_mask.to(row_scores.dtype)  # [B, R]
 

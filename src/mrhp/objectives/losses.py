@@ -164,6 +164,26 @@ def _circle_pair_loss(sim: Tensor, positive: Tensor, negative: Tensor, margin: f
     return torch.where(rows, row_loss, 0.0).sum() / rows.sum().clamp_min(1).to(sim.dtype)
 
 
+def _check_cross_modal_inputs(features: Mapping[str, Tensor], present: Mapping[str, Tensor], group: Tensor,
+                              weighting: str, reduction: str) -> None:
+    """``ValueError`` for arguments of :func:`cross_modal_contrastive_loss` of the wrong keys, shapes or kinds."""
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"unknown weighting {weighting!r}; expected one of {WEIGHTINGS}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"unknown reduction {reduction!r}; expected one of {REDUCTIONS}")
+    for name, mapping in (("features", features), ("present", present)):
+        if set(mapping) != set(MODALITY_KEYS):
+            raise ValueError(f"{name} must have exactly the keys {MODALITY_KEYS}, got {sorted(mapping)}")
+    if group.dim() != 1:
+        raise ValueError(f"group must be [N], got shape {tuple(group.shape)}")
+    n = group.shape[0]
+    for key in MODALITY_KEYS:
+        if features[key].dim() != 2 or features[key].shape[0] != n:
+            raise ValueError(f"features[{key!r}] must be [N={n}, d], got shape {tuple(features[key].shape)}")
+        if present[key].shape != (n,) or present[key].dtype != torch.bool:
+            raise ValueError(f"present[{key!r}] must be a bool [N={n}] tensor")
+
+
 def cross_modal_contrastive_loss(
     features: Mapping[str, Tensor],
     present: Mapping[str, Tensor],
@@ -213,22 +233,7 @@ def cross_modal_contrastive_loss(
     Returns:
         A scalar tensor. Without any valid positive or negative it is a zero still attached to the features.
     """
-    if weighting not in WEIGHTINGS:
-        raise ValueError(f"unknown weighting {weighting!r}; expected one of {WEIGHTINGS}")
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"unknown reduction {reduction!r}; expected one of {REDUCTIONS}")
-    for name, mapping in (("features", features), ("present", present)):
-        if set(mapping) != set(MODALITY_KEYS):
-            raise ValueError(f"{name} must have exactly the keys {MODALITY_KEYS}, got {sorted(mapping)}")
-    if group.dim() != 1:
-        raise ValueError(f"group must be [N], got shape {tuple(group.shape)}")
-    n = group.shape[0]
-    for key in MODALITY_KEYS:
-        if features[key].dim() != 2 or features[key].shape[0] != n:
-            raise ValueError(f"features[{key!r}] must be [N={n}, d], got shape {tuple(features[key].shape)}")
-        if present[key].shape != (n,) or present[key].dtype != torch.bool:
-            raise ValueError(f"present[{key!r}] must be a bool [N={n}] tensor")
-
+    _check_cross_modal_inputs(features, present, group, weighting, reduction)
     units = {key: _unit_rows(features[key], present[key]) for key in MODALITY_KEYS}
     losses = []
     for key1, key2 in combinations(MODALITY_KEYS, 2):
@@ -257,6 +262,28 @@ def _set_means(members: Tensor, present: Tensor) -> tuple[Tensor, Tensor]:
     weights = present.to(units.dtype)[..., None]  # [X, M, 1]
     means = (units * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)  # [X, d]
     return means, present.any(dim=1)
+
+
+def _check_set_inputs(product_vectors: Tensor, product_present: Tensor, review_vectors: Tensor,
+                      review_present: Tensor, helpful: Tensor, group: Tensor, reduction: str) -> None:
+    """``ValueError`` for arguments of :func:`set_contrastive_loss` of the wrong shapes or kinds."""
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"unknown reduction {reduction!r}; expected one of {REDUCTIONS}")
+    if product_vectors.dim() != 4 or review_vectors.dim() != 4:
+        raise ValueError(
+            "product_vectors must be [B, R, Kp, d] and review_vectors [B, R, Kr, d], got "
+            f"{tuple(product_vectors.shape)} and {tuple(review_vectors.shape)}"
+        )
+    b, r, k, d = review_vectors.shape
+    kp = product_vectors.shape[2]
+    if product_vectors.shape != (b, r, kp, d):
+        raise ValueError(f"product_vectors must be [B={b}, R={r}, Kp, d={d}], got {tuple(product_vectors.shape)}")
+    for name, mask, shape in (("product_present", product_present, (b, r, kp)),
+                              ("review_present", review_present, (b, r, k)), ("helpful", helpful, (b, r))):
+        if mask.shape != shape or mask.dtype != torch.bool:
+            raise ValueError(f"{name} must be a bool {tuple(shape)} tensor, got {mask.dtype} {tuple(mask.shape)}")
+    if group.shape != (b,):
+        raise ValueError(f"group must be [B={b}], got shape {tuple(group.shape)}")
 
 
 def set_contrastive_loss(
@@ -305,23 +332,9 @@ def set_contrastive_loss(
     Returns:
         A scalar tensor; a zero still attached to the inputs when there is no positive and no negative pair.
     """
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"unknown reduction {reduction!r}; expected one of {REDUCTIONS}")
-    if product_vectors.dim() != 4 or review_vectors.dim() != 4:
-        raise ValueError(
-            "product_vectors must be [B, R, Kp, d] and review_vectors [B, R, Kr, d], got "
-            f"{tuple(product_vectors.shape)} and {tuple(review_vectors.shape)}"
-        )
+    _check_set_inputs(product_vectors, product_present, review_vectors, review_present, helpful, group, reduction)
     b, r, k, d = review_vectors.shape
     kp = product_vectors.shape[2]
-    if product_vectors.shape != (b, r, kp, d):
-        raise ValueError(f"product_vectors must be [B={b}, R={r}, Kp, d={d}], got {tuple(product_vectors.shape)}")
-    for name, mask, shape in (("product_present", product_present, (b, r, kp)),
-                              ("review_present", review_present, (b, r, k)), ("helpful", helpful, (b, r))):
-        if mask.shape != shape or mask.dtype != torch.bool:
-            raise ValueError(f"{name} must be a bool {tuple(shape)} tensor, got {mask.dtype} {tuple(mask.shape)}")
-    if group.shape != (b,):
-        raise ValueError(f"group must be [B={b}], got shape {tuple(group.shape)}")
 
     members = review_vectors.reshape(b, r * k, d)  # [B, R*Kr, d]: a list's reviews' vectors, one set per list
     in_helpful = (review_present & helpful[:, :, None]).reshape(b, r * k)  # [B, R*Kr]

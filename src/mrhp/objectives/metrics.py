@@ -1,4 +1,5 @@
-"""Ranking metrics for review helpfulness (SPEC section 5) and a paired significance test (paper Table 5).
+"""Ranking metrics for review helpfulness (SPEC section 5). The paired tests over
+per-list values live in `mrhp.studies.stats`.
 
 Every metric is a pure function over padded ``[B, R]`` tensors: ``B`` lists (one product with its reviews each),
 ``R`` review slots per list, and a boolean ``mask[b, r]`` that is True for a real review. Padded slots never
@@ -15,8 +16,7 @@ Definitions follow the MCR code family so that numbers are comparable with the p
 
 from __future__ import annotations
 
-import importlib.util
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -25,13 +25,11 @@ from torch import Tensor
 __all__ = [
     "METRICS",
     "TIES",
-    "PAIRED_TESTS",
-    "rank_order",
     "average_precision",
     "ndcg_at_k",
+    "rank_order",
     "ranking_metrics",
     "summarize",
-    "paired_test",
 ]
 
 METRICS = ("map", "ndcg@3", "ndcg@5")
@@ -39,10 +37,6 @@ METRICS = ("map", "ndcg@3", "ndcg@5")
 
 TIES = ("pessimistic", "stable")
 """Tie policies of :func:`rank_order`."""
-
-PAIRED_TESTS = ("t", "wilcoxon", "randomization")
-"""Methods of :func:`paired_test`."""
-
 
 def _check_inputs(scores: Tensor, labels: Tensor, mask: Tensor) -> None:
     if scores.dim() != 2:
@@ -186,7 +180,8 @@ def ranking_metrics(
 
     Returns:
         ``{"map": Tensor[B], "ndcg@3": Tensor[B], "ndcg@5": Tensor[B]}``, float64 per-list values in ``[0, 1]``;
-        feed them to :func:`summarize` for the split-level percentages and to :func:`paired_test`.
+        feed them to :func:`summarize` for the split-level percentages and to
+        `mrhp.studies.stats.paired_test`.
     """
     order = rank_order(scores, labels, mask, ties)
     relevant, gain = _relevance_and_gain(labels, mask, threshold)
@@ -228,89 +223,3 @@ def summarize(per_list: Mapping[str, Tensor | np.ndarray]) -> dict[str, float]:
             raise ValueError(f"metric {key!r} has no lists to average")
         summary[key] = float(array.mean() * 100.0)
     return summary
-
-
-def _require_scipy(method: str) -> None:
-    if importlib.util.find_spec("scipy") is None:
-        raise ImportError(
-            f"paired_test(method={method!r}) needs scipy, which is not a core dependency of mrhp: "
-            "pip install scipy (or use method='randomization', which needs only numpy)"
-        )
-
-
-def _randomization_p(diff: np.ndarray, resamples: int, seed: int) -> float:
-    """Two-sided sign-flip permutation p-value of the mean difference, with the add-one (never 0) estimate."""
-    n = diff.size
-    observed = abs(diff.mean())
-    # Relative slack so that resamples equal to the observed statistic up to float rounding count as extreme.
-    slack = 1e-12 * max(1.0, float(np.abs(diff).max()))
-    rng = np.random.Generator(np.random.PCG64(seed))
-    chunk = max(1, 2_000_000 // n)  # bounds memory at about 16 MB of signs per step
-    extreme = 0
-    done = 0
-    while done < resamples:
-        size = min(chunk, resamples - done)
-        signs = rng.integers(0, 2, size=(size, n), dtype=np.int8) * 2 - 1
-        means = np.abs(signs @ diff) / n
-        extreme += int((means >= observed - slack).sum())
-        done += size
-    return (extreme + 1) / (resamples + 1)
-
-
-def paired_test(
-    a: Tensor | np.ndarray | list[float],
-    b: Tensor | np.ndarray | list[float],
-    method: str = "t",
-    *,
-    resamples: int = 10_000,
-    seed: int = 0,
-) -> float:
-    """Two-sided p-value of a paired test between two systems' per-list values on the same split (paper Table 5).
-
-    Args:
-        a, b: ``[n]`` per-list values of the two systems (e.g. ``ranking_metrics(...)["map"]``), in the same list
-            order.
-        method: ``"t"`` (paired t-test, scipy), ``"wilcoxon"`` (signed-rank test, scipy, zero differences dropped as
-            in Wilcoxon's original method), or ``"randomization"`` (sign-flip permutation test of the mean
-            difference, numpy only).
-        resamples: number of sign-flip resamples for ``"randomization"``.
-        seed: seed of the numpy Generator for ``"randomization"``; same seed, same p-value.
-
-    Returns:
-        The p-value in ``[0, 1]``. Conventions where a test statistic is undefined: identical inputs (all
-        differences 0) give ``1.0`` for every method (no evidence of a difference, rather than scipy's NaN); for
-        ``"t"``, non-zero differences that are all equal (zero variance) give ``0.0``. The randomization p-value is
-        ``(1 + #extreme) / (1 + resamples)``, so it is never exactly 0.
-
-    Raises:
-        ValueError: unequal lengths, no pairs, fewer than 2 pairs for ``"t"``, non-finite values, an unknown
-            method, or ``resamples < 1``.
-        ImportError: scipy is missing for ``"t"`` or ``"wilcoxon"``.
-    """
-    if method not in PAIRED_TESTS:
-        raise ValueError(f"unknown paired test {method!r}; expected one of {PAIRED_TESTS}")
-    x = _as_numpy_1d(a, "a")
-    y = _as_numpy_1d(b, "b")
-    if x.shape != y.shape:
-        raise ValueError(f"paired test needs equal lengths, got {x.size} and {y.size}")
-    if x.size == 0:
-        raise ValueError("paired test needs at least one pair")
-    if not (np.isfinite(x).all() and np.isfinite(y).all()):
-        raise ValueError("paired test values must be finite")
-    diff = x - y
-    if not diff.any():
-        return 1.0
-    if method == "randomization":
-        if resamples < 1:
-            raise ValueError(f"resamples must be >= 1, got {resamples}")
-        return float(_randomization_p(diff, resamples, seed))
-    _require_scipy(method)
-    from scipy import stats
-
-    if method == "t":
-        if diff.size < 2:
-            raise ValueError("a paired t-test needs at least 2 pairs")
-        if np.ptp(diff) == 0.0:
-            return 0.0
-        return float(stats.ttest_rel(x, y).pvalue)
-    return float(stats.wilcoxon(x, y).pvalue)

@@ -36,8 +36,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from mrhp import jsontext
 from mrhp.data.records import parse_object_line
 from mrhp.errors import MrhpError
+from mrhp.outputs import write_text_atomic
 from mrhp.progress import progress_bar
 from mrhp.ranking.ranker import HASH_CHUNK, Ranker, file_sha256, load_ranker
 from mrhp.ranking.request import RankingRequest
@@ -71,14 +73,13 @@ def _partial_paths(output_path: Path) -> tuple[Path, Path]:
 
 
 def _write_progress(path: Path, progress: _Progress) -> None:
-    temporary = path.with_name(f"{path.name}.tmp")
-    temporary.write_text(json.dumps({"format": PROGRESS_FORMAT, "version": PROGRESS_VERSION, **vars(progress)}))
-    os.replace(temporary, path)  # atomic: a kill leaves the old or the new record, never half of one
+    # Atomic: a kill leaves the old or the new record, never half of one.
+    write_text_atomic(path, json.dumps({"format": PROGRESS_FORMAT, "version": PROGRESS_VERSION, **vars(progress)}))
 
 
 def _read_progress(path: Path) -> _Progress:
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
+        record = jsontext.loads(path.read_text(encoding="utf-8"))
         if record.pop("format") != PROGRESS_FORMAT or record.pop("version") != PROGRESS_VERSION:
             raise ValueError("not a progress file of this mrhp version")
         return _Progress(**record)

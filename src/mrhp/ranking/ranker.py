@@ -29,13 +29,12 @@ from mrhp.errors import MrhpError
 from mrhp.models.checkpoint import Checkpoint, load_checkpoint
 from mrhp.models.explain import ScoreSplit, explanation_json
 from mrhp.models.registry import explains, reads_images
+from mrhp.ranking.encoders import ImageFiles, TextStates
 from mrhp.ranking.request import (
-    ImageFiles,
     RankingRequest,
     RequestError,
     RequestLimits,
     RequestReader,
-    TextStates,
 )
 from mrhp.scoring.loop import Group, score_groups
 
@@ -123,16 +122,15 @@ class Ranker:
             raise MrhpError(f"batch_rows must be >= 1, got {self.batch_rows}")
         self.image_files = image_files if image_files is not None else ImageFiles(checkpoint)
         self.text_states = TextStates(checkpoint, product_cache)
-        self.uses_images = reads_images(checkpoint.config.model)
+        self.uses_images = reads_images(checkpoint.config.model, checkpoint.inputs)
         self.explains = explains(checkpoint.config.model)
+        self.reader = RequestReader(checkpoint, text_states=self.text_states, image_files=self.image_files)
 
     def parse(self, request: object, *, where: str | None = None, base_dir: Path | None = None,
               limits: RequestLimits = RequestLimits()) -> RankingRequest:
         """One request (see the module docstring) as the model's input; `RequestError` naming the field when it
         is malformed. Image paths are read relative to `base_dir`, and refused when it is None."""
-        return RequestReader(self.checkpoint, uses_images=self.uses_images, explains=self.explains,
-                             text_states=self.text_states, image_files=self.image_files, where=where,
-                             base_dir=base_dir, limits=limits).read(request)
+        return self.reader.read(request, where=where, base_dir=base_dir, limits=limits)
 
     def score(self, lists: Sequence[RankingList]) -> list[np.ndarray]:
         """Scores of every review of every list, as one float64 array [len(list.reviews)] per list."""
@@ -156,7 +154,7 @@ class Ranker:
         config = self.checkpoint.config
         for groups, scores, explanation in score_groups(
             self.checkpoint.model, pieces, lists_of, batch_rows=self.batch_rows, data=config.data,
-            feature_dim=config.model.image_dim, explain=explain,
+            feature_dim=self.checkpoint.inputs.image_dim, explain=explain,
         ):
             start = 0
             for index, rows in groups:

@@ -9,7 +9,10 @@ or the arguments of `Ranker.rank`::
 `product_id` is optional (a non-empty string or an integer); the product text is `text`, or `name` and/or
 `description` joined by a space; each review has a `review_id` (a non-empty string or an integer, unique in the
 request), a `text` (may be empty) and optionally its star `rating` (a finite number; read by models with
-`model.side_features`, unknown when absent); `images` is optional everywhere; `"explain": true` (optional) asks
+`model.side_features`, unknown when absent), its `time` (an integer, seconds since 1970 UTC) and whether it is a
+`verified` purchase (true/false), both optional and read by models with `model.extra_side_features` (the side
+features of `mrhp.data.side`, computed over the request's reviews as `mrhp prepare` computes them over a
+product's reviews); `images` is optional everywhere; `"explain": true` (optional) asks
 for each review's explanation (below). An IMAGE is one of
 
 * `{"regions": [[...], ...]}`: region features [n_regions, F] inline (a list of lists, or a numpy array in
@@ -30,39 +33,30 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import os
-import threading
-from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
 from mrhp.data.batching import Item, RankingList
-from mrhp.data.jsonl import RAW_IMAGE_SUFFIXES, load_npy_regions
-from mrhp.data.records import cap_regions, not_unicode
+from mrhp.data.jsonl import image_file_kind, load_npy_regions, not_a_feature_file
+from mrhp.data.records import (
+    ItemFields,
+    RawReview,
+    RawSplit,
+    cap_regions,
+    not_unicode,
+    unique_ids,
+)
+from mrhp.data.side import stored_side_features
 from mrhp.data.text import spell, tokenize
 from mrhp.errors import DataError
-from mrhp.features.images import (
-    DEFAULT_INPUT_SIZE,
-    DEFAULT_MAX_REGIONS,
-    FEATURE_DIM,
-    INSTALL_HINT,
-    ExtractionResult,
-    ImageFeatureExtractor,
-    images_available,
-)
 from mrhp.models.checkpoint import Checkpoint
-from mrhp.models.registry import reads_images
-
-if TYPE_CHECKING:
-    from mrhp.features.text_encoder import StateEncoder
-
-_MISSING = object()
-_T = TypeVar("_T")
+from mrhp.models.registry import explains, reads_images
+from mrhp.ranking.encoders import ImageFiles, TextStates
 
 Loc = tuple[str | int, ...]
 """Path of a request field: `("reviews", 2, "images", 0)` is `reviews[2].images[0]`."""
@@ -95,10 +89,14 @@ class ImageFilesUnavailable(RequestError):
 
 @dataclass(frozen=True)
 class RequestLimits:
-    """What one request may hold (None = no limit); the service sets them, `predict` and the Python API do not."""
+    """What one request may hold (None = no limit), and how strictly it is read; the service sets them, `predict`
+    and the Python API do not."""
 
     max_reviews: int | None = None
     max_text_chars: int | None = None
+    known_fields_only: bool = False  # refuse fields the format does not have (else they are ignored)
+    null_is_absent: bool = False  # a JSON null stands for an absent field (else it is a value of the wrong type)
+    max_image_files: int | None = None  # base64 image files decoded and run through the feature extractor
 
 
 @dataclass
@@ -115,233 +113,162 @@ class RankingRequest:
     explain: bool = False  # explanations are asked for
 
 
-class TextStates:
-    """Token states of request texts for a model with a pretrained text encoder: the encoder (the `text` extra), in
-    the variant the checkpoint was trained on (`model.text_encoder_precision`; checkpoints without it: fp32), is
-    loaded on first use (or by `load`); a model on the LSTM needs none.
-
-    The encoder runs on one thread of its own, whoever asks: torch's OpenMP runtime (libgomp) gives every thread
-    that starts parallel work its own team of `torch.get_num_threads() - 1` helper threads, so a service that
-    encoded on whichever of its many request threads was free kept several teams, whose idle helpers spin and
-    take the cores from the one team at work. One encoding thread means one team, and the threads setting is
-    used as set.
-
-    The states of the last `cache_size` distinct product texts are kept (least recently used dropped first): a shop
-    ranks the same product's reviews again and again, and a text's states do not depend on the texts encoded with
-    it, so a cached product gives exactly what encoding it again would."""
-
-    def __init__(self, checkpoint: Checkpoint, cache_size: int = 256) -> None:
-        model, data = checkpoint.config.model, checkpoint.config.data
-        self.name = model.text_encoder if model.name == "mrhp" else "lstm"
-        self.tuned_layers = model.text_tuned_layers
-        self.precision = model.text_encoder_precision
-        self.max_tokens = data.max_tokens
-        self.cache_size = cache_size
-        self.cache_hits = 0
-        self._products: OrderedDict[str, np.ndarray] = OrderedDict()  # product text -> float16 [S, H]
-        self._encoder: StateEncoder | None = None
-        self._thread: ThreadPoolExecutor | None = None
-        self._start = threading.Lock()
-
-    @property
-    def needed(self) -> bool:
-        return self.name != "lstm"
-
-    def load(self) -> None:
-        """Load the encoder now and run it once (the first pass of a fresh process allocates and tunes kernels),
-        so that the first request is as fast as any other."""
-        if self.needed:
-            self._run(lambda: self._loaded().encode(["warm-up"]))
-
-    def encode(self, texts: Sequence[str]) -> list[np.ndarray | None]:
-        """float32 [S_i, H] per text, or None per text for a model that reads token ids."""
-        if not self.needed:
-            return [None] * len(texts)
-        states = self._run(lambda: self._loaded().encode(list(texts)))
-        return [np.asarray(s, dtype=np.float32) for s in states]
-
-    def encode_request(self, product_text: str, review_texts: Sequence[str]) -> list[np.ndarray | None]:
-        """float32 [S_i, H] of the product text then of each review text (None each for a model on token ids); the
-        product's states come from the cache when its text was encoded lately."""
-        if not self.needed:
-            return [None] * (1 + len(review_texts))
-        states = self._run(lambda: self._encode_request(product_text, list(review_texts)))
-        return [np.asarray(s, dtype=np.float32) for s in states]
-
-    def words(self, text: str, max_tokens: int) -> list[str]:
-        """The tokens of `text` whose positions a model reads (`mrhp.data.batching.collate`): the vocabulary's
-        tokens, or for a pretrained encoder its word pieces with the special tokens (none for an empty text)."""
-        tokens = tokenize(text)
-        if not self.needed:
-            return tokens[:max_tokens]
-        if not tokens:
-            return []
-        return self._run(lambda: self._loaded().pieces([text])[0][:max_tokens])
-
-    def _encode_request(self, product_text: str, review_texts: list[str]) -> list[np.ndarray]:
-        """On the encoding thread: the states of the product (cached or encoded) and of the reviews."""
-        cached = self._products.get(product_text)
-        if cached is not None:
-            self._products.move_to_end(product_text)
-            self.cache_hits += 1
-            return [cached, *self._loaded().encode(review_texts)]
-        states = self._loaded().encode([product_text, *review_texts])
-        if self.cache_size:
-            self._products[product_text] = states[0]
-            if len(self._products) > self.cache_size:
-                self._products.popitem(last=False)
-        return states
-
-    def _run(self, work: Callable[[], _T]) -> _T:
-        """`work()` on the encoding thread (started on first use), whose one worker also serialises the requests."""
-        with self._start:
-            if self._thread is None:
-                self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mrhp-text-encoder")
-        return self._thread.submit(work).result()
-
-    def _loaded(self) -> StateEncoder:
-        """The encoder, loaded on first use (on the encoding thread)."""
-        if self._encoder is None:
-            from mrhp.features.text_encoder import StateEncoder
-
-            self._encoder = StateEncoder(self.name, self.tuned_layers, self.max_tokens, precision=self.precision)
-        return self._encoder
-
-
-class ImageFiles:
-    """Region features of the image files of requests, from the extractor of `mrhp features` (same defaults).
-
-    `unusable` says why image files cannot be used (None when they can): the model reads no images, it reads
-    features of another size than the extractor's, or the `images` extra is missing. The extractor is built on
-    first use, so text-only requests never pay for loading the network, and runs one image at a time under a lock,
-    so concurrent requests can share it. `input_size` and `max_regions` must be those the training images were
-    extracted with."""
-
-    ACCEPTED = "accepted: EfficientNet-Lite0 region features (mrhp.features.images)"
-
-    def __init__(self, checkpoint: Checkpoint, *, input_size: int = DEFAULT_INPUT_SIZE,
-                 max_regions: int = DEFAULT_MAX_REGIONS, threads: int | None = None) -> None:
-        width = checkpoint.config.model.image_dim
-        self.unusable: str | None = None
-        if not reads_images(checkpoint.config.model):
-            self.unusable = "the model uses no images"
-        elif width != FEATURE_DIM:
-            self.unusable = (f"this model takes {width}-d region features and the image feature extractor gives "
-                             f"{FEATURE_DIM}-d ones: send region features [n_regions, {width}] in 'regions'")
-        elif not images_available():
-            self.unusable = f"image files need the optional image feature extractor: {INSTALL_HINT}"
-        self.input_size = input_size
-        self.max_regions = max_regions
-        self.threads = threads
-        self._extractor: ImageFeatureExtractor | None = None
-        self._lock = threading.Lock()
-
-    @property
-    def note(self) -> str:
-        """Whether image files are accepted, and if not why, in words."""
-        return self.unusable or self.ACCEPTED
-
-    def extractor(self) -> ImageFeatureExtractor:
-        with self._lock:
-            if self._extractor is None:
-                self._extractor = ImageFeatureExtractor(self.input_size, self.max_regions, threads=self.threads,
-                                                        batch_size=1)
-            return self._extractor
-
-    def from_bytes(self, data: bytes, source: str) -> ExtractionResult:
-        extractor = self.extractor()
-        with self._lock:
-            return extractor.extract_bytes(data, source=source)
-
-    def from_file(self, path: Path) -> ExtractionResult:
-        extractor = self.extractor()
-        with self._lock:
-            return extractor.extract_files([path])[0]
-
-
 def _shown(value: object) -> str:
     """A bad value as JSON would show it, cut short for messages."""
     return json.dumps(value, default=repr)[:60]
 
 
-class RequestReader:
-    """Reads one request (the module docstring) as the input of `checkpoint`'s model: `uses_images` and `explains`
-    say what the model does with images and explanations, `text_states` and `image_files` turn texts and image
-    files into its inputs. `where` names the request in errors; image paths are read relative to `base_dir`, and
-    refused when it is None."""
+PRODUCT_FIELDS = frozenset({"product_id", "text", "name", "description", "images", "reviews", "explain"})
+REVIEW_FIELDS = frozenset({"review_id", "text", "rating", "time", "verified", "images"})
+IMAGE_FIELDS = frozenset({"regions", "data"})
 
-    def __init__(self, checkpoint: Checkpoint, *, uses_images: bool, explains: bool, text_states: TextStates,
-                 image_files: ImageFiles, where: str | None, base_dir: Path | None, limits: RequestLimits) -> None:
+
+class RequestFields(ItemFields):
+    """The product (`loc` = `()`) or one review (`("reviews", k)`) of a request, read by the shared product and
+    review fields of `mrhp.data.records.ItemFields`, as the JSON-lines files are: errors are `RequestError`s
+    naming the field's path, and texts obey the request's limits."""
+
+    __slots__ = ("limits", "loc")
+
+    def __init__(self, values: Mapping[str, object], loc: Loc, where: str | None, limits: RequestLimits) -> None:
+        super().__init__(values, where, null_is_absent=limits.null_is_absent)
+        self.loc = loc
+        self.limits = limits
+
+    @property
+    def place(self) -> str:
+        return field_name(self.loc)
+
+    def error(self, message: str, name: str, reason: str | None = None) -> RequestError:  # type: ignore[override]
+        return RequestError((*self.loc, name), message, self.file)
+
+    def only(self, known: frozenset[str]) -> None:
+        """Refuse a field not in `known` when the limits say so (the service: a misspelt field is an error)."""
+        if self.limits.known_fields_only:
+            for name in self.values:
+                if (problem := not_unicode(name)) is not None:
+                    raise RequestError(self.loc, f"a field name {problem}", self.file)
+                if name not in known:
+                    raise self.error(f"unknown field (expected one of {', '.join(sorted(known))})", str(name))
+
+    def string(self, name: str, *, required: bool = True, nullable: bool = False) -> str | None:
+        value = super().string(name, required=required, nullable=nullable)
+        limit = self.limits.max_text_chars
+        if value is not None and limit is not None and len(value) > limit:
+            raise self.error(f"text of {len(value)} characters exceeds the limit of {limit}", name)
+        return value
+
+    def rating(self) -> float:
+        """The review's star rating, NaN when absent or null."""
+        value = self.get("rating")
+        if value is None:
+            return float("nan")
+        try:
+            number = float(value) if isinstance(value, int | float) and not isinstance(value, bool) else math.nan
+        except OverflowError:  # an integer beyond float range
+            number = math.nan
+        if not math.isfinite(number):
+            raise self.error(f"expected a finite number, got {_shown(value)}", "rating")
+        return number
+
+    def time(self) -> int | None:
+        """The review's time in seconds since 1970 (UTC), None when absent or null."""
+        value = self.get("time")
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise self.error(f"expected seconds since 1970 (an integer >= 0), got {_shown(value)}", "time")
+        return value
+
+    def verified(self) -> bool | None:
+        """Whether the review is a verified purchase, None when absent or null."""
+        value = self.get("verified")
+        if value is not None and not isinstance(value, bool):
+            raise self.error(f"expected true or false, got {_shown(value)}", "verified")
+        return value
+
+    def explain(self, explains: bool, model_name: str) -> bool:
+        value = self.values.get("explain", False)
+        if not isinstance(value, bool):
+            raise self.error(f"expected true or false, got {_shown(value)}", "explain")
+        if value and not explains:
+            raise self.error(f"model '{model_name}' does not support explanations: only the paper's model (mrhp) "
+                             "does", "explain")
+        return value
+
+
+class RequestReader:
+    """Reads one request (the module docstring) as the input of `checkpoint`'s model. Built once per loaded model
+    (`mrhp.ranking.ranker.Ranker`): what the model does with images and explanations comes from its registry entry,
+    `text_states` and `image_files` turn texts and image files into its inputs."""
+
+    def __init__(self, checkpoint: Checkpoint, *, text_states: TextStates, image_files: ImageFiles) -> None:
         self.checkpoint = checkpoint
-        self.explains = explains
         self.text_states = text_states
         self.image_files = image_files
-        self.where = where
-        self.base_dir = base_dir
-        self.limits = limits
-        self.uses_images = uses_images
-        self.feature_dim = checkpoint.config.model.image_dim
-        self.ignored_width: int | None = None  # the size the images a model without an image side ignores share
+        self.uses_images = reads_images(checkpoint.config.model, checkpoint.inputs)
+        self.explains = explains(checkpoint.config.model)
+        self.feature_dim = checkpoint.inputs.image_dim
 
-    def error(self, loc: Loc, reason: str) -> RequestError:
-        return RequestError(loc, reason, self.where)
-
-    def read(self, request: object) -> RankingRequest:
+    def read(self, request: object, *, where: str | None = None, base_dir: Path | None = None,
+             limits: RequestLimits = RequestLimits()) -> RankingRequest:
+        """One request as the model's input. `where` names it in errors; image paths are read relative to
+        `base_dir`, and refused when it is None."""
         if not isinstance(request, Mapping):
-            raise self.error((), f"expected a JSON object, got {type(request).__name__}")
-        product_id = self.id(request, "product_id", ()) if "product_id" in request else None
-        product_text = self.product_text(request)
-        reviews = request.get("reviews", _MISSING)
-        if reviews is _MISSING:
-            raise self.error(("reviews",), "missing required field")
+            raise RequestError((), f"expected a JSON object, got {type(request).__name__}", where)
+        product = RequestFields(request, (), where, limits)
+        product.only(PRODUCT_FIELDS)
+        product_id = product.id("product_id") if product.has("product_id") else None
+        product_text = product.product_text()
+        if "reviews" not in request:
+            raise product.error("missing required field", "reviews")
+        reviews = request["reviews"]
         if not isinstance(reviews, list | tuple):
-            raise self.error(("reviews",), f"expected a list of review objects, got {type(reviews).__name__}")
-        if self.limits.max_reviews is not None and len(reviews) > self.limits.max_reviews:
-            raise self.error(("reviews",), f"{len(reviews)} reviews exceed the limit of {self.limits.max_reviews} "
-                                           "per request")
-        explain = self.explain(request)
-        product_regions, _ = self.regions(request, ())
+            raise product.error(f"expected a list of review objects, got {type(reviews).__name__}", "reviews")
+        if limits.max_reviews is not None and len(reviews) > limits.max_reviews:
+            raise product.error(f"{len(reviews)} reviews exceed the limit of {limits.max_reviews} per request",
+                                "reviews")
+        explain = product.explain(self.explains, self.checkpoint.config.model.name)
+        images = _RequestImages(self, base_dir, where, limits)
+        product_regions, _ = images.regions(product)
         review_ids: list[str] = []
         texts: list[str] = []
         regions: list[np.ndarray] = []
         region_images: list[np.ndarray] = []
         ratings: list[float] = []
-        seen: set[str] = set()
-        for k, review in enumerate(reviews):
-            loc = ("reviews", k)
-            if not isinstance(review, Mapping):
-                raise self.error(loc, f"expected a JSON object, got {type(review).__name__}")
-            review_id = self.id(review, "review_id", loc)
-            if review_id in seen:
-                raise self.error((*loc, "review_id"), f"duplicate review id {review_id!r}")
-            seen.add(review_id)
+        side_reviews: list[RawReview] = []
+        for review, review_id in unique_ids(self._reviews(reviews, where, limits), "review"):
             review_ids.append(review_id)
-            texts.append(self.string(review, "text", loc, required=True))
-            review_regions, images_of_regions = self.regions(review, loc)
+            texts.append(review.review_text())
+            review_regions, images_of_regions = images.regions(review)
             regions.append(review_regions)
             region_images.append(images_of_regions)
-            ratings.append(self.rating(review, loc))
+            ratings.append(review.rating())
+            side_reviews.append(RawReview(review_id, "request", "", 0, rating=None if np.isnan(ratings[-1])
+                                          else ratings[-1], image_refs=("image",) * len(review.images()),
+                                          time=review.time(), verified=review.verified()))
+        sides = stored_side_features({"request": RawSplit("request", [], side_reviews)})["request"]  # [N, K]
         return self.tokenized(product_id, product_text, product_regions, review_ids, texts, regions, region_images,
-                              ratings, explain)
+                              ratings, explain, list(sides))
 
-    def explain(self, request: Mapping) -> bool:
-        value = request.get("explain", False)
-        if not isinstance(value, bool):
-            raise self.error(("explain",), f"expected true or false, got {_shown(value)}")
-        if value and not self.explains:
-            raise self.error(("explain",), f"model '{self.checkpoint.config.model.name}' does not support "
-                                           "explanations: only the paper's model (mrhp) does")
-        return value
+    @staticmethod
+    def _reviews(reviews: Sequence[object], where: str | None, limits: RequestLimits) -> Iterator[RequestFields]:
+        for k, review in enumerate(reviews):
+            if not isinstance(review, Mapping):
+                raise RequestError(("reviews", k), f"expected a JSON object, got {type(review).__name__}", where)
+            fields = RequestFields(review, ("reviews", k), where, limits)
+            fields.only(REVIEW_FIELDS)
+            yield fields
 
     def tokenized(self, product_id: str | None, product_text: str, product_regions: np.ndarray,
                   review_ids: list[str], texts: list[str], regions: list[np.ndarray],
-                  region_images: list[np.ndarray], ratings: list[float], explain: bool) -> RankingRequest:
+                  region_images: list[np.ndarray], ratings: list[float], explain: bool,
+                  sides: list[np.ndarray | None] | None = None) -> RankingRequest:
         vocab, max_tokens = self.checkpoint.vocab, self.checkpoint.config.data.max_tokens
         product_states, *review_states = self.text_states.encode_request(product_text, texts)
         product = Item(np.asarray(vocab.encode(product_text), dtype=np.int64), product_regions, product_states)
+        sides = sides if sides is not None else [None] * len(texts)
         items = [Item(np.asarray(vocab.encode(text), dtype=np.int64), item_regions, states, rating,
-                      spell(tokenize(text)))
-                 for text, item_regions, states, rating in zip(texts, regions, review_states, ratings)]
+                      spell(tokenize(text)), side)
+                 for text, item_regions, states, rating, side in zip(texts, regions, review_states, ratings, sides)]
         return RankingRequest(
             product_id=product_id,
             review_ids=review_ids,
@@ -354,74 +281,43 @@ class RequestReader:
             explain=explain,
         )
 
-    def id(self, item: Mapping, name: str, loc: Loc) -> str:
-        value = item.get(name, _MISSING)
-        if value is _MISSING:
-            raise self.error((*loc, name), "missing required field")
-        if isinstance(value, str) and value.strip():
-            return self.unicode(value, (*loc, name))
-        if isinstance(value, int) and not isinstance(value, bool):
-            return str(value)
-        raise self.error((*loc, name), f"expected a non-empty string or an integer, got {_shown(value)}")
 
-    def unicode(self, value: str, loc: Loc) -> str:
-        if (problem := not_unicode(value)) is not None:
-            raise self.error(loc, problem)
-        return value
+class _RequestImages:
+    """The images of one request as region features. A model without an image side ignores them once their form
+    is checked; they must still agree with each other in width (`ignored_width`)."""
 
-    def string(self, item: Mapping, name: str, loc: Loc, *, required: bool) -> str | None:
-        value = item.get(name, _MISSING)
-        if value is _MISSING:
-            if required:
-                raise self.error((*loc, name), "missing required field")
-            return None
-        if not isinstance(value, str):
-            raise self.error((*loc, name), f"expected a string, got {_shown(value)}")
-        if self.limits.max_text_chars is not None and len(value) > self.limits.max_text_chars:
-            raise self.error((*loc, name), f"text of {len(value)} characters exceeds the limit of "
-                                           f"{self.limits.max_text_chars}")
-        return self.unicode(value, (*loc, name))
+    def __init__(self, reader: RequestReader, base_dir: Path | None, where: str | None,
+                 limits: RequestLimits) -> None:
+        self.reader = reader
+        self.uses_images = reader.uses_images
+        self.feature_dim = reader.feature_dim
+        self.base_dir = base_dir
+        self.where = where
+        self.limits = limits
+        self.ignored_width: int | None = None
+        self.image_files_read = 0
 
-    def rating(self, item: Mapping, loc: Loc) -> float:
-        """The review's star rating, NaN when absent or null."""
-        value = item.get("rating")
-        if value is None:
-            return float("nan")
-        if isinstance(value, bool) or not isinstance(value, int | float) or not np.isfinite(value):
-            raise self.error((*loc, "rating"), f"expected a finite number, got {_shown(value)}")
-        return float(value)
+    def error(self, loc: Loc, reason: str) -> RequestError:
+        return RequestError(loc, reason, self.where)
 
-    def product_text(self, request: Mapping) -> str:
-        text, name, description = (self.string(request, key, (), required=False)
-                                   for key in ("text", "name", "description"))
-        if text is not None:
-            if name is not None or description is not None:
-                raise self.error(("text",), "give either 'text' or 'name'/'description', not both")
-            return text
-        if name is None and description is None:
-            raise self.error(("text",), "missing product text: give 'text' (or 'name' and/or 'description')")
-        return " ".join(part for part in (name, description) if part is not None)
-
-    def regions(self, item: Mapping, loc: Loc) -> tuple[np.ndarray, np.ndarray]:
+    def regions(self, item: RequestFields) -> tuple[np.ndarray, np.ndarray]:
         """float32 [m, F] of an item's images, its first `max_regions` regions ([0, F] without image; [0, 0]
         when the model reads no images), and the index of the image of each of them, int64 [m]."""
-        images = item.get("images")
-        if images is None:
-            images = []
-        if not isinstance(images, list | tuple):
-            raise self.error((*loc, "images"), f"expected a list of images, got {type(images).__name__}")
-        found = [(k, array) for k, image in enumerate(images)
-                 if (array := self.image(image, (*loc, "images", k))) is not None and len(array)]
+        loc = (*item.loc, "images")
+        found = [(k, array) for k, image in enumerate(item.images())
+                 if (array := self.image(image, (*loc, k), item.limits)) is not None and len(array)]
         if not self.uses_images or not found:
             return np.zeros((0, self.feature_dim if self.uses_images else 0), dtype=np.float32), np.zeros(0, np.int64)
-        max_regions = self.checkpoint.config.data.max_regions
-        kept = cap_regions([array for _, array in found], None, max_regions, where=field_name((*loc, "images")))
+        max_regions = self.reader.checkpoint.config.data.max_regions
+        kept = cap_regions([array for _, array in found], None, max_regions, where=field_name(loc))
         image_of_region = np.concatenate([np.full(len(array), k) for k, array in found])[:max_regions]
         return kept, image_of_region.astype(np.int64)
 
-    def image(self, image: object, loc: Loc) -> np.ndarray | None:
+    def image(self, image: object, loc: Loc, limits: RequestLimits) -> np.ndarray | None:
         """One image's region features; None for an image without regions or one the model ignores."""
         if isinstance(image, Mapping):
+            if limits.known_fields_only and (unknown := [name for name in image if name not in IMAGE_FIELDS]):
+                raise self.error((*loc, str(unknown[0])), "unknown field (expected regions or data)")
             if ("regions" in image) == ("data" in image):
                 raise self.error(loc, "give exactly one of 'regions' or 'data'")
             if "regions" in image:
@@ -432,6 +328,11 @@ class RequestReader:
         files = " or a file path" if self.base_dir is not None else ""
         raise self.error(loc, f"expected an image {{'regions': ...}} or {{'data': ...}}{files}, got {_shown(image)}")
 
+    def unicode(self, value: str, loc: Loc) -> str:
+        if (problem := not_unicode(value)) is not None:
+            raise self.error(loc, problem)
+        return value
+
     def inline(self, rows: object, loc: Loc) -> np.ndarray | None:
         if not isinstance(rows, np.ndarray):
             if not isinstance(rows, list | tuple) or not all(isinstance(row, list | tuple) for row in rows):
@@ -440,7 +341,10 @@ class RequestReader:
                 return None
             if any(len(row) != len(rows[0]) for row in rows):
                 raise self.error(loc, "rows of unequal length: expected [n_regions, F]")
-        array = np.asarray(rows)
+        try:
+            array = np.asarray(rows)
+        except (ValueError, TypeError, OverflowError):  # rows whose values are lists themselves: [[1, [2]]]
+            raise self.error(loc, "expected region features [n_regions, F]: a list of lists of numbers") from None
         if array.dtype.kind not in "iuf":
             raise self.error(loc, f"expected numbers, got values of type {array.dtype}")
         return self.checked(array, loc)
@@ -454,8 +358,13 @@ class RequestReader:
             raise self.error(loc, "not valid base64") from None
         if not self.uses_images:
             return None
-        self.image_files_usable(loc)
-        result = self.image_files.from_bytes(content, source=field_name(loc))
+        image_files = self.usable_image_files(loc)
+        self.image_files_read += 1  # each costs a forward pass of the extractor: refused before that work
+        limit = self.limits.max_image_files
+        if limit is not None and self.image_files_read > limit:
+            raise self.error(loc, f"more than {limit} image files in one request (the limit); send region features "
+                                  "or fewer images")
+        result = image_files.from_bytes(content, source=field_name(loc))
         if not result.ok:
             raise self.error(loc, f"unusable image: {result.error}")
         return self.checked(result.regions, loc)
@@ -463,30 +372,30 @@ class RequestReader:
     def file(self, path: Path, loc: Loc) -> np.ndarray | None:
         assert self.base_dir is not None
         path = path if path.is_absolute() else self.base_dir / path
-        suffix = path.suffix.lower()
-        if suffix == ".npy":
+        kind = image_file_kind(path)
+        if kind == "features":
             try:
                 return self.checked(load_npy_regions(path), loc)
             except FileNotFoundError:
                 raise self.error(loc, f"feature file not found: {path}") from None
             except (OSError, ValueError, EOFError) as exc:
                 raise self.error(loc, f"unreadable feature file {path} ({str(exc)[:200]})") from None
-        if suffix not in RAW_IMAGE_SUFFIXES:
-            raise self.error(loc, f"{path} is neither a .npy feature file nor an image file "
-                                  f"({', '.join(RAW_IMAGE_SUFFIXES)})")
+        if kind is None:
+            raise self.error(loc, not_a_feature_file(path))
         if not self.uses_images:
             if not path.is_file():
                 raise self.error(loc, f"image file not found: {path}")
             return None
-        self.image_files_usable(loc)
-        result = self.image_files.from_file(path)
+        result = self.usable_image_files(loc).from_file(path)
         if not result.ok:
             raise self.error(loc, f"unusable image file {path}: {result.error}")
         return self.checked(result.regions, loc)
 
-    def image_files_usable(self, loc: Loc) -> None:
-        if self.image_files.unusable is not None:
-            raise ImageFilesUnavailable(loc, self.image_files.unusable, self.where)
+    def usable_image_files(self, loc: Loc) -> ImageFiles:
+        image_files = self.reader.image_files
+        if image_files.unusable is not None:
+            raise ImageFilesUnavailable(loc, image_files.unusable, self.where)
+        return image_files
 
     def checked(self, array: np.ndarray, loc: Loc) -> np.ndarray:
         """`array` as float32 [n, F] once its shape agrees with the model (or, for a model without an image side,

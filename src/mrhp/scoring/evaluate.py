@@ -19,6 +19,7 @@ from mrhp.data.prepared import PreparedDataset, PreparedSplit
 from mrhp.errors import MrhpError
 from mrhp.models.checkpoint import Checkpoint
 from mrhp.objectives.metrics import METRICS, ranking_metrics, summarize
+from mrhp.outputs import write_text_atomic
 from mrhp.progress import progress_bar
 from mrhp.scoring.loop import score_groups
 
@@ -44,34 +45,41 @@ def score_split(
     bar.close()
     scores = combine_scores(scores, runtime, f"split '{split.name}'")
     if np.isnan(scores).any():
-        raise RuntimeError(f"{int(np.isnan(scores).sum())} reviews of split '{split.name}' got no finite score")
+        raise NonFiniteScores(f"{int(np.isnan(scores).sum())} reviews of split '{split.name}' got no finite score")
     return scores
 
 
 def check_fits(checkpoint: Checkpoint, dataset: PreparedDataset) -> None:
     """`MrhpError` unless `dataset` was prepared as the checkpoint's training data was: the same vocabulary (token
-    ids mean the same words), the same region feature width and, for a pretrained text encoder, its token states.
-    A model scored on another vocabulary gives numbers, but meaningless ones."""
+    ids mean the same words), the same region feature width and, for a pretrained text encoder, its token states
+    (encoder, layer, token cut and width).
+    A model scored on another vocabulary gives numbers, but meaningless ones; any dataset prepared against the
+    model's vocabulary and encoder (`mrhp prepare --vocabulary-from`), a new category included, fits."""
     where = f"{dataset.path} and the checkpoint {checkpoint.source or ''}".rstrip()
     if checkpoint.vocab.tokens != dataset.vocab.tokens:
         differ = next((i for i, (a, b) in enumerate(zip(checkpoint.vocab.tokens, dataset.vocab.tokens)) if a != b),
                       min(len(checkpoint.vocab), len(dataset.vocab)))
-        raise MrhpError(f"{where} have different vocabularies ({len(dataset.vocab)} and {len(checkpoint.vocab)} "
-                        f"words, first difference at id {differ}): evaluate on the dataset the model was trained on")
-    model = checkpoint.config.model
-    if model.image_dim != dataset.feature_dim:
+        raise MrhpError(f"{where} have different vocabularies (fingerprints {dataset.vocab_fingerprint} and "
+                        f"{checkpoint.vocab.fingerprint()}, {len(dataset.vocab)} and {len(checkpoint.vocab)} words, "
+                        f"first difference at id {differ}): prepare the data against the model's vocabulary with "
+                        f"`mrhp prepare ... --vocabulary-from {checkpoint.source or 'RUN'}`")
+    model, inputs = checkpoint.config.model, checkpoint.inputs
+    if inputs.image_dim != dataset.feature_dim:
         raise MrhpError(f"{where}: region features are {dataset.feature_dim}-d in the data, the model takes "
-                        f"{model.image_dim}")
-    stored = dataset.text_encoder
+                        f"{inputs.image_dim}")
     if model.text_encoder != "lstm":
-        from mrhp.features.text_encoder import stored_precision
+        from mrhp.features.text_encoder import check_stored_states
 
-        precision = model.text_encoder_precision
-        if (stored is None or stored.get("name") != model.text_encoder
-                or int(stored.get("dim", -1)) != model.text_state_dim or stored_precision(stored) != precision):
-            raise MrhpError(f"{where}: the model reads {model.text_encoder!r} {precision} token states of width "
-                            f"{model.text_state_dim}; the data holds "
-                            + (f"{stored} ({stored_precision(stored)})" if stored else "none"))
+        stored = dataset.text_encoder
+        check_stored_states(stored, model.text_encoder, model.text_tuned_layers, checkpoint.config.data.max_tokens,
+                            where, precision=model.text_encoder_precision)
+        if int(stored["dim"]) != inputs.text_state_dim:
+            raise MrhpError(f"{where}: the model reads token states of width {inputs.text_state_dim}; the data "
+                            f"holds {stored['dim']}")
+
+
+class NonFiniteScores(RuntimeError):
+    """The model scored some reviews NaN: its weights are finite but its scores overflow (a diverging run)."""
 
 
 def per_product_metrics(
@@ -132,11 +140,12 @@ def write_per_product(path: Path, product_ids: list[str], values: dict[str, np.n
     """One JSON object per product: product id, split and its metric values in [0, 1]; lines are in split
     order, so two systems evaluated on the same split can be compared pairwise."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as out:
-        for row, product_id in enumerate(product_ids):
-            record = {"product_id": product_id, "split": split}
-            record.update({name: float(values[name][row]) for name in METRICS})
-            out.write(json.dumps(record) + "\n")
+    lines = []
+    for row, product_id in enumerate(product_ids):
+        record = {"product_id": product_id, "split": split}
+        record.update({name: float(values[name][row]) for name in METRICS})
+        lines.append(json.dumps(record) + "\n")
+    write_text_atomic(path, "".join(lines))
 
 
 def format_metrics(summary: dict[str, float]) -> str:

@@ -4,6 +4,7 @@ the contrastive loss), evaluate each once on test, and report a table and one ra
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -41,11 +42,13 @@ def demo_config() -> Config:
     return apply_overrides(Config(), DEMO_OVERRIDES, "demo")
 
 
-def prepare_demo_data(out_dir: Path, seed: int = 0) -> PreparedDataset:
-    """The demo's synthetic dataset from `seed`, written in the official format under `out_dir/official` and
-    prepared into `out_dir/prepared` (every word kept, relevance threshold 1 as for Amazon)."""
+def prepare_demo_data(out_dir: Path, seed: int = 0, spec: SyntheticSpec | None = None) -> PreparedDataset:
+    """The demo's synthetic dataset from `seed` (and `spec`, default the demo's sizes), written in the official
+    format under `out_dir/official` and prepared into `out_dir/prepared` (every word kept, relevance threshold 1
+    as for Amazon)."""
     raw_dir = out_dir / "official"
-    features = write_official_dataset(raw_dir, CATEGORY, SyntheticSpec(seed=seed))
+    spec = dataclasses.replace(spec or SyntheticSpec(), seed=seed)
+    features = write_official_dataset(raw_dir, CATEGORY, spec)
     raw = read_official(raw_dir, CATEGORY, product_features=features, review_features=features)
     prepare_dataset(raw, out_dir / "prepared", min_count=1, relevance_threshold=1, overwrite=True)
     return PreparedDataset.open(out_dir / "prepared")

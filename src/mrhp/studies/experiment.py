@@ -17,7 +17,12 @@ import numpy as np
 from mrhp.config import Config
 from mrhp.data.prepared import PreparedDataset
 from mrhp.models.checkpoint import load_checkpoint
-from mrhp.scoring.evaluate import evaluate_split, format_metrics, write_per_product
+from mrhp.scoring.evaluate import (
+    check_fits,
+    evaluate_split,
+    format_metrics,
+    write_per_product,
+)
 from mrhp.studies.compare import per_product_name
 from mrhp.training.loop import train
 
@@ -62,6 +67,7 @@ def evaluate_best(
     folder; returns what `evaluate_split` returns. A benchmark that selects among trained runs on dev calls this
     for `test` on the selected runs only."""
     checkpoint = load_checkpoint(run_dir / "best.safetensors")
+    check_fits(checkpoint, dataset)
     summary, product_ids, values, scores = evaluate_split(
         checkpoint.model,
         dataset.split(split),

@@ -3,6 +3,9 @@
 * ``random``: uniform random scores; its per-product values are the mean over ``shuffles`` independent draws
   (an estimate of the expected metric of a random order, not one lucky or unlucky draw).
 * ``length``: the review's token count (longer reviews first), the classic strong floor of helpfulness work.
+* ``age``: oldest first (the stored age rank, :mod:`mrhp.data.side`): older reviews have been shown to voters for
+  longer, so they hold more votes whatever their quality. A model that does not beat it may have learnt exposure
+  rather than helpfulness. Reviews of unknown time rank last (a dataset without times ties every review).
 * ``lambdamart``: a LightGBM LambdaMART ranker (``objective="lambdarank"``, one query per product) on cheap
   per-review features (:func:`review_features`), trained on train with early stopping on the dev MAP (the same
   metric and split the neural model is selected on), never on test.
@@ -13,7 +16,8 @@ go through :func:`mrhp.scoring.evaluate.per_product_metrics`, :func:`mrhp.object
 relevance threshold), so paired tests over products compare like with like.
 
 Features of review ``j`` of product ``p`` (all from the prepared dataset: stored token ids, the optional
-``review_rating.npy`` and the optional word vectors):
+``review_rating.npy``, the stored side features ``review_side.npy`` and the optional word vectors; none derived
+from the votes):
 
 =====================  =========================================================================================
 ``log_tokens``         ``log(1 + n_j)``, ``n_j`` the token count
@@ -26,6 +30,10 @@ Features of review ``j`` of product ``p`` (all from the prepared dataset: stored
 ``rating``             star rating (NaN = unknown, which LightGBM treats as missing)
 ``rating_dev``         rating minus the product's mean rating (over its reviews with a known rating)
 ``abs_rating_dev``     its absolute value
+``log_age_rank``       ``log(1 + age rank)``: how many of the product's reviews are older (NaN = time unknown)
+``age``                the age rank over the product's reviews with a time minus one (0 oldest, 1 newest)
+``verified``           a verified purchase (1/0; NaN = the source does not say)
+``has_images``         the review has images (features or image URLs)
 text summary           ``tfidf``: ``svd_components`` dims of a TruncatedSVD of the sublinear TF-IDF matrix (both
                        fitted on train); ``vectors``: the mean word vector of the review (``embeddings.npy``);
                        ``none``: nothing
@@ -40,6 +48,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mrhp.data.prepared import PreparedDataset, PreparedSplit
+from mrhp.data.side import STORED_SIDE_FEATURES
 from mrhp.data.text import PAD_ID, UNK_ID
 from mrhp.errors import MrhpError
 from mrhp.objectives.metrics import METRICS, summarize
@@ -47,16 +56,24 @@ from mrhp.scoring.evaluate import per_product_metrics
 
 log = logging.getLogger(__name__)
 
-FLOOR_METHODS = ("random", "length", "lambdamart")
+FLOOR_METHODS = ("random", "length", "age", "lambdamart")
 TEXT_FEATURES = ("tfidf", "vectors", "none")
 BASE_FEATURES = ("log_tokens", "sentences", "tokens_per_sent", "rel_log_tokens", "unk_fraction", "type_token_ratio",
-                 "log_list_size", "rating", "rating_dev", "abs_rating_dev")
+                 "log_list_size", "rating", "rating_dev", "abs_rating_dev", "log_age_rank", "age", "verified",
+                 "has_images")
 SENTENCE_END = (".", "!", "?")
 
 
 def length_scores(split: PreparedSplit) -> np.ndarray:
     """The ``length`` floor: float64 ``[N]`` token counts (longer = more helpful)."""
     return split.review_lengths.astype(np.float64)
+
+
+def age_scores(split: PreparedSplit) -> np.ndarray:
+    """The ``age`` floor: float64 ``[N]`` minus the age rank (oldest first); unknown times score below every
+    known one (a rank is below the number of reviews)."""
+    rank = split.review_side[:, STORED_SIDE_FEATURES.index("age_rank")].astype(np.float64)
+    return np.where(np.isnan(rank), -float(split.num_reviews), -rank)
 
 
 def random_floor(
@@ -187,6 +204,7 @@ def review_features(split: PreparedSplit, end_ids: np.ndarray, text: TextSummary
     list_size = np.bincount(split.review_product, minlength=split.num_products)[split.review_product]
     rating = split.review_rating.astype(np.float64)
     rating_dev = rating - _product_means(split, rating)
+    side = split.review_side.astype(np.float64)  # [N, len(STORED_SIDE_FEATURES)]
     base = np.column_stack([
         log_tokens,
         sentences,
@@ -198,6 +216,10 @@ def review_features(split: PreparedSplit, end_ids: np.ndarray, text: TextSummary
         rating,
         rating_dev,
         np.abs(rating_dev),
+        np.log1p(side[:, STORED_SIDE_FEATURES.index("age_rank")]),
+        side[:, STORED_SIDE_FEATURES.index("age")],
+        side[:, STORED_SIDE_FEATURES.index("verified")],
+        side[:, STORED_SIDE_FEATURES.index("has_images")],
     ])
     return np.hstack([base, text.transform(split)]), [*BASE_FEATURES, *text.names()]
 
@@ -315,6 +337,8 @@ def evaluate_floor(
     else:
         if method == "length":
             scores = length_scores(split)
+        elif method == "age":
+            scores = age_scores(split)
         else:
             model = train_lambdamart(dataset, threshold=threshold, ties=ties, text_features=text_features, seed=seed,
                                      threads=threads)

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mrhp.config import ModelConfig
+from mrhp.config import ModelConfig, ModelInputs
 from mrhp.data.batching import Batch
 from mrhp.models.baselines.layers import BiLSTM, Ranker, masked_softmax, scorer
 from mrhp.models.paper import ModelOutput
@@ -76,11 +76,11 @@ class MultiPerspectiveMatching(nn.Module):
 class BiMPM(Ranker):
     """f(p, r) of BiMPM; see the module docstring."""
 
-    def __init__(self, config: ModelConfig):
-        super().__init__(config.vocab_size, config.embedding_dim, config.dropout)
+    def __init__(self, config: ModelConfig, inputs: ModelInputs):
+        super().__init__(inputs.vocab_size, inputs.embedding_dim, config.dropout)
         h = config.hidden_size // 2
         self.hidden = h
-        self.context = BiLSTM(config.embedding_dim, h)
+        self.context = BiLSTM(inputs.embedding_dim, h)
         # Directions x context halves: review vs product and product vs review, forward and backward each.
         self.matching = nn.ModuleDict(
             {f"{side}_{half}": MultiPerspectiveMatching(h) for side in ("review", "product") for half in ("fw", "bw")}

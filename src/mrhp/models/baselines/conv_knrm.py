@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mrhp.config import ModelConfig
+from mrhp.config import ModelConfig, ModelInputs
 from mrhp.data.batching import Batch
 from mrhp.models.baselines.layers import NgramConv, Ranker
 from mrhp.models.paper import ModelOutput
@@ -35,9 +35,9 @@ LOG_FLOOR, LOG_SCALE = 1e-10, 0.01
 class ConvKNRM(Ranker):
     """f(p, r) of Conv-KNRM; see the module docstring."""
 
-    def __init__(self, config: ModelConfig):
-        super().__init__(config.vocab_size, config.embedding_dim, config.dropout)
-        self.ngrams = NgramConv(config.embedding_dim, config.hidden_size, NGRAMS)
+    def __init__(self, config: ModelConfig, inputs: ModelInputs):
+        super().__init__(inputs.vocab_size, inputs.embedding_dim, config.dropout)
+        self.ngrams = NgramConv(inputs.embedding_dim, config.hidden_size, NGRAMS)
         self.register_buffer("mus", torch.tensor(KERNEL_MUS), persistent=False)
         self.register_buffer("sigmas", torch.tensor(KERNEL_SIGMAS), persistent=False)
         self.scorer = nn.Linear(len(NGRAMS) ** 2 * len(KERNEL_MUS), 1)

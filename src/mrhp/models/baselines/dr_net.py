@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from mrhp.config import ModelConfig
+from mrhp.config import ModelConfig, ModelInputs
 from mrhp.data.batching import Batch
 from mrhp.models.baselines.layers import SharedEncoderRanker, region_masks, scorer
 from mrhp.models.paper import MaskedAttention, ModelOutput, masked_mean
@@ -59,8 +59,8 @@ class Relation(nn.Module):
 class DRNet(SharedEncoderRanker):
     """f(p, r) of DR-Net; see the module docstring."""
 
-    def __init__(self, config: ModelConfig):
-        super().__init__(config)
+    def __init__(self, config: ModelConfig, inputs: ModelInputs):
+        super().__init__(config, inputs)
         d = self.dim
         self.decomposition = Decomposition(d)
         self.relations = nn.ModuleDict(

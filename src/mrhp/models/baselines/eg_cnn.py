@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mrhp.config import ModelConfig
+from mrhp.config import ModelConfig, ModelInputs
 from mrhp.data.batching import Batch
 from mrhp.models.baselines.layers import NgramConv, Ranker, scorer
 from mrhp.models.paper import ModelOutput, masked_max
@@ -34,9 +34,9 @@ CHAR_DIM = 32
 class EGCNN(Ranker):
     """f(p, r) of EG-CNN; see the module docstring."""
 
-    def __init__(self, config: ModelConfig):
-        super().__init__(config.vocab_size, config.embedding_dim, config.dropout)
-        d, e = config.hidden_size, config.embedding_dim
+    def __init__(self, config: ModelConfig, inputs: ModelInputs):
+        super().__init__(inputs.vocab_size, inputs.embedding_dim, config.dropout)
+        d, e = config.hidden_size, inputs.embedding_dim
         self.char_embedding = nn.Embedding(CHAR_BUCKETS + 1, CHAR_DIM, padding_idx=0)
         self.char_conv = nn.Conv1d(CHAR_DIM, e, 3, padding=1)
         self.gate = nn.Linear(e, e)

@@ -13,10 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mrhp.config import ModelConfig
+from mrhp.compute.devices import run_lstm
+from mrhp.config import ModelConfig, ModelInputs
 from mrhp.data.batching import Batch
 from mrhp.models.paper import (
-    MaskedAttention,
     ModelOutput,
     SelfAttentionBlock,
     masked_mean,
@@ -48,7 +48,7 @@ class Ranker(nn.Module):
     def __init__(self, vocab_size: int, embedding_dim: int, dropout: float):
         super().__init__()
         if vocab_size <= 2:
-            raise ValueError("ModelConfig.vocab_size must be set from the vocabulary before building the model")
+            raise ValueError("ModelInputs.vocab_size must count the vocabulary (padding, <unk> and words: > 2)")
         self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=0)
         self.embedding_dropout = nn.Dropout(dropout)
 
@@ -109,7 +109,7 @@ class BiLSTM(nn.Module):
         packed = nn.utils.rnn.pack_padded_sequence(
             x, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False
         )
-        out, _ = self.lstm(packed)
+        out, _ = run_lstm(self.lstm, packed)
         out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])  # [X, L, 2h]
         return out * mask[..., None].to(out.dtype)
 
@@ -141,37 +141,23 @@ class ImageEncoder(nn.Module):
         return x * mask[..., None].to(x.dtype)
 
 
-class CrossAttention(nn.Module):
-    """Residual cross-attention: x + Attn(x -> context) over the real context positions; padded x stays 0.
-    x [X, Lx, d], x_mask [X, Lx], context [X, Lc, d], context_mask [X, Lc] -> [X, Lx, d]."""
-
-    def __init__(self, dim: int, num_heads: int, dropout: float):
-        super().__init__()
-        self.norm = nn.LayerNorm(dim)
-        self.attention = MaskedAttention(dim, num_heads)
-        self.dropout = nn.Dropout(dropout)
-
-    def forward(self, x: Tensor, x_mask: Tensor, context: Tensor, context_mask: Tensor) -> Tensor:
-        mixed = self.attention(self.norm(x), context, context_mask)  # [X, Lx, d]
-        return (x + self.dropout(mixed)) * x_mask[..., None].to(x.dtype)
-
-
 class SharedEncoderRanker(Ranker):
     """Base of the baselines that encode product and review alike (DR-Net, SSE-Cross): one text encoder (a BiLSTM,
     `d / 2` units per direction) and one image encoder (Linear(F -> d) + one self-attention block) shared by both
     sides; `dim` is d."""
 
-    def __init__(self, config: ModelConfig):
-        super().__init__(config.vocab_size, config.embedding_dim, config.dropout)
+    def __init__(self, config: ModelConfig, inputs: ModelInputs):
+        super().__init__(inputs.vocab_size, inputs.embedding_dim, config.dropout)
         self.dim = 2 * (config.hidden_size // 2)
-        self.use_images = config.use_images and config.image_dim > 0
-        self.text_encoder = BiLSTM(config.embedding_dim, self.dim // 2)
-        self.image_encoder = ImageEncoder(config.image_dim, self.dim, 1, config.num_heads, config.feedforward_size,
+        self.use_images = config.use_images and inputs.image_dim > 0
+        self.text_encoder = BiLSTM(inputs.embedding_dim, self.dim // 2)
+        self.image_encoder = ImageEncoder(inputs.image_dim, self.dim, 1, config.num_heads, config.feedforward_size,
                                           config.dropout)
 
 
 class ProductAwareAttention(nn.Module):
-    """Product-aware review representation (Fan et al. 2019, PRH-Net; reused by MCR's intra-modal perspective).
+    """Product-aware review representation (Fan et al. 2019, PRH-Net; reused by MCR's intra- and inter-modal
+    perspectives).
 
     `G = softmax over product positions of (ReLU(P W + b) R^T)` `[Lp, Lr]`: for every review token, a
     distribution over the product's tokens; `H = R + G^T P` `[Lr, d]` adds to each review token the product

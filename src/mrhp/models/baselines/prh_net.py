@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from mrhp.config import ModelConfig
+from mrhp.config import ModelConfig, ModelInputs
 from mrhp.data.batching import Batch
 from mrhp.models.baselines.layers import BiLSTM, ProductAwareAttention, Ranker, scorer
 from mrhp.models.paper import ModelOutput, masked_mean
@@ -26,11 +26,11 @@ from mrhp.models.paper import ModelOutput, masked_mean
 class PRHNet(Ranker):
     """f(p, r) of PRH-Net; see the module docstring."""
 
-    def __init__(self, config: ModelConfig):
-        super().__init__(config.vocab_size, config.embedding_dim, config.dropout)
+    def __init__(self, config: ModelConfig, inputs: ModelInputs):
+        super().__init__(inputs.vocab_size, inputs.embedding_dim, config.dropout)
         d = config.hidden_size
-        self.product_lstm = BiLSTM(config.embedding_dim, d // 2)
-        self.review_lstm = BiLSTM(config.embedding_dim, d // 2)
+        self.product_lstm = BiLSTM(inputs.embedding_dim, d // 2)
+        self.review_lstm = BiLSTM(inputs.embedding_dim, d // 2)
         self.aware = ProductAwareAttention(2 * (d // 2))
         self.scorer = scorer(4 * (d // 2), (d,), config.dropout)
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from mrhp.config import ModelConfig
+from mrhp.config import ModelConfig, ModelInputs
 from mrhp.data.batching import Batch
 from mrhp.models.baselines.layers import SharedEncoderRanker, region_masks, scorer
 from mrhp.models.paper import ModelOutput, masked_mean
@@ -49,8 +49,8 @@ def share_embeddings(x: Tensor, present: Tensor, labels: Tensor, probability: fl
 class SSECross(SharedEncoderRanker):
     """f(p, r) of SSE-Cross; see the module docstring."""
 
-    def __init__(self, config: ModelConfig):
-        super().__init__(config)
+    def __init__(self, config: ModelConfig, inputs: ModelInputs):
+        super().__init__(config, inputs)
         d = self.dim
         self.text_gate = nn.Linear(d, d)  # the image vector gates the text vector
         self.image_gate = nn.Linear(d, d)  # the text vector gates the image vector

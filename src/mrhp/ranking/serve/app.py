@@ -31,9 +31,9 @@ from mrhp.data.batching import RankingList
 from mrhp.errors import MrhpError
 from mrhp.models.checkpoint import VERSION as CHECKPOINT_VERSION
 from mrhp.models.checkpoint import load_checkpoint
+from mrhp.ranking.encoders import ImageFiles
 from mrhp.ranking.ranker import NonFiniteScores, Ranker, file_sha256
 from mrhp.ranking.request import (
-    ImageFiles,
     ImageFilesUnavailable,
     RequestError,
     RequestLimits,
@@ -151,9 +151,10 @@ class _BodyLimit:
     so a client can never make the server hold more than that per request; and, for a POST, 415 to a body not
     declared as JSON (also when no Content-Type is given) and 422 to one that is not UTF-8 (RFC 8259 JSON)."""
 
-    def __init__(self, app: Any, max_bytes: int) -> None:
+    def __init__(self, app: Any, max_bytes: int, timeout: float) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout = timeout  # seconds for the whole body: a client sending a byte now and then is cut off
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -164,8 +165,14 @@ class _BodyLimit:
             await self._too_large(int(declared), scope, receive, send)
             return
         chunks, size, more = [], 0, True
+        deadline = asyncio.get_running_loop().time() + self.timeout
         while more:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), deadline - asyncio.get_running_loop().time())
+            except TimeoutError:
+                await _error(408, f"the request body did not arrive whole within {self.timeout:g} s")(
+                    scope, receive, send)
+                return
             if message["type"] != "http.request":  # client went away
                 return
             chunks.append(message.get("body", b""))
@@ -256,6 +263,37 @@ async def _http_error(_: Request, error: StarletteHTTPException) -> JSONResponse
     return _error(error.status_code, str(error.detail), headers=error.headers)
 
 
+def _json_body(body: bytes) -> object:
+    """The JSON value of a body (`_BodyLimit` has checked that it is declared JSON and is UTF-8); 422 when it is
+    malformed or cannot be read."""
+    try:
+        return json.loads(body)
+    except json.JSONDecodeError as error:
+        raise RequestValidationError([{"type": "json_invalid", "loc": ("body", error.pos), "msg": "JSON decode error",
+                                       "ctx": {"error": error.msg}}]) from None
+    except (RecursionError, ValueError):  # nested thousands deep, or an integer of more digits than Python reads
+        raise HTTPException(400) from None
+
+
+_REQUEST_BODY = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": {"$ref": "#/components/schemas/RankRequest"}}}}}
+
+
+def _document_request(app: FastAPI) -> None:
+    """Put `RankRequest` and the models it uses in the OpenAPI schema, which `_REQUEST_BODY` refers to (the route
+    reads the raw body, so FastAPI does not add them itself)."""
+    schema = RankRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    schemas = {**schema.pop("$defs", {}), "RankRequest": schema}
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            generate().setdefault("components", {}).setdefault("schemas", {}).update(schemas)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def _answered(error: RequestError) -> Exception:
     """What a request the parser refused is answered with: 501 for an image file that cannot be used, else 422."""
     if isinstance(error, ImageFilesUnavailable):
@@ -290,7 +328,7 @@ def describe(ranker: Ranker, checkpoint_path: Path, settings: ServeSettings) -> 
             "vocabulary_size": len(checkpoint.vocab),
             "uses_images": ranker.uses_images,
             "explains": ranker.explains,
-            "image_feature_size": config.model.image_dim,
+            "image_feature_size": checkpoint.inputs.image_dim,
             "image_files": ranker.image_files.unusable is None,
             "image_files_note": ranker.image_files.note,
             "max_tokens": config.data.max_tokens,
@@ -301,6 +339,8 @@ def describe(ranker: Ranker, checkpoint_path: Path, settings: ServeSettings) -> 
         "limits": {
             "max_request_bytes": settings.max_request_bytes,
             "max_reviews": settings.max_reviews,
+            "max_image_files": settings.max_image_files,
+            "body_timeout_s": settings.body_timeout_s,
             "max_text_chars": settings.max_text_chars,
             "max_queued": settings.max_queued,
             "batch_rows": ranker.batch_rows,
@@ -361,21 +401,24 @@ def create_app(checkpoint_path: Path, settings: ServeSettings | None = None) -> 
             f"{settings.max_reviews} reviews per request and texts of at most {settings.max_text_chars} characters "
             f"(422); texts are cut at {data.max_tokens} tokens and items at {data.max_regions} image regions, as in "
             f"training; at most {settings.max_queued} requests waiting (503). Images: inline region features "
-            f"[n_regions, {checkpoint.config.model.image_dim}]; base64 image files: {image_files.note} (else 501)."
+            f"[n_regions, {checkpoint.inputs.image_dim}]; base64 image files: {image_files.note} (else 501)."
         ),
     )
-    app.add_middleware(_BodyLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(_BodyLimit, max_bytes=settings.max_request_bytes, timeout=settings.body_timeout_s)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _internal_error)
     _add_routes(app, ranker, scorer, settings, description)
+    _document_request(app)
     add_page_routes(app)
     return app
 
 
 def _add_routes(app: FastAPI, ranker: Ranker, scorer: BatchScorer, settings: ServeSettings,
                 description: dict[str, Any]) -> None:
-    limits = RequestLimits(max_reviews=settings.max_reviews, max_text_chars=settings.max_text_chars)
+    limits = RequestLimits(max_reviews=settings.max_reviews, max_text_chars=settings.max_text_chars,
+                           known_fields_only=True, null_is_absent=True,
+                           max_image_files=settings.max_image_files)
     errors = {
         413: {"model": ErrorResponse, "description": f"request body over {settings.max_request_bytes} bytes"},
         415: {"model": ErrorResponse, "description": "a body that is not declared as application/json"},
@@ -387,13 +430,14 @@ def _add_routes(app: FastAPI, ranker: Ranker, scorer: BatchScorer, settings: Ser
         503: {"model": ErrorResponse, "description": f"more than {settings.max_queued} requests waiting; retry"},
     }
 
-    # Unset fields are left out: a review's `explanation` appears only when asked for.
+    # The body is validated once, by the request parser that `mrhp predict` uses too; `RankRequest` only documents
+    # it (`_document_request`). Unset fields are left out: a review's `explanation` appears only when asked for.
     @app.post("/v1/rank", response_model=RankResponse, response_model_exclude_unset=True, responses=errors,
-              summary="Rank the reviews of a product")
-    async def rank(request: RankRequest) -> RankResponse:
-        # The schema has checked the shape; null stands for an absent field. Parsing runs off the event loop.
-        try:
-            parsed = await run_in_threadpool(ranker.parse, request.model_dump(exclude_none=True), limits=limits)
+              summary="Rank the reviews of a product", openapi_extra=_REQUEST_BODY)
+    async def rank(request: Request) -> RankResponse:
+        body = _json_body(await request.body())
+        try:  # parsing runs off the event loop: it may decode images
+            parsed = await run_in_threadpool(ranker.parse, body, limits=limits)
         except RequestError as error:
             raise _answered(error) from None
         try:

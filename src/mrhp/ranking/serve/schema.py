@@ -1,6 +1,6 @@
-"""Request and response schema of the HTTP service: pydantic models that check the shape of a body (types, required
-and unknown fields) and document it in the OpenAPI schema. What a request means, and every other check, is the
-one request parser of `mrhp.ranking.ranker`, which `mrhp predict` uses too."""
+"""Request and response schema of the HTTP service, as pydantic models. The request models only document the
+body in the OpenAPI schema: a request is validated once, by the one request parser (`mrhp.ranking.request`), which
+`mrhp predict` uses too. The response models build the answer."""
 
 from __future__ import annotations
 
@@ -26,6 +26,10 @@ class ReviewInput(BaseModel):
     review_id: str | int = Field(description="unique within the request; integers are used as strings")
     text: str = Field(description="the review text (may be empty)")
     rating: float | None = Field(default=None, description="the star rating, for models with model.side_features")
+    time: int | None = Field(default=None, description="when it was written, seconds since 1970 (UTC), for models "
+                                                       "with model.extra_side_features")
+    verified: bool | None = Field(default=None, description="a verified purchase, for models with "
+                                                            "model.extra_side_features")
     images: list[ImageInput] = Field(default_factory=list)
 
 

@@ -10,6 +10,9 @@ from mrhp.compute.devices import DEVICE_FORMS, is_device_name
 from mrhp.errors import MrhpError
 from mrhp.features.images import DEFAULT_INPUT_SIZE, DEFAULT_MAX_REGIONS
 
+MAX_BATCH_WAIT_MS = 1000.0
+MAX_BODY_TIMEOUT_S = 3600.0
+
 
 @dataclass(frozen=True)
 class ServeSettings:
@@ -25,7 +28,12 @@ class ServeSettings:
     max_queued: int = field(default=64, metadata={"help": "more requests waiting for the model get 503"})
     batch_rows: int | None = field(default=None, metadata={
         "help": "review rows per forward pass (default: the checkpoint's eval_batch_rows)"})
-    batch_wait_ms: float = field(default=2.0, metadata={"help": "how long a batch waits for more requests"})
+    batch_wait_ms: float = field(default=2.0, metadata={
+        "help": f"how long a batch waits for more requests (at most {MAX_BATCH_WAIT_MS:g})"})
+    max_image_files: int = field(default=32, metadata={
+        "help": "more base64 image files per request get 422 (each runs the image feature extractor)"})
+    body_timeout_s: float = field(default=30.0, metadata={
+        "help": "a request body not received whole within this many seconds gets 408 (slow clients)"})
     image_input_size: int = field(default=DEFAULT_INPUT_SIZE, metadata={
         "help": "image files: input size of the feature extractor, as the training images were extracted"})
     image_max_regions: int = field(default=DEFAULT_MAX_REGIONS, metadata={
@@ -46,5 +54,10 @@ class ServeSettings:
             raise MrhpError(f"product_cache must be >= 0, got {self.product_cache}")
         if not 0 <= self.port <= 65535:
             raise MrhpError(f"port must be within [0, 65535], got {self.port}")
-        if self.batch_wait_ms < 0:
-            raise MrhpError(f"batch_wait_ms must be >= 0, got {self.batch_wait_ms}")
+        # inf would overflow the scorer's timer; a long wait holds every request that long.
+        if not 0 <= self.batch_wait_ms <= MAX_BATCH_WAIT_MS:
+            raise MrhpError(f"--batch-wait-ms must be a number within [0, {MAX_BATCH_WAIT_MS:g}], got "
+                            f"{self.batch_wait_ms}")
+        if not 0 < self.body_timeout_s <= MAX_BODY_TIMEOUT_S:
+            raise MrhpError(f"--body-timeout-s must be a number within (0, {MAX_BODY_TIMEOUT_S:g}], got "
+                            f"{self.body_timeout_s}")

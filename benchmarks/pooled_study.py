@@ -1,0 +1,424 @@
+"""The pooled study of ``benchmarks/real_data.py --pooled`` (issue 19 item 4): one model trained jointly on the
+train splits of every shared set, against the per-set models and the floors on the same splits; a new category
+(one MDSD domain left out); new reviews (the split by time).
+
+Per seed, every set is converted with its converter (split by product with that seed, 60/20/20; products with at
+least 2 reviews and more than one level); MDSD is one set of three sources, one per domain (books, dvd,
+electronics: the ``domain`` of each review line), each split on its own. One vocabulary is built from the train
+splits of all sources together (min count 2) and every source is prepared against it
+(``mrhp.data.prepare.SharedVocabulary``, what ``mrhp prepare --vocabulary-from`` does), with the
+all-MiniLM-L6-v2 token states that ``configs/real-data.toml`` reads (computed once per text for all seeds). Then:
+
+* the floors of every source: review length, age (oldest first) and LightGBM LambdaMART (cheap features with
+  age, early stopping on dev), each fitted on its own source only;
+* ``pooled model``: ``configs/real-data.toml`` trained on the train splits of all sources at once (the
+  ``data.source_sampling`` of the config), selected on the pooled dev split, tested on every source;
+* ``per-set model``: the same config trained on one set's sources (MDSD: its three domains);
+* new category, for each MDSD domain: ``other domains`` (trained on the two other domains) against ``domain
+  alone`` (trained on that domain), both tested on its test split;
+* new reviews: every set split by review time instead (``--split-by time``, 60/20/20 of each set's reviews by
+  time; the same split for every seed), the floors, and the pooled model trained on those train splits.
+
+Statistics: a set's test values are its products' values (MDSD: the products of its three domains); each
+product's value is averaged over the seeds in which it is tested, so a product is one sample
+(``mrhp.studies.stats.product_means``), and a system is compared with another by a paired t-test over those
+products (``products-t``; the sign-flip randomization test beside it). The p-values of one table are
+Holm-adjusted across its rows (the sets, and the pooled row). The best floor of a set is the floor with the
+highest mean dev MAP over the seeds (of all products pooled for the pooled row); it is printed beside the model.
+
+``--smoke`` runs all of it in seconds on generated stand-in data (three small sets in the Amazon'23 layout, one
+of them with three domains) with a tiny LSTM model: it checks the machinery, it measures nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mrhp.config import SOURCE_SAMPLING, Config, apply_overrides, load_config
+from mrhp.data.dumps import read_dump
+from mrhp.data.prepare import SharedVocabulary, prepare_dataset
+from mrhp.data.prepared import PreparedDataset
+from mrhp.data.records import RawDataset
+from mrhp.data.text import Vocabulary, count_tokens
+from mrhp.models.checkpoint import load_checkpoint
+from mrhp.objectives.metrics import METRICS
+from mrhp.scoring.evaluate import evaluate_split, write_per_product
+from mrhp.studies.floors import evaluate_floor
+from mrhp.studies.stats import CORRECTION, TESTS, holm, paired_test, product_means
+from mrhp.training.loop import train
+
+FRACTIONS = (0.6, 0.2, 0.2)
+FLOORS = ("length", "age", "lambdamart")
+TEST = "products-t"  # the test of every table; the randomization test is printed beside it
+
+
+@dataclass(frozen=True)
+class PooledSet:
+    title: str
+    format: str
+    reviews: str  # path under the shared data folder
+    metadata: str | None = None
+    domains: tuple[str, ...] = ()  # one source per domain (the `domain` field of each review line)
+
+
+SETS = {
+    "amazon2023-magazine": PooledSet("Amazon'23 Magazine", "amazon2023",
+                                     "amazon2023-magazine/Magazine_Subscriptions.jsonl",
+                                     "amazon2023-magazine/meta_Magazine_Subscriptions.jsonl"),
+    "finefood": PooledSet("Amazon Fine Food (first 5,003 rows)", "finefood", "amazon-finefood-5k/Reviews.csv"),
+    "amazon2018-magazine": PooledSet("Amazon 2018 Magazine 5-core", "amazon2018",
+                                     "amazon2018-magazine5/Magazine_Subscriptions_5.json.gz",
+                                     "amazon2018-magazine5/meta_Magazine_Subscriptions.json.gz"),
+    "amazon2018-beauty": PooledSet("Amazon 2018 All Beauty 5-core", "amazon2018",
+                                   "amazon2018-beauty5/All_Beauty_5.json.gz"),
+    "mdsd": PooledSet("MDSD (books, dvd, electronics)", "amazon2023", "amazon-mdsd/reviews.jsonl",
+                      "amazon-mdsd/meta.jsonl", domains=("books", "dvd", "electronics")),
+    "steam": PooledSet("Steam (61 games)", "steam", "steam-sample"),
+}
+
+# The stand-in of --smoke: three sets in the Amazon'23 layout, written by `write_standin`.
+SMOKE_SETS = {
+    "set-a": PooledSet("stand-in A", "amazon2023", "set-a/reviews.jsonl", "set-a/meta.jsonl"),
+    "set-b": PooledSet("stand-in B", "amazon2023", "set-b/reviews.jsonl", "set-b/meta.jsonl"),
+    "domains": PooledSet("stand-in with domains", "amazon2023", "domains/reviews.jsonl", "domains/meta.jsonl",
+                         domains=("d1", "d2", "d3")),
+}
+SMOKE_MODEL = {
+    "model": {"hidden_size": 16, "embedding_dim": 8, "num_heads": 2, "interaction_layers": 1,
+              "feedforward_size": 16, "side_features": True, "checkpoint_activations": False},
+    "data": {"batch_rows": 16, "max_tokens": 32},
+    "train": {"epochs": 1, "lr": 3e-3, "threads": 1},
+}
+
+
+def write_standin(root: Path, seed: int = 0) -> Path:
+    """Tiny review files in the Amazon'23 layout for `SMOKE_SETS` under `root`: 14 products per set (or domain)
+    with 4 to 12 reviews, votes that grow with a review's length and age, times over 2010-2020."""
+    rng = np.random.default_rng(seed)
+    words = [f"w{i}" for i in range(60)]
+    for key, pset in SMOKE_SETS.items():
+        folder = root / key
+        folder.mkdir(parents=True, exist_ok=True)
+        reviews, meta = [], []
+        for domain in pset.domains or ("",):
+            for p in range(14):
+                asin = f"{key}-{domain}-{p}"
+                meta.append({"parent_asin": asin, "title": " ".join(rng.choice(words, 4)), "description": []})
+                for r in range(int(rng.integers(4, 13))):
+                    length = int(rng.integers(3, 30))
+                    timestamp = int(rng.integers(1_262_304_000, 1_577_836_800))
+                    votes = int(max(0, length / 6 + (1_577_836_800 - timestamp) / 1e8 + rng.normal(0, 1)))
+                    reviews.append({"rating": float(rng.integers(1, 6)), "title": "", "asin": asin,
+                                    "text": " ".join(rng.choice(words, length)), "parent_asin": asin,
+                                    "user_id": f"u{r}", "timestamp": 1000 * timestamp, "helpful_vote": votes,
+                                    "verified_purchase": bool(rng.integers(0, 2)), "images": [],
+                                    **({"domain": domain} if domain else {})})
+        (folder / "reviews.jsonl").write_text("".join(json.dumps(r) + "\n" for r in reviews), encoding="utf-8")
+        (folder / "meta.jsonl").write_text("".join(json.dumps(m) + "\n" for m in meta), encoding="utf-8")
+    return root
+
+
+@dataclass(frozen=True)
+class Source:
+    key: str  # the set
+    domain: str | None
+
+    @property
+    def name(self) -> str:
+        return self.key if self.domain is None else f"{self.key}-{self.domain}"
+
+
+def sources_of(sets: dict[str, PooledSet]) -> list[Source]:
+    return [Source(key, domain) for key, pset in sets.items() for domain in (pset.domains or (None,))]
+
+
+def read_source(shared: Path, pset: PooledSet, source: Source, seed: int, split_by: str, work: Path) -> RawDataset:
+    """One source converted by its set's converter; a domain is first cut out of the set's review lines."""
+    reviews = shared / pset.reviews
+    if source.domain is not None:
+        reviews = work / f"{source.name}.jsonl"
+        work.mkdir(parents=True, exist_ok=True)
+        with (shared / pset.reviews).open(encoding="utf-8") as lines:
+            kept = [line for line in lines if json.loads(line).get("domain") == source.domain]
+        reviews.write_text("".join(kept), encoding="utf-8")
+    return read_dump(pset.format, reviews, metadata=shared / pset.metadata if pset.metadata else None,
+                     fractions=FRACTIONS, seed=seed, split_by=split_by, min_reviews=2, drop_single_level=True)
+
+
+def prepare_sources(shared: Path, sets: dict[str, PooledSet], seed: int, split_by: str, out: Path,
+                    states) -> dict[str, PreparedDataset]:
+    """Every source of `sets`, prepared against one vocabulary of all their train splits (a split left empty by
+    the converter is not written)."""
+    raws = {source.name: read_source(shared, sets[source.key], source, seed, split_by, out.parent / "domains")
+            for source in sources_of(sets)}
+    counts: Counter[str] = Counter()
+    for raw in raws.values():
+        train_split = raw.splits["train"]
+        counts.update(count_tokens([p.text for p in train_split.products] + [r.text for r in train_split.reviews]))
+    shared_vocabulary = SharedVocabulary(Vocabulary.from_counts(counts, min_count=2), None,
+                                         f"the train splits of {', '.join(raws)}")
+    prepared = {}
+    for name, raw in raws.items():
+        prepare_dataset(raw, out / name, relevance_threshold=1, text_encoder=states, overwrite=True,
+                        shared=shared_vocabulary)
+        prepared[name] = PreparedDataset.open(out / name)
+    return prepared
+
+
+def model_config(seed: int, epochs: int | None, smoke: bool, config_path: Path) -> Config:
+    config = apply_overrides(Config(), SMOKE_MODEL, "smoke") if smoke else load_config(config_path)
+    overrides = {"seed": seed, "threads": 1, **({"epochs": epochs} if epochs else {})}
+    return apply_overrides(config, {"train": overrides}, "seed").validate()
+
+
+class Results:
+    """Per system and source, one `(product ids, {metric: values}, dev MAP, dev products)` per seed."""
+
+    def __init__(self) -> None:
+        self.runs: dict[str, dict[str, list[tuple[list[str], dict[str, np.ndarray], float, int]]]] = {}
+
+    def add(self, system: str, source: str, ids: list[str], values: dict, dev_map: float, dev_products: int) -> None:
+        # Product ids are named by their source, so that two sources' products never merge.
+        self.runs.setdefault(system, {}).setdefault(source, []).append(
+            ([f"{source}/{p}" for p in ids], {m: np.asarray(values[m]) for m in METRICS}, dev_map, dev_products))
+
+    def means(self, system: str, sources: Sequence[str], metric: str) -> dict[str, float]:
+        """Each product of `sources` averaged over the seeds that test it."""
+        return product_means([(ids, values[metric]) for source in sources
+                              for ids, values, _, _ in self.runs[system].get(source, [])])
+
+    def dev_map(self, system: str, sources: Sequence[str]) -> float:
+        """Mean over seeds of the dev MAP of all products of `sources` pooled."""
+        present = [s for s in sources if s in self.runs[system]]
+        per_seed = []
+        for k in range(len(self.runs[system][present[0]])):
+            entries = [self.runs[system][s][k] for s in present]
+            per_seed.append(sum(e[2] * e[3] for e in entries) / max(1, sum(e[3] for e in entries)))
+        return statistics.mean(per_seed)
+
+
+def evaluate_run(run_dir: Path, datasets: dict[str, PreparedDataset], results: Results, system: str,
+                 dev_map: float) -> None:
+    """The best dev checkpoint of `run_dir` once on the test split of every source of `datasets`."""
+    checkpoint = load_checkpoint(run_dir / "best.safetensors")
+    for name, dataset in datasets.items():
+        evaluation = evaluate_split(checkpoint.model, dataset.split("test"), data=checkpoint.config.data,
+                                    feature_dim=dataset.feature_dim, threshold=dataset.relevance_threshold,
+                                    ties=checkpoint.config.train.ties, progress=False)
+        write_per_product(run_dir / f"test_{name}.jsonl", evaluation.product_ids, evaluation.values, "test")
+        results.add(system, name, evaluation.product_ids, evaluation.values, dev_map,
+                    dataset.split("dev").num_products)
+
+
+def train_and_test(config: Config, train_on: dict[str, PreparedDataset], test_on: dict[str, PreparedDataset],
+                   run_dir: Path, results: Results, system: str) -> None:
+    best = train(config, [d.path for d in train_on.values()], run_dir, progress=False)
+    evaluate_run(run_dir, test_on, results, system, float(best.get("dev_map", float("nan"))))
+
+
+def floors(datasets: dict[str, PreparedDataset], results: Results, seed: int) -> None:
+    ties = Config().train.ties  # the floors are scored as the models are
+    for name, dataset in datasets.items():
+        for method in FLOORS:
+            dev, dev_ids, _ = evaluate_floor(dataset, method, "dev", threshold=dataset.relevance_threshold,
+                                             ties=ties, seed=seed)
+            _, ids, values = evaluate_floor(dataset, method, "test", threshold=dataset.relevance_threshold,
+                                            ties=ties, seed=seed)
+            results.add(f"{method} floor", name, ids, values, dev["map"], len(dev_ids))
+
+
+def run_seed(shared: Path, sets: dict[str, PooledSet], seed: int, out: Path, config: Config, states,
+             product_split: Results, time_split: Results, with_time: bool) -> None:
+    seed_dir = out / f"seed{seed}"
+    datasets = prepare_sources(shared, sets, seed, "product", seed_dir / "prepared", states)
+    floors(datasets, product_split, seed)
+    train_and_test(config, datasets, datasets, seed_dir / "pooled-model", product_split, "pooled model")
+    for key, pset in sets.items():
+        own = {s.name: datasets[s.name] for s in sources_of({key: pset})}
+        train_and_test(config, own, own, seed_dir / f"per-set-{key}", product_split, "per-set model")
+        domains = pset.domains
+        for domain in domains if len(domains) > 1 else ():
+            left_out = {Source(key, domain).name: datasets[Source(key, domain).name]}
+            others = {n: d for n, d in own.items() if n not in left_out}
+            train_and_test(config, others, left_out, seed_dir / f"without-{domain}", product_split, "other domains")
+            train_and_test(config, left_out, left_out, seed_dir / f"alone-{domain}", product_split, "domain alone")
+    if with_time:
+        timed = prepare_sources(shared, sets, seed, "time", seed_dir / "prepared-time", states)
+        # A source whose newest reviews leave no rankable list (MDSD: mostly 2-3 reviews per product) has no dev
+        # or test split by time; it is left out of the time study, and the report says which.
+        timed = {name: d for name, d in timed.items() if {"train", "dev", "test"} <= set(d.splits)}
+        floors(timed, time_split, seed)
+        train_and_test(config, timed, timed, seed_dir / "pooled-model-time", time_split, "pooled model")
+
+
+def compare(results: Results, rows: dict[str, list[str]], systems: Sequence[str], against: dict[str, str],
+            metric: str) -> list[list[str]]:
+    """One table: per row (a set or the pooled row, by its sources) each system against `against[row]`; the
+    p-values of each system's column are Holm-adjusted across the rows."""
+    cells: dict[str, list[tuple[float, float, float, int]]] = {}
+    for system in systems:
+        for row, sources in rows.items():
+            ours = results.means(system, sources, metric)
+            theirs = results.means(against[row], sources, metric)
+            assert ours.keys() == theirs.keys(), f"{system} and {against[row]} were tested on other products"
+            a, b = np.asarray(list(ours.values())), np.asarray([theirs[p] for p in ours])
+            enough = a.size >= 2 and np.ptp(a - b) > 0
+            cells.setdefault(system, []).append((
+                100 * float(a.mean() - b.mean()), paired_test(a, b, "t") if enough else float("nan"),
+                paired_test(a, b, "randomization", seed=0) if enough else float("nan"), int(a.size)))
+    table = []
+    adjusted = {system: (holm([c[1] for c in cells[system]]), holm([c[2] for c in cells[system]]))
+                for system in systems}
+    for i, row in enumerate(rows):
+        line = [row]
+        for system in systems:
+            difference, _, _, size = cells[system][i]
+            value = 100 * statistics.mean(results.means(system, rows[row], metric).values())
+            t_p, r_p = adjusted[system][0][i], adjusted[system][1][i]
+            line += [f"{value:.2f}", f"{difference:+.2f}", f"{TEST} p = {t_p:.3g}; randomization p = {r_p:.3g}"]
+        floor = against[row]
+        line += [f"{floor} {100 * statistics.mean(results.means(floor, rows[row], metric).values()):.2f}",
+                 str(size)]
+        table.append(line)
+    return table
+
+
+def markdown(header: list[str], table: list[list[str]]) -> str:
+    return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+                      *("| " + " | ".join(row) + " |" for row in table)])
+
+
+def best_floors(results: Results, rows: dict[str, list[str]]) -> dict[str, str]:
+    """The floor with the highest mean dev MAP for each row."""
+    return {row: max((f"{m} floor" for m in FLOORS), key=lambda floor: results.dev_map(floor, sources))
+            for row, sources in rows.items()}
+
+
+def floor_summary(results: Results, rows: dict[str, list[str]]) -> str:
+    header = ["set", *(f"{m} floor test MAP" for m in FLOORS), *(f"{m} floor dev MAP" for m in FLOORS)]
+    table = [[row, *(f"{100 * statistics.mean(results.means(f'{m} floor', s, 'map').values()):.2f}" for m in FLOORS),
+              *(f"{results.dev_map(f'{m} floor', s):.2f}" for m in FLOORS)] for row, s in rows.items()]
+    return markdown(header, table)
+
+
+def report(sets: dict[str, PooledSet], product_split: Results, time_split: Results, seeds: list[int],
+           with_time: bool) -> str:
+    rows = {key: [s.name for s in sources_of({key: pset})] for key, pset in sets.items()}
+    rows["pooled"] = [s.name for s in sources_of(sets)]
+    test_note = (f"{TEST}: {TESTS[TEST]}; randomization: sign-flip randomization test over the same products. "
+                 f"p-values {CORRECTION}-adjusted across the rows of each system's column.")
+    parts = [f"Seeds: {', '.join(map(str, seeds))}. MAP / NDCG@3 x100 on test: the mean over products of each "
+             "product's mean over the seeds that test it. Difference = system - best floor (the floor with the "
+             "highest dev MAP for that row). " + test_note]
+    against = best_floors(product_split, rows)
+    for metric in ("map", "ndcg@3"):
+        header = ["set", f"pooled model {metric.upper()}", "pooled - best floor", "p (pooled model)", f"per-set model {metric.upper()}",
+                  "per-set - best floor", "p (per-set model)", "best floor (by dev MAP)", "products"]
+        table = compare(product_split, rows, ["pooled model", "per-set model"], against, metric)
+        parts += [f"## Split by product: pooled model and per-set models vs the best floor ({metric.upper()})",
+                  markdown(header, table)]
+    parts += ["Floors, split by product:", floor_summary(product_split, rows)]
+    domain_rows = {s.name: [s.name] for key, pset in sets.items() if len(pset.domains) > 1
+                   for s in sources_of({key: pset})}
+    if domain_rows:
+        table = compare(product_split, domain_rows, ["other domains"], {r: "domain alone" for r in domain_rows},
+                        "map")
+        floor_of = best_floors(product_split, domain_rows)
+        for line, row in zip(table, domain_rows):
+            line[-2] = (f"domain alone {line[-2].split()[-1]}; {floor_of[row]} "
+                        f"{100 * statistics.mean(product_split.means(floor_of[row], domain_rows[row], 'map').values()):.2f}")
+        parts += ["## New category: one domain left out (MAP)",
+                  ("`other domains` is trained on the other domains of its set and tested on this one; it is "
+                   "compared with `domain alone`, trained on this domain's train split (same test split)."),
+                  markdown(["left-out domain", "other domains MAP", "other - alone", "p",
+                            "domain alone MAP; best floor", "products"], table)]
+    if with_time:
+        tested = set(time_split.runs.get("pooled model", {}))
+        left_out = [name for sources in list(rows.values())[:-1] for name in sources if name not in tested]
+        rows = {row: [s for s in sources if s in tested] for row, sources in rows.items()}
+        rows = {row: sources for row, sources in rows.items() if sources}
+        time_against = best_floors(time_split, rows)
+        table = compare(time_split, rows, ["pooled model"], time_against, "map")
+        parts += ["## New reviews: split by time (MAP)",
+                  "Every set split by review time (the oldest 60% of its reviews train, the next 20% dev, the "
+                  "newest 20% test; the same split under every seed, only training differs)."
+                  + (f" Left out (no rankable dev or test list by time): {', '.join(left_out)}." if left_out else ""),
+                  markdown(["set", "pooled model MAP", "pooled - best floor", "p", "best floor (by dev MAP)",
+                            "products"], table),
+                  "Floors, split by time:", floor_summary(time_split, rows)]
+    return "\n\n".join(parts)
+
+
+def sampling_study(shared: Path, sets: dict[str, PooledSet], seeds: list[int], out: Path, epochs: int | None,
+                   smoke: bool, config_path: Path, states) -> str:
+    """The pooled model under each `data.source_sampling`, on the split by product: pooled dev MAP and dev MAP per
+    source of the selected epoch (dev only: how the default was chosen; the test split is never scored)."""
+    rows: dict[str, list[dict]] = {}
+    for seed in seeds:
+        datasets = prepare_sources(shared, sets, seed, "product", out / f"seed{seed}" / "prepared", states)
+        for sampling in SOURCE_SAMPLING:
+            config = model_config(seed, epochs, smoke, config_path)
+            config = apply_overrides(config, {"data": {"source_sampling": sampling}}, "sampling").validate()
+            best = train(config, [d.path for d in datasets.values()], out / f"seed{seed}" / f"sampling-{sampling}",
+                         progress=False)
+            rows.setdefault(sampling, []).append(best)
+            print(f"sampling study: seed {seed} {sampling}: pooled dev MAP {best['dev_map']:.2f} (epoch "
+                  f"{best['epoch']})", flush=True)
+    names = list(rows[SOURCE_SAMPLING[0]][0]["dev_by_source"])
+    header = ["data.source_sampling", "pooled dev MAP", *(f"{n} dev MAP" for n in names), "best epochs"]
+    table = [[sampling, f"{statistics.mean(b['dev_map'] for b in bests):.2f}",
+              *(f"{statistics.mean(b['dev_by_source'][n]['map'] for b in bests):.2f}" for n in names),
+              ", ".join(str(b["epoch"]) for b in bests)] for sampling, bests in rows.items()]
+    return markdown(header, table)
+
+
+def run_pooled(shared: Path, seeds: list[int], out: Path, *, smoke: bool, epochs: int | None, config_path: Path,
+               datasets: Sequence[str] | None, with_time: bool, command: str, sampling: bool = False) -> int:
+    """The whole study (or with `sampling` the dev study of `sampling_study`); writes `out/pooled.md` (or
+    `out/sampling.md`) and prints it. Returns the exit status."""
+    if smoke:
+        shared, sets = write_standin(out / "standin"), SMOKE_SETS
+        states = None
+    else:
+        sets = {key: pset for key, pset in SETS.items() if datasets is None or key in datasets}
+        for key in list(sets):
+            if not (shared / sets[key].reviews).exists():
+                print(f"real_data --pooled: {key} skipped: {shared / sets[key].reviews} not found")
+                del sets[key]
+        if not sets:
+            return 0
+        from real_data import CachedStates
+
+        config = load_config(config_path)
+        states = CachedStates(config.data.max_tokens) if config.model.text_encoder == "minilm" else None
+    started = time.perf_counter()
+    if sampling:
+        table = sampling_study(shared, sets, seeds, out, epochs, smoke, config_path, states)
+        text = (f"# Pooled training: source sampling on pooled dev\n\nCommand: `{command}`; "
+                f"{(time.perf_counter() - started) / 60:.1f} min\n\n{table}")
+        (out / "sampling.md").write_text(text + "\n", encoding="utf-8")
+        print(text)
+        return 0
+    product_split, time_split = Results(), Results()
+    for seed in seeds:
+        config = model_config(seed, epochs, smoke, config_path)
+        run_seed(shared, sets, seed, out, config, states, product_split, time_split, with_time)
+        print(f"pooled study: seed {seed} done ({(time.perf_counter() - started) / 60:.1f} min)", flush=True)
+    text = "\n\n".join([
+        "# Real data pooled: one model for every set, per-set models, floors, new category, new reviews",
+        f"Command: `{command}`; {(time.perf_counter() - started) / 60:.1f} min"
+        + (" (smoke: generated stand-in data and a tiny model; the numbers mean nothing)" if smoke else ""),
+        report(sets, product_split, time_split, seeds, with_time)])
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "pooled.md").write_text(text + "\n", encoding="utf-8")
+    print(text)
+    print(f"\nwritten: {out / 'pooled.md'}")
+    return 0

@@ -1,0 +1,61 @@
+"""benchmarks/real_data.py --pooled: the smoke run on generated stand-in data, the clean skip without the shared
+data, and the unit of its tests (a product tested under several seeds is one sample)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from pooled_study import Results, compare
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, str(REPO / "benchmarks" / "real_data.py"), "--pooled", *args],
+                          capture_output=True, text=True, env=env, timeout=300, check=False)
+
+
+def test_smoke_runs_every_part_and_names_its_tests(tmp_path):
+    done = _run("--smoke", "--seeds", "0", "--out", str(tmp_path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = (tmp_path / "pooled.md").read_text()
+    for heading in ("Split by product: pooled model and per-set models vs the best floor (MAP)",
+                    "New category: one domain left out (MAP)", "New reviews: split by time (MAP)"):
+        assert heading in report
+    for row in ("| set-a |", "| set-b |", "| domains |", "| pooled |", "| domains-d1 |", "| domains-d3 |"):
+        assert row in report
+    assert "products-t p = " in report and "randomization p = " in report and "Holm-adjusted" in report
+    assert "floor (by dev MAP)" in report
+
+
+def test_skips_cleanly_without_the_shared_data(tmp_path):
+    done = _run("--shared", str(tmp_path / "absent"), "--out", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("skipped") == 6 and not (tmp_path / "out" / "pooled.md").exists()
+
+
+def test_a_product_tested_under_several_seeds_is_one_sample():
+    results = Results()
+
+    def values(*v: float) -> dict[str, np.ndarray]:
+        return {m: np.array(v, dtype=float) for m in ("map", "ndcg@3", "ndcg@5")}
+
+    # Seed 0 tests products x and y, seed 1 tests x and z (each seed its own split).
+    results.add("model", "s", ["x", "y"], values(1.0, 0.0), 50.0, 2)
+    results.add("model", "s", ["x", "z"], values(0.5, 1.0), 50.0, 2)
+    results.add("floor", "s", ["x", "y"], values(0.0, 0.0), 40.0, 2)
+    results.add("floor", "s", ["x", "z"], values(0.5, 0.5), 40.0, 2)
+    # x is averaged over its two seeds (0.75 vs 0.25); 3 samples, not 4 product-seed pairs.
+    assert results.means("model", ["s"], "map") == {"s/x": 0.75, "s/y": 0.0, "s/z": 1.0}
+    ((_, value, difference, p_cell, floor, products),) = compare(results, {"s": ["s"]}, ["model"],
+                                                                   {"s": "floor"}, "map")
+    assert (value, floor, products) == ("58.33", "floor 25.00", "3")
+    # Differences 0.5, 0, 0.5: mean 1/3, sd 0.2887, t = 2 on 2 degrees of freedom -> p = 0.1835.
+    assert difference == "+33.33" and p_cell.startswith("products-t p = 0.184")
