@@ -139,7 +139,8 @@ def test_the_service_answers_an_unforeseen_failure_with_json_500(trained: tuple[
     def broken(*args, **kwargs):
         raise ZeroDivisionError("a bug")
 
+    app = create_app(trained[1])  # its warm-up parses a request: the bug appears once the service runs
     monkeypatch.setattr(Ranker, "parse", broken)
-    with TestClient(create_app(trained[1]), raise_server_exceptions=False) as test_client:
+    with TestClient(app, raise_server_exceptions=False) as test_client:
         response = test_client.post("/v1/rank", json=trained_request())
     assert response.status_code == 500 and "ZeroDivisionError" in response.json()["message"]

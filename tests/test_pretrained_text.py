@@ -48,7 +48,7 @@ def prepare(root: Path, out: str, *extra: str) -> Path:
 def test_prepare_stores_minilm_states(data):
     prepared = prepare(data, "frozen", "--text-encoder", "minilm")
     dataset = PreparedDataset.open(prepared)
-    assert dataset.text_encoder == {"name": "minilm", "layer": 6, "dim": 384, "max_tokens": 128}
+    assert dataset.text_encoder == {"name": "minilm", "layer": 6, "dim": 384, "max_tokens": 128, "precision": "fp32"}
     states = dataset.split("train").review_states(0)
     assert states.dtype == np.float32 and states.shape[1] == 384
     # One state per word piece with [CLS] and [SEP]: GOOD (22 pieces) against BAD (4).
@@ -88,8 +88,8 @@ def test_training_refuses_a_dataset_without_matching_states(data, tmp_path, caps
         prepare(data, "frozen", "--text-encoder", "minilm")
     cases = {  # what the run asks for, and what the data holds
         (plain, 0, 128): "the data holds no token states",
-        (frozen, 1, 128): "the data holds 'minilm' states of layer 6 cut at 128 tokens",  # the layer
-        (frozen, 0, 8): "the data holds 'minilm' states of layer 6 cut at 128 tokens",  # the token cut
+        (frozen, 1, 128): "the data holds 'minilm' fp32 states of layer 6 cut at 128 tokens",  # the layer
+        (frozen, 0, 8): "the data holds 'minilm' fp32 states of layer 6 cut at 128 tokens",  # the token cut
     }
     for (prepared, tuned, cut), held in cases.items():
         capsys.readouterr()
@@ -97,8 +97,9 @@ def test_training_refuses_a_dataset_without_matching_states(data, tmp_path, caps
                      "--set", "model.text_encoder=minilm", "--set", f"model.text_tuned_layers={tuned}",
                      "--set", f"data.max_tokens={cut}"]) == 2
         error = capsys.readouterr().err
-        assert (f"the model reads 'minilm' states of layer {6 - tuned} cut at {cut} tokens (model.text_encoder = "
-                f"'minilm', model.text_tuned_layers = {tuned}, data.max_tokens = {cut}), {held}") in error
+        assert (f"the model reads 'minilm' fp32 states of layer {6 - tuned} cut at {cut} tokens (model.text_encoder = "
+                f"'minilm', model.text_tuned_layers = {tuned}, data.max_tokens = {cut}, model.text_encoder_precision = "
+                f"'fp32'), {held}") in error
         assert not (tmp_path / "r").exists()
 
 
@@ -121,8 +122,8 @@ def test_evaluate_refuses_states_of_another_layer_or_cut(data, tmp_path, capsys)
         capsys.readouterr()
         assert main(["evaluate", "--checkpoint", str(run / "best.safetensors"), "--data", str(other)]) == 2
         error = capsys.readouterr().err
-        assert "the model reads 'minilm' states of layer 5 cut at 8 tokens" in error
-        assert f"the data holds 'minilm' states of {held} tokens" in error
+        assert "the model reads 'minilm' fp32 states of layer 5 cut at 8 tokens" in error
+        assert f"the data holds 'minilm' fp32 states of {held} tokens" in error
     assert main(["evaluate", "--checkpoint", str(run / "best.safetensors"), "--data", str(prepared)]) == 0
 
 
@@ -192,3 +193,68 @@ def test_fine_tuned_top_layer_starts_from_the_pretrained_weights(data, tmp_path)
     pretrained = load_pretrained("minilm").layers[5]
     for (name, mine), (_, theirs) in zip(tuned.state_dict().items(), pretrained.state_dict().items()):
         assert torch.allclose(mine, theirs, atol=1e-6), name  # lr 1e-9: one epoch moves nothing visible
+
+
+def test_one_int8_variant_from_prepare_to_rank(data, tmp_path, capsys):
+    """int8 throughout: the dataset records it, training on it needs the int8 setting (fp32 is refused, exit 2),
+    evaluate refuses an int8 model on fp32 states, and Ranker.rank recomputes exactly the stored int8 states."""
+    prepared = prepare(data, "int8", "--text-encoder", "minilm", "--set", "model.text_encoder_precision=int8")
+    dataset = PreparedDataset.open(prepared)
+    assert dataset.text_encoder["precision"] == "int8"
+    capsys.readouterr()
+    assert main(["train", "--data", str(prepared), "--out", str(tmp_path / "fp32"), *TINY_TRAIN_ARGS,
+                 "--set", "model.text_encoder=minilm"]) == 2
+    assert "the model reads 'minilm' fp32 states of layer 6" in capsys.readouterr().err
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(prepared), "--out", str(run), *TINY_TRAIN_ARGS, "--set", "train.epochs=1",
+                 "--set", "model.text_encoder=minilm", "--set", "model.text_encoder_precision=int8"]) == 0
+    checkpoint = run / "best.safetensors"
+    assert load_checkpoint(checkpoint).config.model.text_encoder_precision == "int8"
+
+    frozen = data / "frozen"
+    if not frozen.exists():
+        prepare(data, "frozen", "--text-encoder", "minilm")
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(checkpoint), "--data", str(frozen), "--no-progress"]) == 2
+    error = capsys.readouterr().err
+    assert "the model reads 'minilm' int8 states" in error and "the data holds 'minilm' fp32 states" in error
+
+    ranker = load_ranker(checkpoint)
+    stored = dataset.split("train").review_states(0)  # GOOD, as prepare stored it (float16)
+    recomputed = ranker.text_states.encode([GOOD])[0]
+    np.testing.assert_array_equal(recomputed, stored)
+
+
+def test_an_old_dataset_without_a_variant_is_fp32(data, tmp_path, capsys):
+    """Datasets prepared before the int8 variant existed record none: they hold fp32 states."""
+    old = prepare(data, "old", "--text-encoder", "minilm")
+    meta_path = old / "dataset.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["text_encoder"]["precision"]
+    meta_path.write_text(json.dumps(meta))
+    capsys.readouterr()
+    assert main(["train", "--data", str(old), "--out", str(tmp_path / "int8"), *TINY_TRAIN_ARGS,
+                 "--set", "model.text_encoder=minilm", "--set", "model.text_encoder_precision=int8"]) == 2
+    assert "the data holds 'minilm' fp32 states of layer 6" in capsys.readouterr().err
+    assert main(["train", "--data", str(old), "--out", str(tmp_path / "fp32"), *TINY_TRAIN_ARGS,
+                 "--set", "train.epochs=1", "--set", "model.text_encoder=minilm"]) == 0
+
+
+def test_product_states_are_cached(data, tmp_path):
+    """The second request for a product takes its states from the cache (one hit) and scores exactly as the first;
+    a cache of size 1 drops the older product."""
+    frozen = data / "frozen"
+    if not frozen.exists():
+        prepare(data, "frozen", "--text-encoder", "minilm")
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(frozen), "--out", str(run), *TINY_TRAIN_ARGS, "--set", "train.epochs=1",
+                 "--set", "model.text_encoder=minilm"]) == 0
+    ranker = load_ranker(run / "best.safetensors")
+    ranker.text_states.cache_size = 1
+    first = ranker.rank("Cooking magazine", [GOOD, BAD])
+    again = ranker.rank("Cooking magazine", [GOOD, BAD])
+    assert ranker.text_states.cache_hits == 1
+    np.testing.assert_array_equal(first.scores, again.scores)
+    ranker.rank("Another magazine", [GOOD])
+    ranker.rank("Cooking magazine", [GOOD])
+    assert ranker.text_states.cache_hits == 1

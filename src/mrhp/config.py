@@ -87,6 +87,10 @@ class ModelConfig:
     # `text_tuned_layers` layers trained; and a side channel of review length and rating into the score.
     text_encoder: str = "lstm"
     text_tuned_layers: int = 0
+    # The variant of the pretrained encoder that makes the token states (mrhp.features.text_encoder.TEXT_PRECISIONS):
+    # "fp32", or "int8" (quantized; faster on a CPU). One variant throughout: prepare stores it with the states,
+    # train and evaluate refuse a dataset made by the other, and predict and the service run the same one.
+    text_encoder_precision: str = "fp32"
     side_features: bool = False
     # Not in the paper either: stored side features (mrhp.data.side.STORED_SIDE_FEATURES, computed by `mrhp prepare`)
     # fed to the same side channel, as comma-separated names, e.g. "age,verified"; "" = none. "age_rank"/"age"
@@ -196,12 +200,15 @@ class Config:
         _check(self.model.conv_kernel % 2 == 1, f"model.conv_kernel must be odd, got {self.model.conv_kernel}")
         _check(self.model.dropout < 1.0, f"model.dropout must be below 1 (1 drops everything), got {self.model.dropout}")
         _check(self.train.lr > 0, f"train.lr must be > 0, got {self.train.lr}")
-        from mrhp.features.text_encoder import (
-            TEXT_ENCODERS,  # here: the encoders' module imports torch
+        from mrhp.features.text_encoder import (  # here: the encoders' module imports torch
+            TEXT_ENCODERS,
+            TEXT_PRECISIONS,
         )
 
         _check(self.model.text_encoder in TEXT_ENCODERS, f"model.text_encoder must be one of {TEXT_ENCODERS}")
         _check(self.model.text_tuned_layers >= 0, "model.text_tuned_layers must be >= 0")
+        _check(self.model.text_encoder_precision in TEXT_PRECISIONS,
+               f"model.text_encoder_precision must be one of {TEXT_PRECISIONS}")
         _check(self.model.text_encoder != "lstm" or self.model.text_tuned_layers == 0,
                "model.text_tuned_layers is for a pretrained model.text_encoder")
         from mrhp.data.side import STORED_SIDE_FEATURES, parse_side_names

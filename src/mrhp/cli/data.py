@@ -205,7 +205,7 @@ def _attach_fetched(args: argparse.Namespace, raw) -> None:
 
 def _vocabulary_from(path: Path):
     """`prepare --vocabulary-from PATH`: the vocabulary (a SharedVocabulary) and the text encoder description
-    (`{"name", "layer", "dim", "max_tokens"}`, None for the LSTM) of a prepared dataset folder, a run folder (its
+    (`{"name", "layer", "dim", "max_tokens", "precision"}`, None for the LSTM) of a prepared dataset folder, a run folder (its
     best.safetensors) or a checkpoint file."""
     from mrhp.data.prepare import SharedVocabulary
     from mrhp.data.prepared import PreparedDataset
@@ -224,13 +224,15 @@ def _vocabulary_from(path: Path):
     model = checkpoint.config.model
     encoder = None if model.text_encoder == "lstm" else {
         "name": model.text_encoder, "layer": pretrained_layer(model.text_encoder, model.text_tuned_layers),
-        "dim": checkpoint.inputs.text_state_dim, "max_tokens": checkpoint.config.data.max_tokens}
+        "dim": checkpoint.inputs.text_state_dim, "max_tokens": checkpoint.config.data.max_tokens,
+        "precision": model.text_encoder_precision}
     return SharedVocabulary(checkpoint.vocab, None, str(checkpoint_path)), encoder
 
 
 def _state_encoder(args: argparse.Namespace, reference: dict | None = None):
     """The pretrained text encoder whose token states `prepare` stores, from the same config (and --set) that
-    `train` will read: model.text_encoder, model.text_tuned_layers and data.max_tokens; None for the LSTM.
+    `train` will read: model.text_encoder, model.text_tuned_layers, model.text_encoder_precision and
+    data.max_tokens; None for the LSTM.
 
     With --vocabulary-from the reference's encoder (`reference`, None = the LSTM) decides, token cut included;
     a config or --text-encoder naming another pretrained encoder or layer is an error."""
@@ -240,6 +242,7 @@ def _state_encoder(args: argparse.Namespace, reference: dict | None = None):
         PRETRAINED,
         StateEncoder,
         pretrained_layer,
+        stored_precision,
     )
 
     config = load_config(args.config, args.set)
@@ -247,6 +250,7 @@ def _state_encoder(args: argparse.Namespace, reference: dict | None = None):
         config = dataclasses.replace(config, model=dataclasses.replace(config.model, text_encoder=args.text_encoder))
     config = config.validate()
     name, tuned, max_tokens = config.model.text_encoder, config.model.text_tuned_layers, config.data.max_tokens
+    precision = config.model.text_encoder_precision
     if args.vocabulary_from is not None:
         wanted = None if name == LSTM else (name, pretrained_layer(name, tuned))
         given = None if reference is None else (reference.get("name"), reference.get("layer"))
@@ -257,11 +261,11 @@ def _state_encoder(args: argparse.Namespace, reference: dict | None = None):
                             "text encoder; leave the encoder out and the reference's is used")
         if reference is None:
             return None
-        name, max_tokens = reference["name"], int(reference["max_tokens"])
+        name, max_tokens, precision = reference["name"], int(reference["max_tokens"]), stored_precision(reference)
         tuned = PRETRAINED[name].num_layers - int(reference["layer"])
     if name == LSTM:
         return None
-    return StateEncoder(name, tuned, max_tokens)
+    return StateEncoder(name, tuned, max_tokens, precision=precision)
 
 
 def _image_folder(args: argparse.Namespace, path: Path | None, progress: bool) -> ImageFeatureFolder:
@@ -336,7 +340,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     prepare.add_argument("--max-regions-per-item", type=at_least(0), default=128)
     prepare.add_argument("--max-missing-image-rate", type=float, default=0.05, help="fail when more items miss their image features")
     prepare.add_argument("--max-regions-per-image", type=int, help=f"mrhp: first N regions per image (default {DEFAULT_MAX_REGIONS_PER_IMAGE}); jsonl: cap per .npy image, and regions per image file (default {DEFAULT_MAX_REGIONS})")
-    config_options(prepare, reads=" (the training config): prepare takes model.text_encoder, model.text_tuned_layers and data.max_tokens from it, and the options of its [prepare] table (those given here win)")
+    config_options(prepare, reads=" (the training config): prepare takes model.text_encoder, model.text_tuned_layers, model.text_encoder_precision and data.max_tokens from it, and the options of its [prepare] table (those given here win)")
     prepare.add_argument("--text-encoder", choices=TEXT_ENCODERS, help="store the token states of this pretrained text encoder (default: the config's model.text_encoder; needs the text extra)")
     progress_option(prepare)
     official = prepare.add_argument_group("--format mrhp")

@@ -61,7 +61,8 @@ class TextStateEncoder(Protocol):
     its description for ``dataset.json`` and the token states of texts."""
 
     def describe(self) -> dict:
-        """``{"name", "layer", "dim", "max_tokens"}``: stored in ``dataset.json`` under ``text_encoder``."""
+        """``{"name", "layer", "dim", "max_tokens", "precision"}``: stored in ``dataset.json`` under
+        ``text_encoder``."""
 
     def encode(self, texts: Sequence[str]) -> list[np.ndarray]:
         """Token states float ``[S_i, dim]`` of each text (padding excluded, ``S_i >= 1``)."""
@@ -542,7 +543,8 @@ def format_report(report: dict) -> str:
     states = report.get("text_states")
     if states:
         lines.append(
-            f"text states: {states['name']} layer {states['layer']} (dim {states['dim']}, at most "
+            f"text states: {states['name']} ({states.get('precision', 'fp32')}) layer {states['layer']} (dim "
+            f"{states['dim']}, at most "
             f"{states['max_tokens']} tokens): {states['texts']} texts, {states['seconds_per_1000_texts']:.1f} s per "
             f"1,000 texts, {states['bytes_per_text'] / 1024:.1f} KiB per text"
         )

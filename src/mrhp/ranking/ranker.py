@@ -108,16 +108,20 @@ class Ranker:
         batch_rows: most review rows per forward pass (default: the checkpoint's `data.eval_batch_rows`): lists
             are packed up to it, and a list with more reviews is scored in pieces of that many.
         image_files: how image files of requests become region features (default: `ImageFiles(checkpoint)`).
+        product_cache: product texts whose token states are kept for the next request (`TextStates`).
+
+    Texts are encoded by the checkpoint's own text encoder variant (`model.text_encoder_precision`), the one its
+    training data was prepared with, so a model never reads states of another variant.
     """
 
     def __init__(self, checkpoint: Checkpoint, *, batch_rows: int | None = None,
-                 image_files: ImageFiles | None = None) -> None:
+                 image_files: ImageFiles | None = None, product_cache: int = 256) -> None:
         self.checkpoint = checkpoint
         self.batch_rows = checkpoint.config.data.eval_batch_rows if batch_rows is None else batch_rows
         if self.batch_rows < 1:
             raise MrhpError(f"batch_rows must be >= 1, got {self.batch_rows}")
         self.image_files = image_files if image_files is not None else ImageFiles(checkpoint)
-        self.text_states = TextStates(checkpoint)
+        self.text_states = TextStates(checkpoint, product_cache)
         self.uses_images = reads_images(checkpoint.config.model, checkpoint.inputs)
         self.explains = explains(checkpoint.config.model)
         self.reader = RequestReader(checkpoint, text_states=self.text_states, image_files=self.image_files)

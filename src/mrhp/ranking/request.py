@@ -263,7 +263,7 @@ class RequestReader:
                   region_images: list[np.ndarray], ratings: list[float], explain: bool,
                   sides: list[np.ndarray | None] | None = None) -> RankingRequest:
         vocab, max_tokens = self.checkpoint.vocab, self.checkpoint.config.data.max_tokens
-        product_states, *review_states = self.text_states.encode([product_text, *texts])
+        product_states, *review_states = self.text_states.encode_request(product_text, texts)
         product = Item(np.asarray(vocab.encode(product_text), dtype=np.int64), product_regions, product_states)
         sides = sides if sides is not None else [None] * len(texts)
         items = [Item(np.asarray(vocab.encode(text), dtype=np.int64), item_regions, states, rating,

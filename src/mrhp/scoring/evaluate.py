@@ -72,7 +72,7 @@ def check_fits(checkpoint: Checkpoint, dataset: PreparedDataset) -> None:
 
         stored = dataset.text_encoder
         check_stored_states(stored, model.text_encoder, model.text_tuned_layers, checkpoint.config.data.max_tokens,
-                            where)
+                            where, precision=model.text_encoder_precision)
         if int(stored["dim"]) != inputs.text_state_dim:
             raise MrhpError(f"{where}: the model reads token states of width {inputs.text_state_dim}; the data "
                             f"holds {stored['dim']}")

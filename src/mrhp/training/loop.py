@@ -71,7 +71,7 @@ def model_inputs(config: Config, dataset: PreparedDataset) -> ModelInputs:
         from mrhp.features.text_encoder import check_stored_states
 
         check_stored_states(stored, wanted, config.model.text_tuned_layers, config.data.max_tokens,
-                            f"train on {dataset.path}")
+                            f"train on {dataset.path}", precision=config.model.text_encoder_precision)
     return ModelInputs(
         vocab_size=len(dataset.vocab),
         image_dim=dataset.feature_dim,

@@ -332,6 +332,8 @@ def describe(ranker: Ranker, checkpoint_path: Path, settings: ServeSettings) -> 
             "image_files": ranker.image_files.unusable is None,
             "image_files_note": ranker.image_files.note,
             "max_tokens": config.data.max_tokens,
+            "text_encoder": config.model.text_encoder,
+            "text_encoder_precision": config.model.text_encoder_precision,
             "max_regions": config.data.max_regions,
         },
         "limits": {
@@ -346,9 +348,24 @@ def describe(ranker: Ranker, checkpoint_path: Path, settings: ServeSettings) -> 
     }
 
 
+def warm_up(ranker: Ranker) -> None:
+    """Load the text encoder and run it and the model once, before the server listens (so before `/healthz`
+    answers): the first pass of a fresh process loads weights and allocates and tunes kernels, which made the
+    first request of a pretrained-encoder model about 9 times slower than the next ones (issue 22)."""
+    started = time.perf_counter()
+    ranker.text_states.load()
+    request = {"text": "warm-up", "reviews": [{"review_id": "1", "text": "warm-up"}]}
+    try:
+        ranker.score([ranker.parse(request).ranking])
+    except NonFiniteScores as error:  # each request says so (500); the service itself can run
+        log.warning("warm-up: %s", error)
+    log.info("warmed up in %.1f s", time.perf_counter() - started)
+
+
 def create_app(checkpoint_path: Path, settings: ServeSettings | None = None) -> FastAPI:
-    """Load the checkpoint once (`MrhpError` on a missing, unreadable or incompatible one) and build the
-    application; the scorer thread runs while the application's lifespan does."""
+    """Load the checkpoint once (`MrhpError` on a missing, unreadable or incompatible one), load and warm the text
+    encoder and the model (`warm_up`), and build the application; the scorer thread runs while the application's
+    lifespan does."""
     settings = settings or ServeSettings()
     checkpoint_path = Path(checkpoint_path)
     checkpoint = load_checkpoint(checkpoint_path)
@@ -359,7 +376,9 @@ def create_app(checkpoint_path: Path, settings: ServeSettings | None = None) -> 
                              max_regions=settings.image_max_regions, threads=settings.threads)
     if image_files.unusable is None:
         image_files.extractor()  # load the network now: a broken install fails at start-up, not on a request
-    ranker = Ranker(checkpoint, batch_rows=settings.batch_rows, image_files=image_files)
+    ranker = Ranker(checkpoint, batch_rows=settings.batch_rows, image_files=image_files,
+                    product_cache=settings.product_cache)
+    warm_up(ranker)
     scorer = BatchScorer(ranker, settings.batch_wait_ms / 1000.0, settings.max_queued)
     description = describe(ranker, checkpoint_path, settings)
     log.info("loaded %s (%s, %d parameters, sha256 %s)", checkpoint_path, description["model"]["class"],
@@ -440,7 +459,8 @@ def _add_routes(app: FastAPI, ranker: Ranker, scorer: BatchScorer, settings: Ser
 
     @app.get("/healthz", summary="Liveness and scorer counters")
     async def healthz() -> dict[str, Any]:
-        return {"status": "ok", "queued": scorer.queued, "forwards": scorer.forwards, "requests": scorer.requests}
+        return {"status": "ok", "queued": scorer.queued, "forwards": scorer.forwards, "requests": scorer.requests,
+                "product_cache_hits": ranker.text_states.cache_hits}
 
     @app.get("/v1/model", summary="Model, checkpoint, config, training metrics, versions and limits")
     async def model() -> dict[str, Any]:

@@ -38,16 +38,20 @@ class ServeSettings:
         "help": "image files: input size of the feature extractor, as the training images were extracted"})
     image_max_regions: int = field(default=DEFAULT_MAX_REGIONS, metadata={
         "help": "image files: regions per image, as the training images were extracted"})
+    product_cache: int = field(default=256, metadata={
+        "help": "product texts whose token states are kept for their next request (0: none)"})
     device: str = field(default="auto", metadata={"help": "where the model scores: auto, cpu, cuda or cuda:N"})
 
     def __post_init__(self) -> None:
         for setting in fields(self):
             value = getattr(self, setting.name)
             # Every count and size is positive; port 0 means any free port.
-            if isinstance(value, int) and setting.name != "port" and value < 1:
+            if isinstance(value, int) and setting.name not in ("port", "product_cache") and value < 1:
                 raise MrhpError(f"{setting.name} must be >= 1, got {value}")
         if not is_device_name(self.device):
             raise MrhpError(f"device must be one of {', '.join(DEVICE_FORMS)}, got {self.device!r}")
+        if self.product_cache < 0:
+            raise MrhpError(f"product_cache must be >= 0, got {self.product_cache}")
         if not 0 <= self.port <= 65535:
             raise MrhpError(f"port must be within [0, 65535], got {self.port}")
         # inf would overflow the scorer's timer; a long wait holds every request that long.
