@@ -357,36 +357,78 @@ def report(sets: dict[str, PooledSet], product_split: Results, time_split: Resul
     return "\n\n".join(parts)
 
 
-def sampling_study(shared: Path, sets: dict[str, PooledSet], seeds: list[int], out: Path, epochs: int | None,
-                   smoke: bool, config_path: Path, states) -> str:
-    """The pooled model under each `data.source_sampling`, on the split by product: pooled dev MAP and dev MAP per
-    source of the selected epoch (dev only: how the default was chosen; the test split is never scored)."""
-    rows: dict[str, list[dict]] = {}
+# Issue 19 item 6: what more data might allow, each tried alone over configs/real-data.toml and measured on pooled
+# dev only (the test split is never scored): what wins is kept in the config.
+CANDIDATES = {
+    "configs/real-data.toml": {},
+    "listwise loss (loss.listwise_weight = 1)": {"loss": {"listwise_weight": 1.0}},
+    "more lists per batch (data.batch_rows = 64)": {"data": {"batch_rows": 64}},
+    "score anchored on length (model.length_anchor = 1)": {"model": {"length_anchor": 1.0}},
+    "top encoder layer tuned (model.text_tuned_layers = 1)": {"model": {"text_tuned_layers": 1}},
+}
+SAMPLINGS = {f"data.source_sampling = {s}": {"data": {"source_sampling": s}} for s in SOURCE_SAMPLING}
+
+
+def dev_study(shared: Path, sets: dict[str, PooledSet], seeds: list[int], out: Path, epochs: int | None,
+              smoke: bool, config_path: Path, variants: dict[str, dict], states_for) -> str:
+    """The pooled model under each of `variants` (config overrides; the first is the reference), on the split by
+    product, scored on pooled dev only: dev MAP pooled and per source of the selected epoch, and each variant
+    against the first by a paired t-test over the pooled dev products (each product averaged over the seeds),
+    Holm-adjusted across the variants. `states_for(tuned_layers)` gives the token states a variant reads (None
+    for the LSTM); sources are prepared once per distinct states."""
+    dev = Results()
+    epochs_of: dict[str, list[int]] = {}
     for seed in seeds:
-        datasets = prepare_sources(shared, sets, seed, "product", out / f"seed{seed}" / "prepared", states)
-        for sampling in SOURCE_SAMPLING:
-            config = model_config(seed, epochs, smoke, config_path)
-            config = apply_overrides(config, {"data": {"source_sampling": sampling}}, "sampling").validate()
-            best = train(config, [d.path for d in datasets.values()], out / f"seed{seed}" / f"sampling-{sampling}",
-                         progress=False)
-            rows.setdefault(sampling, []).append(best)
-            print(f"sampling study: seed {seed} {sampling}: pooled dev MAP {best['dev_map']:.2f} (epoch "
-                  f"{best['epoch']})", flush=True)
-    names = list(rows[SOURCE_SAMPLING[0]][0]["dev_by_source"])
-    header = ["data.source_sampling", "pooled dev MAP", *(f"{n} dev MAP" for n in names), "best epochs"]
-    table = [[sampling, f"{statistics.mean(b['dev_map'] for b in bests):.2f}",
-              *(f"{statistics.mean(b['dev_by_source'][n]['map'] for b in bests):.2f}" for n in names),
-              ", ".join(str(b["epoch"]) for b in bests)] for sampling, bests in rows.items()]
-    return markdown(header, table)
+        prepared: dict[int, dict[str, PreparedDataset]] = {}
+        for label, overrides in variants.items():
+            config = apply_overrides(model_config(seed, epochs, smoke, config_path), overrides, label).validate()
+            tuned = config.model.text_tuned_layers
+            if tuned not in prepared:
+                folder = out / f"seed{seed}" / ("prepared" if tuned == 0 else f"prepared-tuned{tuned}")
+                prepared[tuned] = prepare_sources(shared, sets, seed, "product", folder, states_for(tuned))
+            datasets = prepared[tuned]
+            run_dir = out / f"seed{seed}" / f"variant-{list(variants).index(label)}"
+            best = train(config, [d.path for d in datasets.values()], run_dir, progress=False)
+            epochs_of.setdefault(label, []).append(int(best["epoch"]))
+            checkpoint = load_checkpoint(run_dir / "best.safetensors")
+            for name, dataset in datasets.items():
+                evaluation = evaluate_split(checkpoint.model, dataset.split("dev"), data=checkpoint.config.data,
+                                            feature_dim=dataset.feature_dim, threshold=dataset.relevance_threshold,
+                                            ties=checkpoint.config.train.ties, progress=False)
+                dev.add(label, name, evaluation.product_ids, evaluation.values, float("nan"),
+                        dataset.split("dev").num_products)
+            print(f"dev study: seed {seed} {label}: pooled dev MAP {best['dev_map']:.2f} (epoch {best['epoch']})",
+                  flush=True)
+    reference = next(iter(variants))
+    names = list(dev.runs[reference])
+    cells = []
+    for label in variants:
+        ours, theirs = dev.means(label, names, "map"), dev.means(reference, names, "map")
+        a, b = np.asarray(list(ours.values())), np.asarray([theirs[p] for p in ours])
+        tested = label != reference and a.size >= 2 and np.ptp(a - b) > 0
+        cells.append((label, 100 * float(a.mean()), 100 * float(a.mean() - b.mean()),
+                      paired_test(a, b, "t") if tested else float("nan"), a.size))
+    adjusted = holm([c[3] for c in cells[1:]]) if len(cells) > 1 else []
+    header = ["variant", "pooled dev MAP", f"- {reference}", "p", *(f"{n} dev MAP" for n in names), "best epochs"]
+    table = []
+    for i, (label, value, difference, _, size) in enumerate(cells):
+        p = "reference" if i == 0 else f"{TEST} p = {adjusted[i - 1]:.3g} (Holm, {len(cells) - 1} variants)"
+        per_source = [f"{100 * statistics.mean(dev.means(label, [n], 'map').values()):.2f}" for n in names]
+        table.append([label, f"{value:.2f}", f"{difference:+.2f}" if i else "", p, *per_source,
+                      ", ".join(map(str, epochs_of[label]))])
+    products = cells[0][4]
+    return markdown(header, table) + (f"\n\n{products} pooled dev products; MAP x100, each product averaged over "
+                                      f"seeds {', '.join(map(str, seeds))}.")
 
 
 def run_pooled(shared: Path, seeds: list[int], out: Path, *, smoke: bool, epochs: int | None, config_path: Path,
-               datasets: Sequence[str] | None, with_time: bool, command: str, sampling: bool = False) -> int:
-    """The whole study (or with `sampling` the dev study of `sampling_study`); writes `out/pooled.md` (or
-    `out/sampling.md`) and prints it. Returns the exit status."""
+               datasets: Sequence[str] | None, with_time: bool, command: str, study: str | None = None) -> int:
+    """The whole study, or with `study` a dev study (`dev_study`) of the source samplings ("sampling") or of
+    `CANDIDATES` ("candidates"); writes `out/pooled.md` (or `out/sampling.md`, `out/candidates.md`) and prints
+    it. Returns the exit status."""
     if smoke:
         shared, sets = write_standin(out / "standin"), SMOKE_SETS
-        states = None
+        states_for = {0: None}.get
     else:
         sets = {key: pset for key, pset in SETS.items() if datasets is None or key in datasets}
         for key in list(sets):
@@ -398,13 +440,25 @@ def run_pooled(shared: Path, seeds: list[int], out: Path, *, smoke: bool, epochs
         from real_data import CachedStates
 
         config = load_config(config_path)
-        states = CachedStates(config.data.max_tokens) if config.model.text_encoder == "minilm" else None
+        cached: dict[int, CachedStates] = {}
+
+        def states_for(tuned: int):
+            if config.model.text_encoder != "minilm":
+                return None
+            return cached.setdefault(tuned, CachedStates(config.data.max_tokens, tuned_layers=tuned))
+
+    states = states_for(0)
     started = time.perf_counter()
-    if sampling:
-        table = sampling_study(shared, sets, seeds, out, epochs, smoke, config_path, states)
-        text = (f"# Pooled training: source sampling on pooled dev\n\nCommand: `{command}`; "
+    if study is not None:
+        variants = SAMPLINGS if study == "sampling" else (
+            {k: v for k, v in CANDIDATES.items() if "text_tuned_layers" not in v.get("model", {})} if smoke
+            else CANDIDATES)
+        table = dev_study(shared, sets, seeds, out, epochs, smoke, config_path, variants, states_for)
+        title = "source sampling" if study == "sampling" else "candidates beyond configs/real-data.toml"
+        text = (f"# Pooled training: {title}, on pooled dev\n\nCommand: `{command}`; "
                 f"{(time.perf_counter() - started) / 60:.1f} min\n\n{table}")
-        (out / "sampling.md").write_text(text + "\n", encoding="utf-8")
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"{study}.md").write_text(text + "\n", encoding="utf-8")
         print(text)
         return 0
     product_split, time_split = Results(), Results()

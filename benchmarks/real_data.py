@@ -34,7 +34,8 @@ after 2 epochs without dev improvement, one torch thread.
 
 ``--pooled`` runs the pooled study of ``benchmarks/pooled_study.py`` instead (one model on every set, MDSD and
 Steam included, beside per-set models and the floors; a left-out MDSD domain; the split by time), with
-``--smoke`` on generated stand-in data, ``--epochs``, ``--no-time-split`` and ``--sampling-study``.
+``--smoke`` on generated stand-in data, ``--epochs``, ``--no-time-split``, ``--sampling-study`` and
+``--candidate-study``.
 """
 
 from __future__ import annotations
@@ -121,8 +122,8 @@ SETS = {
 class CachedStates:
     """all-MiniLM-L6-v2 token states, computed once per distinct text for all seeds of a run."""
 
-    def __init__(self, max_tokens: int) -> None:
-        self.encoder = StateEncoder("minilm", 0, max_tokens)
+    def __init__(self, max_tokens: int, tuned_layers: int = 0) -> None:
+        self.encoder = StateEncoder("minilm", tuned_layers, max_tokens)
         self.cache: dict[str, np.ndarray] = {}
         self.seconds = 0.0
         self.encoded = 0
@@ -377,6 +378,10 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, help="with --pooled: at most this many epochs (default: the config's)")
     parser.add_argument("--sampling-study", action="store_true",
                         help="with --pooled: train the pooled model under each data.source_sampling, report pooled dev only")
+    parser.add_argument("--candidate-study", action="store_true",
+                        help="with --pooled: train the pooled model with each candidate of pooled_study.CANDIDATES "
+                             "(listwise loss, more lists per batch, length anchor, a tuned encoder layer), report "
+                             "pooled dev only")
     parser.add_argument("--no-time-split", action="store_true", help="with --pooled: leave out the split by time")
     parser.add_argument("--tests-only", action="store_true",
                         help="print the paired tests of a finished run in --out from its per-product files")
@@ -390,7 +395,8 @@ def main() -> int:
         chosen = None if "--datasets" not in sys.argv else args.datasets
         return run_pooled(args.shared, seeds, args.out, smoke=args.smoke, epochs=args.epochs,
                           config_path=REAL_DATA_CONFIG, datasets=chosen, with_time=not args.no_time_split,
-                          command=command, sampling=args.sampling_study)
+                          command=command,
+                          study="sampling" if args.sampling_study else "candidates" if args.candidate_study else None)
     chosen = [key for key in args.datasets if key in SETS]  # mdsd and steam: --pooled only
     keys = [key for key in chosen if (args.shared / SETS[key].reviews).is_file()]
     for key in chosen:

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from mrhp.objectives.losses import (
     MODALITY_KEYS,
     cross_modal_contrastive_loss,
+    listwise_softmax_loss,
     pairwise_ranking_loss,
 )
 
@@ -373,3 +374,76 @@ def test_bad_arguments() -> None:
         cross_modal_contrastive_loss({k: feats[k] for k in MODALITY_KEYS[:3]}, present, group)
     with pytest.raises(ValueError):
         cross_modal_contrastive_loss(feats, {k: v.long() for k, v in present.items()}, group)
+
+
+# ---- the listwise loss (eq. L1, not in the paper) ----------------------------------------------------------------
+
+
+def _listnet_by_hand(scores: list[float], labels: list[float], temperature: float = 1.0) -> float:
+    """-sum_r softmax(y / T)_r log softmax(s)_r of one list, written out with math."""
+    target = [math.exp(y / temperature) for y in labels]
+    target = [t / sum(target) for t in target]
+    log_norm = math.log(sum(math.exp(s) for s in scores))
+    return -sum(t * (s - log_norm) for t, s in zip(target, scores))
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_listwise_loss_by_hand_with_padding_and_a_flat_list(temperature: float) -> None:
+    # List 0: three reviews and a padded slot holding a huge score and label (a loss that let padding into either
+    # softmax would change). List 1: every label equal, so it teaches no order and must not count in the mean.
+    scores = torch.tensor([[1.0, 0.0, -0.5, 1e4], [0.3, -2.0, 0.0, 0.0]], requires_grad=True)
+    labels = torch.tensor([[2, 0, 1, 4], [3, 3, 0, 0]])
+    mask = torch.tensor([[True, True, True, False], [True, True, False, False]])
+    loss = listwise_softmax_loss(scores, labels, mask, temperature=temperature)
+    expected = _listnet_by_hand([1.0, 0.0, -0.5], [2, 0, 1], temperature)
+    assert math.isclose(float(loss.detach()), expected, rel_tol=1e-6)
+    loss.backward()
+    assert torch.isfinite(scores.grad).all()
+    assert float(scores.grad[0, 3].abs()) == 0.0 and float(scores.grad[1].abs().sum()) == 0.0
+
+
+def test_listwise_loss_matches_torch_cross_entropy_with_soft_targets() -> None:
+    """An independent path: torch's cross_entropy with probability targets, list by list."""
+    generator = torch.Generator().manual_seed(0)
+    scores = torch.randn(5, 7, generator=generator)
+    labels = torch.randint(0, 5, (5, 7), generator=generator)
+    lengths = [7, 2, 5, 1, 4]
+    mask = torch.arange(7)[None, :] < torch.tensor(lengths)[:, None]
+    expected = []
+    for b, n in enumerate(lengths):
+        if n > 1 and labels[b, :n].unique().numel() > 1:
+            target = torch.softmax(labels[b, :n].float(), dim=0)
+            expected.append(F.cross_entropy(scores[b, :n][None], target[None]))
+    torch.testing.assert_close(listwise_softmax_loss(scores, labels, mask), torch.stack(expected).mean())
+
+
+def test_listwise_loss_without_order_is_zero_with_a_graph() -> None:
+    scores = torch.zeros(2, 3, requires_grad=True)
+    loss = listwise_softmax_loss(scores, torch.tensor([[1, 1, 0], [2, 0, 0]]),
+                                 torch.tensor([[True, True, False], [True, False, False]]))
+    loss.backward()
+    assert float(loss.detach()) == 0.0 and scores.grad is not None and float(scores.grad.abs().sum()) == 0.0
+    with pytest.raises(ValueError, match="temperature"):
+        listwise_softmax_loss(scores, torch.zeros(2, 3), torch.ones(2, 3, dtype=torch.bool), temperature=0.0)
+
+
+def test_joint_loss_adds_the_weighted_listwise_term_only_when_asked() -> None:
+    import dataclasses
+    from types import SimpleNamespace
+
+    from mrhp.config import Config
+    from mrhp.models.paper import ModelOutput
+    from mrhp.training.loop import joint_loss
+
+    scores = torch.tensor([[1.0, 0.0, -0.5], [0.2, 0.1, 0.0]])
+    batch = SimpleNamespace(labels=torch.tensor([[2, 0, 1], [0, 3, 0]]),
+                            list_mask=torch.tensor([[True, True, True], [True, True, False]]))
+    output = ModelOutput(scores=scores, row_scores=scores.flatten(), pooled={}, present={})
+    paper = Config()
+    total, parts = joint_loss(output, batch, paper)
+    assert set(parts) == {"ranking"}
+    listwise = dataclasses.replace(paper, loss=dataclasses.replace(paper.loss, listwise_weight=0.5))
+    with_listwise, listwise_parts = joint_loss(output, batch, listwise)
+    expected = listwise_softmax_loss(scores, batch.labels, batch.list_mask)
+    assert listwise_parts["listwise"] == pytest.approx(float(expected))
+    assert float(with_listwise) == pytest.approx(float(total + 0.5 * expected))

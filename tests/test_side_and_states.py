@@ -132,3 +132,31 @@ def test_dataset_without_states_has_none(tmp_path):
     prepare_dataset(raw, tmp_path / "p", min_count=1)
     data = PreparedDataset.open(tmp_path / "p")
     assert data.text_encoder is None and data.split("train").review_states(0) is None
+
+
+@pytest.mark.parametrize("side", [False, True])
+def test_length_anchor_adds_a_fixed_share_of_log_words_and_the_explanation_still_adds_up(side):
+    """model.length_anchor = a: each score gains exactly a * log(1 + words) (of the uncut text) over the same model
+    without it; `bias + side + parts` stays the score. A wrong anchor (on the cut length, learned, or left out of
+    the explanation's side) fails."""
+    rng = np.random.default_rng(3)
+    batch = collate([ranking(rng, [3, 50, 9], [4.0, 2.0, float("nan")])], max_tokens=8, max_regions=4,
+                    feature_dim=FEATURES)
+    plain, anchored = model(side_features=side), model(side_features=side, length_anchor=0.75)
+    assert sum(p.numel() for p in anchored.parameters()) == sum(p.numel() for p in plain.parameters())
+    with torch.no_grad():
+        base = plain(batch).row_scores
+        output = anchored(batch, explain=True)
+    words = torch.tensor([3.0, 50.0, 9.0])
+    torch.testing.assert_close(output.row_scores - base, 0.75 * torch.log1p(words))
+    explanation = output.explanation
+    total = explanation.bias + explanation.side + explanation.parts.sum(1)
+    torch.testing.assert_close(total, output.row_scores, atol=1e-5, rtol=1e-5)
+
+
+def test_length_anchor_belongs_to_the_papers_model():
+    from mrhp.config import Config
+    from mrhp.errors import MrhpError
+
+    with pytest.raises(MrhpError, match="model.length_anchor is a setting of the paper's model"):
+        Config(model=ModelConfig(name="mcr", length_anchor=1.0)).validate()

@@ -97,6 +97,9 @@ class ModelConfig:
     # predict votes (older reviews collected them for longer), so leave them out to rank by quality.
     extra_side_features: str = ""
     side_hidden_size: int = 16
+    # Not in the paper (0 reproduces it): every review's score starts at `length_anchor` * log(1 + words), so an
+    # untrained model already ranks as the length floor does and training learns what to add to that.
+    length_anchor: float = 0.0
 
 
 # Settings of `ModelConfig` before `ModelInputs` held them (a checkpoint written then has them in its config).
@@ -151,6 +154,10 @@ class LossConfig:
     # Not in the paper (its Limitation 2; 0 reproduces it): weight of the set-level contrastive loss, eq. 33 over
     # sets of reviews and of product information (mrhp.objectives.losses.set_contrastive_loss), added to eq. 35.
     set_contrastive_weight: float = 0.0
+    # Not in the paper (0 reproduces it): weight of ListNet's listwise loss (eq. L1,
+    # mrhp.objectives.losses.listwise_softmax_loss) added to eq. 35, and the temperature of its target.
+    listwise_weight: float = 0.0
+    listwise_temperature: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -191,6 +198,8 @@ class Config:
         _check(is_device_name(self.train.device), f"train.device must be one of {DEVICE_FORMS}, got {self.train.device!r}")
         _check(self.train.precision in PRECISIONS, f"train.precision must be one of {PRECISIONS}")
         _check(self.model.name in MODEL_NAMES, f"model.name must be one of {MODEL_NAMES}, got {self.model.name!r}")
+        _check(self.model.length_anchor == 0 or self.model.name == "mrhp",
+               f"model.length_anchor is a setting of the paper's model (mrhp), not of {self.model.name!r}")
         for name, (value, low, high) in self._ranges().items():
             # NaN fails every comparison, so it is out of any range; inf is refused explicitly.
             ok = low <= value <= high and (not isinstance(value, float) or math.isfinite(value))
@@ -230,10 +239,10 @@ class Config:
             "model": {"hidden_size": (1, 8192), "embedding_dim": (1, 8192), "num_heads": (1, 8192),
                       "interaction_layers": (1, 64), "image_encoder_layers": (0, 64), "feedforward_size": (1, 65536),
                       "conv_kernel": (1, 63), "dropout": (0.0, 1.0), "text_tuned_layers": 0,
-                      "side_hidden_size": (1, 8192)},
+                      "side_hidden_size": (1, 8192), "length_anchor": (-100.0, 100.0)},
             "loss": {"margin": 0.0, "min_gap": 1, "contrastive_weight": 0.0, "helpful_level": 0,
                      "circle_margin": 0.0, "circle_scale": 0.0, "o_p": (-big, big), "o_n": (-big, big),
-                     "set_contrastive_weight": 0.0},
+                     "set_contrastive_weight": 0.0, "listwise_weight": 0.0, "listwise_temperature": (1e-3, 1e3)},
             "train": {"epochs": 1, "lr": 0.0, "weight_decay": 0.0, "grad_clip": 0.0, "lr_factor": (0.0, 1.0),
                       "lr_patience": 0, "early_stopping_patience": 0, "threads": (0, MAX_THREADS),
                       "loader_workers": (0, MAX_THREADS), "seed": (0, MAX_SEED)},

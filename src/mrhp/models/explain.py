@@ -8,8 +8,8 @@ A review's explanation::
      "regions": [{"image": 0, "region": 3, "weight": -0.04}, ...]}
 
 `bias + side + sum(paths)` is the score up to float rounding, and so is `bias + side + sum(parts)` or
-`bias + side + sum(sources)`; `side` is there only for a model with side features (`model.side_features`). PATH,
-PART and COMPONENT are `mrhp.models.paper.PATHS`, `PARTS` and `COMPONENTS`. `words`: the review's `TOP_WORDS` tokens of
+`bias + side + sum(sources)`; `side` is there only for a model with side features (`model.side_features`) or a
+length anchor (`model.length_anchor`). PATH, PART and COMPONENT are `mrhp.models.paper.PATHS`, `PARTS` and `COMPONENTS`. `words`: the review's `TOP_WORDS` tokens of
 largest share in absolute value (their positions among the tokens the model read, from 0; word pieces with the
 special tokens for a pretrained text encoder); `regions`: its `TOP_REGIONS` image regions likewise (the image as
 its index in the review's `images`, the region within that image, both from 0).

@@ -59,7 +59,7 @@ class Explanation:
     over the positions of the four components: `sum over components of shares[c].sum(1) == parts.sum(1)`."""
 
     bias: float  # the scorer's bias (eq. 29)
-    side: Tensor | None  # [N] the side scorer's output (model.side_features); None without one
+    side: Tensor | None  # [N] side scorer's output + length anchor (model.side_features, model.length_anchor)
     parts: Tensor  # [N, len(PARTS)] w_part . z_part, in PARTS order
     shares: dict[str, Tensor]  # per component, [N, L_component]: each token's / region's share, 0 at padding
 
@@ -241,6 +241,8 @@ class HelpfulnessModel(nn.Module):
                           nn.Linear(config.side_hidden_size, 1))
             if side_width else None
         )
+        # Not in the paper either (model.length_anchor): a fixed share of log(1 + words) in every score.
+        self.length_anchor = config.length_anchor
 
     def run(self, module: nn.Module, *inputs: Tensor) -> Tensor:
         """Call `module`; in training with `checkpoint_activations`, keep only its inputs for the backward pass
@@ -385,6 +387,10 @@ class HelpfulnessModel(nn.Module):
             inputs.append(batch.review_extra[:, self.side_columns])  # [N, len(side_columns)]
             side = self.side_scorer(torch.cat(inputs, dim=1)).squeeze(1)  # [N]
             row_scores = row_scores + side  # [N]
+        if self.length_anchor:
+            anchor = self.length_anchor * batch.review_side[:, 0]  # [N]: log(1 + words) of each review
+            side = anchor if side is None else side + anchor  # [N]
+            row_scores = row_scores + anchor  # [N]
         scores = row_scores[batch.list_rows] * batch.list_mask.to(row_scores.dtype)  # [B, R]
 
         pooled = {name: masked_max(out[name], mask[name]) for name in COMPONENTS}  # eqs. 30-31, each [N, d]

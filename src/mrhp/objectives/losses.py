@@ -9,12 +9,16 @@ Pure functions over tensors with explicit masks; the trainer adds them up (eq. 3
   (default), no weighting (eq. 32) or the Circle-loss variant of the authors' code.
 * :func:`set_contrastive_loss`: not in the paper (its Limitation 2): eq. 33 over sets of reviews and sets of
   product information rather than single pairs (eqs. S1-S4, README "Set-level contrastive learning").
+* :func:`listwise_softmax_loss`: not in the paper either: ListNet's top-one cross-entropy over each whole list
+  (``loss.listwise_weight``), for long lists such as Steam's where pairs number in the hundreds of thousands.
 """
 
 from __future__ import annotations
 
 from itertools import combinations
 from typing import Mapping
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +32,7 @@ __all__ = [
     "pairwise_ranking_loss",
     "cross_modal_contrastive_loss",
     "set_contrastive_loss",
+    "listwise_softmax_loss",
 ]
 
 MODALITY_KEYS = ("product_text", "review_text", "product_image", "review_image")
@@ -356,3 +361,40 @@ def set_contrastive_loss(
     pair = pair & torch.ones_like(pair).triu(diagonal=1)  # each unordered pair of two distinct sets once
     positive, negative = pair & same_class, pair & ~same_class
     return _weighted_pair_loss(sim, positive, sim, negative, "adaptive", o_p, o_n, detach_weights, reduction)
+
+
+def listwise_softmax_loss(scores: Tensor, labels: Tensor, mask: Tensor, temperature: float = 1.0) -> Tensor:
+    """Eq. L1, not in the paper: ListNet's loss with top-one probabilities (Cao et al., ICML 2007). Within each
+    list, the cross-entropy between where the labels put the top place and where the scores put it,
+
+        L1 = -(1 / |B'|) * sum_{b in B'} sum_{r valid} softmax(y_b / T)_r * log softmax(s_b)_r,
+
+    with both softmaxes over the list's valid slots only (padding enters neither). B' holds the lists with two
+    distinct levels: a list whose labels are all equal teaches no order (its target is uniform, and it would only
+    pull its scores together), nor does a list of one review.
+
+    Args:
+        scores: float ``[B, R]`` predicted scores.
+        labels: int or float ``[B, R]`` helpfulness levels (padded slots ignored).
+        mask: bool ``[B, R]``, True where the slot holds a review.
+        temperature: ``T`` > 0: how sharply the target favours the higher levels.
+
+    Returns:
+        A scalar: the mean over B' (a zero that keeps the graph when B' is empty).
+    """
+    if scores.shape != labels.shape or scores.shape != mask.shape:
+        raise ValueError(f"scores {tuple(scores.shape)}, labels {tuple(labels.shape)} and mask "
+                         f"{tuple(mask.shape)} must have one shape [B, R]")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    levels = labels.to(scores.dtype)  # [B, R]
+    low = torch.where(mask, levels, math.inf).amin(dim=1)  # [B]
+    high = torch.where(mask, levels, -math.inf).amax(dim=1)  # [B]
+    informative = high > low  # [B]: two distinct levels, so two reviews at least
+    if not bool(informative.any()):
+        return scores.sum() * 0.0
+    # Only lists with two valid slots from here on, so no softmax runs over padding alone.
+    scores, levels, mask = scores[informative], levels[informative], mask[informative]  # [B', R]
+    target = torch.softmax(torch.where(mask, levels / temperature, -math.inf), dim=1)  # [B', R], 0 in padding
+    log_probs = torch.where(mask, torch.log_softmax(torch.where(mask, scores, -math.inf), dim=1), 0.0)  # [B', R]
+    return -(target * log_probs).sum(dim=1).mean()

@@ -46,6 +46,7 @@ from mrhp.objectives.losses import (
     MODALITY_KEYS,
     PRODUCT_KEYS,
     cross_modal_contrastive_loss,
+    listwise_softmax_loss,
     pairwise_ranking_loss,
     set_contrastive_loss,
 )
@@ -82,7 +83,8 @@ def model_inputs(config: Config, dataset: PreparedDataset) -> ModelInputs:
 
 def joint_loss(output: ModelOutput, batch: Batch, config: Config) -> tuple[torch.Tensor, dict[str, float]]:
     """Eq. 35: L = weight * L_contrastive (eqs. 30-33, over the helpful rows) + L_ranking (eq. 34), plus
-    `loss.set_contrastive_weight` * L_set (eqs. S1-S4, not in the paper) when that weight is above 0.
+    `loss.set_contrastive_weight` * L_set (eqs. S1-S4, not in the paper) and `loss.listwise_weight` * L1 (ListNet,
+    not in the paper either) when those weights are above 0.
 
     The contrastive term belongs to the paper's model: a baseline's output has no pooled vectors, and it trains
     with the ranking loss alone."""
@@ -120,6 +122,11 @@ def joint_loss(output: ModelOutput, batch: Batch, config: Config) -> tuple[torch
                                          reduction=loss_config.contrastive_reduction)
         total = total + loss_config.set_contrastive_weight * set_level
         parts["set_contrastive"] = float(set_level.detach())
+    if loss_config.listwise_weight > 0:
+        listwise = listwise_softmax_loss(output.scores, batch.labels, batch.list_mask,
+                                         temperature=loss_config.listwise_temperature)
+        total = total + loss_config.listwise_weight * listwise
+        parts["listwise"] = float(listwise.detach())
     return total, parts
 
 
