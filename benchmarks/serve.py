@@ -36,7 +36,6 @@ printed with the results.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import socket
@@ -51,13 +50,13 @@ from pathlib import Path
 import httpx
 import numpy as np
 import torch
-
 from _common import add_smoke
+
 from mrhp.config import Config, ModelConfig, ModelInputs, load_config
 from mrhp.data.text import PAD, UNK, Vocabulary
+from mrhp.features.text_encoder import PRETRAINED
 from mrhp.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from mrhp.models.registry import build_model
-from mrhp.features.text_encoder import PRETRAINED
 from mrhp.ranking.ranker import Ranker
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -174,10 +173,10 @@ def text_model_checkpoint(path: Path, config_path: Path, precision: str) -> None
     config = load_config(config_path, [f"model.text_encoder_precision={precision}"])
     width = PRETRAINED[config.model.text_encoder].hidden_size
     words = [PAD, UNK] + [f"w{i}" for i in range(998)]
-    model = dataclasses.replace(config.model, vocab_size=len(words), image_dim=0, text_state_dim=width)
-    config = dataclasses.replace(config, model=model).validate()
-    save_checkpoint(path, Checkpoint(model=build_model(config.model), config=config, vocab=Vocabulary(words),
-                                     relevance_threshold=1))
+    inputs = ModelInputs(vocab_size=len(words), image_dim=0, embedding_dim=config.model.embedding_dim,
+                         text_state_dim=width)
+    save_checkpoint(path, Checkpoint(model=build_model(config.model, inputs), config=config, inputs=inputs,
+                                     vocab=Vocabulary(words), relevance_threshold=1))
 
 
 def review_requests(data: Path, count: int, reviews: int) -> list[dict]:

@@ -35,6 +35,22 @@ def test_smoke_runs_every_part_and_names_its_tests(tmp_path):
     assert "floor (by dev MAP)" in report
 
 
+def test_candidate_study_scores_dev_only_against_the_config(tmp_path):
+    """--candidate-study: one row per candidate (the tuned encoder layer needs MiniLM states, which the smoke's LSTM
+    model has not), each against the reference on dev products with Holm over the candidates; no test split."""
+    done = _run("--smoke", "--candidate-study", "--seeds", "0", "--out", str(tmp_path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = (tmp_path / "candidates.md").read_text()
+    for label in ("listwise loss (loss.listwise_weight = 1)", "more lists per batch (data.batch_rows = 64)",
+                  "score anchored on length (model.length_anchor = 1)"):
+        assert f"| {label} |" in report
+    assert "| configs/real-data.toml |" in report and "| reference |" in report
+    assert report.count("(Holm, 3 variants)") == 3 and "pooled dev products" in report
+    # The test split is never scored: no per-product test file, no test column, no pooled.md.
+    assert not list(tmp_path.rglob("test_*.jsonl")) and "test MAP" not in report
+    assert not (tmp_path / "pooled.md").exists()
+
+
 def test_skips_cleanly_without_the_shared_data(tmp_path):
     done = _run("--shared", str(tmp_path / "absent"), "--out", str(tmp_path / "out"))
     assert done.returncode == 0, done.stderr[-3000:]
