@@ -367,15 +367,29 @@ CANDIDATES = {
     "top encoder layer tuned (model.text_tuned_layers = 1)": {"model": {"text_tuned_layers": 1}},
 }
 SAMPLINGS = {f"data.source_sampling = {s}": {"data": {"source_sampling": s}} for s in SOURCE_SAMPLING}
+# Issue 19 item 3: the stored side features, each kept only if pooled dev shows it helps. Those a review's
+# quality may show (verified purchase, images, rating against the product's mean) together, and the age rank,
+# which predicts votes through exposure, apart.
+SIDE_FEATURES = {
+    "configs/real-data.toml": {},
+    "verified, has_images, rating_deviation": {"model": {"extra_side_features": "verified,has_images,rating_deviation"}},
+    "age_rank": {"model": {"extra_side_features": "age_rank"}},
+}
+STUDIES = {"sampling": ("source sampling", SAMPLINGS), "candidates": ("candidates beyond configs/real-data.toml",
+                                                                      CANDIDATES),
+           "side": ("stored side features", SIDE_FEATURES)}
 
 
 def dev_study(shared: Path, sets: dict[str, PooledSet], seeds: list[int], out: Path, epochs: int | None,
-              smoke: bool, config_path: Path, variants: dict[str, dict], states_for) -> str:
-    """The pooled model under each of `variants` (config overrides; the first is the reference), on the split by
+              smoke: bool, config_path: Path, study: str, variants: dict[str, dict], states_for,
+              reuse: bool = False) -> str:
+    """The dev study `study`: the pooled model under each of `variants` (config overrides; the first is the
+    reference), on the split by
     product, scored on pooled dev only: dev MAP pooled and per source of the selected epoch, and each variant
     against the first by a paired t-test over the pooled dev products (each product averaged over the seeds),
     Holm-adjusted across the variants. `states_for(tuned_layers)` gives the token states a variant reads (None
-    for the LSTM); sources are prepared once per distinct states."""
+    for the LSTM); sources are prepared once per distinct states, or with `reuse` opened from `out` where an
+    earlier study of the same seed prepared them."""
     dev = Results()
     epochs_of: dict[str, list[int]] = {}
     for seed in seeds:
@@ -385,9 +399,13 @@ def dev_study(shared: Path, sets: dict[str, PooledSet], seeds: list[int], out: P
             tuned = config.model.text_tuned_layers
             if tuned not in prepared:
                 folder = out / f"seed{seed}" / ("prepared" if tuned == 0 else f"prepared-tuned{tuned}")
-                prepared[tuned] = prepare_sources(shared, sets, seed, "product", folder, states_for(tuned))
+                sources = [source.name for source in sources_of(sets)]
+                if reuse and all((folder / source / "dataset.json").is_file() for source in sources):
+                    prepared[tuned] = {source: PreparedDataset.open(folder / source) for source in sources}
+                else:
+                    prepared[tuned] = prepare_sources(shared, sets, seed, "product", folder, states_for(tuned))
             datasets = prepared[tuned]
-            run_dir = out / f"seed{seed}" / f"variant-{list(variants).index(label)}"
+            run_dir = out / f"seed{seed}" / f"{study}-{list(variants).index(label)}"
             best = train(config, [d.path for d in datasets.values()], run_dir, progress=False)
             epochs_of.setdefault(label, []).append(int(best["epoch"]))
             checkpoint = load_checkpoint(run_dir / "best.safetensors")
@@ -422,10 +440,11 @@ def dev_study(shared: Path, sets: dict[str, PooledSet], seeds: list[int], out: P
 
 
 def run_pooled(shared: Path, seeds: list[int], out: Path, *, smoke: bool, epochs: int | None, config_path: Path,
-               datasets: Sequence[str] | None, with_time: bool, command: str, study: str | None = None) -> int:
-    """The whole study, or with `study` a dev study (`dev_study`) of the source samplings ("sampling") or of
-    `CANDIDATES` ("candidates"); writes `out/pooled.md` (or `out/sampling.md`, `out/candidates.md`) and prints
-    it. Returns the exit status."""
+               datasets: Sequence[str] | None, with_time: bool, command: str, study: str | None = None,
+               reuse: bool = False) -> int:
+    """The whole study, or with `study` one of the dev studies of `STUDIES` (`dev_study`; with `reuse` on the
+    sources an earlier study prepared in `out`); writes `out/pooled.md` (or `out/STUDY.md`) and prints it.
+    Returns the exit status."""
     if smoke:
         shared, sets = write_standin(out / "standin"), SMOKE_SETS
         states_for = {0: None}.get
@@ -445,16 +464,17 @@ def run_pooled(shared: Path, seeds: list[int], out: Path, *, smoke: bool, epochs
         def states_for(tuned: int):
             if config.model.text_encoder != "minilm":
                 return None
-            return cached.setdefault(tuned, CachedStates(config.data.max_tokens, tuned_layers=tuned))
+            if tuned not in cached:  # one encoder (and one cache of states) per layer
+                cached[tuned] = CachedStates(config.data.max_tokens, tuned_layers=tuned)
+            return cached[tuned]
 
     states = states_for(0)
     started = time.perf_counter()
     if study is not None:
-        variants = SAMPLINGS if study == "sampling" else (
-            {k: v for k, v in CANDIDATES.items() if "text_tuned_layers" not in v.get("model", {})} if smoke
-            else CANDIDATES)
-        table = dev_study(shared, sets, seeds, out, epochs, smoke, config_path, variants, states_for)
-        title = "source sampling" if study == "sampling" else "candidates beyond configs/real-data.toml"
+        title, variants = STUDIES[study]
+        if smoke:  # the stand-in's LSTM model has no encoder layer to tune
+            variants = {k: v for k, v in variants.items() if "text_tuned_layers" not in v.get("model", {})}
+        table = dev_study(shared, sets, seeds, out, epochs, smoke, config_path, study, variants, states_for, reuse)
         text = (f"# Pooled training: {title}, on pooled dev\n\nCommand: `{command}`; "
                 f"{(time.perf_counter() - started) / 60:.1f} min\n\n{table}")
         out.mkdir(parents=True, exist_ok=True)

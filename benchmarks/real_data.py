@@ -34,8 +34,8 @@ after 2 epochs without dev improvement, one torch thread.
 
 ``--pooled`` runs the pooled study of ``benchmarks/pooled_study.py`` instead (one model on every set, MDSD and
 Steam included, beside per-set models and the floors; a left-out MDSD domain; the split by time), with
-``--smoke`` on generated stand-in data, ``--epochs``, ``--no-time-split``, ``--sampling-study`` and
-``--candidate-study``.
+``--smoke`` on generated stand-in data, ``--epochs``, ``--no-time-split``, and the dev studies ``--sampling-study``,
+``--candidate-study`` and ``--side-study`` (``--reuse-prepared`` opens the sources an earlier study prepared).
 """
 
 from __future__ import annotations
@@ -382,6 +382,11 @@ def main() -> int:
                         help="with --pooled: train the pooled model with each candidate of pooled_study.CANDIDATES "
                              "(listwise loss, more lists per batch, length anchor, a tuned encoder layer), report "
                              "pooled dev only")
+    parser.add_argument("--side-study", action="store_true",
+                        help="with --pooled: the pooled model with the stored side features of pooled_study.SIDE_FEATURES, "
+                             "report pooled dev only")
+    parser.add_argument("--reuse-prepared", action="store_true",
+                        help="with a dev study: open the sources an earlier study of the same seeds prepared in --out")
     parser.add_argument("--no-time-split", action="store_true", help="with --pooled: leave out the split by time")
     parser.add_argument("--tests-only", action="store_true",
                         help="print the paired tests of a finished run in --out from its per-product files")
@@ -396,7 +401,8 @@ def main() -> int:
         return run_pooled(args.shared, seeds, args.out, smoke=args.smoke, epochs=args.epochs,
                           config_path=REAL_DATA_CONFIG, datasets=chosen, with_time=not args.no_time_split,
                           command=command,
-                          study="sampling" if args.sampling_study else "candidates" if args.candidate_study else None)
+                          study=("sampling" if args.sampling_study else "candidates" if args.candidate_study
+                                 else "side" if args.side_study else None), reuse=args.reuse_prepared)
     chosen = [key for key in args.datasets if key in SETS]  # mdsd and steam: --pooled only
     keys = [key for key in chosen if (args.shared / SETS[key].reviews).is_file()]
     for key in chosen:

@@ -49,6 +49,14 @@ def test_candidate_study_scores_dev_only_against_the_config(tmp_path):
     # The test split is never scored: no per-product test file, no test column, no pooled.md.
     assert not list(tmp_path.rglob("test_*.jsonl")) and "test MAP" not in report
     assert not (tmp_path / "pooled.md").exists()
+    # The side-feature study on the sources the candidate study prepared (reused, not prepared again).
+    prepared = tmp_path / "seed0" / "prepared" / "set-a" / "dataset.json"
+    written = prepared.stat().st_mtime_ns
+    done = _run("--smoke", "--side-study", "--reuse-prepared", "--seeds", "0", "--out", str(tmp_path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    side = (tmp_path / "side.md").read_text()
+    assert "| verified, has_images, rating_deviation |" in side and "| age_rank |" in side
+    assert side.count("(Holm, 2 variants)") == 2 and prepared.stat().st_mtime_ns == written
 
 
 def test_skips_cleanly_without_the_shared_data(tmp_path):
