@@ -27,7 +27,7 @@ import numpy as np
 from mrhp.data.prepared import PREPARED_FORMAT, PREPARED_VERSION
 from mrhp.data.records import KINDS, RawDataset, RawSplit
 from mrhp.data.side import STORED_SIDE_FEATURES, review_times, stored_side_features
-from mrhp.data.split_writer import _StoreSink, _write_split
+from mrhp.data.split_writer import StoreSink, write_split
 from mrhp.data.text import Vocabulary, count_tokens, match_word_vectors
 from mrhp.errors import DataError, MrhpError
 from mrhp.outputs import (
@@ -131,8 +131,8 @@ def prepare_dataset(
                         "empty?)", file=source.source.get("reviews") or source.source.get("path"))
     tmp = temporary_beside(out_dir)
     tmp.mkdir(parents=True)
-    sink = _StoreSink(tmp / "features", feature_dtype)
-    states = _StoreSink(tmp / "text_states", "float16")
+    sink = StoreSink(tmp / "features", feature_dtype)
+    states = StoreSink(tmp / "text_states", "float16")
     try:
         report = _write_prepared(
             source, tmp, sink, min_count=min_count, max_vocab_size=max_vocab_size, vectors=vectors,
@@ -168,7 +168,7 @@ def check_prepare_out(out_dir: Path, overwrite: bool) -> None:
 def _write_prepared(
     source: RawDataset,
     tmp: Path,
-    sink: _StoreSink,
+    sink: StoreSink,
     *,
     min_count: int,
     max_vocab_size: int | None,
@@ -176,7 +176,7 @@ def _write_prepared(
     vectors_seed: int,
     relevance_threshold: int,
     text_encoder: TextStateEncoder | None,
-    states: _StoreSink,
+    states: StoreSink,
     shared: SharedVocabulary | None,
 ) -> dict:
     train = source.splits["train"]
@@ -230,7 +230,7 @@ def _write_prepared(
     for name, split in source.splits.items():
         split_dir = tmp / name
         split_dir.mkdir()
-        splits_report[name] = _write_split(split, split_dir, vocab, sink, source.max_missing_image_rate,
+        splits_report[name] = write_split(split, split_dir, vocab, sink, source.max_missing_image_rate,
                                            relevance_threshold)
         np.save(split_dir / "review_time.npy", review_times(split), allow_pickle=False)
         np.save(split_dir / "review_side.npy", side[name], allow_pickle=False)
@@ -295,7 +295,7 @@ def utc_date(seconds: int) -> str:
     return datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%d")
 
 
-def _write_text_states(source: RawDataset, tmp: Path, encoder: TextStateEncoder, sink: _StoreSink) -> dict:
+def _write_text_states(source: RawDataset, tmp: Path, encoder: TextStateEncoder, sink: StoreSink) -> dict:
     """Encode every product and review text in chunks and store its token states; returns the report section."""
     began = time.perf_counter()
     texts = states_total = 0
