@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -179,63 +180,10 @@ def _write_prepared(
     states: StoreSink,
     shared: SharedVocabulary | None,
 ) -> dict:
-    train = source.splits["train"]
-    high = max((review.label for split in source.splits.values() for review in split.reviews), default=0)
-    # A review is relevant iff its label is above the threshold. A threshold outside the label scale (0..4, or the
-    # data's highest label) is a mistake: every metric would be a constant. Small test data may have fewer levels.
-    top = max(high, LABEL_SCALE_TOP)
-    if not -1 <= relevance_threshold <= top:
-        raise MrhpError(f"--relevance-threshold {relevance_threshold}: must be within -1..{top} (labels are 0..{top}; "
-                        "a review is relevant iff its label is above the threshold)")
-    counts = count_tokens(progress_bar(_tokens_of(train), desc="counting train tokens", unit="text", leave=False,
-                                       total=len(train.products) + len(train.reviews)))
-    vocab = (shared.vocab if shared is not None
-             else Vocabulary.from_counts(counts, min_count=min_count, max_size=max_vocab_size))
-    train_tokens = sum(counts.values())
-    in_vocab = sum(n for token, n in counts.items() if token in vocab)
-    vocab_report: dict = {
-        "size": len(vocab),
-        "min_count": None if shared is not None else min_count,
-        "max_size": None if shared is not None else max_vocab_size,
-        "train_token_types": len(counts),
-        "train_tokens": train_tokens,
-        "train_tokens_in_vocabulary": in_vocab / train_tokens if train_tokens else 0.0,
-        "fingerprint": vocab.fingerprint(),
-        "from": None if shared is None else shared.origin,
-    }
-    (tmp / "vocab.txt").write_text("".join(t + "\n" for t in vocab.to_list()), encoding="utf-8")
-    vectors_report: dict | None = None
-    embedding_dim = 0
-    if shared is not None and shared.embeddings is not None:
-        np.save(tmp / "embeddings.npy", shared.embeddings, allow_pickle=False)
-        embedding_dim = int(shared.embeddings.shape[1])
-        vectors_report = {"source": f"copied from {shared.origin}", "dim": embedding_dim}
-    if vectors is not None:
-        matrix, found = match_word_vectors(vectors, vocab, seed=vectors_seed)
-        np.save(tmp / "embeddings.npy", matrix, allow_pickle=False)
-        embedding_dim = int(matrix.shape[1])
-        tokens = vocab.to_list()
-        covered = sum(counts[tokens[i]] for i in np.flatnonzero(found))
-        vectors_report = {
-            "source": vectors,
-            "dim": embedding_dim,
-            "found": int(found.sum()),
-            # Of the vocabulary words (special tokens excluded) and of the train token occurrences.
-            "type_coverage": float(found.sum()) / max(1, len(vocab) - 2),
-            "token_coverage": covered / train_tokens if train_tokens else 0.0,
-        }
-    splits_report: dict = {}
-    counts_meta: dict = {}
-    side = stored_side_features(source.splits)
-    for name, split in source.splits.items():
-        split_dir = tmp / name
-        split_dir.mkdir()
-        splits_report[name] = write_split(split, split_dir, vocab, sink, source.max_missing_image_rate,
-                                           relevance_threshold)
-        np.save(split_dir / "review_time.npy", review_times(split), allow_pickle=False)
-        np.save(split_dir / "review_side.npy", side[name], allow_pickle=False)
-        splits_report[name]["time"] = _time_report(split)
-        counts_meta[name] = {"products": len(split.products), "reviews": len(split.reviews)}
+    _check_relevance_threshold(source, relevance_threshold)
+    vocab, counts, vocab_report = _write_vocabulary(source.splits["train"], tmp, shared, min_count, max_vocab_size)
+    vectors_report, embedding_dim = _write_vectors(tmp, vocab, counts, shared, vectors, vectors_seed)
+    splits_report, counts_meta = _write_splits(source, tmp, vocab, sink, relevance_threshold)
     text_meta = text_report = None
     if text_encoder is not None:
         text_meta = text_encoder.describe()
@@ -278,6 +226,90 @@ def _write_prepared(
                                        .encode("utf-8", "backslashreplace"))
     (tmp / "report.txt").write_bytes((format_report(report) + "\n").encode("utf-8", "backslashreplace"))
     return report
+
+
+def _check_relevance_threshold(source: RawDataset, relevance_threshold: int) -> None:
+    high = max((review.label for split in source.splits.values() for review in split.reviews), default=0)
+    # A review is relevant iff its label is above the threshold. A threshold outside the label scale (0..4, or the
+    # data's highest label) is a mistake: every metric would be a constant. Small test data may have fewer levels.
+    top = max(high, LABEL_SCALE_TOP)
+    if not -1 <= relevance_threshold <= top:
+        raise MrhpError(f"--relevance-threshold {relevance_threshold}: must be within -1..{top} (labels are 0..{top}; "
+                        "a review is relevant iff its label is above the threshold)")
+
+
+def _write_vocabulary(
+    train: RawSplit, tmp: Path, shared: SharedVocabulary | None, min_count: int, max_vocab_size: int | None,
+) -> tuple[Vocabulary, Counter[str], dict]:
+    """Count the train tokens, build (or take the shared) vocabulary and write ``vocab.txt``; returns the
+    vocabulary, the train token counts and the report section."""
+    counts = count_tokens(progress_bar(_tokens_of(train), desc="counting train tokens", unit="text", leave=False,
+                                       total=len(train.products) + len(train.reviews)))
+    vocab = (shared.vocab if shared is not None
+             else Vocabulary.from_counts(counts, min_count=min_count, max_size=max_vocab_size))
+    train_tokens = sum(counts.values())
+    in_vocab = sum(n for token, n in counts.items() if token in vocab)
+    vocab_report: dict = {
+        "size": len(vocab),
+        "min_count": None if shared is not None else min_count,
+        "max_size": None if shared is not None else max_vocab_size,
+        "train_token_types": len(counts),
+        "train_tokens": train_tokens,
+        "train_tokens_in_vocabulary": in_vocab / train_tokens if train_tokens else 0.0,
+        "fingerprint": vocab.fingerprint(),
+        "from": None if shared is None else shared.origin,
+    }
+    (tmp / "vocab.txt").write_text("".join(t + "\n" for t in vocab.to_list()), encoding="utf-8")
+    return vocab, counts, vocab_report
+
+
+def _write_vectors(
+    tmp: Path, vocab: Vocabulary, counts: Counter[str], shared: SharedVocabulary | None, vectors: str | None,
+    vectors_seed: int,
+) -> tuple[dict | None, int]:
+    """Write ``embeddings.npy`` (the shared vectors, or ``vectors`` matched to the vocabulary) when there are any;
+    returns the report section and the embedding size (0 = none)."""
+    vectors_report: dict | None = None
+    embedding_dim = 0
+    if shared is not None and shared.embeddings is not None:
+        np.save(tmp / "embeddings.npy", shared.embeddings, allow_pickle=False)
+        embedding_dim = int(shared.embeddings.shape[1])
+        vectors_report = {"source": f"copied from {shared.origin}", "dim": embedding_dim}
+    if vectors is not None:
+        train_tokens = sum(counts.values())
+        matrix, found = match_word_vectors(vectors, vocab, seed=vectors_seed)
+        np.save(tmp / "embeddings.npy", matrix, allow_pickle=False)
+        embedding_dim = int(matrix.shape[1])
+        tokens = vocab.to_list()
+        covered = sum(counts[tokens[i]] for i in np.flatnonzero(found))
+        vectors_report = {
+            "source": vectors,
+            "dim": embedding_dim,
+            "found": int(found.sum()),
+            # Of the vocabulary words (special tokens excluded) and of the train token occurrences.
+            "type_coverage": float(found.sum()) / max(1, len(vocab) - 2),
+            "token_coverage": covered / train_tokens if train_tokens else 0.0,
+        }
+    return vectors_report, embedding_dim
+
+
+def _write_splits(
+    source: RawDataset, tmp: Path, vocab: Vocabulary, sink: StoreSink, relevance_threshold: int,
+) -> tuple[dict, dict]:
+    """Write every split's folder; returns their report sections and their counts (for ``dataset.json``)."""
+    splits_report: dict = {}
+    counts_meta: dict = {}
+    side = stored_side_features(source.splits)
+    for name, split in source.splits.items():
+        split_dir = tmp / name
+        split_dir.mkdir()
+        splits_report[name] = write_split(split, split_dir, vocab, sink, source.max_missing_image_rate,
+                                          relevance_threshold)
+        np.save(split_dir / "review_time.npy", review_times(split), allow_pickle=False)
+        np.save(split_dir / "review_side.npy", side[name], allow_pickle=False)
+        splits_report[name]["time"] = _time_report(split)
+        counts_meta[name] = {"products": len(split.products), "reviews": len(split.reviews)}
+    return splits_report, counts_meta
 
 
 def _time_report(split: RawSplit) -> dict:
