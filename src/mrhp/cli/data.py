@@ -99,7 +99,8 @@ def _prepare(args: argparse.Namespace) -> int:
 
 
 def _read_dump(args: argparse.Namespace):
-    from mrhp.data.dumps import parse_column_mapping, read_dump
+    from mrhp.data.dump_formats import parse_column_mapping
+    from mrhp.data.dumps import read_dump
 
     if args.input is None:
         raise MrhpError(f"prepare --format {args.format} needs --input")
