@@ -235,7 +235,7 @@ def _clean_html(text: str) -> str:
 # Format readers: each returns the reviews, the product side it knows, and counts for the report
 
 
-def _read_amazon(path: Path, skips: SkipLog, version: int, notes: Counter) -> list[DumpReview]:
+def read_amazon(path: Path, skips: SkipLog, version: int, notes: Counter) -> list[DumpReview]:
     """Reviews of an Amazon 2018 (``vote``) or 2014 (``helpful``) dump."""
     reviews: list[DumpReview] = []
     for f in _json_records(path, skips, python_literals=version == 2014):
@@ -268,7 +268,7 @@ def _read_amazon(path: Path, skips: SkipLog, version: int, notes: Counter) -> li
     return reviews
 
 
-def _read_amazon_metadata(path: Path, skips: SkipLog, notes: Counter) -> dict[str, DumpProduct]:
+def read_amazon_metadata(path: Path, skips: SkipLog, notes: Counter) -> dict[str, DumpProduct]:
     """Product text ``title + " " + description`` and image URLs from a 2018 or 2014 metadata file."""
     products: dict[str, DumpProduct] = {}
     for f in _json_records(path, skips, python_literals=True):
@@ -289,7 +289,7 @@ def _read_amazon_metadata(path: Path, skips: SkipLog, notes: Counter) -> dict[st
     return products
 
 
-def _read_amazon2023(path: Path, skips: SkipLog, notes: Counter) -> list[DumpReview]:
+def read_amazon2023(path: Path, skips: SkipLog, notes: Counter) -> list[DumpReview]:
     """Reviews of an Amazon Reviews'23 file, grouped by ``parent_asin``."""
     reviews: list[DumpReview] = []
     for f in _json_records(path, skips):
@@ -311,7 +311,7 @@ def _read_amazon2023(path: Path, skips: SkipLog, notes: Counter) -> list[DumpRev
     return reviews
 
 
-def _read_amazon2023_metadata(path: Path, skips: SkipLog, notes: Counter, features: bool) -> dict[str, DumpProduct]:
+def read_amazon2023_metadata(path: Path, skips: SkipLog, notes: Counter, features: bool) -> dict[str, DumpProduct]:
     """Product text ``title + description`` (``+ features`` when asked) and image URLs of a ``meta_*.jsonl``."""
     products: dict[str, DumpProduct] = {}
     for f in _json_records(path, skips):
@@ -326,7 +326,7 @@ def _read_amazon2023_metadata(path: Path, skips: SkipLog, notes: Counter, featur
     return products
 
 
-def _read_finefood(path: Path, skips: SkipLog, notes: Counter) -> list[DumpReview]:
+def read_finefood(path: Path, skips: SkipLog, notes: Counter) -> list[DumpReview]:
     reviews: list[DumpReview] = []
     for f in _csv_records(path, skips, FINEFOOD_COLUMNS):
         with skips.guard():
@@ -342,7 +342,7 @@ def _read_finefood(path: Path, skips: SkipLog, notes: Counter) -> list[DumpRevie
     return reviews
 
 
-def _read_yelp(path: Path, skips: SkipLog) -> list[DumpReview]:
+def read_yelp(path: Path, skips: SkipLog) -> list[DumpReview]:
     reviews: list[DumpReview] = []
     for f in _json_records(path, skips):
         with skips.guard():
@@ -352,7 +352,7 @@ def _read_yelp(path: Path, skips: SkipLog) -> list[DumpReview]:
     return reviews
 
 
-def _read_yelp_business(path: Path, skips: SkipLog) -> dict[str, DumpProduct]:
+def read_yelp_business(path: Path, skips: SkipLog) -> dict[str, DumpProduct]:
     products: dict[str, DumpProduct] = {}
     for f in _json_records(path, skips):
         with skips.guard():
@@ -363,7 +363,7 @@ def _read_yelp_business(path: Path, skips: SkipLog) -> dict[str, DumpProduct]:
     return products
 
 
-def _read_table(path: Path, skips: SkipLog, columns: ColumnMapping) -> tuple[list[DumpReview], dict[str, DumpProduct]]:
+def read_table(path: Path, skips: SkipLog, columns: ColumnMapping) -> tuple[list[DumpReview], dict[str, DumpProduct]]:
     """Reviews (and product text / images from their columns) of a CSV/TSV or JSON-lines file."""
     suffixes = [s for s in path.suffixes if s != ".gz"]
     kind = suffixes[-1].lower() if suffixes else ""

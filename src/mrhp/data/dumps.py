@@ -62,18 +62,19 @@ from pathlib import Path
 from mrhp.data.dump_files import SkipLog
 from mrhp.data.dump_formats import (
     ColumnMapping,
-    _read_amazon,
-    _read_amazon2023,
-    _read_amazon2023_metadata,
-    _read_amazon_metadata,
-    _read_finefood,
-    _read_table,
-    _read_yelp,
-    _read_yelp_business,
+    read_amazon,
+    read_amazon2023,
+    read_amazon2023_metadata,
+    read_amazon_metadata,
+    read_finefood,
+    read_table,
+    read_yelp,
+    read_yelp_business,
 )
 from mrhp.data.dump_pipeline import (
     SPLIT_BY,
     DumpProduct,
+    DumpReview,
     check_unique_review_ids,
     drop_young_reviews,
     merge_products,
@@ -143,6 +144,47 @@ def read_dump(
     Returns:
         The raw dataset; ``notes`` holds the conversion report (:func:`~mrhp.data.prepare.format_dump_report`).
     """
+    _check_dump_options(fmt, metadata=metadata, metadata_features=metadata_features, business=business,
+                        columns=columns, split_by=split_by, min_review_age_days=min_review_age_days,
+                        votes_scheme=votes_scheme, min_reviews=min_reviews)
+    input_path = Path(input_path)
+    skips = SkipLog(lenient)
+    counts: Counter = Counter()
+    reviews, products = _read_format(fmt, input_path, skips, counts, metadata=metadata,
+                                     metadata_features=metadata_features, business=business, columns=columns)
+    read = len(reviews)
+    reviews, products = _unique_reviews(fmt, reviews, products, skips, counts, business=business, columns=columns)
+    if dump_date is not None:
+        reviews, young = drop_young_reviews(reviews, dump_date, min_review_age_days)
+        counts.update(young)
+    splits, report = split_reviews(
+        reviews, products, input_path, split_by=split_by, fractions=fractions, seed=seed, votes_scheme=votes_scheme,
+        max_level=max_level, min_reviews=min_reviews, drop_single_level=drop_single_level,
+        relevance_threshold=relevance_threshold,
+    )
+    if metadata is not None:
+        counts["products without a metadata line (empty product text)"] = sum(
+            p.id not in products for split in splits.values() for p in split.products)
+    notes = _dump_notes(fmt, read, skips, counts, report)
+    source = describe_source(
+        fmt, input_path, metadata=metadata, metadata_features=metadata_features, business=business,
+        columns=dict(columns.columns()) if columns is not None else None, fractions=fractions, seed=seed,
+        split_by=split_by, dump_date=dump_date, min_review_age_days=min_review_age_days if dump_date else None,
+        votes_scheme=votes_scheme, max_level=max_level, min_reviews=min_reviews, drop_single_level=drop_single_level,
+        lenient=lenient,
+    )
+    raw = RawDataset(source=source, splits=splits, notes=notes)
+    raw.validate()
+    logger.info("read %d reviews of %d products from %s (%d skipped)", read, report["products_read"], input_path,
+                skips.total)
+    return raw
+
+
+def _check_dump_options(
+    fmt: str, *, metadata: str | Path | None, metadata_features: bool, business: str | Path | None,
+    columns: ColumnMapping | None, split_by: str, min_review_age_days: float, votes_scheme: str, min_reviews: int,
+) -> None:
+    """Before reading: the options of :func:`read_dump` fit each other and the format."""
     if fmt not in DUMP_FORMATS:
         raise MrhpError(f"unknown dump format {fmt!r} (choose from {', '.join(DUMP_FORMATS)})")
     if votes_scheme not in VOTE_SCHEMES:
@@ -161,31 +203,42 @@ def read_dump(
         raise MrhpError(f"--min-review-age must be >= 0 days, got {min_review_age_days}")
     if (columns is None) == (fmt == "csv"):
         raise MrhpError("--columns is required for --format csv and only used there")
-    input_path = Path(input_path)
-    skips = SkipLog(lenient)
-    counts: Counter = Counter()
+
+
+def _read_format(
+    fmt: str, input_path: Path, skips: SkipLog, counts: Counter, *, metadata: str | Path | None,
+    metadata_features: bool, business: str | Path | None, columns: ColumnMapping | None,
+) -> tuple[list[DumpReview], dict[str, DumpProduct]]:
+    """The reviews and the product side read by the format's reader (and its product file, when given)."""
     products: dict[str, DumpProduct] = {}
     if fmt in ("amazon2018", "amazon2014"):
-        reviews = _read_amazon(input_path, skips, 2018 if fmt == "amazon2018" else 2014, counts)
+        reviews = read_amazon(input_path, skips, 2018 if fmt == "amazon2018" else 2014, counts)
         if metadata is not None:
-            products = _read_amazon_metadata(Path(metadata), skips, counts)
+            products = read_amazon_metadata(Path(metadata), skips, counts)
     elif fmt == "amazon2023":
-        reviews = _read_amazon2023(input_path, skips, counts)
+        reviews = read_amazon2023(input_path, skips, counts)
         if metadata is not None:
-            products = _read_amazon2023_metadata(Path(metadata), skips, counts, metadata_features)
+            products = read_amazon2023_metadata(Path(metadata), skips, counts, metadata_features)
     elif fmt == "finefood":
-        reviews = _read_finefood(input_path, skips, counts)
+        reviews = read_finefood(input_path, skips, counts)
     elif fmt == "yelp":
-        reviews = _read_yelp(input_path, skips)
+        reviews = read_yelp(input_path, skips)
         if business is not None:
-            products = _read_yelp_business(Path(business), skips)
+            products = read_yelp_business(Path(business), skips)
     elif fmt == "steam":
         reviews, products = read_steam(input_path, skips, counts)
     else:
         assert columns is not None
-        reviews, products = _read_table(input_path, skips, columns)
-    read = len(reviews)
+        reviews, products = read_table(input_path, skips, columns)
+    return reviews, products
 
+
+def _unique_reviews(
+    fmt: str, reviews: list[DumpReview], products: dict[str, DumpProduct], skips: SkipLog, counts: Counter, *,
+    business: str | Path | None, columns: ColumnMapping | None,
+) -> tuple[list[DumpReview], dict[str, DumpProduct]]:
+    """Collapse the copies of a review (merging the products that share one) or check the review ids are unique;
+    skip the Yelp reviews of a business the business file lacks."""
     if fmt in MERGED_FORMATS:
         reviews, product_of, merge_counts = merge_variants(reviews)
         counts.update(merge_counts)
@@ -200,19 +253,13 @@ def read_dump(
                 skips.skip(RecordError(f"business {review.product_id!r} is not in {Path(business).name}",
                                        "unknown business", file=file, line=int(line), field="business_id"))
         reviews = [r for r in reviews if r.product_id in products]
+    return reviews, products
 
-    if dump_date is not None:
-        reviews, young = drop_young_reviews(reviews, dump_date, min_review_age_days)
-        counts.update(young)
-    splits, report = split_reviews(
-        reviews, products, input_path, split_by=split_by, fractions=fractions, seed=seed, votes_scheme=votes_scheme,
-        max_level=max_level, min_reviews=min_reviews, drop_single_level=drop_single_level,
-        relevance_threshold=relevance_threshold,
-    )
-    if metadata is not None:
-        counts["products without a metadata line (empty product text)"] = sum(
-            p.id not in products for split in splits.values() for p in split.products)
-    notes = {
+
+def _dump_notes(fmt: str, read: int, skips: SkipLog, counts: Counter, report: dict) -> dict:
+    """The conversion report (``RawDataset.notes``): what was read, skipped and counted, and the pipeline's
+    report."""
+    return {
         "dump": {
             "format": fmt,
             "records_read": read,
@@ -222,15 +269,3 @@ def read_dump(
             **report,
         }
     }
-    source = describe_source(
-        fmt, input_path, metadata=metadata, metadata_features=metadata_features, business=business,
-        columns=dict(columns.columns()) if columns is not None else None, fractions=fractions, seed=seed,
-        split_by=split_by, dump_date=dump_date, min_review_age_days=min_review_age_days if dump_date else None,
-        votes_scheme=votes_scheme, max_level=max_level, min_reviews=min_reviews, drop_single_level=drop_single_level,
-        lenient=lenient,
-    )
-    raw = RawDataset(source=source, splits=splits, notes=notes)
-    raw.validate()
-    logger.info("read %d reviews of %d products from %s (%d skipped)", read, report["products_read"], input_path,
-                skips.total)
-    return raw
