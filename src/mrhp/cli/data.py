@@ -241,10 +241,10 @@ def _state_encoder(args: argparse.Namespace, reference: dict | None = None):
     from mrhp.features.text_encoder import (
         LSTM,
         PRETRAINED,
-        StateEncoder,
         pretrained_layer,
         stored_precision,
     )
+    from mrhp.features.text_weights import StateEncoder
 
     config = load_config(args.config, args.set)
     if args.text_encoder is not None:
