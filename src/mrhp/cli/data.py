@@ -183,7 +183,7 @@ def _fetched(args: argparse.Namespace):
     """The downloaded images of `prepare --fetched DIR` (a FetchedImages), or None without the option."""
     if args.fetched is None:
         return None
-    from mrhp.features.fetch_images import FetchedImages
+    from mrhp.features.fetched_folder import FetchedImages
 
     return FetchedImages(args.fetched)
 
@@ -191,7 +191,7 @@ def _fetched(args: argparse.Namespace):
 def _attach_fetched(args: argparse.Namespace, raw) -> None:
     """Dumps: the image URLs of `raw` become the features of their downloaded files (`prepare --fetched`); the
     feature folder defaults to image-features inside the fetch folder."""
-    from mrhp.features.fetch_images import attach_fetched_images
+    from mrhp.features.fetched_folder import attach_fetched_images
     from mrhp.features.image_folder import format_folder_report
     from mrhp.features.images import require_images_extra
 
