@@ -22,12 +22,13 @@ Nothing else is written, and no part of a URL ever becomes a path. Each URL is f
 * the content checked to be an image by its bytes, never by its header or name: a known magic number, then a full
   decode by :func:`mrhp.features.images.load_image` with the same ``max_pixels`` decompression-bomb guard as ``mrhp features``.
 
-Outcomes (:data:`OUTCOMES`); those of :data:`RETRIED` are transient, so a rerun tries them again, while the others
-are final unless ``retry_failed``. A rerun (after a kill, or with more URLs) fetches only URLs without a final line
-or whose file is gone. Memory: at most ``concurrency * max_bytes`` of bodies at once.
+Outcomes (:data:`~mrhp.features.fetched_folder.OUTCOMES`); those of :data:`~mrhp.features.fetched_folder.RETRIED`
+are transient, so a rerun tries them again, while the others are final unless ``retry_failed``. A rerun (after a
+kill, or with more URLs) fetches only URLs without a final line or whose file is gone. Memory: at most
+``concurrency * max_bytes`` of bodies at once.
 
 The ``fetch`` extra (``pip install 'mrhp[fetch]'``: httpx for the protocol, Pillow for the check) is needed to
-download; reading a finished folder (:class:`FetchedImages`) needs neither.
+download; reading a finished folder (:class:`~mrhp.features.fetched_folder.FetchedImages`) needs neither.
 """
 
 from __future__ import annotations
@@ -57,9 +58,9 @@ from mrhp.features.fetched_folder import (
     FILES,
     MANIFEST,
     RETRIED,
-    _settled,
-    _write_manifest,
+    is_settled,
     read_manifest,
+    write_manifest,
 )
 from mrhp.features.image_folder import remove_stale_temporaries
 from mrhp.features.images import DEFAULT_MAX_PIXELS, ImageError, load_image
@@ -394,14 +395,14 @@ def fetch_images(urls: Mapping[str, Sequence[str]], folder: str | Path, settings
     manifest = folder / MANIFEST
     previous = read_manifest(manifest)
     # Rewritten before appending: drops repeated lines and a cut last line, which would break the next line.
-    _write_manifest(manifest, list(previous.values()))
-    settled = {url: entry for url, entry in previous.items() if url in urls and _settled(folder, entry, retry_failed)}
+    write_manifest(manifest, list(previous.values()))
+    settled = {url: entry for url, entry in previous.items() if url in urls and is_settled(folder, entry, retry_failed)}
     todo = [url for url in urls if url not in settled]
     start = time.perf_counter()
     fresh = asyncio.run(_download(todo, urls, folder, settings, progress)) if todo else {}
     seconds = time.perf_counter() - start
     entries = {url: fresh[url] if url in fresh else {**settled[url], "items": list(urls[url])} for url in urls}
-    _write_manifest(manifest, [*entries.values(), *(e for url, e in previous.items() if url not in urls)])
+    write_manifest(manifest, [*entries.values(), *(e for url, e in previous.items() if url not in urls)])
     ok_bytes = sum(e["bytes"] for e in fresh.values() if e["outcome"] == "ok")
     report = {
         "folder": str(folder),

@@ -69,12 +69,12 @@ def read_manifest(path: Path) -> dict[str, dict]:
     return entries
 
 
-def _write_manifest(path: Path, entries: Sequence[dict]) -> None:
+def write_manifest(path: Path, entries: Sequence[dict]) -> None:
     text = "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in entries)
     write_text_atomic(path, text)
 
 
-def _settled(folder: Path, entry: dict, retry_failed: bool) -> bool:
+def is_settled(folder: Path, entry: dict, retry_failed: bool) -> bool:
     """Whether a URL's manifest line needs no new download."""
     if entry["outcome"] == "ok":
         return (folder / entry["file"]).is_file()
