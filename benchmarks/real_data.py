@@ -59,7 +59,7 @@ from mrhp.config import Config, apply_overrides, load_config
 from mrhp.data.dumps import read_dump
 from mrhp.data.prepare import prepare_dataset
 from mrhp.data.prepared import PreparedDataset
-from mrhp.features.text_encoder import StateEncoder
+from mrhp.features.text_weights import StateEncoder
 from mrhp.objectives.metrics import METRICS
 from mrhp.scoring.evaluate import evaluate_split, write_per_product
 from mrhp.studies.compare import per_product_name

@@ -252,7 +252,7 @@ def text_model_study(args: argparse.Namespace) -> None:
     spec = PRETRAINED[config.model.text_encoder]
     requests = review_requests(args.data, args.requests, args.reviews)
     bodies = [json.dumps(r).encode() for r in requests]
-    from mrhp.features.text_encoder import load_pretrained
+    from mrhp.features.text_weights import load_pretrained
 
     tokenizer_of = load_pretrained(config.model.text_encoder)
     counts = [[len(ids) for ids in tokenizer_of.token_ids([r["text"], *(v["text"] for v in r["reviews"])],

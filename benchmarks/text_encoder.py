@@ -33,7 +33,8 @@ import numpy as np
 import torch
 from _common import add_smoke
 
-from mrhp.features.text_encoder import PretrainedText, encode_texts, load_pretrained
+from mrhp.features.text_encoder import PretrainedText, encode_texts
+from mrhp.features.text_weights import load_pretrained
 
 
 def load_reviews(data: Path, count: int) -> tuple[list[str], str]:

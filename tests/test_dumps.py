@@ -11,12 +11,9 @@ import pytest
 from support import write_lines
 
 from mrhp.cli import main
-from mrhp.data.dumps import (
-    _parse_votes,
-    merge_variants,
-    parse_column_mapping,
-    read_dump,
-)
+from mrhp.data.dump_formats import _parse_votes, parse_column_mapping
+from mrhp.data.dump_pipeline import merge_variants
+from mrhp.data.dumps import read_dump
 from mrhp.data.prepare import prepare_dataset
 from mrhp.data.prepared import PreparedDataset
 from mrhp.data.records import votes_to_level
@@ -84,7 +81,7 @@ def test_amazon2018_dedup_merge_votes_and_image_refs(tmp_path: Path):
 
 
 def test_merge_variants_keeps_largest_votes_and_counts_conflicts(tmp_path: Path):
-    from mrhp.data.dumps import DumpReview
+    from mrhp.data.dump_pipeline import DumpReview
 
     key = ("U", "1", "s", "t")
     reviews = [DumpReview("P2", "r1", "t", 1, None, (), "f line 1", key),

@@ -29,13 +29,8 @@ from mrhp.cli import main  # noqa: E402
 from mrhp.data.jsonl import read_jsonl  # noqa: E402
 from mrhp.data.records import FeatureProblem  # noqa: E402
 from mrhp.errors import DataError  # noqa: E402
-from mrhp.features.fetch_images import (  # noqa: E402
-    MANIFEST,
-    FetchedImages,
-    FetchSettings,
-    fetch_images,
-    read_manifest,
-)
+from mrhp.features.fetch_images import FetchSettings, fetch_images  # noqa: E402
+from mrhp.features.fetched_folder import MANIFEST, FetchedImages, read_manifest  # noqa: E402
 from mrhp.features.images import images_available  # noqa: E402
 
 # Tiny timeouts and backoff so that the file runs in seconds; 3 tries per URL.

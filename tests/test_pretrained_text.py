@@ -181,7 +181,7 @@ def test_stored_states_are_what_an_independent_encoder_and_predict_compute(data,
 
 
 def test_fine_tuned_top_layer_starts_from_the_pretrained_weights(data, tmp_path):
-    from mrhp.features.text_encoder import load_pretrained
+    from mrhp.features.text_weights import load_pretrained
 
     prepared = prepare(data, "layer5", "--set", "model.text_encoder=minilm", "--set", "model.text_tuned_layers=1")
     assert PreparedDataset.open(prepared).text_encoder["layer"] == 5

@@ -22,6 +22,7 @@ from mrhp.data.prepared import PreparedDataset
 from mrhp.errors import MrhpError
 from mrhp.models.checkpoint import load_checkpoint
 from mrhp.scoring.evaluate import score_split
+from mrhp.studies.distances import component_vectors, distances
 from mrhp.studies.experiment import run_system
 from mrhp.studies.report import (
     ABLATIONS,
@@ -29,8 +30,6 @@ from mrhp.studies.report import (
     ablation_table,
     assign_roles,
     case_pair,
-    component_vectors,
-    distances,
     main_table,
     read_systems,
     significance_table,

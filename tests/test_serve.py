@@ -29,7 +29,8 @@ from mrhp.models.registry import build_model
 from mrhp.ranking import predict as predict_module
 from mrhp.ranking.predict import predict_file
 from mrhp.ranking.ranker import Ranker, file_sha256
-from mrhp.ranking.serve.app import BatchScorer, ServiceBusy, create_app
+from mrhp.ranking.serve.app import create_app
+from mrhp.ranking.serve.scorer import BatchScorer, ServiceBusy
 from mrhp.ranking.serve.settings import ServeSettings
 
 WORDS = ["<pad>", "<unk>", "great", "pot", "lid", "steel", "bad", "handle", "cheap", "heavy", "ok", "love", "it"]

@@ -16,7 +16,8 @@ from support import tiny_checkpoint_file, write_lines
 from mrhp.cli import main
 from mrhp.config import Config, ModelConfig, ModelInputs, config_from_dict
 from mrhp.data.batching import Item, RankingList, collate, extra_side_inputs
-from mrhp.data.dumps import parse_column_mapping, read_dump
+from mrhp.data.dump_formats import parse_column_mapping
+from mrhp.data.dumps import read_dump
 from mrhp.data.jsonl import read_jsonl
 from mrhp.data.official import review_time
 from mrhp.data.prepare import prepare_dataset

@@ -25,8 +25,8 @@ from mrhp.features.text_encoder import (  # noqa: E402
     PretrainedText,
     TopLayers,
     encode_texts,
-    load_pretrained,
 )
+from mrhp.features.text_weights import load_pretrained  # noqa: E402
 
 torch.set_num_threads(1)
 

@@ -99,7 +99,8 @@ def _prepare(args: argparse.Namespace) -> int:
 
 
 def _read_dump(args: argparse.Namespace):
-    from mrhp.data.dumps import parse_column_mapping, read_dump
+    from mrhp.data.dump_formats import parse_column_mapping
+    from mrhp.data.dumps import read_dump
 
     if args.input is None:
         raise MrhpError(f"prepare --format {args.format} needs --input")
@@ -182,7 +183,7 @@ def _fetched(args: argparse.Namespace):
     """The downloaded images of `prepare --fetched DIR` (a FetchedImages), or None without the option."""
     if args.fetched is None:
         return None
-    from mrhp.features.fetch_images import FetchedImages
+    from mrhp.features.fetched_folder import FetchedImages
 
     return FetchedImages(args.fetched)
 
@@ -190,7 +191,7 @@ def _fetched(args: argparse.Namespace):
 def _attach_fetched(args: argparse.Namespace, raw) -> None:
     """Dumps: the image URLs of `raw` become the features of their downloaded files (`prepare --fetched`); the
     feature folder defaults to image-features inside the fetch folder."""
-    from mrhp.features.fetch_images import attach_fetched_images
+    from mrhp.features.fetched_folder import attach_fetched_images
     from mrhp.features.image_folder import format_folder_report
     from mrhp.features.images import require_images_extra
 
@@ -240,10 +241,10 @@ def _state_encoder(args: argparse.Namespace, reference: dict | None = None):
     from mrhp.features.text_encoder import (
         LSTM,
         PRETRAINED,
-        StateEncoder,
         pretrained_layer,
         stored_precision,
     )
+    from mrhp.features.text_weights import StateEncoder
 
     config = load_config(args.config, args.set)
     if args.text_encoder is not None:

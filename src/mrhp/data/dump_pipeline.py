@@ -210,27 +210,7 @@ def split_reviews(
             split_of, cutoffs = _split_by_time({pid: by_product[pid] for pid in kept_ids}, fractions)
     except ValueError as exc:
         raise MrhpError(f"--split-fractions: {exc}") from None
-    # The reviews of each product in each split; under the time split a product's part of a split can be too
-    # small to rank (or single-level), and is then dropped from that split like a product from the dataset.
-    lists: dict[str, dict[str, list[int]]] = {name: {} for name in SPLIT_NAMES}
-    for pid in kept_ids:
-        for k, name in enumerate(split_of[pid]):
-            lists[name].setdefault(pid, []).append(k)
-    short = Counter()
-    splits = {name: RawSplit(name, [], []) for name in SPLIT_NAMES}
-    for name in SPLIT_NAMES:
-        for pid, members in lists[name].items():
-            if len(members) < min_reviews or (drop_single_level and len({levels[pid][k] for k in members}) == 1):
-                short["lists"] += 1
-                short["reviews"] += len(members)
-                continue
-            side = products.get(pid, DumpProduct(""))
-            splits[name].products.append(RawProduct(pid, side.text, None, image_refs=side.images))
-            for k in members:
-                review = by_product[pid][k]
-                splits[name].reviews.append(RawReview(review.review_id, pid, review.text, levels[pid][k], None,
-                                                      rating=review.rating, image_refs=review.images,
-                                                      time=review.time, verified=review.verified))
+    splits, short = _fill_splits(kept_ids, split_of, by_product, levels, products, min_reviews, drop_single_level)
     splits = {name: s for name, s in splits.items() if s.products}
     if "train" not in splits:
         raise DataError("the split leaves no product for train; give more products or other --split-fractions",
@@ -257,6 +237,36 @@ def split_reviews(
         report["split_lists_dropped"] = int(short["lists"])
         report["reviews_dropped_in_split_lists"] = int(short["reviews"])
     return splits, report
+
+
+def _fill_splits(
+    kept_ids: list[str], split_of: dict[str, list[str]], by_product: dict[str, list[DumpReview]],
+    levels: dict[str, list[int]], products: dict[str, DumpProduct], min_reviews: int, drop_single_level: bool,
+) -> tuple[dict[str, RawSplit], Counter]:
+    """The splits' products and labelled reviews (each split's reviews of a product form its list), and the count
+    of the lists (and their reviews) dropped as too small to rank or single-level."""
+    # The reviews of each product in each split; under the time split a product's part of a split can be too
+    # small to rank (or single-level), and is then dropped from that split like a product from the dataset.
+    lists: dict[str, dict[str, list[int]]] = {name: {} for name in SPLIT_NAMES}
+    for pid in kept_ids:
+        for k, name in enumerate(split_of[pid]):
+            lists[name].setdefault(pid, []).append(k)
+    short = Counter()
+    splits = {name: RawSplit(name, [], []) for name in SPLIT_NAMES}
+    for name in SPLIT_NAMES:
+        for pid, members in lists[name].items():
+            if len(members) < min_reviews or (drop_single_level and len({levels[pid][k] for k in members}) == 1):
+                short["lists"] += 1
+                short["reviews"] += len(members)
+                continue
+            side = products.get(pid, DumpProduct(""))
+            splits[name].products.append(RawProduct(pid, side.text, None, image_refs=side.images))
+            for k in members:
+                review = by_product[pid][k]
+                splits[name].reviews.append(RawReview(review.review_id, pid, review.text, levels[pid][k], None,
+                                                      rating=review.rating, image_refs=review.images,
+                                                      time=review.time, verified=review.verified))
+    return splits, short
 
 
 def _split_by_time(by_product: dict[str, list[DumpReview]],

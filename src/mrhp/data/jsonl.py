@@ -358,7 +358,7 @@ def read_jsonl(
             returns each file's ``.npy`` features or the :class:`FeatureProblem` that masks it (e.g.
             :meth:`mrhp.features.image_folder.ImageFeatureFolder.resolve`). None = image files are refused.
         fetched: what gives a URL entry its downloaded image file, or the :class:`FeatureProblem` of its download
-            (e.g. :meth:`mrhp.features.fetch_images.FetchedImages.resolve`). None = URL entries are refused.
+            (e.g. :meth:`mrhp.features.fetched_folder.FetchedImages.resolve`). None = URL entries are refused.
 
     Returns:
         The raw dataset with the splits that have products, in the order train, dev, test; products and reviews

@@ -335,6 +335,41 @@ def _relate(paths: dict[str, Path], products: dict[str, _Item], reviews: dict[st
     return relations
 
 
+def _read_split(
+    data_dir: Path, category: str, split: str, product_fields: tuple[str, ...], folders: dict[str, _FeatureFolder],
+) -> tuple[RawSplit, dict]:
+    """Read one split's three files; returns the split and its notes (null text fields, review times, image URLs
+    without a feature folder)."""
+    paths = {kind: data_dir / f"{category}.{kind}.{split}" for kind in ("prd", "rvw", "rel")}
+    for path in paths.values():
+        if not path.is_file():
+            raise DataError(f"file not found (expected {category}.{{prd,rvw,rel}}.{split} in {data_dir})",
+                            file=path)
+    nulls: dict[str, int] = {}
+    items = {
+        "product": _read_items(paths["prd"], "product", product_fields, folders["product"], split, nulls),
+        "review": _read_items(paths["rvw"], "review", ("content",), folders["review"], split, nulls),
+    }
+    products = [RawProduct(pid, item.text, item.features) for pid, item in items["product"].items()]
+    raw_split = RawSplit(split, products, _relate(paths, items["product"], items["review"]))
+    urls_without_folder = {
+        kind: sum(item.has_urls for item in items[kind].values()) if folders[kind].root is None else 0
+        for kind in ("product", "review")
+    }
+    notes = {
+        "null_text_fields": nulls,
+        "reviews_with_time": sum(item.time is not None for item in items["review"].values()),
+        "unreadable_review_times": sum(item.time is None and item.fields.get("time") is not None
+                                       for item in items["review"].values()),
+        "items_with_image_urls_but_no_feature_folder": urls_without_folder,
+    }
+    for kind, n in urls_without_folder.items():
+        if n:
+            logger.warning("%s: %d %ss have image URLs but no %s feature folder was given: read as text-only",
+                           split, n, kind, kind)
+    return raw_split, notes
+
+
 def read_official(
     data_dir: str | Path,
     category: str,
@@ -382,33 +417,7 @@ def read_official(
     raw_splits: dict[str, RawSplit] = {}
     notes: dict = {}
     for split in splits:
-        paths = {kind: data_dir / f"{category}.{kind}.{split}" for kind in ("prd", "rvw", "rel")}
-        for path in paths.values():
-            if not path.is_file():
-                raise DataError(f"file not found (expected {category}.{{prd,rvw,rel}}.{split} in {data_dir})",
-                                file=path)
-        nulls: dict[str, int] = {}
-        items = {
-            "product": _read_items(paths["prd"], "product", product_fields, folders["product"], split, nulls),
-            "review": _read_items(paths["rvw"], "review", ("content",), folders["review"], split, nulls),
-        }
-        products = [RawProduct(pid, item.text, item.features) for pid, item in items["product"].items()]
-        raw_splits[split] = RawSplit(split, products, _relate(paths, items["product"], items["review"]))
-        urls_without_folder = {
-            kind: sum(item.has_urls for item in items[kind].values()) if folders[kind].root is None else 0
-            for kind in ("product", "review")
-        }
-        notes[split] = {
-            "null_text_fields": nulls,
-            "reviews_with_time": sum(item.time is not None for item in items["review"].values()),
-            "unreadable_review_times": sum(item.time is None and item.fields.get("time") is not None
-                                           for item in items["review"].values()),
-            "items_with_image_urls_but_no_feature_folder": urls_without_folder,
-        }
-        for kind, n in urls_without_folder.items():
-            if n:
-                logger.warning("%s: %d %ss have image URLs but no %s feature folder was given: read as text-only",
-                               split, n, kind, kind)
+        raw_splits[split], notes[split] = _read_split(data_dir, category, split, product_fields, folders)
     source = describe_source(
         "mrhp-official", data_dir, category=category, product_features=folders["product"].root,
         review_features=folders["review"].root, product_text=product_text,

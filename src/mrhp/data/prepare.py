@@ -16,42 +16,31 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections import Counter
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
-from numpy.lib import format as npy_format
 
 from mrhp.data.prepared import PREPARED_FORMAT, PREPARED_VERSION
-from mrhp.data.records import (
-    KINDS,
-    FeatureProblem,
-    RawDataset,
-    RawProduct,
-    RawReview,
-    RawSplit,
-    check_missing_rate,
-)
+from mrhp.data.records import KINDS, RawDataset, RawSplit
 from mrhp.data.side import STORED_SIDE_FEATURES, review_times, stored_side_features
-from mrhp.data.store import NO_IMAGE, FeatureStoreWriter
-from mrhp.data.text import (
-    UNK_ID,
-    Vocabulary,
-    count_tokens,
-    match_word_vectors,
-    tokenize,
-)
+from mrhp.data.split_writer import StoreSink, write_split
+from mrhp.data.text import Vocabulary, count_tokens, match_word_vectors
 from mrhp.errors import DataError, MrhpError
-from mrhp.outputs import check_output_dir, move_into_place, remove_stale_temporaries, temporary_beside
+from mrhp.outputs import (
+    check_output_dir,
+    move_into_place,
+    remove_stale_temporaries,
+    temporary_beside,
+)
 from mrhp.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
-# How many missing-image entries the report lists per split (all are counted).
-MISSING_LISTED = 20
 # Texts encoded at a time by a pretrained text encoder while preparing (bounds the memory of the states).
 TEXT_CHUNK = 256
 
@@ -77,71 +66,6 @@ class SharedVocabulary:
     vocab: Vocabulary
     embeddings: np.ndarray | None
     origin: str
-
-
-class _ArrayWriter:
-    """Appends values to a 1-D ``.npy`` file without holding them in memory (raw part file + header at the end)."""
-
-    def __init__(self, path: Path, dtype: str) -> None:
-        self.path = path
-        self.dtype = np.dtype(dtype)
-        self.length = 0
-        self._part = path.with_name(path.name + ".part")
-        self._handle = self._part.open("wb")
-
-    def append(self, values: Iterable[int] | np.ndarray) -> None:
-        array = np.asarray(values, dtype=self.dtype)
-        self._handle.write(array.tobytes())
-        self.length += array.size
-
-    def close(self) -> None:
-        self._handle.close()
-        header = {"descr": npy_format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": (self.length,)}
-        with self.path.open("wb") as out:
-            npy_format.write_array_header_1_0(out, header)
-            with self._part.open("rb") as part:
-                shutil.copyfileobj(part, out, 1 << 20)
-        self._part.unlink()
-
-
-class _StoreSink:
-    """Creates the feature store on the first item that has regions (its size F is not known before)."""
-
-    def __init__(self, path: Path, dtype: str) -> None:
-        self.path = path
-        self.dtype = dtype
-        self.writer: FeatureStoreWriter | None = None
-        self.first_file = ""
-
-    def add(self, regions: np.ndarray, item: str, files: str) -> int:
-        if regions.shape[0] == 0:
-            return NO_IMAGE
-        if self.writer is None:
-            self.writer = FeatureStoreWriter(self.path, dim=regions.shape[1], dtype=self.dtype)
-            self.first_file = files
-        elif regions.shape[1] != self.writer.dim:
-            raise DataError(
-                f"{item}: region feature size {regions.shape[1]} differs from {self.writer.dim} "
-                f"(first seen in {self.first_file})",
-                file=files,
-            )
-        return self.writer.add(regions, item=f"{item} ({files})")
-
-    @property
-    def dim(self) -> int:
-        return 0 if self.writer is None else self.writer.dim
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-
-    def abort(self) -> None:
-        if self.writer is not None:
-            self.writer.abort()
-
-
-def _progress(items: Sequence, desc: str) -> Iterable:
-    return progress_bar(items, desc=desc, unit="item", leave=False)
 
 
 def _tokens_of(split: RawSplit) -> Iterator[str]:
@@ -208,8 +132,8 @@ def prepare_dataset(
                         "empty?)", file=source.source.get("reviews") or source.source.get("path"))
     tmp = temporary_beside(out_dir)
     tmp.mkdir(parents=True)
-    sink = _StoreSink(tmp / "features", feature_dtype)
-    states = _StoreSink(tmp / "text_states", "float16")
+    sink = StoreSink(tmp / "features", feature_dtype)
+    states = StoreSink(tmp / "text_states", "float16")
     try:
         report = _write_prepared(
             source, tmp, sink, min_count=min_count, max_vocab_size=max_vocab_size, vectors=vectors,
@@ -245,7 +169,7 @@ def check_prepare_out(out_dir: Path, overwrite: bool) -> None:
 def _write_prepared(
     source: RawDataset,
     tmp: Path,
-    sink: _StoreSink,
+    sink: StoreSink,
     *,
     min_count: int,
     max_vocab_size: int | None,
@@ -253,66 +177,13 @@ def _write_prepared(
     vectors_seed: int,
     relevance_threshold: int,
     text_encoder: TextStateEncoder | None,
-    states: _StoreSink,
+    states: StoreSink,
     shared: SharedVocabulary | None,
 ) -> dict:
-    train = source.splits["train"]
-    high = max((review.label for split in source.splits.values() for review in split.reviews), default=0)
-    # A review is relevant iff its label is above the threshold. A threshold outside the label scale (0..4, or the
-    # data's highest label) is a mistake: every metric would be a constant. Small test data may have fewer levels.
-    top = max(high, LABEL_SCALE_TOP)
-    if not -1 <= relevance_threshold <= top:
-        raise MrhpError(f"--relevance-threshold {relevance_threshold}: must be within -1..{top} (labels are 0..{top}; "
-                        "a review is relevant iff its label is above the threshold)")
-    counts = count_tokens(progress_bar(_tokens_of(train), desc="counting train tokens", unit="text", leave=False,
-                                       total=len(train.products) + len(train.reviews)))
-    vocab = (shared.vocab if shared is not None
-             else Vocabulary.from_counts(counts, min_count=min_count, max_size=max_vocab_size))
-    train_tokens = sum(counts.values())
-    in_vocab = sum(n for token, n in counts.items() if token in vocab)
-    vocab_report: dict = {
-        "size": len(vocab),
-        "min_count": None if shared is not None else min_count,
-        "max_size": None if shared is not None else max_vocab_size,
-        "train_token_types": len(counts),
-        "train_tokens": train_tokens,
-        "train_tokens_in_vocabulary": in_vocab / train_tokens if train_tokens else 0.0,
-        "fingerprint": vocab.fingerprint(),
-        "from": None if shared is None else shared.origin,
-    }
-    (tmp / "vocab.txt").write_text("".join(t + "\n" for t in vocab.to_list()), encoding="utf-8")
-    vectors_report: dict | None = None
-    embedding_dim = 0
-    if shared is not None and shared.embeddings is not None:
-        np.save(tmp / "embeddings.npy", shared.embeddings, allow_pickle=False)
-        embedding_dim = int(shared.embeddings.shape[1])
-        vectors_report = {"source": f"copied from {shared.origin}", "dim": embedding_dim}
-    if vectors is not None:
-        matrix, found = match_word_vectors(vectors, vocab, seed=vectors_seed)
-        np.save(tmp / "embeddings.npy", matrix, allow_pickle=False)
-        embedding_dim = int(matrix.shape[1])
-        tokens = vocab.to_list()
-        covered = sum(counts[tokens[i]] for i in np.flatnonzero(found))
-        vectors_report = {
-            "source": vectors,
-            "dim": embedding_dim,
-            "found": int(found.sum()),
-            # Of the vocabulary words (special tokens excluded) and of the train token occurrences.
-            "type_coverage": float(found.sum()) / max(1, len(vocab) - 2),
-            "token_coverage": covered / train_tokens if train_tokens else 0.0,
-        }
-    splits_report: dict = {}
-    counts_meta: dict = {}
-    side = stored_side_features(source.splits)
-    for name, split in source.splits.items():
-        split_dir = tmp / name
-        split_dir.mkdir()
-        splits_report[name] = _write_split(split, split_dir, vocab, sink, source.max_missing_image_rate,
-                                           relevance_threshold)
-        np.save(split_dir / "review_time.npy", review_times(split), allow_pickle=False)
-        np.save(split_dir / "review_side.npy", side[name], allow_pickle=False)
-        splits_report[name]["time"] = _time_report(split)
-        counts_meta[name] = {"products": len(split.products), "reviews": len(split.reviews)}
+    _check_relevance_threshold(source, relevance_threshold)
+    vocab, counts, vocab_report = _write_vocabulary(source.splits["train"], tmp, shared, min_count, max_vocab_size)
+    vectors_report, embedding_dim = _write_vectors(tmp, vocab, counts, shared, vectors, vectors_seed)
+    splits_report, counts_meta = _write_splits(source, tmp, vocab, sink, relevance_threshold)
     text_meta = text_report = None
     if text_encoder is not None:
         text_meta = text_encoder.describe()
@@ -357,6 +228,90 @@ def _write_prepared(
     return report
 
 
+def _check_relevance_threshold(source: RawDataset, relevance_threshold: int) -> None:
+    high = max((review.label for split in source.splits.values() for review in split.reviews), default=0)
+    # A review is relevant iff its label is above the threshold. A threshold outside the label scale (0..4, or the
+    # data's highest label) is a mistake: every metric would be a constant. Small test data may have fewer levels.
+    top = max(high, LABEL_SCALE_TOP)
+    if not -1 <= relevance_threshold <= top:
+        raise MrhpError(f"--relevance-threshold {relevance_threshold}: must be within -1..{top} (labels are 0..{top}; "
+                        "a review is relevant iff its label is above the threshold)")
+
+
+def _write_vocabulary(
+    train: RawSplit, tmp: Path, shared: SharedVocabulary | None, min_count: int, max_vocab_size: int | None,
+) -> tuple[Vocabulary, Counter[str], dict]:
+    """Count the train tokens, build (or take the shared) vocabulary and write ``vocab.txt``; returns the
+    vocabulary, the train token counts and the report section."""
+    counts = count_tokens(progress_bar(_tokens_of(train), desc="counting train tokens", unit="text", leave=False,
+                                       total=len(train.products) + len(train.reviews)))
+    vocab = (shared.vocab if shared is not None
+             else Vocabulary.from_counts(counts, min_count=min_count, max_size=max_vocab_size))
+    train_tokens = sum(counts.values())
+    in_vocab = sum(n for token, n in counts.items() if token in vocab)
+    vocab_report: dict = {
+        "size": len(vocab),
+        "min_count": None if shared is not None else min_count,
+        "max_size": None if shared is not None else max_vocab_size,
+        "train_token_types": len(counts),
+        "train_tokens": train_tokens,
+        "train_tokens_in_vocabulary": in_vocab / train_tokens if train_tokens else 0.0,
+        "fingerprint": vocab.fingerprint(),
+        "from": None if shared is None else shared.origin,
+    }
+    (tmp / "vocab.txt").write_text("".join(t + "\n" for t in vocab.to_list()), encoding="utf-8")
+    return vocab, counts, vocab_report
+
+
+def _write_vectors(
+    tmp: Path, vocab: Vocabulary, counts: Counter[str], shared: SharedVocabulary | None, vectors: str | None,
+    vectors_seed: int,
+) -> tuple[dict | None, int]:
+    """Write ``embeddings.npy`` (the shared vectors, or ``vectors`` matched to the vocabulary) when there are any;
+    returns the report section and the embedding size (0 = none)."""
+    vectors_report: dict | None = None
+    embedding_dim = 0
+    if shared is not None and shared.embeddings is not None:
+        np.save(tmp / "embeddings.npy", shared.embeddings, allow_pickle=False)
+        embedding_dim = int(shared.embeddings.shape[1])
+        vectors_report = {"source": f"copied from {shared.origin}", "dim": embedding_dim}
+    if vectors is not None:
+        train_tokens = sum(counts.values())
+        matrix, found = match_word_vectors(vectors, vocab, seed=vectors_seed)
+        np.save(tmp / "embeddings.npy", matrix, allow_pickle=False)
+        embedding_dim = int(matrix.shape[1])
+        tokens = vocab.to_list()
+        covered = sum(counts[tokens[i]] for i in np.flatnonzero(found))
+        vectors_report = {
+            "source": vectors,
+            "dim": embedding_dim,
+            "found": int(found.sum()),
+            # Of the vocabulary words (special tokens excluded) and of the train token occurrences.
+            "type_coverage": float(found.sum()) / max(1, len(vocab) - 2),
+            "token_coverage": covered / train_tokens if train_tokens else 0.0,
+        }
+    return vectors_report, embedding_dim
+
+
+def _write_splits(
+    source: RawDataset, tmp: Path, vocab: Vocabulary, sink: StoreSink, relevance_threshold: int,
+) -> tuple[dict, dict]:
+    """Write every split's folder; returns their report sections and their counts (for ``dataset.json``)."""
+    splits_report: dict = {}
+    counts_meta: dict = {}
+    side = stored_side_features(source.splits)
+    for name, split in source.splits.items():
+        split_dir = tmp / name
+        split_dir.mkdir()
+        splits_report[name] = write_split(split, split_dir, vocab, sink, source.max_missing_image_rate,
+                                          relevance_threshold)
+        np.save(split_dir / "review_time.npy", review_times(split), allow_pickle=False)
+        np.save(split_dir / "review_side.npy", side[name], allow_pickle=False)
+        splits_report[name]["time"] = _time_report(split)
+        counts_meta[name] = {"products": len(split.products), "reviews": len(split.reviews)}
+    return splits_report, counts_meta
+
+
 def _time_report(split: RawSplit) -> dict:
     """How many reviews of ``split`` have a time, and the first and last (UTC dates)."""
     times = [r.time for r in split.reviews if r.time is not None]
@@ -372,7 +327,7 @@ def utc_date(seconds: int) -> str:
     return datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%d")
 
 
-def _write_text_states(source: RawDataset, tmp: Path, encoder: TextStateEncoder, sink: _StoreSink) -> dict:
+def _write_text_states(source: RawDataset, tmp: Path, encoder: TextStateEncoder, sink: StoreSink) -> dict:
     """Encode every product and review text in chunks and store its token states; returns the report section."""
     began = time.perf_counter()
     texts = states_total = 0
@@ -397,124 +352,6 @@ def _write_text_states(source: RawDataset, tmp: Path, encoder: TextStateEncoder,
     }
 
 
-def _write_split(
-    split: RawSplit, split_dir: Path, vocab: Vocabulary, sink: _StoreSink, max_missing_rate: float,
-    relevance_threshold: int,
-) -> dict:
-    """Write one split's files; returns its report section."""
-    missing_listed: list[dict] = []
-    images: dict[str, dict] = {}
-    text_stats: dict[str, dict] = {}
-    product_index = {p.id: i for i, p in enumerate(split.products)}
-
-    def write_items(kind: str, items: Sequence[RawProduct] | Sequence[RawReview]) -> np.ndarray:
-        ids: list[str] = []
-        tokens = _ArrayWriter(split_dir / f"{kind}_tokens.npy", "<i4")
-        offsets = [0]
-        # The words that became <unk>, in token order, so character-level models still read their spelling.
-        unk_words: list[str] = []
-        unk_offsets = [0]
-        rows = np.full(len(items), NO_IMAGE, dtype=np.int64)
-        expected = missing = missing_files = regions_total = empty_texts = unk = 0
-        examples: list[tuple[str, FeatureProblem]] = []
-        expected_total = sum(1 for item in items if item.features is not None)
-        try:
-            for i, item in enumerate(_progress(items, f"{split.name} {kind}s")):
-                ids.append(item.id)
-                words = tokenize(item.text)
-                encoded = [vocab.id(word) for word in words]
-                tokens.append(encoded)
-                offsets.append(offsets[-1] + len(encoded))
-                unk_words.extend(word for word, token in zip(words, encoded) if token == UNK_ID)
-                unk_offsets.append(len(unk_words))
-                empty_texts += not encoded
-                unk += encoded.count(UNK_ID)
-                if item.features is None:
-                    continue
-                expected += 1
-                loaded = item.features.load()
-                problems = list(loaded.problems)
-                if loaded.regions.shape[0] == 0 and not problems:
-                    problems.append(FeatureProblem(item.features.describe(), "the feature file holds no regions"))
-                if problems:
-                    missing += 1
-                    missing_files += len(problems)
-                    examples.append((item.id, problems[0]))
-                    for problem in problems:
-                        if len(missing_listed) < MISSING_LISTED:
-                            missing_listed.append(
-                                {"kind": kind, "id": item.id, "file": problem.file, "reason": problem.reason}
-                            )
-                    # Fail as soon as the rate over the whole split is certain to be exceeded, not hours later.
-                    check_missing_rate(split.name, kind, missing, expected_total, max_missing_rate, examples)
-                rows[i] = sink.add(loaded.regions, f"{split.name} {kind} {item.id}", item.features.describe())
-                regions_total += int(loaded.regions.shape[0])
-        finally:
-            tokens.close()
-        np.save(split_dir / f"{kind}_token_offsets.npy", np.asarray(offsets, dtype=np.int64), allow_pickle=False)
-        (split_dir / f"{kind}_unk_words.txt").write_text("".join(w + "\n" for w in unk_words), encoding="utf-8")
-        np.save(split_dir / f"{kind}_unk_offsets.npy", np.asarray(unk_offsets, dtype=np.int64), allow_pickle=False)
-        np.save(split_dir / f"{kind}_image.npy", rows, allow_pickle=False)
-        (split_dir / f"{kind}_ids.json").write_text(json.dumps(ids, ensure_ascii=False), encoding="utf-8")
-        refs = [list(item.image_refs) for item in items]
-        if any(refs):
-            (split_dir / f"{kind}_image_refs.json").write_text(json.dumps(refs, ensure_ascii=False), encoding="utf-8")
-        with_images = int(np.count_nonzero(rows >= 0))
-        images[kind] = {
-            "with_images": with_images,
-            "without_images": len(items) - with_images,
-            "should_have_images": expected,
-            "missing": missing,
-            "missing_files": missing_files,
-            "missing_rate": missing / expected if expected else 0.0,
-            "regions": regions_total,
-            "with_image_refs_only": sum(1 for r in refs if r),
-        }
-        total_tokens = offsets[-1]
-        text_stats[kind] = {
-            "tokens": total_tokens,
-            "empty_texts": empty_texts,
-            "unk_rate": unk / total_tokens if total_tokens else 0.0,
-        }
-        return rows
-
-    write_items("product", split.products)
-    write_items("review", split.reviews)
-
-    review_product = np.fromiter((product_index[r.product_id] for r in split.reviews), dtype=np.int64,
-                                 count=len(split.reviews))
-    labels = np.fromiter((r.label for r in split.reviews), dtype=np.int64, count=len(split.reviews))
-    np.save(split_dir / "review_product.npy", review_product, allow_pickle=False)
-    np.save(split_dir / "labels.npy", labels, allow_pickle=False)
-    ratings = np.array([np.nan if r.rating is None else r.rating for r in split.reviews], dtype=np.float32)
-    np.save(split_dir / "review_rating.npy", ratings, allow_pickle=False)
-
-    per_product = np.bincount(review_product, minlength=len(split.products))
-    label_sets: dict[int, set[int]] = {}
-    relevant = np.zeros(len(split.products), dtype=bool)
-    for p, y in zip(review_product.tolist(), labels.tolist()):
-        label_sets.setdefault(p, set()).add(y)
-        if y > relevance_threshold:
-            relevant[p] = True
-    histogram = np.bincount(labels, minlength=5) if labels.size else np.zeros(5, dtype=np.int64)
-    with_reviews = per_product[per_product > 0]
-    return {
-        "products": len(split.products),
-        "reviews": len(split.reviews),
-        "label_histogram": [int(c) for c in histogram],
-        "reviews_per_product": {
-            "min": int(with_reviews.min()) if with_reviews.size else 0,
-            "mean": float(per_product.mean()) if per_product.size else 0.0,
-            "max": int(per_product.max()) if per_product.size else 0,
-        },
-        "products_without_reviews": int(np.count_nonzero(per_product == 0)),
-        "single_review_lists": int(np.count_nonzero(per_product == 1)),
-        "single_label_lists": sum(1 for labels_of in label_sets.values() if len(labels_of) == 1),
-        "lists_without_relevant_review": int(np.count_nonzero(~relevant[per_product > 0])),
-        "text": text_stats,
-        "images": images,
-        "missing_images_listed": missing_listed,
-    }
 
 
 def format_report(report: dict) -> str:

@@ -65,6 +65,101 @@ def _load_npy(path: Path, *, mmap: bool = False) -> np.ndarray:
         raise DataError(f"cannot read array ({exc})", file=path) from None
 
 
+def _load_ids(path: Path) -> dict[str, list[str]]:
+    """The product and review ids of a split folder."""
+    ids = {}
+    for kind in KINDS:
+        value = load_json(path / f"{kind}_ids.json")
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise DataError("expected a JSON list of strings", file=path / f"{kind}_ids.json")
+        ids[kind] = value
+    return ids
+
+
+def _load_tokens(path: Path, kind: str, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The tokens (memory-mapped) and token offsets (``[size + 1]``) of one kind."""
+    tokens = _load_npy(path / f"{kind}_tokens.npy", mmap=True)
+    offsets = _load_npy(path / f"{kind}_token_offsets.npy")
+    if tokens.ndim != 1 or offsets.shape != (size + 1,) or offsets[0] != 0 or \
+            offsets[-1] != tokens.shape[0] or np.any(np.diff(offsets) < 0):
+        raise DataError("token offsets do not match the tokens", file=path / f"{kind}_token_offsets.npy")
+    return tokens, offsets
+
+
+def _load_image_rows(path: Path, kind: str, size: int, store: FeatureStore | None) -> np.ndarray:
+    """The feature store row of each item of one kind: int64 ``[size]`` (-1 = no image)."""
+    rows = _load_npy(path / f"{kind}_image.npy")
+    limit = store.num_items if store is not None else 0
+    if rows.shape != (size,) or (rows.size and (rows.min() < -1 or rows.max() >= limit)):
+        raise DataError("image rows do not match the feature store", file=path / f"{kind}_image.npy")
+    return rows.astype(np.int64, copy=False)
+
+
+def _load_unk_words(path: Path, kind: str, size: int) -> tuple[list[str], np.ndarray] | None:
+    """The spelling of the <unk> words of one kind and their offsets (``[size + 1]``); None when the dataset has
+    none stored."""
+    words_path, offsets_path = path / f"{kind}_unk_words.txt", path / f"{kind}_unk_offsets.npy"
+    if not words_path.exists():
+        return None
+    try:
+        words = words_path.read_text(encoding="utf-8").split("\n")[:-1]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read the unknown words ({exc})", file=words_path) from None
+    offsets = _load_npy(offsets_path)
+    if offsets.shape != (size + 1,) or offsets[0] != 0 or offsets[-1] != len(words) or \
+            np.any(np.diff(offsets) < 0):
+        raise DataError("unknown-word offsets do not match the unknown words", file=offsets_path)
+    return words, offsets
+
+
+def _load_text_rows(path: Path, kind: str, size: int, text_store: FeatureStore) -> np.ndarray:
+    """The text state store row of each item of one kind: int64 ``[size]``."""
+    rows = _load_npy(path / f"{kind}_text_state.npy")
+    if rows.shape != (size,) or (rows.size and (rows.min() < 0 or rows.max() >= text_store.num_items)):
+        raise DataError("text state rows do not match the text state store",
+                        file=path / f"{kind}_text_state.npy")
+    return rows.astype(np.int64, copy=False)
+
+
+def _load_review_labels(path: Path, num_products: int, num_reviews: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each review's product index and label: int64 ``[N]`` each."""
+    review_product = _load_npy(path / "review_product.npy").astype(np.int64, copy=False)
+    labels = _load_npy(path / "labels.npy").astype(np.int64, copy=False)
+    if review_product.shape != (num_reviews,) or (
+        num_reviews and (review_product.min() < 0 or review_product.max() >= num_products)
+    ):
+        raise DataError("review products do not match the products", file=path / "review_product.npy")
+    if labels.shape != (num_reviews,) or (num_reviews and labels.min() < 0):
+        raise DataError("labels do not match the reviews", file=path / "labels.npy")
+    return review_product, labels
+
+
+def _load_review_extras(path: Path, num_reviews: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each review's rating (float64 ``[N]``), time (int64 ``[N]``) and side features (float32 ``[N, S]``); the
+    unknown values of datasets prepared before these were stored."""
+    rating_path = path / "review_rating.npy"
+    rating = _load_npy(rating_path).astype(np.float64) if rating_path.exists() else np.full(num_reviews, np.nan)
+    if rating.shape != (num_reviews,):
+        raise DataError("ratings do not match the reviews", file=rating_path)
+    time_path = path / "review_time.npy"
+    time = (
+        _load_npy(time_path).astype(np.int64, copy=False) if time_path.exists()
+        else np.full(num_reviews, NO_TIME, dtype=np.int64)
+    )
+    if time.shape != (num_reviews,):
+        raise DataError("review times do not match the reviews", file=time_path)
+    side_path = path / "review_side.npy"
+    width = len(STORED_SIDE_FEATURES)
+    side = (
+        _load_npy(side_path).astype(np.float32, copy=False) if side_path.exists()
+        else np.full((num_reviews, width), np.nan, dtype=np.float32)
+    )
+    if side.shape != (num_reviews, width):
+        raise DataError(f"side features {side.shape} do not match the reviews ({num_reviews}, "
+                        f"{width})", file=side_path)
+    return rating, time, side
+
+
 class PreparedSplit:
     """One split of a prepared dataset (arrays memory-mapped; token ids returned as int64).
 
@@ -94,12 +189,7 @@ class PreparedSplit:
         self._store = store
         self._feature_dim = feature_dim
         self._text_store = text_store
-        ids = {}
-        for kind in KINDS:
-            value = load_json(path / f"{kind}_ids.json")
-            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise DataError("expected a JSON list of strings", file=path / f"{kind}_ids.json")
-            ids[kind] = value
+        ids = _load_ids(path)
         self.product_ids: list[str] = ids["product"]
         self.review_ids: list[str] = ids["review"]
         self.num_products = len(self.product_ids)
@@ -109,74 +199,24 @@ class PreparedSplit:
         self._offsets: dict[str, np.ndarray] = {}
         images: dict[str, np.ndarray] = {}
         for kind in KINDS:
-            tokens = _load_npy(path / f"{kind}_tokens.npy", mmap=True)
-            offsets = _load_npy(path / f"{kind}_token_offsets.npy")
-            if tokens.ndim != 1 or offsets.shape != (sizes[kind] + 1,) or offsets[0] != 0 or \
-                    offsets[-1] != tokens.shape[0] or np.any(np.diff(offsets) < 0):
-                raise DataError("token offsets do not match the tokens", file=path / f"{kind}_token_offsets.npy")
-            self._tokens[kind], self._offsets[kind] = tokens, offsets
-            rows = _load_npy(path / f"{kind}_image.npy")
-            limit = store.num_items if store is not None else 0
-            if rows.shape != (sizes[kind],) or (rows.size and (rows.min() < -1 or rows.max() >= limit)):
-                raise DataError("image rows do not match the feature store", file=path / f"{kind}_image.npy")
-            images[kind] = rows.astype(np.int64, copy=False)
+            self._tokens[kind], self._offsets[kind] = _load_tokens(path, kind, sizes[kind])
+            images[kind] = _load_image_rows(path, kind, sizes[kind], store)
         self._unk_words: dict[str, list[str]] = {}
         self._unk_offsets: dict[str, np.ndarray] = {}
         for kind in KINDS:
-            words_path, offsets_path = path / f"{kind}_unk_words.txt", path / f"{kind}_unk_offsets.npy"
-            if not words_path.exists():
-                continue
-            try:
-                words = words_path.read_text(encoding="utf-8").split("\n")[:-1]
-            except (OSError, UnicodeDecodeError) as exc:
-                raise DataError(f"cannot read the unknown words ({exc})", file=words_path) from None
-            offsets = _load_npy(offsets_path)
-            if offsets.shape != (sizes[kind] + 1,) or offsets[0] != 0 or offsets[-1] != len(words) or \
-                    np.any(np.diff(offsets) < 0):
-                raise DataError("unknown-word offsets do not match the unknown words", file=offsets_path)
-            self._unk_words[kind], self._unk_offsets[kind] = words, offsets
+            unknown = _load_unk_words(path, kind, sizes[kind])
+            if unknown is not None:
+                self._unk_words[kind], self._unk_offsets[kind] = unknown
         self.product_image: np.ndarray = images["product"]
         self._text_rows: dict[str, np.ndarray] = {}
         if text_store is not None:
             for kind in KINDS:
-                rows = _load_npy(path / f"{kind}_text_state.npy")
-                if rows.shape != (sizes[kind],) or (rows.size and (rows.min() < 0 or rows.max() >= text_store.num_items)):
-                    raise DataError("text state rows do not match the text state store",
-                                    file=path / f"{kind}_text_state.npy")
-                self._text_rows[kind] = rows.astype(np.int64, copy=False)
+                self._text_rows[kind] = _load_text_rows(path, kind, sizes[kind], text_store)
         self.review_image: np.ndarray = images["review"]
         self.product_lengths: np.ndarray = np.diff(self._offsets["product"])
         self.review_lengths: np.ndarray = np.diff(self._offsets["review"])
-        self.review_product: np.ndarray = _load_npy(path / "review_product.npy").astype(np.int64, copy=False)
-        self.labels: np.ndarray = _load_npy(path / "labels.npy").astype(np.int64, copy=False)
-        if self.review_product.shape != (self.num_reviews,) or (
-            self.num_reviews and (self.review_product.min() < 0 or self.review_product.max() >= self.num_products)
-        ):
-            raise DataError("review products do not match the products", file=path / "review_product.npy")
-        if self.labels.shape != (self.num_reviews,) or (self.num_reviews and self.labels.min() < 0):
-            raise DataError("labels do not match the reviews", file=path / "labels.npy")
-        rating_path = path / "review_rating.npy"
-        self.review_rating: np.ndarray = (
-            _load_npy(rating_path).astype(np.float64) if rating_path.exists() else np.full(self.num_reviews, np.nan)
-        )
-        if self.review_rating.shape != (self.num_reviews,):
-            raise DataError("ratings do not match the reviews", file=rating_path)
-        time_path = path / "review_time.npy"
-        self.review_time: np.ndarray = (
-            _load_npy(time_path).astype(np.int64, copy=False) if time_path.exists()
-            else np.full(self.num_reviews, NO_TIME, dtype=np.int64)
-        )
-        if self.review_time.shape != (self.num_reviews,):
-            raise DataError("review times do not match the reviews", file=time_path)
-        side_path = path / "review_side.npy"
-        width = len(STORED_SIDE_FEATURES)
-        self.review_side: np.ndarray = (
-            _load_npy(side_path).astype(np.float32, copy=False) if side_path.exists()
-            else np.full((self.num_reviews, width), np.nan, dtype=np.float32)
-        )
-        if self.review_side.shape != (self.num_reviews, width):
-            raise DataError(f"side features {self.review_side.shape} do not match the reviews ({self.num_reviews}, "
-                            f"{width})", file=side_path)
+        self.review_product, self.labels = _load_review_labels(path, self.num_products, self.num_reviews)
+        self.review_rating, self.review_time, self.review_side = _load_review_extras(path, self.num_reviews)
         # Reviews grouped by product, file order kept within a product (stable sort).
         self._by_product = np.argsort(self.review_product, kind="stable")
         self._group_start = np.searchsorted(self.review_product[self._by_product], np.arange(self.num_products + 1))

@@ -22,12 +22,13 @@ Nothing else is written, and no part of a URL ever becomes a path. Each URL is f
 * the content checked to be an image by its bytes, never by its header or name: a known magic number, then a full
   decode by :func:`mrhp.features.images.load_image` with the same ``max_pixels`` decompression-bomb guard as ``mrhp features``.
 
-Outcomes (:data:`OUTCOMES`); those of :data:`RETRIED` are transient, so a rerun tries them again, while the others
-are final unless ``retry_failed``. A rerun (after a kill, or with more URLs) fetches only URLs without a final line
-or whose file is gone. Memory: at most ``concurrency * max_bytes`` of bodies at once.
+Outcomes (:data:`~mrhp.features.fetched_folder.OUTCOMES`); those of :data:`~mrhp.features.fetched_folder.RETRIED`
+are transient, so a rerun tries them again, while the others are final unless ``retry_failed``. A rerun (after a
+kill, or with more URLs) fetches only URLs without a final line or whose file is gone. Memory: at most
+``concurrency * max_bytes`` of bodies at once.
 
 The ``fetch`` extra (``pip install 'mrhp[fetch]'``: httpx for the protocol, Pillow for the check) is needed to
-download; reading a finished folder (:class:`FetchedImages`) needs neither.
+download; reading a finished folder (:class:`~mrhp.features.fetched_folder.FetchedImages`) needs neither.
 """
 
 from __future__ import annotations
@@ -42,7 +43,6 @@ import json
 import logging
 import math
 import random
-import re
 import socket
 import time
 from collections import Counter
@@ -51,14 +51,20 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mrhp import __version__, jsontext
-from mrhp.data.jsonl import ImageFeatures, link_image_files
+from mrhp import __version__
 from mrhp.data.prepared import PreparedDataset
-from mrhp.data.records import FeatureProblem, RawDataset
-from mrhp.errors import DataError, MrhpError
+from mrhp.errors import MrhpError
+from mrhp.features.fetched_folder import (
+    FILES,
+    MANIFEST,
+    RETRIED,
+    is_settled,
+    read_manifest,
+    write_manifest,
+)
 from mrhp.features.image_folder import remove_stale_temporaries
 from mrhp.features.images import DEFAULT_MAX_PIXELS, ImageError, load_image
-from mrhp.outputs import write_atomic, write_text_atomic
+from mrhp.outputs import write_atomic
 from mrhp.progress import progress_bar
 
 if TYPE_CHECKING:
@@ -66,34 +72,12 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-MANIFEST = "manifest.jsonl"
-FILES = "files"
-OUTCOMES = {
-    "ok": "downloaded, an image",
-    "not_found": "HTTP 404 or 410",
-    "http_error": "another HTTP error status that is not retried (4xx, or an unexpected 1xx/3xx)",
-    "server_error": "HTTP 5xx on every try",
-    "rate_limited": "HTTP 429 on every try",
-    "timed_out": "connect or read timeout, or no whole answer within the deadline, on every try",
-    "private_address": "the host resolves to a loopback, private, link-local or other non-public address",
-    "truncated": "the connection closed before the whole body came, on every try",
-    "connection_error": "connection refused or reset, or the name did not resolve, on every try",
-    "too_large": "more than max_bytes, declared or streamed",
-    "not_an_image": "the bytes start with no known image magic number (HTML, text, ...)",
-    "bad_image": "an image format that does not decode, or too many pixels (decompression bomb guard)",
-    "redirect_loop": "a redirect back to a URL already visited",
-    "too_many_redirects": "more than max_redirects redirects",
-    "bad_scheme": "not http or https (the URL or a redirect target)",
-    "bad_url": "not a URL that can be requested",
-}
-RETRIED = frozenset({"server_error", "rate_limited", "timed_out", "truncated", "connection_error"})
 FETCH_EXTRAS = ("httpx", "PIL")
 INSTALL_HINT = "pip install 'mrhp[fetch]' (httpx, pillow)"
 # Magic numbers of the formats Pillow decodes for mrhp.features.images, and the suffix their file gets (one of
 # mrhp.data.jsonl.RAW_IMAGE_SUFFIXES, so that the files are taken as image files).
 _MAGIC = ((b"\xff\xd8\xff", ".jpg"), (b"\x89PNG\r\n\x1a\n", ".png"), (b"GIF87a", ".gif"), (b"GIF89a", ".gif"),
           (b"BM", ".bmp"), (b"II*\x00", ".tif"), (b"MM\x00*", ".tif"))
-_FILE = re.compile(r"^files/[0-9a-f]{2}/[0-9a-f]{64}\.[a-z]{3,4}$")
 _CHECK_SIZE = 32  # the check decodes every pixel but resizes to this side only; the features come later
 
 
@@ -172,48 +156,6 @@ def read_prepared_image_urls(path: str | Path) -> dict[str, list[str]]:
                 for url in refs:
                     urls.setdefault(url, []).append(f"{name} {kind} {item_id}")
     return urls
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The manifest
-
-
-def read_manifest(path: Path) -> dict[str, dict]:
-    """The last line of each URL in a manifest ({} when there is none). A cut last line (a run killed while
-    writing it) is ignored; any other bad line is a ``DataError`` naming it."""
-    if not path.is_file():
-        return {}
-    lines = path.read_bytes().split(b"\n")
-    entries: dict[str, dict] = {}
-    for number, raw in enumerate(lines, start=1):
-        if not raw.strip():
-            continue
-        try:
-            entry = jsontext.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            if number == len(lines):  # no newline after it: cut while being written
-                logger.warning("%s: line %d is incomplete (an interrupted run); ignored", path, number)
-                continue
-            raise DataError("not a JSON object", file=path, line=number) from None
-        if not isinstance(entry, dict) or not isinstance(entry.get("url"), str) or entry.get("outcome") not in OUTCOMES:
-            raise DataError("expected an object with 'url' and a known 'outcome'", file=path, line=number)
-        if entry["outcome"] == "ok" and not (isinstance(entry.get("file"), str) and _FILE.match(entry["file"])):
-            raise DataError(f"expected files/xx/<sha256>.<ext>, got {entry.get('file')!r}", file=path, line=number,
-                            field="file")
-        entries[entry["url"]] = entry
-    return entries
-
-
-def _write_manifest(path: Path, entries: Sequence[dict]) -> None:
-    text = "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in entries)
-    write_text_atomic(path, text)
-
-
-def _settled(folder: Path, entry: dict, retry_failed: bool) -> bool:
-    """Whether a URL's manifest line needs no new download."""
-    if entry["outcome"] == "ok":
-        return (folder / entry["file"]).is_file()
-    return not retry_failed and entry["outcome"] not in RETRIED
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -453,14 +395,14 @@ def fetch_images(urls: Mapping[str, Sequence[str]], folder: str | Path, settings
     manifest = folder / MANIFEST
     previous = read_manifest(manifest)
     # Rewritten before appending: drops repeated lines and a cut last line, which would break the next line.
-    _write_manifest(manifest, list(previous.values()))
-    settled = {url: entry for url, entry in previous.items() if url in urls and _settled(folder, entry, retry_failed)}
+    write_manifest(manifest, list(previous.values()))
+    settled = {url: entry for url, entry in previous.items() if url in urls and is_settled(folder, entry, retry_failed)}
     todo = [url for url in urls if url not in settled]
     start = time.perf_counter()
     fresh = asyncio.run(_download(todo, urls, folder, settings, progress)) if todo else {}
     seconds = time.perf_counter() - start
     entries = {url: fresh[url] if url in fresh else {**settled[url], "items": list(urls[url])} for url in urls}
-    _write_manifest(manifest, [*entries.values(), *(e for url, e in previous.items() if url not in urls)])
+    write_manifest(manifest, [*entries.values(), *(e for url, e in previous.items() if url not in urls)])
     ok_bytes = sum(e["bytes"] for e in fresh.values() if e["outcome"] == "ok")
     report = {
         "folder": str(folder),
@@ -497,45 +439,3 @@ def format_fetch_report(report: dict, listed: int = 20) -> str:
     if len(report["failures"]) > listed:
         lines.append(f"  ... {len(report['failures']) - listed} more failures in {report['folder']}/{MANIFEST}")
     return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Using a finished folder
-
-
-class FetchedImages:
-    """The downloaded file of each URL of a fetch folder, for ``prepare --fetched``.
-
-    :meth:`resolve` gives a URL's file, or the :class:`FeatureProblem` that masks its image: the download's
-    outcome, or that the URL was never fetched. Such images are counted against the missing-image rate like a
-    missing feature file.
-    """
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        manifest = self.path / MANIFEST
-        if not manifest.is_file():
-            raise MrhpError(f"{manifest}: no such manifest; download the images first with `mrhp fetch-images ... "
-                            f"--out {self.path}`")
-        self.entries = read_manifest(manifest)
-
-    def resolve(self, url: str) -> Path | FeatureProblem:
-        entry = self.entries.get(url)
-        if entry is None:
-            return FeatureProblem(url, f"not downloaded (no line in {self.path / MANIFEST}; run mrhp fetch-images)")
-        if entry["outcome"] != "ok":
-            return FeatureProblem(url, f"download failed: {entry['outcome']} ({entry['reason']})")
-        return (self.path / entry["file"]).resolve()
-
-
-def attach_fetched_images(raw: RawDataset, fetched: FetchedImages, image_features: ImageFeatures,
-                          max_regions_per_item: int | None) -> None:
-    """Give every item of a dump that has image URLs (``image_refs``) the features of its downloaded images; a
-    failed download masks its image. The URLs stop being references only (they are in the fetch manifest)."""
-    pending = []
-    for split in raw.splits.values():
-        for item in [*split.products, *split.reviews]:
-            if item.image_refs:
-                pending.append((item, [fetched.resolve(url) for url in item.image_refs]))
-                item.image_refs = ()
-    link_image_files(pending, image_features, None, max_regions_per_item)

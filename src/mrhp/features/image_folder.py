@@ -272,6 +272,12 @@ class ImageFeatureFolder:
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
         seconds = time.perf_counter() - start
+        self._finish(unique, resolved, seconds, extracted=extracted, reused=reused, duplicates=duplicates)
+        return resolved
+
+    def _finish(self, unique: list[Path], resolved: dict[Path, Path | FeatureProblem], seconds: float, *,
+                extracted: int, reused: int, duplicates: int) -> None:
+        """Write ``index.jsonl`` and ``report.json`` for a :meth:`resolve` run and keep the report."""
         # The rate leaves out loading the network (once per process, about a second).
         working = seconds - self._load_seconds
         failures = [{"file": str(p), "reason": r.reason} for p, r in resolved.items()
@@ -303,7 +309,6 @@ class ImageFeatureFolder:
         self.last_report = report
         logger.info("image features in %s: %d images, %d extracted, %d already there, %d failed (%.1f s)",
                     self.path, len(unique), extracted, reused, len(failures), seconds)
-        return resolved
 
 
 def format_folder_report(report: dict, listed: int = 20) -> str:

@@ -271,7 +271,8 @@ class HelpfulnessModel(nn.Module):
         a checkpoint holds them afterwards, so loading one needs no package)."""
         if not self.reads_states or not len(self.text_top.layers):
             return
-        from mrhp.features.text_encoder import TopLayers, load_pretrained
+        from mrhp.features.text_encoder import TopLayers
+        from mrhp.features.text_weights import load_pretrained
 
         pretrained = TopLayers.from_encoder(load_pretrained(self.text_encoder_name), len(self.text_top.layers))
         self.text_top.load_state_dict(pretrained.state_dict())

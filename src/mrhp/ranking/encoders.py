@@ -29,7 +29,7 @@ from mrhp.models.checkpoint import Checkpoint
 from mrhp.models.registry import reads_images, reads_text_states
 
 if TYPE_CHECKING:
-    from mrhp.features.text_encoder import StateEncoder
+    from mrhp.features.text_weights import StateEncoder
 
 _T = TypeVar("_T")
 
@@ -121,7 +121,7 @@ class TextStates:
     def _loaded(self) -> StateEncoder:
         """The encoder, loaded on first use (on the encoding thread)."""
         if self._encoder is None:
-            from mrhp.features.text_encoder import StateEncoder
+            from mrhp.features.text_weights import StateEncoder
 
             self._encoder = StateEncoder(self.name, self.tuned_layers, self.max_tokens, precision=self.precision)
         return self._encoder

@@ -41,17 +41,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from mrhp.data.batching import Batch, chunk_product_reviews, split_item_lists
 from mrhp.data.prepared import PreparedDataset, PreparedSplit
 from mrhp.errors import MrhpError
-from mrhp.models.checkpoint import Checkpoint, load_checkpoint
-from mrhp.objectives.losses import MODALITY_KEYS
+from mrhp.models.checkpoint import load_checkpoint
 from mrhp.objectives.metrics import METRICS
 from mrhp.outputs import write_atomic, write_text_atomic
 from mrhp.scoring.evaluate import check_fits, score_split
-from mrhp.scoring.loop import forward_groups
 from mrhp.studies.compare import (
     Comparison,
     PerProductRun,
@@ -59,6 +55,7 @@ from mrhp.studies.compare import (
     describe_test,
     group_runs,
 )
+from mrhp.studies.distances import DISTANCE_GROUPS, component_vectors, distances
 from mrhp.studies.stats import CORRECTION, SEED_TESTS, TESTS, holm
 
 log = logging.getLogger(__name__)
@@ -77,13 +74,6 @@ ABLATION_ORDER = tuple(ABLATIONS)
 RUN_SETTINGS = ("train.seed", "train.threads", "train.device", "train.loader_workers", "data.eval_batch_rows")
 # Table 5's tests, in its column order (names of mrhp.studies.stats.TESTS).
 TABLE5_TESTS = ("products-t", "seeds-t", "min-f")
-# Section 4.7's groups of the six component pairs (names as in losses.MODALITY_KEYS).
-PT, RT, PI, RI = MODALITY_KEYS
-DISTANCE_GROUPS = {
-    "intra-modal": ((PT, RT), (PI, RI)),
-    "inter-modal": ((PT, RI), (PI, RT)),
-    "intra-review": ((PT, PI), (RT, RI)),
-}
 CASE_WORDS = 40  # words of each text shown in the case study
 
 
@@ -273,59 +263,6 @@ def ablation_table(roles: Roles) -> tuple[dict[str, dict], str]:
 def _ablation_rank(label: str) -> int:
     """The paper's ablations first, in its order, then the other variants."""
     return next((k for k, name in enumerate(ABLATION_ORDER) if label.startswith(name + ":")), len(ABLATION_ORDER))
-
-
-@torch.no_grad()
-def component_vectors(
-    checkpoint: Checkpoint, split: PreparedSplit, feature_dim: int
-) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor]:
-    """Per test review: the pooled component vectors {name: [N, d]}, their presence {name: [N]} and labels [N],
-    in split order. The paper's model gives them in its output; MCR through `modality_vectors`."""
-    model, data = checkpoint.model.eval(), checkpoint.config.data
-    groups = chunk_product_reviews(split, data.max_list_size, rng=None)
-    vectors: dict[str, list[torch.Tensor]] = {k: [] for k in MODALITY_KEYS}
-    present: dict[str, list[torch.Tensor]] = {k: [] for k in MODALITY_KEYS}
-    labels = []
-
-    def pooled_of(batch: Batch) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        if hasattr(model, "modality_vectors"):
-            return model.modality_vectors(batch)
-        output = model(batch)
-        return output.pooled, output.present
-
-    for _, batch, (pooled, has) in forward_groups(model, groups, lambda packed: split_item_lists(split, packed),
-                                                  batch_rows=data.eval_batch_rows, data=data,
-                                                  feature_dim=feature_dim, forward=pooled_of):
-        for key in MODALITY_KEYS:
-            vectors[key].append(pooled[key].float())
-            present[key].append(has[key])
-        labels.append(batch.review_labels)
-    return ({k: torch.cat(v) for k, v in vectors.items()}, {k: torch.cat(v) for k, v in present.items()},
-            torch.cat(labels))
-
-
-def distances(vectors: dict, present: dict, labels: torch.Tensor) -> dict[tuple[int, str, str], float]:
-    """Mean cosine distance ("cs") and L2 ("l2") per label and pair (and per section 4.7 group, the mean over the
-    reviews and both pairs of the group), over the reviews that have both components of a pair."""
-    out: dict[tuple[int, str, str], float] = {}
-    for label in sorted(set(labels.tolist())):
-        rows = labels == label
-        for group, pairs in DISTANCE_GROUPS.items():
-            collected: dict[str, list[torch.Tensor]] = {"cs": [], "l2": []}
-            for first, second in pairs:
-                keep = rows & present[first] & present[second]
-                a, b = vectors[first][keep], vectors[second][keep]
-                cs = 1 - torch.nn.functional.cosine_similarity(a, b, dim=1)  # [n]
-                l2 = (a - b).norm(dim=1)  # [n]
-                pair = f"{first}-{second}"
-                out[(label, pair, "cs")] = float(cs.mean()) if len(cs) else math.nan
-                out[(label, pair, "l2")] = float(l2.mean()) if len(l2) else math.nan
-                collected["cs"].append(cs)
-                collected["l2"].append(l2)
-            for kind, parts in collected.items():
-                joined = torch.cat(parts)
-                out[(label, group, kind)] = float(joined.mean()) if len(joined) else math.nan
-    return out
 
 
 def distance_tables(roles: Roles, dataset: PreparedDataset, split: str) -> tuple[dict, str]:

@@ -1,5 +1,6 @@
-"""The FastAPI application of the HTTP service (see `mrhp.ranking.serve`): the batching scorer, the app factory and the
-server. Requests are parsed and scored by `mrhp.ranking.ranker.Ranker`, as in `mrhp predict`."""
+"""The FastAPI application of the HTTP service (see `mrhp.ranking.serve`): the app factory and the server; the
+batching scorer is `mrhp.ranking.serve.scorer`. Requests are parsed and scored by `mrhp.ranking.ranker.Ranker`, as
+in `mrhp predict`."""
 
 from __future__ import annotations
 
@@ -7,12 +8,9 @@ import asyncio
 import json
 import logging
 import os
-import queue
 import socket
-import threading
 import time
-from collections.abc import AsyncIterator, Sequence
-from concurrent.futures import Future
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -27,7 +25,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mrhp import __version__
 from mrhp.compute.devices import resolve_device
-from mrhp.data.batching import RankingList
 from mrhp.errors import MrhpError
 from mrhp.models.checkpoint import VERSION as CHECKPOINT_VERSION
 from mrhp.models.checkpoint import load_checkpoint
@@ -46,104 +43,12 @@ from mrhp.ranking.serve.schema import (
     RankRequest,
     RankResponse,
 )
+from mrhp.ranking.serve.scorer import BatchScorer, ServiceBusy
 from mrhp.ranking.serve.settings import ServeSettings
 
 log = logging.getLogger(__name__)
 
 _WORKER_ENVIRONMENT = "MRHP_SERVE"  # how `run_server` hands the checkpoint and settings to uvicorn worker processes
-
-
-# ---- the scorer: one thread, one model, micro-batches ----------------------------------------------------------
-
-
-class ServiceBusy(Exception):
-    """The scorer's queue is full."""
-
-
-class BatchScorer:
-    """Runs every forward pass on one thread; concurrent requests are grouped into micro-batches.
-
-    `submit` puts a ranking list in a bounded queue and returns a future of its scores [len(reviews)] and, when
-    `explain`, their split (`ScoreSplit`, else None). The thread takes the oldest request, then adds queued ones
-    and those arriving within `wait_s` while the batch holds fewer than the ranker's `batch_rows` review rows, and
-    scores them with `Ranker.score` (`Ranker.score_explained` when one of them asks) in one forward pass.
-    """
-
-    def __init__(self, ranker: Ranker, wait_s: float, max_queued: int) -> None:
-        self.ranker = ranker
-        self.batch_rows = ranker.batch_rows
-        self.wait_s = wait_s
-        self.forwards = 0
-        self.requests = 0
-        self._queue: queue.Queue[tuple[RankingList, Future, bool] | None] = queue.Queue(maxsize=max_queued)
-        self._thread = threading.Thread(target=self._run, name="mrhp-scorer", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._queue.put(None)
-        self._thread.join()
-
-    @property
-    def queued(self) -> int:
-        return self._queue.qsize()
-
-    def submit(self, ranking: RankingList, explain: bool = False) -> Future:
-        future: Future = Future()
-        try:
-            self._queue.put_nowait((ranking, future, explain))
-        except queue.Full:
-            raise ServiceBusy from None
-        return future
-
-    def _run(self) -> None:
-        carry: tuple[RankingList, Future, bool] | None = None
-        while True:
-            first = carry if carry is not None else self._queue.get()
-            carry = None
-            if first is None:
-                return
-            batch, rows = [first], len(first[0].reviews)
-            deadline = time.monotonic() + self.wait_s
-            stopping = False
-            while rows < self.batch_rows:
-                try:
-                    item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-                except queue.Empty:
-                    break
-                if item is None:
-                    stopping = True
-                    break
-                if rows + len(item[0].reviews) > self.batch_rows:
-                    carry = item  # starts the next batch, so no request is ever split across batches
-                    break
-                batch.append(item)
-                rows += len(item[0].reviews)
-            self._score(batch)
-            if stopping:
-                return
-
-    def _score(self, batch: Sequence[tuple[RankingList, Future, bool]]) -> None:
-        live = [(ranking, future, explain) for ranking, future, explain in batch
-                if future.set_running_or_notify_cancel()]
-        if not live:  # every client of this batch went away
-            return
-        lists = [ranking for ranking, _, _ in live]
-        try:
-            if any(explain for _, _, explain in live):
-                scored = self.ranker.score_explained(lists)
-            else:
-                scored = [(scores, None) for scores in self.ranker.score(lists)]
-        except Exception as error:  # answered as a 500 for these requests; the thread keeps serving
-            log.exception("scoring a batch of %d requests failed", len(live))
-            for _, future, _ in live:
-                future.set_exception(error)
-            return
-        self.forwards += 1
-        self.requests += len(live)
-        for (_, future, explain), (values, split) in zip(live, scored):
-            future.set_result((values, split if explain else None))
 
 
 class _BodyLimit:
