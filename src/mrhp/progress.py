@@ -14,7 +14,6 @@ from typing import Any
 
 from tqdm import tqdm
 
-
 _hidden = False  # every bar is off: the command line's --no-progress (`bars_hidden`)
 
 

@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mrhp.cli.options import SEED, THREADS, at_least, device_option, progress_option, split_options
+from mrhp.cli.options import (
+    SEED,
+    THREADS,
+    at_least,
+    device_option,
+    progress_option,
+    split_options,
+)
 from mrhp.errors import MrhpError
 from mrhp.studies.floors import FLOOR_METHODS, TEXT_FEATURES
 

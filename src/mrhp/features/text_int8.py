@@ -81,7 +81,9 @@ class Int8Linear(nn.Module):
 
     def __init__(self, linear: nn.Linear, activation_max: Tensor) -> None:
         super().__init__()
-        from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear  # imported under quantize_int8's filters
+        from torch.ao.nn.quantized.dynamic import (
+            Linear as DynamicLinear,  # imported under quantize_int8's filters
+        )
         from torch.ao.quantization import per_channel_dynamic_qconfig
 
         weight_max = linear.weight.detach().abs().amax(dim=0).clamp(min=1e-5)  # [in]

@@ -16,7 +16,13 @@ from safetensors.torch import load, load_file, save_file
 from torch import nn
 
 from mrhp import __version__, jsontext
-from mrhp.config import INPUT_SETTINGS, Config, ModelConfig, ModelInputs, config_from_dict
+from mrhp.config import (
+    INPUT_SETTINGS,
+    Config,
+    ModelConfig,
+    ModelInputs,
+    config_from_dict,
+)
 from mrhp.data.text import Vocabulary
 from mrhp.errors import MrhpError
 from mrhp.models.registry import build_model

@@ -15,10 +15,9 @@ Pure functions over tensors with explicit masks; the trainer adds them up (eq. 3
 
 from __future__ import annotations
 
+import math
 from itertools import combinations
 from typing import Mapping
-
-import math
 
 import torch
 import torch.nn.functional as F
