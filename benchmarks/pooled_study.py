@@ -32,6 +32,7 @@ of them with three domains) with a tiny LSTM model: it checks the machinery, it 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import statistics
 import time
@@ -380,6 +381,17 @@ STUDIES = {"sampling": ("source sampling", SAMPLINGS), "candidates": ("candidate
            "side": ("stored side features", SIDE_FEATURES)}
 
 
+def finished_run(run_dir: Path, config: Config) -> dict | None:
+    """The best record of a run that an earlier study trained to the end with this very config, else None."""
+    if not (run_dir / "last.safetensors").is_file() or not (run_dir / "best.safetensors").is_file():
+        return None
+    last = load_checkpoint(run_dir / "last.safetensors")
+    # train() records the datasets it read in data.paths; the study's config leaves them to the call.
+    same = last.config.to_dict() == dataclasses.replace(
+        config, data=dataclasses.replace(config.data, paths=last.config.data.paths)).to_dict()
+    return dict(last.state["best"]) if same and int(last.state["epoch"]) >= config.train.epochs else None
+
+
 def dev_study(shared: Path, sets: dict[str, PooledSet], seeds: list[int], out: Path, epochs: int | None,
               smoke: bool, config_path: Path, study: str, variants: dict[str, dict], states_for,
               reuse: bool = False) -> str:
@@ -388,8 +400,8 @@ def dev_study(shared: Path, sets: dict[str, PooledSet], seeds: list[int], out: P
     product, scored on pooled dev only: dev MAP pooled and per source of the selected epoch, and each variant
     against the first by a paired t-test over the pooled dev products (each product averaged over the seeds),
     Holm-adjusted across the variants. `states_for(tuned_layers)` gives the token states a variant reads (None
-    for the LSTM); sources are prepared once per distinct states, or with `reuse` opened from `out` where an
-    earlier study of the same seed prepared them."""
+    for the LSTM); sources are prepared once per distinct states. With `reuse`, what an earlier study of the same
+    seed left in `out` is used: its prepared sources, and the runs it trained to the end with the same config."""
     dev = Results()
     epochs_of: dict[str, list[int]] = {}
     for seed in seeds:
@@ -405,8 +417,10 @@ def dev_study(shared: Path, sets: dict[str, PooledSet], seeds: list[int], out: P
                 else:
                     prepared[tuned] = prepare_sources(shared, sets, seed, "product", folder, states_for(tuned))
             datasets = prepared[tuned]
-            run_dir = out / f"seed{seed}" / f"{study}-{list(variants).index(label)}"
-            best = train(config, [d.path for d in datasets.values()], run_dir, progress=False)
+            run_dir = out / f"seed{seed}" / f"{study}-{list(STUDIES[study][1]).index(label)}"
+            best = finished_run(run_dir, config) if reuse else None
+            if best is None:
+                best = train(config, [d.path for d in datasets.values()], run_dir, progress=False)
             epochs_of.setdefault(label, []).append(int(best["epoch"]))
             checkpoint = load_checkpoint(run_dir / "best.safetensors")
             for name, dataset in datasets.items():
@@ -441,7 +455,7 @@ def dev_study(shared: Path, sets: dict[str, PooledSet], seeds: list[int], out: P
 
 def run_pooled(shared: Path, seeds: list[int], out: Path, *, smoke: bool, epochs: int | None, config_path: Path,
                datasets: Sequence[str] | None, with_time: bool, command: str, study: str | None = None,
-               reuse: bool = False) -> int:
+               reuse: bool = False, variants: Sequence[int] | None = None) -> int:
     """The whole study, or with `study` one of the dev studies of `STUDIES` (`dev_study`; with `reuse` on the
     sources an earlier study prepared in `out`); writes `out/pooled.md` (or `out/STUDY.md`) and prints it.
     Returns the exit status."""
@@ -471,7 +485,11 @@ def run_pooled(shared: Path, seeds: list[int], out: Path, *, smoke: bool, epochs
     states = states_for(0)
     started = time.perf_counter()
     if study is not None:
-        title, variants = STUDIES[study]
+        title, known = STUDIES[study]
+        picked = sorted({0, *(variants if variants is not None else range(len(known)))})
+        if picked[-1] >= len(known):
+            raise SystemExit(f"--variants: the {study} study has variants 0..{len(known) - 1}")
+        variants = {label: known[label] for k, label in enumerate(known) if k in picked}
         if smoke:  # the stand-in's LSTM model has no encoder layer to tune
             variants = {k: v for k, v in variants.items() if "text_tuned_layers" not in v.get("model", {})}
         table = dev_study(shared, sets, seeds, out, epochs, smoke, config_path, study, variants, states_for, reuse)

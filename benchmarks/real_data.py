@@ -35,7 +35,8 @@ after 2 epochs without dev improvement, one torch thread.
 ``--pooled`` runs the pooled study of ``benchmarks/pooled_study.py`` instead (one model on every set, MDSD and
 Steam included, beside per-set models and the floors; a left-out MDSD domain; the split by time), with
 ``--smoke`` on generated stand-in data, ``--epochs``, ``--no-time-split``, and the dev studies ``--sampling-study``,
-``--candidate-study`` and ``--side-study`` (``--reuse-prepared`` opens the sources an earlier study prepared).
+``--candidate-study`` and ``--side-study`` (``--reuse-prepared`` uses the sources and finished runs an earlier study
+left; ``--variants`` picks some of a study's variants).
 """
 
 from __future__ import annotations
@@ -386,7 +387,10 @@ def main() -> int:
                         help="with --pooled: the pooled model with the stored side features of pooled_study.SIDE_FEATURES, "
                              "report pooled dev only")
     parser.add_argument("--reuse-prepared", action="store_true",
-                        help="with a dev study: open the sources an earlier study of the same seeds prepared in --out")
+                        help="with a dev study: use the sources an earlier study of the same seeds prepared in --out, "
+                             "and its runs finished with the same config")
+    parser.add_argument("--variants", type=int, nargs="+",
+                        help="with a dev study: only these variants of it, by position (0, the reference, always)")
     parser.add_argument("--no-time-split", action="store_true", help="with --pooled: leave out the split by time")
     parser.add_argument("--tests-only", action="store_true",
                         help="print the paired tests of a finished run in --out from its per-product files")
@@ -402,7 +406,8 @@ def main() -> int:
                           config_path=REAL_DATA_CONFIG, datasets=chosen, with_time=not args.no_time_split,
                           command=command,
                           study=("sampling" if args.sampling_study else "candidates" if args.candidate_study
-                                 else "side" if args.side_study else None), reuse=args.reuse_prepared)
+                                 else "side" if args.side_study else None), reuse=args.reuse_prepared,
+                          variants=args.variants)
     chosen = [key for key in args.datasets if key in SETS]  # mdsd and steam: --pooled only
     keys = [key for key in chosen if (args.shared / SETS[key].reviews).is_file()]
     for key in chosen:

@@ -57,6 +57,18 @@ def test_candidate_study_scores_dev_only_against_the_config(tmp_path):
     side = (tmp_path / "side.md").read_text()
     assert "| verified, has_images, rating_deviation |" in side and "| age_rank |" in side
     assert side.count("(Holm, 2 variants)") == 2 and prepared.stat().st_mtime_ns == written
+    # One candidate again, on what the first study left: its finished runs are read, not trained again.
+    trained = tmp_path / "seed0" / "candidates-1" / "best.safetensors"
+    before = trained.stat().st_mtime_ns
+    done = _run("--smoke", "--candidate-study", "--variants", "1", "--reuse-prepared", "--seeds", "0",
+                "--out", str(tmp_path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    again = (tmp_path / "candidates.md").read_text()
+    assert "(Holm, 1 variants)" in again and "more lists per batch" not in again
+    assert trained.stat().st_mtime_ns == before
+    first_row = next(line for line in report.splitlines() if line.startswith("| listwise"))
+    assert first_row.split("|")[2] == next(line for line in again.splitlines()
+                                           if line.startswith("| listwise")).split("|")[2]
 
 
 def test_skips_cleanly_without_the_shared_data(tmp_path):
