@@ -377,15 +377,16 @@ def main() -> int:
                         help="the pooled study on generated stand-in data with a tiny model, in seconds (checks, measures "
                              "nothing; implies --pooled)")
     parser.add_argument("--epochs", type=int, help="with --pooled: at most this many epochs (default: the config's)")
-    parser.add_argument("--sampling-study", action="store_true",
-                        help="with --pooled: train the pooled model under each data.source_sampling, report pooled dev only")
-    parser.add_argument("--candidate-study", action="store_true",
-                        help="with --pooled: train the pooled model with each candidate of pooled_study.CANDIDATES "
-                             "(listwise loss, more lists per batch, length anchor, a tuned encoder layer), report "
-                             "pooled dev only")
-    parser.add_argument("--side-study", action="store_true",
-                        help="with --pooled: the pooled model with the stored side features of pooled_study.SIDE_FEATURES, "
-                             "report pooled dev only")
+    studies = parser.add_mutually_exclusive_group()  # one dev study per run: each writes OUT/STUDY.md
+    studies.add_argument("--sampling-study", dest="study", action="store_const", const="sampling",
+                         help="with --pooled: train the pooled model under each data.source_sampling, report pooled dev only")
+    studies.add_argument("--candidate-study", dest="study", action="store_const", const="candidates",
+                         help="with --pooled: train the pooled model with each candidate of pooled_study.CANDIDATES "
+                              "(listwise loss, more lists per batch, length anchor, a tuned encoder layer), report "
+                              "pooled dev only")
+    studies.add_argument("--side-study", dest="study", action="store_const", const="side",
+                         help="with --pooled: the pooled model with the stored side features of pooled_study.SIDE_FEATURES, "
+                              "report pooled dev only")
     parser.add_argument("--reuse-prepared", action="store_true",
                         help="with a dev study: use the sources an earlier study of the same seeds prepared in --out, "
                              "and its runs finished with the same config")
@@ -405,9 +406,7 @@ def main() -> int:
         return run_pooled(args.shared, seeds, args.out, smoke=args.smoke, epochs=args.epochs,
                           config_path=REAL_DATA_CONFIG, datasets=chosen, with_time=not args.no_time_split,
                           command=command,
-                          study=("sampling" if args.sampling_study else "candidates" if args.candidate_study
-                                 else "side" if args.side_study else None), reuse=args.reuse_prepared,
-                          variants=args.variants)
+                          study=args.study, reuse=args.reuse_prepared, variants=args.variants)
     chosen = [key for key in args.datasets if key in SETS]  # mdsd and steam: --pooled only
     keys = [key for key in chosen if (args.shared / SETS[key].reviews).is_file()]
     for key in chosen:
