@@ -32,7 +32,6 @@ of them with three domains) with a tiny LSTM model: it checks the machinery, it 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import statistics
 import time
@@ -174,6 +173,16 @@ def prepare_sources(shared: Path, sets: dict[str, PooledSet], seed: int, split_b
     return prepared
 
 
+def prepared_sources(shared: Path, sets: dict[str, PooledSet], seed: int, split_by: str, out: Path, states,
+                     reuse: bool) -> dict[str, PreparedDataset]:
+    """`prepare_sources`, or with `reuse` the sources an earlier run of the same seed left in `out` (used only
+    when every source is there: a vocabulary is built from all of them together)."""
+    names = [source.name for source in sources_of(sets)]
+    if reuse and all((out / name / "dataset.json").is_file() for name in names):
+        return {name: PreparedDataset.open(out / name) for name in names}
+    return prepare_sources(shared, sets, seed, split_by, out, states)
+
+
 def model_config(seed: int, epochs: int | None, smoke: bool, config_path: Path) -> Config:
     config = apply_overrides(Config(), SMOKE_MODEL, "smoke") if smoke else load_config(config_path)
     overrides = {"seed": seed, "threads": 1, **({"epochs": epochs} if epochs else {})}
@@ -219,9 +228,16 @@ def evaluate_run(run_dir: Path, datasets: dict[str, PreparedDataset], results: R
                     dataset.split("dev").num_products)
 
 
+def train_or_resume(config: Config, train_on: dict[str, PreparedDataset], run_dir: Path, reuse: bool) -> dict:
+    """`train` into `run_dir`; with `reuse`, what an earlier run left there is resumed by `train`'s own resume,
+    which refuses a different config and returns at once from a finished run. Returns the best epoch's record."""
+    resume = reuse and (run_dir / "last.safetensors").is_file()
+    return train(config, [d.path for d in train_on.values()], run_dir, resume=resume, progress=False)
+
+
 def train_and_test(config: Config, train_on: dict[str, PreparedDataset], test_on: dict[str, PreparedDataset],
-                   run_dir: Path, results: Results, system: str) -> None:
-    best = train(config, [d.path for d in train_on.values()], run_dir, progress=False)
+                   run_dir: Path, results: Results, system: str, reuse: bool) -> None:
+    best = train_or_resume(config, train_on, run_dir, reuse)
     evaluate_run(run_dir, test_on, results, system, float(best.get("dev_map", float("nan"))))
 
 
@@ -237,27 +253,29 @@ def floors(datasets: dict[str, PreparedDataset], results: Results, seed: int) ->
 
 
 def run_seed(shared: Path, sets: dict[str, PooledSet], seed: int, out: Path, config: Config, states,
-             product_split: Results, time_split: Results, with_time: bool) -> None:
+             product_split: Results, time_split: Results, with_time: bool, reuse: bool) -> None:
     seed_dir = out / f"seed{seed}"
-    datasets = prepare_sources(shared, sets, seed, "product", seed_dir / "prepared", states)
+    datasets = prepared_sources(shared, sets, seed, "product", seed_dir / "prepared", states, reuse)
     floors(datasets, product_split, seed)
-    train_and_test(config, datasets, datasets, seed_dir / "pooled-model", product_split, "pooled model")
+    train_and_test(config, datasets, datasets, seed_dir / "pooled-model", product_split, "pooled model", reuse)
     for key, pset in sets.items():
         own = {s.name: datasets[s.name] for s in sources_of({key: pset})}
-        train_and_test(config, own, own, seed_dir / f"per-set-{key}", product_split, "per-set model")
+        train_and_test(config, own, own, seed_dir / f"per-set-{key}", product_split, "per-set model", reuse)
         domains = pset.domains
         for domain in domains if len(domains) > 1 else ():
             left_out = {Source(key, domain).name: datasets[Source(key, domain).name]}
             others = {n: d for n, d in own.items() if n not in left_out}
-            train_and_test(config, others, left_out, seed_dir / f"without-{domain}", product_split, "other domains")
-            train_and_test(config, left_out, left_out, seed_dir / f"alone-{domain}", product_split, "domain alone")
+            train_and_test(config, others, left_out, seed_dir / f"without-{domain}", product_split,
+                           "other domains", reuse)
+            train_and_test(config, left_out, left_out, seed_dir / f"alone-{domain}", product_split,
+                           "domain alone", reuse)
     if with_time:
-        timed = prepare_sources(shared, sets, seed, "time", seed_dir / "prepared-time", states)
+        timed = prepared_sources(shared, sets, seed, "time", seed_dir / "prepared-time", states, reuse)
         # A source whose newest reviews leave no rankable list (MDSD: mostly 2-3 reviews per product) has no dev
         # or test split by time; it is left out of the time study, and the report says which.
         timed = {name: d for name, d in timed.items() if {"train", "dev", "test"} <= set(d.splits)}
         floors(timed, time_split, seed)
-        train_and_test(config, timed, timed, seed_dir / "pooled-model-time", time_split, "pooled model")
+        train_and_test(config, timed, timed, seed_dir / "pooled-model-time", time_split, "pooled model", reuse)
 
 
 def compare(results: Results, rows: dict[str, list[str]], systems: Sequence[str], against: dict[str, str],
@@ -381,17 +399,6 @@ STUDIES = {"sampling": ("source sampling", SAMPLINGS), "candidates": ("candidate
            "side": ("stored side features", SIDE_FEATURES)}
 
 
-def finished_run(run_dir: Path, config: Config) -> dict | None:
-    """The best record of a run that an earlier study trained to the end with this very config, else None."""
-    if not (run_dir / "last.safetensors").is_file() or not (run_dir / "best.safetensors").is_file():
-        return None
-    last = load_checkpoint(run_dir / "last.safetensors")
-    # train() records the datasets it read in data.paths; the study's config leaves them to the call.
-    same = last.config.to_dict() == dataclasses.replace(
-        config, data=dataclasses.replace(config.data, paths=last.config.data.paths)).to_dict()
-    return dict(last.state["best"]) if same and int(last.state["epoch"]) >= config.train.epochs else None
-
-
 def dev_study(shared: Path, sets: dict[str, PooledSet], seeds: list[int], out: Path, epochs: int | None,
               smoke: bool, config_path: Path, study: str, variants: dict[str, dict], states_for,
               reuse: bool = False) -> str:
@@ -401,7 +408,7 @@ def dev_study(shared: Path, sets: dict[str, PooledSet], seeds: list[int], out: P
     against the first by a paired t-test over the pooled dev products (each product averaged over the seeds),
     Holm-adjusted across the variants. `states_for(tuned_layers)` gives the token states a variant reads (None
     for the LSTM); sources are prepared once per distinct states. With `reuse`, what an earlier study of the same
-    seed left in `out` is used: its prepared sources, and the runs it trained to the end with the same config."""
+    seed left in `out` is used: its prepared sources, and its runs (resumed, `train_or_resume`)."""
     dev = Results()
     epochs_of: dict[str, list[int]] = {}
     for seed in seeds:
@@ -411,16 +418,10 @@ def dev_study(shared: Path, sets: dict[str, PooledSet], seeds: list[int], out: P
             tuned = config.model.text_tuned_layers
             if tuned not in prepared:
                 folder = out / f"seed{seed}" / ("prepared" if tuned == 0 else f"prepared-tuned{tuned}")
-                sources = [source.name for source in sources_of(sets)]
-                if reuse and all((folder / source / "dataset.json").is_file() for source in sources):
-                    prepared[tuned] = {source: PreparedDataset.open(folder / source) for source in sources}
-                else:
-                    prepared[tuned] = prepare_sources(shared, sets, seed, "product", folder, states_for(tuned))
+                prepared[tuned] = prepared_sources(shared, sets, seed, "product", folder, states_for(tuned), reuse)
             datasets = prepared[tuned]
             run_dir = out / f"seed{seed}" / f"{study}-{list(STUDIES[study][1]).index(label)}"
-            best = finished_run(run_dir, config) if reuse else None
-            if best is None:
-                best = train(config, [d.path for d in datasets.values()], run_dir, progress=False)
+            best = train_or_resume(config, datasets, run_dir, reuse)
             epochs_of.setdefault(label, []).append(int(best["epoch"]))
             checkpoint = load_checkpoint(run_dir / "best.safetensors")
             for name, dataset in datasets.items():
@@ -502,7 +503,7 @@ def run_pooled(shared: Path, seeds: list[int], out: Path, *, smoke: bool, epochs
     product_split, time_split = Results(), Results()
     for seed in seeds:
         config = model_config(seed, epochs, smoke, config_path)
-        run_seed(shared, sets, seed, out, config, states, product_split, time_split, with_time)
+        run_seed(shared, sets, seed, out, config, states, product_split, time_split, with_time, reuse)
         print(f"pooled study: seed {seed} done ({(time.perf_counter() - started) / 60:.1f} min)", flush=True)
     text = "\n\n".join([
         "# Real data pooled: one model for every set, per-set models, floors, new category, new reviews",

@@ -35,8 +35,9 @@ after 2 epochs without dev improvement, one torch thread.
 ``--pooled`` runs the pooled study of ``benchmarks/pooled_study.py`` instead (one model on every set, MDSD and
 Steam included, beside per-set models and the floors; a left-out MDSD domain; the split by time), with
 ``--smoke`` on generated stand-in data, ``--epochs``, ``--no-time-split``, and the dev studies ``--sampling-study``,
-``--candidate-study`` and ``--side-study`` (``--reuse-prepared`` uses the sources and finished runs an earlier study
-left; ``--variants`` picks some of a study's variants).
+``--candidate-study`` and ``--side-study`` (``--variants`` picks some of a study's variants). ``--reuse-prepared``
+uses the sources an earlier run left in ``--out`` and resumes its runs: seeds run apart, or a run cut short, are
+finished and reported together (``--seeds 0 1 2 3 4 --reuse-prepared`` after ``--seeds 0``).
 """
 
 from __future__ import annotations
@@ -388,8 +389,8 @@ def main() -> int:
                          help="with --pooled: the pooled model with the stored side features of pooled_study.SIDE_FEATURES, "
                               "report pooled dev only")
     parser.add_argument("--reuse-prepared", action="store_true",
-                        help="with a dev study: use the sources an earlier study of the same seeds prepared in --out, "
-                             "and its runs finished with the same config")
+                        help="with --pooled: use the sources an earlier run of the same seeds prepared in --out, and "
+                             "resume its runs (a finished run is not trained again; a different config is refused)")
     parser.add_argument("--variants", type=int, nargs="+",
                         help="with a dev study: only these variants of it, by position (0, the reference, always)")
     parser.add_argument("--no-time-split", action="store_true", help="with --pooled: leave out the split by time")

@@ -35,6 +35,29 @@ def test_smoke_runs_every_part_and_names_its_tests(tmp_path):
     assert "floor (by dev MAP)" in report
 
 
+def test_reuse_finishes_seeds_run_apart_without_training_again(tmp_path):
+    """--reuse-prepared on the whole study: seed 0 run alone, then seeds 0 and 1 reported together. Seed 0's sources
+    and runs are read, not made again, and its tables are the same as when it ran alone (a different config is
+    refused by `train`'s resume: tests/test_training.py)."""
+    done = _run("--smoke", "--seeds", "0", "--no-time-split", "--out", str(tmp_path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    alone = (tmp_path / "pooled.md").read_text()
+    kept = [tmp_path / "seed0" / "prepared" / "set-a" / "dataset.json",
+            tmp_path / "seed0" / "pooled-model" / "best.safetensors",
+            tmp_path / "seed0" / "alone-d1" / "last.safetensors"]
+    written = [path.stat().st_mtime_ns for path in kept]
+    done = _run("--smoke", "--seeds", "0", "--no-time-split", "--reuse-prepared", "--out", str(tmp_path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [path.stat().st_mtime_ns for path in kept] == written
+    again = (tmp_path / "pooled.md").read_text()
+    assert again.split("\n", 3)[3] == alone.split("\n", 3)[3]  # every line after the command and its time
+    done = _run("--smoke", "--seeds", "0", "1", "--no-time-split", "--reuse-prepared", "--out", str(tmp_path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "seed1" / "pooled-model" / "best.safetensors").is_file()
+    assert [path.stat().st_mtime_ns for path in kept] == written
+    assert "Seeds: 0, 1." in (tmp_path / "pooled.md").read_text()
+
+
 def test_candidate_study_scores_dev_only_against_the_config(tmp_path):
     """--candidate-study: one row per candidate (the tuned encoder layer needs MiniLM states, which the smoke's LSTM
     model has not), each against the reference on dev products with Holm over the candidates; no test split."""
