@@ -866,6 +866,28 @@ def test_a_folder_whose_name_is_not_utf8_works_end_to_end(trained: tuple[Path, P
     assert "caf\\udce9" in (folder / "report" / "report.md").read_text(encoding="utf-8")
 
 
+def test_a_huge_integer_in_the_safetensors_header_at_a_non_utf8_path_is_named(trained: tuple[Path, Path],
+                                                                                tmp_path: Path):
+    """There the header is parsed by mrhp, not by safetensors: through the one JSON reader, so that a 5,000-digit
+    number is a named JSON error at its position like any other (json alone raises a ValueError of its own). In a
+    process of its own: its real stderr writes the path's undecodable byte as an escape, as a user sees it."""
+    import subprocess
+
+    folder = Path(os.fsdecode(os.fsencode(tmp_path) + b"/caf\xe9"))
+    try:
+        folder.mkdir()
+    except (OSError, UnicodeEncodeError):
+        pytest.skip("this file system refuses names that are not UTF-8")
+    header = b'{"__metadata__": {}, "n": ' + b"9" * 5000 + b"}"
+    (folder / "best.safetensors").write_bytes(len(header).to_bytes(8, "little") + header)
+    done = subprocess.run([sys.executable, "-m", "mrhp.cli", *_evaluate(trained[0], folder, tmp_path / "out.jsonl")],
+                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, check=False)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert ("caf\\udce9/best.safetensors: not a readable checkpoint (an integer of more than 4300 digits: line 1 "
+            "column 27") in done.stderr
+    assert not (tmp_path / "out.jsonl").exists()
+
+
 # ---- messages: one line that names the file and the key ------------------------------------------------------------
 
 

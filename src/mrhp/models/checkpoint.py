@@ -158,7 +158,7 @@ def _read_safetensors(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     except UnicodeDecodeError:
         data = Path(path).read_bytes()
         size = int.from_bytes(data[:8], "little")
-        header = json.loads(data[8:8 + size]) if len(data) >= 8 + size else None
+        header = jsontext.loads(data[8:8 + size]) if len(data) >= 8 + size else None
         if not isinstance(header, dict):
             raise ValueError("no safetensors header")  # noqa: TRY004 (the loader's errors are ValueErrors)
         return header.get("__metadata__") or {}, load(data)
