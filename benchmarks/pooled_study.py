@@ -41,6 +41,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from _real_sets import (  # the sibling module, found beside this script
+    SETS,
+    CachedStates,
+    RealSet,
+)
 
 from mrhp.config import SOURCE_SAMPLING, Config, apply_overrides, load_config
 from mrhp.data.dumps import read_dump
@@ -60,35 +65,11 @@ FLOORS = ("length", "age", "lambdamart")
 TEST = "products-t"  # the test of every table; the randomization test is printed beside it
 
 
-@dataclass(frozen=True)
-class PooledSet:
-    title: str
-    format: str
-    reviews: str  # path under the shared data folder
-    metadata: str | None = None
-    domains: tuple[str, ...] = ()  # one source per domain (the `domain` field of each review line)
-
-
-SETS = {
-    "amazon2023-magazine": PooledSet("Amazon'23 Magazine", "amazon2023",
-                                     "amazon2023-magazine/Magazine_Subscriptions.jsonl",
-                                     "amazon2023-magazine/meta_Magazine_Subscriptions.jsonl"),
-    "finefood": PooledSet("Amazon Fine Food (first 5,003 rows)", "finefood", "amazon-finefood-5k/Reviews.csv"),
-    "amazon2018-magazine": PooledSet("Amazon 2018 Magazine 5-core", "amazon2018",
-                                     "amazon2018-magazine5/Magazine_Subscriptions_5.json.gz",
-                                     "amazon2018-magazine5/meta_Magazine_Subscriptions.json.gz"),
-    "amazon2018-beauty": PooledSet("Amazon 2018 All Beauty 5-core", "amazon2018",
-                                   "amazon2018-beauty5/All_Beauty_5.json.gz"),
-    "mdsd": PooledSet("MDSD (books, dvd, electronics)", "amazon2023", "amazon-mdsd/reviews.jsonl",
-                      "amazon-mdsd/meta.jsonl", domains=("books", "dvd", "electronics")),
-    "steam": PooledSet("Steam (61 games)", "steam", "steam-sample"),
-}
-
 # The stand-in of --smoke: three sets in the Amazon'23 layout, written by `write_standin`.
 SMOKE_SETS = {
-    "set-a": PooledSet("stand-in A", "amazon2023", "set-a/reviews.jsonl", "set-a/meta.jsonl"),
-    "set-b": PooledSet("stand-in B", "amazon2023", "set-b/reviews.jsonl", "set-b/meta.jsonl"),
-    "domains": PooledSet("stand-in with domains", "amazon2023", "domains/reviews.jsonl", "domains/meta.jsonl",
+    "set-a": RealSet("stand-in A", "amazon2023", "set-a/reviews.jsonl", "set-a/meta.jsonl"),
+    "set-b": RealSet("stand-in B", "amazon2023", "set-b/reviews.jsonl", "set-b/meta.jsonl"),
+    "domains": RealSet("stand-in with domains", "amazon2023", "domains/reviews.jsonl", "domains/meta.jsonl",
                          domains=("d1", "d2", "d3")),
 }
 SMOKE_MODEL = {
@@ -136,11 +117,11 @@ class Source:
         return self.key if self.domain is None else f"{self.key}-{self.domain}"
 
 
-def sources_of(sets: dict[str, PooledSet]) -> list[Source]:
+def sources_of(sets: dict[str, RealSet]) -> list[Source]:
     return [Source(key, domain) for key, pset in sets.items() for domain in (pset.domains or (None,))]
 
 
-def read_source(shared: Path, pset: PooledSet, source: Source, seed: int, split_by: str, work: Path) -> RawDataset:
+def read_source(shared: Path, pset: RealSet, source: Source, seed: int, split_by: str, work: Path) -> RawDataset:
     """One source converted by its set's converter; a domain is first cut out of the set's review lines."""
     reviews = shared / pset.reviews
     if source.domain is not None:
@@ -153,7 +134,7 @@ def read_source(shared: Path, pset: PooledSet, source: Source, seed: int, split_
                      fractions=FRACTIONS, seed=seed, split_by=split_by, min_reviews=2, drop_single_level=True)
 
 
-def prepare_sources(shared: Path, sets: dict[str, PooledSet], seed: int, split_by: str, out: Path,
+def prepare_sources(shared: Path, sets: dict[str, RealSet], seed: int, split_by: str, out: Path,
                     states) -> dict[str, PreparedDataset]:
     """Every source of `sets`, prepared against one vocabulary of all their train splits (a split left empty by
     the converter is not written)."""
@@ -173,7 +154,7 @@ def prepare_sources(shared: Path, sets: dict[str, PooledSet], seed: int, split_b
     return prepared
 
 
-def prepared_sources(shared: Path, sets: dict[str, PooledSet], seed: int, split_by: str, out: Path, states,
+def prepared_sources(shared: Path, sets: dict[str, RealSet], seed: int, split_by: str, out: Path, states,
                      reuse: bool) -> dict[str, PreparedDataset]:
     """`prepare_sources`, or with `reuse` the sources an earlier run of the same seed left in `out` (used only
     when every source is there: a vocabulary is built from all of them together)."""
@@ -252,7 +233,7 @@ def floors(datasets: dict[str, PreparedDataset], results: Results, seed: int) ->
             results.add(f"{method} floor", name, ids, values, dev["map"], len(dev_ids))
 
 
-def run_seed(shared: Path, sets: dict[str, PooledSet], seed: int, out: Path, config: Config, states,
+def run_seed(shared: Path, sets: dict[str, RealSet], seed: int, out: Path, config: Config, states,
              product_split: Results, time_split: Results, with_time: bool, reuse: bool) -> None:
     seed_dir = out / f"seed{seed}"
     datasets = prepared_sources(shared, sets, seed, "product", seed_dir / "prepared", states, reuse)
@@ -328,7 +309,7 @@ def floor_summary(results: Results, rows: dict[str, list[str]]) -> str:
     return markdown(header, table)
 
 
-def report(sets: dict[str, PooledSet], product_split: Results, time_split: Results, seeds: list[int],
+def report(sets: dict[str, RealSet], product_split: Results, time_split: Results, seeds: list[int],
            with_time: bool) -> str:
     rows = {key: [s.name for s in sources_of({key: pset})] for key, pset in sets.items()}
     rows["pooled"] = [s.name for s in sources_of(sets)]
@@ -399,7 +380,7 @@ STUDIES = {"sampling": ("source sampling", SAMPLINGS), "candidates": ("candidate
            "side": ("stored side features", SIDE_FEATURES)}
 
 
-def dev_study(shared: Path, sets: dict[str, PooledSet], seeds: list[int], out: Path, epochs: int | None,
+def dev_study(shared: Path, sets: dict[str, RealSet], seeds: list[int], out: Path, epochs: int | None,
               smoke: bool, config_path: Path, study: str, variants: dict[str, dict], states_for,
               reuse: bool = False) -> str:
     """The dev study `study`: the pooled model under each of `variants` (config overrides; the first is the
@@ -471,8 +452,6 @@ def run_pooled(shared: Path, seeds: list[int], out: Path, *, smoke: bool, epochs
                 del sets[key]
         if not sets:
             return 0
-        from real_data import CachedStates
-
         config = load_config(config_path)
         cached: dict[int, CachedStates] = {}
 

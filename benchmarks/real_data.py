@@ -48,20 +48,16 @@ import logging
 import statistics
 import sys
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from pooled_study import (
-    SETS as POOLED_SETS,  # the sibling module, found beside this script
-)
+from _real_sets import SETS as REAL_SETS  # the sibling module, found beside this script
+from _real_sets import CachedStates
 
 from mrhp.config import Config, apply_overrides, load_config
 from mrhp.data.dumps import read_dump
 from mrhp.data.prepare import prepare_dataset
 from mrhp.data.prepared import PreparedDataset
-from mrhp.features.text_weights import StateEncoder
 from mrhp.objectives.metrics import METRICS
 from mrhp.scoring.evaluate import evaluate_split, write_per_product
 from mrhp.studies.compare import per_product_name
@@ -99,48 +95,9 @@ DEV_STUDY = {
 }
 
 
-@dataclass(frozen=True)
-class RealSet:
-    title: str
-    format: str
-    reviews: str  # path under the shared data folder
-    metadata: str | None = None
-    product_text: bool = False
-
-
-SETS = {
-    "finefood": RealSet("Amazon Fine Food (first 5,003 rows)", "finefood", "amazon-finefood-5k/Reviews.csv"),
-    "amazon2023-magazine": RealSet(
-        "Amazon Reviews'23 Magazine sample", "amazon2023", "amazon2023-magazine/Magazine_Subscriptions.jsonl",
-        "amazon2023-magazine/meta_Magazine_Subscriptions.jsonl", product_text=True),
-    "amazon2018-magazine": RealSet(
-        "Amazon 2018 Magazine 5-core", "amazon2018", "amazon2018-magazine5/Magazine_Subscriptions_5.json.gz",
-        "amazon2018-magazine5/meta_Magazine_Subscriptions.json.gz", product_text=True),
-    "amazon2018-beauty": RealSet("Amazon 2018 All Beauty 5-core", "amazon2018",
-                                 "amazon2018-beauty5/All_Beauty_5.json.gz"),
-}
-
-
-class CachedStates:
-    """all-MiniLM-L6-v2 token states, computed once per distinct text for all seeds of a run."""
-
-    def __init__(self, max_tokens: int, tuned_layers: int = 0) -> None:
-        self.encoder = StateEncoder("minilm", tuned_layers, max_tokens)
-        self.cache: dict[str, np.ndarray] = {}
-        self.seconds = 0.0
-        self.encoded = 0
-
-    def describe(self) -> dict:
-        return self.encoder.describe()
-
-    def encode(self, texts: Sequence[str]) -> list[np.ndarray]:
-        new = sorted({text for text in texts if text not in self.cache})
-        if new:
-            began = time.perf_counter()
-            self.cache.update(zip(new, self.encoder.encode(new)))
-            self.seconds += time.perf_counter() - began
-            self.encoded += len(new)
-        return [self.cache[text] for text in texts]
+# The per-set benchmark's sets (MDSD and Steam are read by --pooled only).
+SETS = {key: REAL_SETS[key] for key in ("finefood", "amazon2023-magazine", "amazon2018-magazine",
+                                         "amazon2018-beauty")}
 
 
 def prepare_seed(shared: Path, key: str, seed: int, out: Path, states: CachedStates) -> PreparedDataset:
@@ -365,7 +322,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shared", type=Path, default=REPO / ".." / "shared" / "data",
                         help="the folder of the real samples (default ../shared/data)")
-    parser.add_argument("--datasets", nargs="+", choices=tuple(dict.fromkeys([*SETS, *POOLED_SETS])),
+    parser.add_argument("--datasets", nargs="+", choices=tuple(REAL_SETS),
                         default=tuple(SETS), help="the sets (--pooled: default all of them, mdsd and steam included)")
     parser.add_argument("--seeds", type=int, nargs="+", help="split and training seeds (default 0..4; --quick 0)")
     parser.add_argument("--out", type=Path, default=Path("runs/real-data"))

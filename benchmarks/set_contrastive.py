@@ -75,7 +75,8 @@ def open_dataset(key: str, shared: Path, out: Path, smoke: bool = False) -> tupl
         dataset = PreparedDataset.open(prepared) if prepared.is_dir() else demo_data(out / key / "data", smoke)
         return dataset, smoke_config(demo_config(), smoke)
     sys.path.insert(0, str(REPO / "benchmarks"))
-    from real_data import MODEL_OVERRIDES, CachedStates, prepare_seed
+    from _real_sets import CachedStates
+    from real_data import MODEL_OVERRIDES, prepare_seed
 
     base = load_config(REPO / "configs" / "real-data.toml")
     prepared = out / key / "data" / "prepared"
