@@ -1,6 +1,7 @@
 """The real review samples of ../shared/data that the real-data benchmarks read (``real_data.py``, its pooled
 study ``pooled_study.py``, ``set_contrastive.py``), and the MiniLM token states they share across seeds: one table,
-so that a set's files, converter and title are said once."""
+so that a set's files, converter and title are said once. A module, not a script: the scripts that read it have
+their own ``--smoke``."""
 
 from __future__ import annotations
 
