@@ -144,8 +144,7 @@ def prepare_sources(shared: Path, sets: dict[str, RealSet], seed: int, split_by:
     for raw in raws.values():
         train_split = raw.splits["train"]
         counts.update(count_tokens([p.text for p in train_split.products] + [r.text for r in train_split.reviews]))
-    shared_vocabulary = SharedVocabulary(Vocabulary.from_counts(counts, min_count=2), None,
-                                         f"the train splits of {', '.join(raws)}")
+    shared_vocabulary = SharedVocabulary(Vocabulary.from_counts(counts, min_count=2), None, vocabulary_origin(raws))
     prepared = {}
     for name, raw in raws.items():
         prepare_dataset(raw, out / name, relevance_threshold=1, text_encoder=states, overwrite=True,
@@ -154,13 +153,21 @@ def prepare_sources(shared: Path, sets: dict[str, RealSet], seed: int, split_by:
     return prepared
 
 
+def vocabulary_origin(names: Sequence[str]) -> str:
+    """How the sources' one vocabulary is named in each prepared dataset's report (`vocabulary.from`)."""
+    return f"the train splits of {', '.join(names)}"
+
+
 def prepared_sources(shared: Path, sets: dict[str, RealSet], seed: int, split_by: str, out: Path, states,
                      reuse: bool) -> dict[str, PreparedDataset]:
-    """`prepare_sources`, or with `reuse` the sources an earlier run of the same seed left in `out` (used only
-    when every source is there: a vocabulary is built from all of them together)."""
+    """`prepare_sources`, or with `reuse` the sources an earlier run of the same seed left in `out`: used only when
+    every source is there with the vocabulary of exactly these sources (an earlier run over other sets built
+    another one; its runs are then refused by `train`'s resume, which checks the vocabulary)."""
     names = [source.name for source in sources_of(sets)]
     if reuse and all((out / name / "dataset.json").is_file() for name in names):
-        return {name: PreparedDataset.open(out / name) for name in names}
+        found = {name: PreparedDataset.open(out / name) for name in names}
+        if all(d.meta["report"]["vocabulary"]["from"] == vocabulary_origin(names) for d in found.values()):
+            return found
     return prepare_sources(shared, sets, seed, split_by, out, states)
 
 

@@ -13,7 +13,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from pooled_study import Results, compare
+from pooled_study import SMOKE_SETS, Results, compare, prepared_sources, write_standin
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
@@ -56,6 +56,23 @@ def test_reuse_finishes_seeds_run_apart_without_training_again(tmp_path):
     assert (tmp_path / "seed1" / "pooled-model" / "best.safetensors").is_file()
     assert [path.stat().st_mtime_ns for path in kept] == written
     assert "Seeds: 0, 1." in (tmp_path / "pooled.md").read_text()
+
+
+def test_reuse_takes_prepared_sources_only_with_the_vocabulary_of_the_same_sets(tmp_path):
+    """Sources prepared for all three stand-in sets share the vocabulary of all of them: asked for one set, reuse
+    must prepare it again with that set's own vocabulary, not silently read the larger one."""
+    shared = write_standin(tmp_path / "standin")
+    everything = prepared_sources(shared, SMOKE_SETS, 0, "product", tmp_path / "prepared", None, reuse=True)
+    manifest = tmp_path / "prepared" / "set-a" / "dataset.json"
+    written = manifest.stat().st_mtime_ns
+    again = prepared_sources(shared, SMOKE_SETS, 0, "product", tmp_path / "prepared", None, reuse=True)
+    assert manifest.stat().st_mtime_ns == written
+    assert again["set-a"].vocab_fingerprint == everything["set-a"].vocab_fingerprint
+    alone = prepared_sources(shared, {"set-a": SMOKE_SETS["set-a"]}, 0, "product", tmp_path / "prepared", None,
+                             reuse=True)
+    assert manifest.stat().st_mtime_ns != written
+    assert alone["set-a"].meta["report"]["vocabulary"]["from"] == "the train splits of set-a"
+    assert alone["set-a"].vocab_fingerprint != everything["set-a"].vocab_fingerprint
 
 
 def test_candidate_study_scores_dev_only_against_the_config(tmp_path):
