@@ -58,6 +58,7 @@ from mrhp.config import Config, apply_overrides, load_config
 from mrhp.data.dumps import read_dump
 from mrhp.data.prepare import prepare_dataset
 from mrhp.data.prepared import PreparedDataset
+from mrhp.errors import MrhpError
 from mrhp.objectives.metrics import METRICS
 from mrhp.scoring.evaluate import evaluate_split, write_per_product
 from mrhp.studies.compare import per_product_name
@@ -412,4 +413,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except MrhpError as error:  # e.g. a run --reuse-prepared cannot resume: one line; what is done stays on disk
+        print(f"real_data: error: {error}", file=sys.stderr)
+        sys.exit(2)

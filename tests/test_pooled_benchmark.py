@@ -56,6 +56,13 @@ def test_reuse_finishes_seeds_run_apart_without_training_again(tmp_path):
     assert (tmp_path / "seed1" / "pooled-model" / "best.safetensors").is_file()
     assert [path.stat().st_mtime_ns for path in kept] == written
     assert "Seeds: 0, 1." in (tmp_path / "pooled.md").read_text()
+    # A run that cannot be resumed is one named error, exit 2, and the other runs stay as they were.
+    damaged = tmp_path / "seed1" / "pooled-model" / "last.safetensors"
+    damaged.write_bytes(b"not a checkpoint")
+    done = _run("--smoke", "--seeds", "0", "1", "--no-time-split", "--reuse-prepared", "--out", str(tmp_path))
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert done.stderr.startswith("real_data: error: ") and str(damaged) in done.stderr
+    assert [path.stat().st_mtime_ns for path in kept] == written
 
 
 def test_reuse_takes_prepared_sources_only_with_the_vocabulary_of_the_same_sets(tmp_path):
