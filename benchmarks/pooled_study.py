@@ -14,10 +14,13 @@ all-MiniLM-L6-v2 token states that ``configs/real-data.toml`` reads (computed on
 * ``pooled model``: ``configs/real-data.toml`` trained on the train splits of all sources at once (the
   ``data.source_sampling`` of the config), selected on the pooled dev split, tested on every source;
 * ``per-set model``: the same config trained on one set's sources (MDSD: its three domains);
+* ``LambdaMART + pooled model``: what the model adds to the best cheap ranker: each source's LambdaMART floor
+  blended with the pooled model, the model's share picked on pooled dev (``mrhp.studies.blend``);
 * new category, for each MDSD domain: ``other domains`` (trained on the two other domains) against ``domain
   alone`` (trained on that domain), both tested on its test split;
 * new reviews: every set split by review time instead (``--split-by time``, 60/20/20 of each set's reviews by
-  time; the same split for every seed), the floors, and the pooled model trained on those train splits.
+  time; the same split for every seed), the floors, the pooled model trained on those train splits and its
+  blend with LambdaMART.
 
 Statistics: a set's test values are its products' values (MDSD: the products of its three domains); each
 product's value is averaged over the seeds in which it is tested, so a product is one sample
@@ -54,14 +57,22 @@ from mrhp.data.prepared import PreparedDataset
 from mrhp.data.records import RawDataset
 from mrhp.data.text import Vocabulary, count_tokens
 from mrhp.models.checkpoint import load_checkpoint
-from mrhp.objectives.metrics import METRICS
-from mrhp.scoring.evaluate import evaluate_split, write_per_product
-from mrhp.studies.floors import evaluate_floor
+from mrhp.objectives.metrics import METRICS, summarize
+from mrhp.scoring.evaluate import (
+    evaluate_split,
+    per_product_metrics,
+    score_split,
+    write_per_product,
+)
+from mrhp.studies.blend import BlendSource, blend, pick_weight, standardize_per_product
+from mrhp.studies.floors import LambdaMart, evaluate_floor, train_lambdamart
 from mrhp.studies.stats import CORRECTION, TESTS, holm, paired_test, product_means
 from mrhp.training.loop import train
 
 FRACTIONS = (0.6, 0.2, 0.2)
 FLOORS = ("length", "age", "lambdamart")
+BLEND = "LambdaMART + pooled model"  # the floor blended with the model, mrhp.studies.blend
+SYSTEMS = ("pooled model", "per-set model", BLEND)  # the columns of the split by product
 TEST = "products-t"  # the test of every table; the randomization test is printed beside it
 
 
@@ -182,6 +193,7 @@ class Results:
 
     def __init__(self) -> None:
         self.runs: dict[str, dict[str, list[tuple[list[str], dict[str, np.ndarray], float, int]]]] = {}
+        self.blend_weights: list[float] = []  # the model's share in `BLEND`, per seed
 
     def add(self, system: str, source: str, ids: list[str], values: dict, dev_map: float, dev_products: int) -> None:
         # Product ids are named by their source, so that two sources' products never merge.
@@ -204,9 +216,11 @@ class Results:
 
 
 def evaluate_run(run_dir: Path, datasets: dict[str, PreparedDataset], results: Results, system: str,
-                 dev_map: float) -> None:
-    """The best dev checkpoint of `run_dir` once on the test split of every source of `datasets`."""
+                 dev_map: float) -> dict[str, np.ndarray]:
+    """The best dev checkpoint of `run_dir` once on the test split of every source of `datasets`; returns each
+    source's test scores."""
     checkpoint = load_checkpoint(run_dir / "best.safetensors")
+    scores = {}
     for name, dataset in datasets.items():
         evaluation = evaluate_split(checkpoint.model, dataset.split("test"), data=checkpoint.config.data,
                                     feature_dim=dataset.feature_dim, threshold=dataset.relevance_threshold,
@@ -214,6 +228,8 @@ def evaluate_run(run_dir: Path, datasets: dict[str, PreparedDataset], results: R
         write_per_product(run_dir / f"test_{name}.jsonl", evaluation.product_ids, evaluation.values, "test")
         results.add(system, name, evaluation.product_ids, evaluation.values, dev_map,
                     dataset.split("dev").num_products)
+        scores[name] = evaluation.scores
+    return scores
 
 
 def train_or_resume(config: Config, train_on: dict[str, PreparedDataset], run_dir: Path, reuse: bool) -> dict:
@@ -224,28 +240,67 @@ def train_or_resume(config: Config, train_on: dict[str, PreparedDataset], run_di
 
 
 def train_and_test(config: Config, train_on: dict[str, PreparedDataset], test_on: dict[str, PreparedDataset],
-                   run_dir: Path, results: Results, system: str, reuse: bool) -> None:
+                   run_dir: Path, results: Results, system: str, reuse: bool) -> dict[str, np.ndarray]:
     best = train_or_resume(config, train_on, run_dir, reuse)
-    evaluate_run(run_dir, test_on, results, system, float(best.get("dev_map", float("nan"))))
+    return evaluate_run(run_dir, test_on, results, system, float(best.get("dev_map", float("nan"))))
 
 
-def floors(datasets: dict[str, PreparedDataset], results: Results, seed: int) -> None:
+def floors(datasets: dict[str, PreparedDataset], results: Results, seed: int) -> dict[str, LambdaMart]:
+    """Every floor of `FLOORS` on the test split of every source; returns each source's LambdaMART."""
     ties = Config().train.ties  # the floors are scored as the models are
+    rankers = {}
     for name, dataset in datasets.items():
+        threshold = dataset.relevance_threshold
         for method in FLOORS:
-            dev, dev_ids, _ = evaluate_floor(dataset, method, "dev", threshold=dataset.relevance_threshold,
-                                             ties=ties, seed=seed)
-            _, ids, values = evaluate_floor(dataset, method, "test", threshold=dataset.relevance_threshold,
-                                            ties=ties, seed=seed)
-            results.add(f"{method} floor", name, ids, values, dev["map"], len(dev_ids))
+            if method == "lambdamart":  # trained once, scored on dev and test
+                rankers[name] = train_lambdamart(dataset, threshold=threshold, ties=ties, seed=seed)
+                dev_ids, dev = per_product_metrics(dataset.split("dev"), rankers[name].scores(dataset.split("dev")),
+                                                   threshold, ties)
+                ids, values = per_product_metrics(dataset.split("test"),
+                                                  rankers[name].scores(dataset.split("test")), threshold, ties)
+                dev_summary = summarize(dev)
+            else:
+                dev_summary, dev_ids, _ = evaluate_floor(dataset, method, "dev", threshold=threshold, ties=ties,
+                                                         seed=seed)
+                _, ids, values = evaluate_floor(dataset, method, "test", threshold=threshold, ties=ties, seed=seed)
+            results.add(f"{method} floor", name, ids, values, dev_summary["map"], len(dev_ids))
+    return rankers
+
+
+def blend_with_floor(run_dir: Path, datasets: dict[str, PreparedDataset], test_scores: dict[str, np.ndarray],
+                     rankers: dict[str, LambdaMart], results: Results, system: str) -> None:
+    """`system`: each source's LambdaMART floor blended with the model of `run_dir` (`mrhp.studies.blend`), the
+    weight picked on the dev split of every source pooled, then scored once on every test split."""
+    checkpoint = load_checkpoint(run_dir / "best.safetensors")
+    ties = checkpoint.config.train.ties
+    parts: dict[str, dict[str, BlendSource]] = {"dev": {}, "test": {}}
+    for name, dataset in datasets.items():
+        for split_name, sources in parts.items():
+            split = dataset.split(split_name)
+            model = test_scores[name] if split_name == "test" else score_split(
+                checkpoint.model, split, checkpoint.config.data, dataset.feature_dim, progress=False)
+            sources[name] = BlendSource(split, standardize_per_product(split, rankers[name].scores(split)),
+                                        standardize_per_product(split, model), dataset.relevance_threshold)
+    weight, dev_maps = pick_weight(list(parts["dev"].values()), ties)
+    results.blend_weights.append(weight)
+    for name, source in parts["test"].items():
+        ids, values = per_product_metrics(source.split, blend(source.floor, source.model, weight), source.threshold,
+                                          ties)
+        dev = parts["dev"][name]
+        _, dev_values = per_product_metrics(dev.split, blend(dev.floor, dev.model, weight), dev.threshold, ties)
+        results.add(system, name, ids, values, 100.0 * float(dev_values["map"].mean()), dev.split.num_products)
+    print(f"{system}: model share {weight} (pooled dev MAP by share: "
+          + ", ".join(f"{w}: {m:.2f}" for w, m in dev_maps.items()) + ")", flush=True)
 
 
 def run_seed(shared: Path, sets: dict[str, RealSet], seed: int, out: Path, config: Config, states,
              product_split: Results, time_split: Results, with_time: bool, reuse: bool) -> None:
     seed_dir = out / f"seed{seed}"
     datasets = prepared_sources(shared, sets, seed, "product", seed_dir / "prepared", states, reuse)
-    floors(datasets, product_split, seed)
-    train_and_test(config, datasets, datasets, seed_dir / "pooled-model", product_split, "pooled model", reuse)
+    rankers = floors(datasets, product_split, seed)
+    scores = train_and_test(config, datasets, datasets, seed_dir / "pooled-model", product_split, "pooled model",
+                            reuse)
+    blend_with_floor(seed_dir / "pooled-model", datasets, scores, rankers, product_split, BLEND)
     for key, pset in sets.items():
         own = {s.name: datasets[s.name] for s in sources_of({key: pset})}
         train_and_test(config, own, own, seed_dir / f"per-set-{key}", product_split, "per-set model", reuse)
@@ -262,8 +317,10 @@ def run_seed(shared: Path, sets: dict[str, RealSet], seed: int, out: Path, confi
         # A source whose newest reviews leave no rankable list (MDSD: mostly 2-3 reviews per product) has no dev
         # or test split by time; it is left out of the time study, and the report says which.
         timed = {name: d for name, d in timed.items() if {"train", "dev", "test"} <= set(d.splits)}
-        floors(timed, time_split, seed)
-        train_and_test(config, timed, timed, seed_dir / "pooled-model-time", time_split, "pooled model", reuse)
+        rankers = floors(timed, time_split, seed)
+        scores = train_and_test(config, timed, timed, seed_dir / "pooled-model-time", time_split, "pooled model",
+                                reuse)
+        blend_with_floor(seed_dir / "pooled-model-time", timed, scores, rankers, time_split, BLEND)
 
 
 def compare(results: Results, rows: dict[str, list[str]], systems: Sequence[str], against: dict[str, str],
@@ -316,6 +373,18 @@ def floor_summary(results: Results, rows: dict[str, list[str]]) -> str:
     return markdown(header, table)
 
 
+def system_header(systems: Sequence[str], metric: str) -> list[str]:
+    return ["set", *(cell for system in systems for cell in (f"{system} {metric.upper()}", f"{system} - best floor",
+                                                             f"p ({system})")),
+            "best floor (by dev MAP)", "products"]
+
+
+def blend_note(results: Results) -> str:
+    return (f"`{BLEND}`: each source's LambdaMART floor and the pooled model, both standardized within each "
+            "product's list, mixed as (1 - a) x floor + a x model, the model's share a picked on pooled dev "
+            f"(`mrhp.studies.blend`); a by seed: {', '.join(f'{w:g}' for w in results.blend_weights)}.")
+
+
 def report(sets: dict[str, RealSet], product_split: Results, time_split: Results, seeds: list[int],
            with_time: bool) -> str:
     rows = {key: [s.name for s in sources_of({key: pset})] for key, pset in sets.items()}
@@ -327,11 +396,10 @@ def report(sets: dict[str, RealSet], product_split: Results, time_split: Results
              "highest dev MAP for that row). " + test_note]
     against = best_floors(product_split, rows)
     for metric in ("map", "ndcg@3"):
-        header = ["set", f"pooled model {metric.upper()}", "pooled - best floor", "p (pooled model)", f"per-set model {metric.upper()}",
-                  "per-set - best floor", "p (per-set model)", "best floor (by dev MAP)", "products"]
-        table = compare(product_split, rows, ["pooled model", "per-set model"], against, metric)
+        table = compare(product_split, rows, SYSTEMS, against, metric)
         parts += [f"## Split by product: pooled model and per-set models vs the best floor ({metric.upper()})",
-                  markdown(header, table)]
+                  markdown(system_header(SYSTEMS, metric), table)]
+    parts += [blend_note(product_split)]
     parts += ["Floors, split by product:", floor_summary(product_split, rows)]
     domain_rows = {s.name: [s.name] for key, pset in sets.items() if len(pset.domains) > 1
                    for s in sources_of({key: pset})}
@@ -353,13 +421,12 @@ def report(sets: dict[str, RealSet], product_split: Results, time_split: Results
         rows = {row: [s for s in sources if s in tested] for row, sources in rows.items()}
         rows = {row: sources for row, sources in rows.items() if sources}
         time_against = best_floors(time_split, rows)
-        table = compare(time_split, rows, ["pooled model"], time_against, "map")
+        table = compare(time_split, rows, ["pooled model", BLEND], time_against, "map")
         parts += ["## New reviews: split by time (MAP)",
                   "Every set split by review time (the oldest 60% of its reviews train, the next 20% dev, the "
                   "newest 20% test; the same split under every seed, only training differs)."
                   + (f" Left out (no rankable dev or test list by time): {', '.join(left_out)}." if left_out else ""),
-                  markdown(["set", "pooled model MAP", "pooled - best floor", "p", "best floor (by dev MAP)",
-                            "products"], table),
+                  markdown(system_header(["pooled model", BLEND], "map"), table), blend_note(time_split),
                   "Floors, split by time:", floor_summary(time_split, rows)]
     return "\n\n".join(parts)
 

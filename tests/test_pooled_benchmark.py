@@ -33,6 +33,9 @@ def test_smoke_runs_every_part_and_names_its_tests(tmp_path):
         assert row in report
     assert "products-t p = " in report and "randomization p = " in report and "Holm-adjusted" in report
     assert "floor (by dev MAP)" in report
+    # The blend of LambdaMART and the pooled model is a column of the split by product and of the split by time,
+    # with the model's share picked on dev for every seed.
+    assert report.count("| LambdaMART + pooled model MAP |") == 2 and report.count("a by seed: ") == 2
 
 
 def test_reuse_finishes_seeds_run_apart_without_training_again(tmp_path):
