@@ -10,7 +10,13 @@ import pytest
 from mrhp.data.prepare import prepare_dataset
 from mrhp.data.prepared import PreparedDataset
 from mrhp.data.records import RawDataset, RawProduct, RawReview, RawSplit
-from mrhp.studies.blend import WEIGHTS, BlendSource, blend, pick_weight, standardize_per_product
+from mrhp.studies.blend import (
+    WEIGHTS,
+    BlendSource,
+    blend,
+    pick_weight,
+    standardize_per_product,
+)
 
 
 def _split(tmp_path, lists: dict[str, list[int]]):
@@ -69,8 +75,13 @@ def test_pick_weight_pools_products_not_sources(tmp_path):
     means (which would weigh the one-product source's product three times as much)."""
     one = _split(tmp_path / "one", {"A": [0, 2]})
     three = _split(tmp_path / "three", {"B": [0, 2], "C": [0, 2], "D": [0, 2]})
-    right = lambda split: standardize_per_product(split, np.tile([0.0, 1.0], split.num_products))  # noqa: E731
-    wrong = lambda split: standardize_per_product(split, np.tile([1.0, 0.0], split.num_products))  # noqa: E731
+
+    def right(split):  # the relevant second review first
+        return standardize_per_product(split, np.tile([0.0, 1.0], split.num_products))
+
+    def wrong(split):
+        return standardize_per_product(split, np.tile([1.0, 0.0], split.num_products))
+
     # The floor is right on the three-product source, the model on the one-product source.
     sources = [BlendSource(one, wrong(one), right(one), 1), BlendSource(three, right(three), wrong(three), 1)]
     weight, maps = pick_weight(sources, ties="pessimistic")
