@@ -347,7 +347,9 @@ def compare(results: Results, rows: dict[str, list[str]], systems: Sequence[str]
             difference, _, _, size = cells[system][i]
             value = 100 * statistics.mean(results.means(system, rows[row], metric).values())
             t_p, r_p = adjusted[system][0][i], adjusted[system][1][i]
-            line += [f"{value:.2f}", f"{difference:+.2f}", f"{TEST} p = {t_p:.3g}; randomization p = {r_p:.3g}"]
+            tests = (f"{TEST} p = {t_p:.3g}; randomization p = {r_p:.3g}" if not np.isnan(t_p) else
+                     "no test: one product" if size < 2 else "no test: no product differs")
+            line += [f"{value:.2f}", f"{difference:+.2f}", tests]
         floor = against[row]
         line += [f"{floor} {100 * statistics.mean(results.means(floor, rows[row], metric).values()):.2f}",
                  str(size)]
