@@ -65,7 +65,7 @@ from mrhp.scoring.evaluate import (
     write_per_product,
 )
 from mrhp.studies.blend import BlendSource, blend, pick_weight, standardize_per_product
-from mrhp.studies.floors import LambdaMart, evaluate_floor, train_lambdamart
+from mrhp.studies.floors import evaluate_floor, train_lambdamart
 from mrhp.studies.stats import CORRECTION, TESTS, holm, paired_test, product_means
 from mrhp.training.loop import train
 
@@ -245,32 +245,33 @@ def train_and_test(config: Config, train_on: dict[str, PreparedDataset], test_on
     return evaluate_run(run_dir, test_on, results, system, float(best.get("dev_map", float("nan"))))
 
 
-def floors(datasets: dict[str, PreparedDataset], results: Results, seed: int) -> dict[str, LambdaMart]:
-    """Every floor of `FLOORS` on the test split of every source; returns each source's LambdaMART."""
+def floors(datasets: dict[str, PreparedDataset], results: Results, seed: int) -> dict[str, dict[str, np.ndarray]]:
+    """Every floor of `FLOORS` on the test split of every source; returns each source's LambdaMART scores of its dev
+    and test splits (`{source: {split: [N]}}`), for the blend."""
     ties = Config().train.ties  # the floors are scored as the models are
-    rankers = {}
+    lambdamart = {}
     for name, dataset in datasets.items():
         threshold = dataset.relevance_threshold
         for method in FLOORS:
             if method == "lambdamart":  # trained once, scored on dev and test
-                rankers[name] = train_lambdamart(dataset, threshold=threshold, ties=ties, seed=seed)
-                dev_ids, dev = per_product_metrics(dataset.split("dev"), rankers[name].scores(dataset.split("dev")),
-                                                   threshold, ties)
-                ids, values = per_product_metrics(dataset.split("test"),
-                                                  rankers[name].scores(dataset.split("test")), threshold, ties)
+                ranker = train_lambdamart(dataset, threshold=threshold, ties=ties, seed=seed)
+                lambdamart[name] = {split: ranker.scores(dataset.split(split)) for split in ("dev", "test")}
+                dev_ids, dev = per_product_metrics(dataset.split("dev"), lambdamart[name]["dev"], threshold, ties)
+                ids, values = per_product_metrics(dataset.split("test"), lambdamart[name]["test"], threshold, ties)
                 dev_summary = summarize(dev)
             else:
                 dev_summary, dev_ids, _ = evaluate_floor(dataset, method, "dev", threshold=threshold, ties=ties,
                                                          seed=seed)
                 _, ids, values = evaluate_floor(dataset, method, "test", threshold=threshold, ties=ties, seed=seed)
             results.add(f"{method} floor", name, ids, values, dev_summary["map"], len(dev_ids))
-    return rankers
+    return lambdamart
 
 
 def blend_with_floor(run_dir: Path, datasets: dict[str, PreparedDataset], test_scores: dict[str, np.ndarray],
-                     rankers: dict[str, LambdaMart], results: Results, system: str) -> None:
-    """`system`: each source's LambdaMART floor blended with the model of `run_dir` (`mrhp.studies.blend`), the
-    weight picked on the dev split of every source pooled, then scored once on every test split."""
+                     lambdamart: dict[str, dict[str, np.ndarray]], results: Results, system: str) -> None:
+    """`system`: each source's LambdaMART floor (its scores, from `floors`) blended with the model of `run_dir`
+    (`mrhp.studies.blend`), the weight picked on the dev split of every source pooled, then scored once on every
+    test split (`test_scores`: the model's, from `evaluate_run`)."""
     checkpoint = load_checkpoint(run_dir / "best.safetensors")
     ties = checkpoint.config.train.ties
     parts: dict[str, dict[str, BlendSource]] = {"dev": {}, "test": {}}
@@ -279,7 +280,7 @@ def blend_with_floor(run_dir: Path, datasets: dict[str, PreparedDataset], test_s
             split = dataset.split(split_name)
             model = test_scores[name] if split_name == "test" else score_split(
                 checkpoint.model, split, checkpoint.config.data, dataset.feature_dim, progress=False)
-            sources[name] = BlendSource(split, standardize_per_product(split, rankers[name].scores(split)),
+            sources[name] = BlendSource(split, standardize_per_product(split, lambdamart[name][split_name]),
                                         standardize_per_product(split, model), dataset.relevance_threshold)
     weight, dev_maps = pick_weight(list(parts["dev"].values()), ties)
     results.blend_weights.append(weight)
@@ -297,10 +298,10 @@ def run_seed(shared: Path, sets: dict[str, RealSet], seed: int, out: Path, confi
              product_split: Results, time_split: Results, with_time: bool, reuse: bool) -> None:
     seed_dir = out / f"seed{seed}"
     datasets = prepared_sources(shared, sets, seed, "product", seed_dir / "prepared", states, reuse)
-    rankers = floors(datasets, product_split, seed)
+    lambdamart = floors(datasets, product_split, seed)
     scores = train_and_test(config, datasets, datasets, seed_dir / "pooled-model", product_split, "pooled model",
                             reuse)
-    blend_with_floor(seed_dir / "pooled-model", datasets, scores, rankers, product_split, BLEND)
+    blend_with_floor(seed_dir / "pooled-model", datasets, scores, lambdamart, product_split, BLEND)
     for key, pset in sets.items():
         own = {s.name: datasets[s.name] for s in sources_of({key: pset})}
         train_and_test(config, own, own, seed_dir / f"per-set-{key}", product_split, "per-set model", reuse)
@@ -317,10 +318,10 @@ def run_seed(shared: Path, sets: dict[str, RealSet], seed: int, out: Path, confi
         # A source whose newest reviews leave no rankable list (MDSD: mostly 2-3 reviews per product) has no dev
         # or test split by time; it is left out of the time study, and the report says which.
         timed = {name: d for name, d in timed.items() if {"train", "dev", "test"} <= set(d.splits)}
-        rankers = floors(timed, time_split, seed)
+        lambdamart = floors(timed, time_split, seed)
         scores = train_and_test(config, timed, timed, seed_dir / "pooled-model-time", time_split, "pooled model",
                                 reuse)
-        blend_with_floor(seed_dir / "pooled-model-time", timed, scores, rankers, time_split, BLEND)
+        blend_with_floor(seed_dir / "pooled-model-time", timed, scores, lambdamart, time_split, BLEND)
 
 
 def compare(results: Results, rows: dict[str, list[str]], systems: Sequence[str], against: dict[str, str],

@@ -26,12 +26,13 @@ WEIGHTS = tuple(k / 10 for k in range(11))  # the model's share a: 0 (floor alon
 def standardize_per_product(split: PreparedSplit, scores: np.ndarray) -> np.ndarray:
     """float64 ``[N]``: each review's score minus its product's mean, over the product's standard deviation (over
     that product's reviews only); a product whose reviews all score the same gets 0 for each."""
+    scores = np.asarray(scores, dtype=np.float64)
     standard = np.zeros(split.num_reviews)
     for product in range(split.num_products):
         reviews = np.asarray(split.reviews_of(product), dtype=np.int64)
         if reviews.size == 0:
             continue
-        values = np.asarray(scores, dtype=np.float64)[reviews]
+        values = scores[reviews]
         spread = values.std()
         standard[reviews] = (values - values.mean()) / spread if spread > 0 else 0.0
     return standard
